@@ -1,0 +1,1 @@
+"""HTTP and trigger adapters: decode the binding, call one service in `shared`, map the result."""

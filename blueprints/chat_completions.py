@@ -1,0 +1,47 @@
+"""The chat-completions proxy, in both route shapes the `openai` SDK clients use."""
+
+from __future__ import annotations
+
+import azure.functions as func
+from azurefunctions.extensions.http.fastapi import Request, Response
+
+from blueprints.http_adapter import endpoint, event_stream, raw_response
+from shared.access import Caller, Right
+from shared.chat_request import parse_chat_request, parse_json_object
+from shared.clients import get_services
+from shared.errors import InvalidRequest
+
+bp = func.Blueprint()
+
+
+@bp.route(
+    route="openai/deployments/{deployment}/chat/completions",
+    methods=["POST"],
+    auth_level=func.AuthLevel.ANONYMOUS,
+)
+@endpoint(Right.INFERENCE)
+async def create_chat_completion_for_deployment(req: Request, caller: Caller | None) -> Response:
+    """Azure route shape: the deployment comes from the path."""
+    return await _create(req, caller, deployment=req.path_params["deployment"])
+
+
+@bp.route(route="openai/v1/chat/completions", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint(Right.INFERENCE)
+async def create_chat_completion(req: Request, caller: Caller | None) -> Response:
+    """`/openai/v1` route shape: the deployment is the body's `model`."""
+    return await _create(req, caller, deployment=None)
+
+
+async def _create(req: Request, caller: Caller | None, *, deployment: str | None) -> Response:
+    assert caller is not None
+    request = parse_chat_request(parse_json_object(await req.body()))
+    if deployment is None:
+        if not request.model:
+            raise InvalidRequest("Missing required parameter: 'model'.", param="model")
+        deployment = request.model
+    reply = await get_services().capture.complete(
+        request, deployment=deployment, caller=caller, idempotency_key=req.headers.get("idempotency-key")
+    )
+    if reply.events is not None:
+        return event_stream(reply.events, status=reply.status, headers=reply.headers)
+    return raw_response(reply.body, status=reply.status, headers=reply.headers)

@@ -1,0 +1,94 @@
+"""The one wrapper every HTTP function goes through: identify the caller, check the route's right,
+and turn domain errors into OpenAI-shaped responses.
+
+Functions use the HTTP streams extension's `Request`/`Response` (FastAPI types), the only way an
+Azure Functions Python app can send server-sent events as they are produced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
+
+from shared.access import Caller, Right
+from shared.clients import get_services
+from shared.errors import DistilleryError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Request, Caller | None], Awaitable[Response]]
+
+_RETRYABLE_STATUSES = frozenset({408, 409, 429})
+
+
+def endpoint(right: Right | None) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """Declare the right a route needs (None: public) and wrap it with authentication and error mapping.
+
+    The returned function has the plain `(req: Request) -> Response` signature the Functions worker
+    binds; the right is kept on it as `required_right` so tests can walk every route.
+    """
+
+    def decorate(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def function(req: Request) -> Response:
+            try:
+                caller = None
+                if right is not None:
+                    caller = get_services().authenticator.authenticate(req.headers)
+                    caller.require(right)
+                return await handler(req, caller)
+            except DistilleryError as error:
+                return error_response(error)
+            except Exception:
+                log.exception("Unhandled error in %s", handler.__name__)
+                return error_response(_INTERNAL)
+
+        function.__name__ = handler.__name__
+        function.__qualname__ = handler.__qualname__
+        function.__doc__ = handler.__doc__
+        function.__module__ = handler.__module__
+        function.required_right = right  # type: ignore[attr-defined]
+        return function
+
+    return decorate
+
+
+class _InternalError(DistilleryError):
+    status = 500
+    type = "server_error"
+    default_code = "internal_error"
+    retryable = True
+
+
+_INTERNAL = _InternalError("The server had an error while processing your request. Retry, or report it.")
+
+
+def error_response(error: DistilleryError) -> Response:
+    headers = dict(error.headers)
+    if not error.retryable and error.status not in _RETRYABLE_STATUSES:
+        headers.setdefault("x-should-retry", "false")
+    return json_response(error.body(), status=error.status, headers=headers)
+
+
+def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        content=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def raw_response(
+    body: bytes, *, status: int, headers: dict[str, str], media_type: str = "application/json"
+) -> Response:
+    headers = {name: value for name, value in headers.items() if name != "content-type"}
+    return Response(content=body, status_code=status, headers=headers, media_type=media_type)
+
+
+def event_stream(events: Any, *, status: int, headers: dict[str, str]) -> StreamingResponse:
+    headers = {name: value for name, value in headers.items() if name != "content-type"}
+    return StreamingResponse(events, status_code=status, headers=headers, media_type="text/event-stream")

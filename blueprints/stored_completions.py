@@ -1,0 +1,81 @@
+"""The stored-completions API: list, retrieve, update metadata, delete, and list input messages.
+
+Each operation is served under both route shapes: `/openai/...` (the `AzureOpenAI` client) and
+`/openai/v1/...` (the `OpenAI` client). `OPERATIONS` is the one table of routes and their rights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import azure.functions as func
+from azurefunctions.extensions.http.fastapi import Request, Response
+
+from blueprints.http_adapter import endpoint, json_response
+from shared import ids
+from shared.access import Caller, Right
+from shared.chat_request import parse_json_object
+from shared.clients import get_services
+from shared.completion_params import (
+    list_object,
+    parse_completion_list_params,
+    parse_message_list_params,
+    parse_update_params,
+)
+
+
+async def list_chat_completions(req: Request, caller: Caller | None) -> Response:
+    params = parse_completion_list_params(req.query_params.multi_items())
+    page = await get_services().store.list(params.filter, order=params.order, after=params.after, limit=params.limit)
+    return json_response(list_object([c.as_chat_completion() for c in page.data], has_more=page.has_more))
+
+
+async def retrieve_chat_completion(req: Request, caller: Caller | None) -> Response:
+    completion = await get_services().store.get(req.path_params["completion_id"])
+    return json_response(completion.as_chat_completion())
+
+
+async def update_chat_completion(req: Request, caller: Caller | None) -> Response:
+    completion_id = ids.require_completion_id(req.path_params["completion_id"])
+    params = parse_update_params(parse_json_object(await req.body()))
+    completion = await get_services().store.update_metadata(completion_id, params.metadata or {})
+    return json_response(completion.as_chat_completion())
+
+
+async def delete_chat_completion(req: Request, caller: Caller | None) -> Response:
+    completion_id = req.path_params["completion_id"]
+    await get_services().store.delete(completion_id)
+    return json_response({"id": completion_id, "object": "chat.completion.deleted", "deleted": True})
+
+
+async def list_chat_completion_messages(req: Request, caller: Caller | None) -> Response:
+    completion = await get_services().store.get(req.path_params["completion_id"])
+    params = parse_message_list_params(req.query_params.multi_items(), completion_id=completion.id)
+    messages: list[dict[str, Any]] = completion.input_messages()
+    if params.order == "desc":
+        messages.reverse()
+    if params.after is not None:
+        positions = [message["id"] for message in messages]
+        messages = messages[positions.index(params.after) + 1 :] if params.after in positions else []
+    return json_response(list_object(messages[: params.limit], has_more=len(messages) > params.limit))
+
+
+OPERATIONS = [
+    # (handler, route below the prefix, method, right)
+    (list_chat_completions, "chat/completions", "GET", Right.READ),
+    (retrieve_chat_completion, "chat/completions/{completion_id}", "GET", Right.READ),
+    (update_chat_completion, "chat/completions/{completion_id}", "POST", Right.ACTION),
+    (delete_chat_completion, "chat/completions/{completion_id}", "DELETE", Right.ACTION),
+    (list_chat_completion_messages, "chat/completions/{completion_id}/messages", "GET", Right.READ),
+]
+ROUTE_SHAPES = [("openai", ""), ("openai/v1", "_v1")]
+"""(route prefix, function-name suffix) for the `AzureOpenAI` and `OpenAI` clients."""
+
+bp = func.Blueprint()
+for _prefix, _suffix in ROUTE_SHAPES:
+    for _handler, _path, _method, _right in OPERATIONS:
+        bp.function_name(_handler.__name__ + _suffix)(
+            bp.route(route=f"{_prefix}/{_path}", methods=[_method], auth_level=func.AuthLevel.ANONYMOUS)(
+                endpoint(_right)(_handler)
+            )
+        )

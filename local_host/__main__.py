@@ -1,0 +1,103 @@
+"""`python -m local_host`: run the Functions app locally (what `make run` starts).
+
+Settings come from the environment, then from `local.settings.json` like `func start` reads them.
+With `--azurite`, Azurite is started on its default ports with data kept in `.azurite/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from local_host.azurite import ROOT, connection_string, start_azurite
+from local_host.host import QueueRules, build_host
+
+AZURITE_PORTS = (10000, 10001, 10002)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local_host", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7071)
+    parser.add_argument("--settings", type=Path, default=ROOT / "local.settings.json")
+    parser.add_argument("--azurite", action="store_true", help="start Azurite on 10000-10002, data in .azurite/")
+    parser.add_argument("--no-timers", action="store_true", help="do not fire timer triggers on schedule")
+    parser.add_argument("--max-delivery-count", type=int, default=int(os.environ.get("LOCAL_MAX_DELIVERY_COUNT", 5)))
+    parser.add_argument("--retry-seconds", type=float, default=float(os.environ.get("LOCAL_RETRY_SECONDS", 1)))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("azure").setLevel(logging.WARNING)
+
+    _load_local_settings(args.settings)
+    azurite = None
+    if args.azurite:
+        location = ROOT / ".azurite"
+        location.mkdir(exist_ok=True)
+        azurite = start_azurite(ports=AZURITE_PORTS, location=location)
+        os.environ["AzureWebJobsStorage"] = connection_string(*AZURITE_PORTS)
+    try:
+        return _serve(args)
+    finally:
+        if azurite is not None:
+            azurite.stop()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    key = os.environ.get("DISTILLERY_API_KEY")
+    if not key:
+        key = os.environ["DISTILLERY_API_KEY"] = secrets.token_urlsafe(32)
+        _remember_key(args.settings, key)
+    function_app = importlib.import_module("function_app")
+    from shared.clients import get_services
+
+    services = get_services()
+    host = build_host(
+        function_app.app,
+        queue_connection=os.environ.get("AzureWebJobsStorage"),
+        queue_rules=QueueRules(max_delivery_count=args.max_delivery_count, retry_seconds=args.retry_seconds),
+        run_timers=not args.no_timers,
+        on_startup=services.ensure_storage,
+    )
+    endpoint = f"http://{args.host}:{args.port}"
+    print(
+        f"Distillery is listening on {endpoint}\n"
+        f"  API key:   {key}\n"
+        f"  upstream:  {services.upstream.label}"
+        + ("  (offline model: answers are echoes, not a real model)" if services.upstream.label == "offline" else "")
+        + f"\n  AzureOpenAI(azure_endpoint='{endpoint}', api_key=KEY, api_version='2024-10-21')"
+        f"\n  OpenAI(base_url='{endpoint}/openai/v1', api_key=KEY)",
+        flush=True,
+    )
+    uvicorn.run(host, host=args.host, port=args.port, log_level="warning", lifespan="on")
+    return 0
+
+
+def _load_local_settings(path: Path) -> None:
+    """Apply `Values` from local.settings.json; the environment wins, as with Core Tools."""
+    if not path.exists():
+        return
+    values = json.loads(path.read_text()).get("Values", {})
+    for name, value in values.items():
+        if value != "":
+            os.environ.setdefault(name, str(value))
+
+
+def _remember_key(path: Path, key: str) -> None:
+    """Keep a generated key in local.settings.json (git-ignored) so it survives restarts."""
+    if not path.exists():
+        return
+    settings = json.loads(path.read_text())
+    settings.setdefault("Values", {})["DISTILLERY_API_KEY"] = key
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Capture: proxy a chat completion upstream and, when asked, keep it.
+
+Storing never breaks the caller: when the store is off, full or failing, the answer still goes back
+with `x-distillery-stored: false` and a reason header. A streamed answer is stored before its final
+`data: [DONE]` is sent, so it is retrievable the moment the client has read the stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared import ids
+from shared.access import Caller
+from shared.chat_request import ChatRequest
+from shared.completion_store import CompletionStore
+from shared.errors import NotFound, StorageUnavailable
+from shared.stored_completion import StoredCompletion
+from shared.stream_assembly import CompletionAssembler
+from shared.upstream import Upstream, UpstreamResponse
+
+log = logging.getLogger(__name__)
+
+STORED_HEADER = "x-distillery-stored"
+NOT_STORED_REASON_HEADER = "x-distillery-not-stored-reason"
+
+
+class NotStoredReason(StrEnum):
+    STORE_DISABLED = "store_disabled"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    UPSTREAM_ERROR = "upstream_error"
+
+
+@dataclass
+class ProxyReply:
+    """What goes back to the caller: a whole body, or SSE events as they arrive."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    events: AsyncIterator[bytes] | None = None
+
+
+class ChatCapture:
+    """The chat-completions proxy with optional storing."""
+
+    def __init__(self, *, upstream: Upstream, store: CompletionStore, store_enabled: bool) -> None:
+        self._upstream = upstream
+        self._store = store
+        self._store_enabled = store_enabled
+
+    async def complete(
+        self, request: ChatRequest, *, deployment: str, caller: Caller, idempotency_key: str | None = None
+    ) -> ProxyReply:
+        storing = bool(request.store)
+        headers: dict[str, str] = {}
+        if storing and not self._store_enabled:
+            storing = False
+            _mark_not_stored(headers, NotStoredReason.STORE_DISABLED)
+        completion_id = await self._completion_id(caller, idempotency_key) if storing else None
+        if completion_id is not None and not request.stream:
+            replay = await self._replay(completion_id)
+            if replay is not None:
+                return replay
+
+        stack = AsyncExitStack()
+        response: UpstreamResponse = await stack.enter_async_context(
+            self._upstream.open(deployment=deployment, body=request.upstream_body(model=request.model))
+        )
+        headers.update(response.headers)
+        if not response.ok:
+            async with stack:
+                return _upstream_error(response.status, await response.read(), headers)
+        if request.stream:
+            headers.update({"content-type": "text/event-stream", "cache-control": "no-cache"})
+            if storing:
+                headers[STORED_HEADER] = "pending"
+            events = self._relay(stack, response, request, deployment, caller, completion_id)
+            return ProxyReply(status=response.status, headers=headers, events=events)
+
+        async with stack:
+            body = await response.read()
+        headers["content-type"] = "application/json"
+        if completion_id is None:
+            return ProxyReply(status=response.status, headers=headers, body=body)
+        completion = json.loads(body)
+        completion["id"] = completion_id
+        body = _dumps(completion)
+        reason = await self._keep(completion_id, request, deployment, caller, completion, streamed=False)
+        if reason is None:
+            headers[STORED_HEADER] = "true"
+        else:
+            _mark_not_stored(headers, reason)
+        return ProxyReply(status=response.status, headers=headers, body=body)
+
+    async def _relay(
+        self,
+        stack: AsyncExitStack,
+        response: UpstreamResponse,
+        request: ChatRequest,
+        deployment: str,
+        caller: Caller,
+        completion_id: str | None,
+    ) -> AsyncIterator[bytes]:
+        """Forward SSE events as they come; store the assembled completion just before `[DONE]`."""
+        assembler = CompletionAssembler()
+        async with stack:
+            event: list[str] = []
+            async for line in response.lines():
+                if line:
+                    event.append(line)
+                    continue
+                if not event:
+                    continue
+                data = _event_data(event)
+                if data == "[DONE]" and completion_id is not None:
+                    reason = await self._store_stream(assembler, completion_id, request, deployment, caller)
+                    if reason is not None:
+                        yield f": distillery-stored=false reason={reason.value}\n\n".encode()
+                elif data is not None and completion_id is not None:
+                    event = _rewrite_chunk(event, data, completion_id, assembler)
+                yield ("\n".join(event) + "\n\n").encode()
+                event = []
+
+    async def _store_stream(
+        self,
+        assembler: CompletionAssembler,
+        completion_id: str,
+        request: ChatRequest,
+        deployment: str,
+        caller: Caller,
+    ) -> NotStoredReason | None:
+        if assembler.failed:
+            return NotStoredReason.UPSTREAM_ERROR
+        completion = assembler.completion()
+        completion["id"] = completion_id
+        return await self._keep(completion_id, request, deployment, caller, completion, streamed=True)
+
+    async def _keep(
+        self,
+        completion_id: str,
+        request: ChatRequest,
+        deployment: str,
+        caller: Caller,
+        completion: dict[str, Any],
+        *,
+        streamed: bool,
+    ) -> NotStoredReason | None:
+        try:
+            stored = StoredCompletion(
+                id=completion_id,
+                created=ids.captured_at_us(completion_id) // 1_000_000,
+                deployment=deployment,
+                model=str(completion.get("model") or deployment),
+                metadata=request.metadata or {},
+                owner=caller.name,
+                streamed=streamed,
+                request=request.model_dump(mode="json", exclude_unset=True),
+                response=completion,
+            )
+            await self._store.put(stored)
+        except StorageUnavailable as exc:
+            log.warning("Completion %s served but not stored: %s (%r)", completion_id, exc, exc.__cause__)
+            return NotStoredReason.STORAGE_UNAVAILABLE
+        except ValidationError:
+            log.exception("Completion %s served but not stored: the upstream answer was malformed", completion_id)
+            return NotStoredReason.UPSTREAM_ERROR
+        return None
+
+    async def _completion_id(self, caller: Caller, idempotency_key: str | None) -> str:
+        """A new id, or the id an earlier attempt with the same `Idempotency-Key` claimed."""
+        completion_id = ids.new_completion_id()
+        if not idempotency_key:
+            return completion_id
+        digest = hashlib.sha256(f"{caller.name}\0{idempotency_key}".encode()).hexdigest()
+        try:
+            return await self._store.index.claim_idempotency_key(digest, completion_id)
+        except StorageUnavailable:
+            log.warning("Idempotency key not recorded: the completion index is unavailable")
+            return completion_id
+
+    async def _replay(self, completion_id: str) -> ProxyReply | None:
+        """A retry of a call already stored gets the stored answer, without a second upstream call."""
+        try:
+            stored = await self._store.get(completion_id)
+        except (NotFound, StorageUnavailable):
+            return None
+        headers = {"content-type": "application/json", STORED_HEADER: "true", "x-distillery-replayed": "true"}
+        return ProxyReply(status=200, headers=headers, body=_dumps(stored.response))
+
+
+def _event_data(event: list[str]) -> str | None:
+    data = [line[5:].lstrip() for line in event if line.startswith("data:")]
+    return "\n".join(data) if data else None
+
+
+def _rewrite_chunk(event: list[str], data: str, completion_id: str, assembler: CompletionAssembler) -> list[str]:
+    try:
+        chunk = json.loads(data)
+    except json.JSONDecodeError:
+        return event
+    if not isinstance(chunk, dict):
+        return event
+    assembler.add(chunk)
+    if "id" in chunk:
+        chunk["id"] = completion_id
+    return [line for line in event if not line.startswith("data:")] + [f"data: {_dumps(chunk).decode()}"]
+
+
+def _upstream_error(status: int, body: bytes, headers: dict[str, str]) -> ProxyReply:
+    """Pass an upstream error through: its status and headers, its body when it is OpenAI-shaped."""
+    headers["content-type"] = "application/json"
+    try:
+        parsed = json.loads(body)
+        shaped = isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        shaped = False
+    if not shaped:
+        message = f"The upstream model answered with HTTP {status}."
+        body = _dumps({"error": {"message": message, "type": "upstream_error", "param": None, "code": str(status)}})
+    return ProxyReply(status=status, headers=headers, body=body)
+
+
+def _mark_not_stored(headers: dict[str, str], reason: NotStoredReason) -> None:
+    headers[STORED_HEADER] = "false"
+    headers[NOT_STORED_REASON_HEADER] = reason.value
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

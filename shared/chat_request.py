@@ -1,0 +1,115 @@
+"""The chat-completions request as Distillery reads it: only the fields it acts on are typed.
+
+Everything else (tools, temperature, response_format, fields newer than this code) passes through to
+the upstream untouched, so Distillery never narrows what a deployment accepts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from shared.errors import InvalidRequest
+
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS)]
+MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_PAIRS)]
+"""Up to 16 string pairs, keys up to 64 characters and values up to 512, as OpenAI validates them."""
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool | None = None
+
+
+class ChatRequest(BaseModel):
+    """A `POST …/chat/completions` body."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    model: str | None = None
+    store: bool | None = None
+    """Keep this completion; omitted or false keeps nothing."""
+    metadata: Metadata | None = None
+    """Pairs to filter by later; accepted and ignored when `store` is not true."""
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+
+    def upstream_body(self, *, model: str | None) -> dict[str, Any]:
+        """The body to forward: Distillery's own fields removed, so the upstream never stores twice."""
+        body = self.model_dump(exclude={"store", "metadata"}, exclude_none=False, exclude_unset=True)
+        if model is not None:
+            body["model"] = model
+        return body
+
+
+def parse_json_object(raw: bytes, *, max_depth: int = 64) -> dict[str, Any]:
+    """Decode a request body that must be a JSON object, with OpenAI-shaped errors."""
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. Send valid JSON.", code="invalid_json"
+        ) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    if _depth(value) > max_depth:
+        raise InvalidRequest(f"The JSON body is nested deeper than {max_depth} levels.", code="invalid_json")
+    return value
+
+
+def validation_error(exc: ValidationError) -> InvalidRequest:
+    """The first problem pydantic found, with `param` naming the field as OpenAI does."""
+    first = exc.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    param = loc[0] if loc else None
+    where = ".".join(loc) if loc else "body"
+    if param == "metadata":
+        message = _metadata_message(first, loc)
+    elif first["type"] == "extra_forbidden":
+        message = f"Unrecognized request argument supplied: {where}"
+    elif first["type"] == "missing":
+        message = f"Missing required parameter: '{where}'."
+    else:
+        message = f"Invalid value for '{where}': {first['msg']}."
+    return InvalidRequest(message, param=param, code="invalid_value")
+
+
+def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
+    try:
+        return ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def _metadata_message(error: Any, loc: list[str]) -> str:
+    if error["type"] == "too_long" and len(loc) == 1:
+        return f"Invalid 'metadata': too many properties. Expected at most {MAX_METADATA_PAIRS} pairs."
+    if len(loc) >= 2 and loc[-1] == "[key]":
+        return f"Invalid 'metadata' key: keys must be 1 to {MAX_METADATA_KEY_CHARS} characters."
+    if len(loc) == 2:
+        return f"Invalid 'metadata.{loc[1]}': values must be strings of at most {MAX_METADATA_VALUE_CHARS} characters."
+    return "Invalid 'metadata': expected an object of string keys and string values."
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth, counted without recursion so a hostile body cannot exhaust the stack."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(node, dict):
+            stack.extend((child, level + 1) for child in node.values())
+        elif isinstance(node, list):
+            stack.extend((child, level + 1) for child in node)
+    return deepest

@@ -1,0 +1,242 @@
+"""The completion index in Azure Table Storage: filtered lists cost a page of matches, not a scan.
+
+Each stored completion writes two rows (ascending and descending order) into one partition per
+*term* it can be found by: `all`, each model name, each metadata pair. A list query reads the
+partition of its most selective term, in key order, starting at the cursor; every other condition
+is a server-side filter on the row's denormalised columns, so storage returns at most `limit + 1`
+rows. Partition keys are hashes of the term, so no user text ever becomes a key; user text only
+travels as OData *parameters*, which the SDK quotes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.data.tables import UpdateMode
+from azure.data.tables.aio import TableClient
+from pydantic import BaseModel
+
+from shared import ids
+from shared.completion_filter import CompletionFilter, Order
+from shared.errors import StorageUnavailable
+
+_KEY_SPAN = 10**16
+"""Capture times are microseconds below this bound (the year 2286)."""
+_US = 1_000_000
+_ALL_PARTITION = "all"
+_IDEMPOTENCY_PARTITION = "idempotency"
+
+
+class IndexEntry(BaseModel):
+    """What the index knows of one stored completion: enough to filter, page and count."""
+
+    id: str
+    deployment: str
+    model: str
+    metadata: dict[str, str]
+    owner: str | None = None
+    size_bytes: int = 0
+
+    @property
+    def captured_us(self) -> int:
+        return ids.captured_at_us(self.id)
+
+    @property
+    def created(self) -> int:
+        return self.captured_us // _US
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _model_partition(model: str) -> str:
+    return "o" + _digest("model\0" + model)[:40]
+
+
+def _metadata_partition(key: str, value: str) -> str:
+    return "m" + _digest(key + "\0" + value)[:40]
+
+
+def _metadata_column(key: str) -> str:
+    """A column name any metadata key maps to (table column names allow only identifier characters)."""
+    return "m_" + _digest(key)[:16]
+
+
+def _row_key(order: Order, captured_us: int, completion_id: str) -> str:
+    return f"{order[0]}{_position(order, captured_us):016d}{completion_id}"
+
+
+def _position(order: Order, captured_us: int) -> int:
+    return captured_us if order == "asc" else _KEY_SPAN - 1 - captured_us
+
+
+def _partitions(entry: IndexEntry) -> set[str]:
+    partitions = {_ALL_PARTITION, _model_partition(entry.deployment), _model_partition(entry.model)}
+    partitions.update(_metadata_partition(key, value) for key, value in entry.metadata.items())
+    return partitions
+
+
+def _rows(entry: IndexEntry, partition: str) -> list[dict[str, Any]]:
+    columns: dict[str, Any] = {
+        "id": entry.id,
+        "deployment": entry.deployment,
+        "model": entry.model,
+        "metadata": json.dumps(entry.metadata, ensure_ascii=False),
+        "owner": entry.owner or "",
+        "size_bytes": entry.size_bytes,
+    }
+    columns.update({_metadata_column(key): value for key, value in entry.metadata.items()})
+    return [
+        {"PartitionKey": partition, "RowKey": _row_key(order, entry.captured_us, entry.id), **columns}
+        for order in ("asc", "desc")
+    ]
+
+
+def _entry(row: dict[str, Any]) -> IndexEntry:
+    return IndexEntry(
+        id=row["id"],
+        deployment=row["deployment"],
+        model=row["model"],
+        metadata=json.loads(row["metadata"]),
+        owner=row.get("owner") or None,
+        size_bytes=int(row.get("size_bytes", 0)),
+    )
+
+
+class CompletionIndex:
+    """Reads and writes index rows; callers keep it consistent with the documents (see the store)."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    async def add(self, entry: IndexEntry) -> None:
+        await self._write(entry, _partitions(entry))
+
+    async def remove(self, entry: IndexEntry) -> None:
+        await self._delete(entry, _partitions(entry))
+
+    async def replace(self, old: IndexEntry, new: IndexEntry) -> None:
+        """Move an entry to its new terms: write the new rows first, then drop the stale ones."""
+        await self._write(new, _partitions(new))
+        await self._delete(old, _partitions(old) - _partitions(new))
+
+    async def page(
+        self, selection: CompletionFilter, *, order: Order, after: str | None, limit: int
+    ) -> tuple[list[IndexEntry], bool]:
+        """Up to `limit` matches after the cursor, and whether more exist; reads at most limit+1 rows."""
+        entries: list[IndexEntry] = []
+        async for entry in self._query(selection, order=order, after=after, page_size=limit + 1):
+            entries.append(entry)
+            if len(entries) > limit:
+                return entries[:limit], True
+        return entries, False
+
+    async def walk(
+        self,
+        selection: CompletionFilter,
+        *,
+        order: Order = "asc",
+        after: str | None = None,
+        page_size: int = 500,
+    ) -> AsyncIterator[IndexEntry]:
+        """Every match, one page in memory at a time (for dataset builds and purges)."""
+        async for entry in self._query(selection, order=order, after=after, page_size=page_size):
+            yield entry
+
+    async def claim_idempotency_key(self, key_digest: str, completion_id: str) -> str:
+        """The id first claimed for this key: ours when we are first, the earlier one otherwise."""
+        try:
+            await self._table.create_entity(
+                {"PartitionKey": _IDEMPOTENCY_PARTITION, "RowKey": key_digest, "id": completion_id}
+            )
+            return completion_id
+        except ResourceExistsError:
+            row = await self._table.get_entity(_IDEMPOTENCY_PARTITION, key_digest)
+            return str(row["id"])
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+
+    async def _query(
+        self, selection: CompletionFilter, *, order: Order, after: str | None, page_size: int
+    ) -> AsyncIterator[IndexEntry]:
+        query, parameters = _query_for(selection, order=order, after=after)
+        try:
+            rows = self._table.query_entities(query, parameters=parameters, results_per_page=page_size)
+            async for row in rows:
+                yield _entry(row)
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+
+    async def _write(self, entry: IndexEntry, partitions: set[str]) -> None:
+        operations = [
+            self._table.submit_transaction([("upsert", row, {"mode": UpdateMode.REPLACE}) for row in _rows(entry, p)])
+            for p in partitions
+        ]
+        await _all_or_raise(operations)
+
+    async def _delete(self, entry: IndexEntry, partitions: set[str]) -> None:
+        operations = [
+            self._table.delete_entity(partition, _row_key(order, entry.captured_us, entry.id))
+            for partition in partitions
+            for order in ("asc", "desc")
+        ]
+        await _all_or_raise(operations)
+
+
+async def _all_or_raise(operations: list[Any]) -> None:
+    results = await asyncio.gather(*operations, return_exceptions=True)
+    failures = [result for result in results if isinstance(result, BaseException)]
+    if failures:
+        raise StorageUnavailable("The completion index is unavailable.") from failures[0]
+
+
+def _query_for(selection: CompletionFilter, *, order: Order, after: str | None) -> tuple[str, dict[str, Any]]:
+    """The OData filter and its parameters; user text only ever appears as a parameter."""
+    metadata = sorted(selection.metadata.items())
+    parameters: dict[str, Any] = {}
+    clauses: list[str] = []
+    if metadata:
+        partition = _metadata_partition(*metadata[0])
+        others = metadata[1:]
+    elif selection.model is not None:
+        partition, others = _model_partition(selection.model), []
+    else:
+        partition, others = _ALL_PARTITION, []
+    parameters["partition"] = partition
+    clauses.append("PartitionKey eq @partition")
+
+    low, high = _row_range(selection, order)
+    parameters.update(low=low, high=high)
+    clauses += ["RowKey ge @low", "RowKey lt @high"]
+    if after is not None:
+        parameters["after"] = _row_key(order, ids.captured_at_us(after), after)
+        clauses.append("RowKey gt @after")
+    for number, (key, value) in enumerate(others):
+        parameters[f"v{number}"] = value
+        clauses.append(f"{_metadata_column(key)} eq @v{number}")
+    if metadata and selection.model is not None:
+        parameters["model"] = selection.model
+        clauses.append("(deployment eq @model or model eq @model)")
+    if selection.owner is not None:
+        parameters["owner"] = selection.owner
+        clauses.append("owner eq @owner")
+    return " and ".join(clauses), parameters
+
+
+def _row_range(selection: CompletionFilter, order: Order) -> tuple[str, str]:
+    """Row-key bounds [low, high) for the created range, in the order's key space."""
+    earliest = 0 if selection.created_after is None else selection.created_after * _US
+    latest = _KEY_SPAN if selection.created_before is None else min(selection.created_before * _US, _KEY_SPAN)
+    if order == "asc":
+        low, high = earliest, latest
+    else:
+        low, high = _KEY_SPAN - latest, _KEY_SPAN - earliest
+    prefix = order[0]
+    # A row key is prefix + 16 digits + id, so the bare 16-digit bound sorts before every id at it.
+    return f"{prefix}{low:016d}", (f"{prefix}{high:016d}" if high < _KEY_SPAN else f"{prefix}~")

@@ -1,0 +1,158 @@
+"""Stored completions: one blob document each, kept consistent with the completion index.
+
+Write order keeps every list answer truthful: a document is written before its index rows (a row
+never points at nothing for long) and its rows are removed before it is deleted. Lists re-check
+each page against the documents themselves, so a row left behind by a crash is never served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob.aio import ContainerClient
+from pydantic import BaseModel
+
+from shared import ids
+from shared.completion_filter import CompletionFilter, Order
+from shared.completion_index import CompletionIndex, IndexEntry
+from shared.errors import Conflict, NotFound, StorageUnavailable
+from shared.stored_completion import StoredCompletion
+
+
+class CompletionPage(BaseModel):
+    """One page of a list, in the order asked for."""
+
+    data: list[StoredCompletion]
+    has_more: bool
+
+
+class CompletionStore:
+    """Create, read, update, delete and list stored completions."""
+
+    def __init__(self, *, container: ContainerClient, index: CompletionIndex) -> None:
+        self._container = container
+        self.index = index
+
+    async def put(self, completion: StoredCompletion) -> int:
+        """Store (or overwrite, for a retried call) a completion; returns the document's size in bytes."""
+        document = _encode(completion)
+        entry = _entry(completion, len(document))
+        try:
+            await self._container.upload_blob(_blob_name(completion.id), document, overwrite=True)
+        except AzureError as exc:
+            raise StorageUnavailable("The completion store is unavailable.") from exc
+        try:
+            await self.index.add(entry)
+        except StorageUnavailable:
+            await self._forget_document(completion.id)
+            raise
+        return len(document)
+
+    async def get(self, completion_id: str, *, owner: str | None = None) -> StoredCompletion:
+        completion, _ = await self._read(ids.require_completion_id(completion_id), owner=owner)
+        return completion
+
+    async def exists(self, completion_id: str) -> bool:
+        try:
+            return await self._container.get_blob_client(_blob_name(completion_id)).exists()
+        except AzureError as exc:
+            raise StorageUnavailable("The completion store is unavailable.") from exc
+
+    async def update_metadata(
+        self, completion_id: str, metadata: dict[str, str], *, owner: str | None = None
+    ) -> StoredCompletion:
+        """Replace a completion's metadata; the document's ETag guards against a concurrent writer."""
+        completion, etag = await self._read(ids.require_completion_id(completion_id), owner=owner)
+        updated = completion.model_copy(update={"metadata": dict(metadata)})
+        document = _encode(updated)
+        try:
+            await self._container.upload_blob(
+                _blob_name(completion_id),
+                document,
+                overwrite=True,
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except ResourceModifiedError:
+            raise Conflict("The chat completion was changed by another request; retry the update.") from None
+        except AzureError as exc:
+            raise StorageUnavailable("The completion store is unavailable.") from exc
+        await self.index.replace(_entry(completion, 0), _entry(updated, len(document)))
+        return updated
+
+    async def delete(self, completion_id: str, *, owner: str | None = None) -> None:
+        completion, _ = await self._read(ids.require_completion_id(completion_id), owner=owner)
+        await self.index.remove(_entry(completion, 0))
+        await self._forget_document(completion_id)
+
+    async def list(
+        self, selection: CompletionFilter, *, order: Order = "asc", after: str | None = None, limit: int = 20
+    ) -> CompletionPage:
+        entries, has_more = await self.index.page(selection, order=order, after=after, limit=limit)
+        loaded = await asyncio.gather(*(self._read_if_present(entry.id) for entry in entries))
+        data = [
+            completion
+            for completion in loaded
+            if completion is not None
+            and selection.matches(
+                created=completion.created,
+                deployment=completion.deployment,
+                model=completion.model,
+                metadata=completion.metadata,
+                owner=completion.owner,
+            )
+        ]
+        return CompletionPage(data=data, has_more=has_more)
+
+    async def _read(self, completion_id: str, *, owner: str | None) -> tuple[StoredCompletion, str]:
+        try:
+            download = await self._container.download_blob(_blob_name(completion_id))
+            raw = await download.readall()
+        except ResourceNotFoundError:
+            raise _not_found(completion_id) from None
+        except AzureError as exc:
+            raise StorageUnavailable("The completion store is unavailable.") from exc
+        completion = StoredCompletion.model_validate_json(raw)
+        if owner is not None and completion.owner != owner:
+            raise _not_found(completion_id)
+        return completion, download.properties.etag
+
+    async def _read_if_present(self, completion_id: str) -> StoredCompletion | None:
+        try:
+            completion, _ = await self._read(completion_id, owner=None)
+        except NotFound:
+            return None
+        return completion
+
+    async def _forget_document(self, completion_id: str) -> None:
+        try:
+            await self._container.delete_blob(_blob_name(completion_id), delete_snapshots="include")
+        except ResourceNotFoundError:
+            pass
+        except AzureError as exc:
+            raise StorageUnavailable("The completion store is unavailable.") from exc
+
+
+def _blob_name(completion_id: str) -> str:
+    return f"{completion_id}.json"
+
+
+def _encode(completion: StoredCompletion) -> bytes:
+    return completion.model_dump_json().encode()
+
+
+def _entry(completion: StoredCompletion, size_bytes: int) -> IndexEntry:
+    return IndexEntry(
+        id=completion.id,
+        deployment=completion.deployment,
+        model=completion.model,
+        metadata=completion.metadata,
+        owner=completion.owner,
+        size_bytes=size_bytes,
+    )
+
+
+def _not_found(completion_id: str) -> NotFound:
+    return NotFound(f"No chat completion found with id '{completion_id}'.", param="completion_id")

@@ -1,0 +1,148 @@
+"""The model behind Distillery: Azure OpenAI, any OpenAI-compatible server, or the offline model.
+
+The proxy forwards bytes, not parsed objects, so fields newer than this code survive the trip, and
+an upstream error reaches the caller with its own status, body and retry headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import httpx
+
+from shared.errors import UpstreamTimeout, UpstreamUnavailable
+
+PASSED_THROUGH_HEADERS = frozenset(
+    {
+        "retry-after",
+        "retry-after-ms",
+        "x-should-retry",
+        "x-request-id",
+        "apim-request-id",
+        "openai-processing-ms",
+    }
+)
+"""Upstream response headers a caller (and the SDK's retry logic) relies on."""
+
+
+def passed_through(headers: httpx.Headers | dict[str, str]) -> dict[str, str]:
+    return {
+        name.lower(): value
+        for name, value in headers.items()
+        if name.lower() in PASSED_THROUGH_HEADERS or name.lower().startswith("x-ratelimit-")
+    }
+
+
+@dataclass
+class UpstreamResponse:
+    """An upstream answer whose body is read once: whole (`read`) or as SSE lines (`lines`)."""
+
+    status: int
+    headers: dict[str, str]
+    _read: Callable[[], Awaitable[bytes]]
+    _lines: Callable[[], AsyncIterator[str]]
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    async def read(self) -> bytes:
+        return await self._read()
+
+    def lines(self) -> AsyncIterator[str]:
+        return self._lines()
+
+
+class Upstream(Protocol):
+    """Where chat completions are computed."""
+
+    label: str
+    """Short name for logs and health reports: `azure-openai`, `openai-compatible`, `offline`."""
+
+    def open(self, *, deployment: str, body: dict[str, Any]) -> Any:
+        """An async context manager yielding an `UpstreamResponse`."""
+        ...
+
+
+@dataclass
+class HttpUpstream:
+    """An OpenAI-shaped HTTP upstream reached through one pooled `httpx.AsyncClient`."""
+
+    client: httpx.AsyncClient
+    url_for: Callable[[str], str]
+    """Deployment name -> chat-completions URL."""
+    auth_headers: Callable[[], Awaitable[dict[str, str]]]
+    model_for: Callable[[str], str | None]
+    """Deployment name -> `model` sent in the body (None leaves the caller's value)."""
+    label: str = "openai-compatible"
+
+    @asynccontextmanager
+    async def open(self, *, deployment: str, body: dict[str, Any]) -> AsyncIterator[UpstreamResponse]:
+        model = self.model_for(deployment)
+        payload = body if model is None else {**body, "model": model}
+        request = self.client.build_request(
+            "POST", self.url_for(deployment), json=payload, headers=await self.auth_headers()
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout("The upstream model did not answer in time.") from exc
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable("The upstream model could not be reached.") from exc
+        try:
+            yield UpstreamResponse(
+                status=response.status_code,
+                headers=passed_through(response.headers),
+                _read=_guarded(response.aread),
+                _lines=lambda: _guarded_lines(response),
+            )
+        finally:
+            await response.aclose()
+
+
+def _guarded(read: Callable[[], Awaitable[bytes]]) -> Callable[[], Awaitable[bytes]]:
+    async def read_body() -> bytes:
+        try:
+            return await read()
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout("The upstream model did not finish its answer in time.") from exc
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable("The upstream connection broke during the answer.") from exc
+
+    return read_body
+
+
+async def _guarded_lines(response: httpx.Response) -> AsyncIterator[str]:
+    try:
+        async for line in response.aiter_lines():
+            yield line
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout("The upstream model did not finish its answer in time.") from exc
+    except httpx.TransportError as exc:
+        raise UpstreamUnavailable("The upstream connection broke during the answer.") from exc
+
+
+def azure_openai_url(endpoint: str, api_version: str) -> Callable[[str], str]:
+    base = endpoint.rstrip("/")
+    return lambda deployment: (
+        f"{base}/openai/deployments/{quote(deployment, safe='')}/chat/completions?api-version={api_version}"
+    )
+
+
+def openai_compatible_url(base_url: str) -> Callable[[str], str]:
+    url = base_url.rstrip("/") + "/chat/completions"
+    return lambda _deployment: url
+
+
+@dataclass
+class ModelMap:
+    """Deployment name -> upstream model name; unknown deployments keep their own name."""
+
+    models: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self, deployment: str) -> str:
+        return self.models.get(deployment, deployment)
