@@ -201,7 +201,15 @@ def build_host(
             if service is not None:
                 await service.close()
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: _unrouted, 405: _unrouted})
+
+
+async def _unrouted(request: Request, exc: Exception) -> Response:
+    """No function serves this path or method: answer in the OpenAI error shape."""
+    status = getattr(exc, "status_code", 404)
+    message = f"No route for {request.method} {request.url.path}."
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": "not_found"}
+    return JSONResponse({"error": error}, status_code=status, headers={"x-should-retry": "false"})
 
 
 def _is_http(function: Any) -> bool:

@@ -18,11 +18,14 @@ from azure.core.exceptions import ResourceExistsError
 from azure.data.tables.aio import TableClient, TableServiceClient
 from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential, get_bearer_token_provider
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRetry
+from azure.storage.queue.aio import QueueServiceClient
 
 from shared.access import Authenticator
 from shared.capture import ChatCapture
 from shared.completion_index import CompletionIndex
 from shared.completion_store import CompletionStore
+from shared.errors import ConfigurationError
+from shared.job_queue import JobQueue, ServiceBusJobQueue, StorageJobQueue
 from shared.offline_model import OfflineModel
 from shared.settings import CredentialKind, Settings, get_settings
 from shared.upstream import HttpUpstream, ModelMap, Upstream, azure_openai_url, openai_compatible_url
@@ -103,6 +106,17 @@ class Services:
     @cached_property
     def capture(self) -> ChatCapture:
         return ChatCapture(upstream=self.upstream, store=self.store, store_enabled=self.settings.store_enabled)
+
+    @cached_property
+    def job_queue(self) -> JobQueue:
+        if self.settings.service_bus_namespace is not None:
+            return ServiceBusJobQueue.for_namespace(self.settings.service_bus_namespace, self.credential)
+        if self.settings.storage_connection_string is not None:
+            connection = self.settings.storage_connection_string.get_secret_value()
+            return StorageJobQueue(QueueServiceClient.from_connection_string(connection))
+        raise ConfigurationError(
+            "Set ServiceBusConnection__fullyQualifiedNamespace: job queues need Service Bus in Azure"
+        )
 
     @cached_property
     def authenticator(self) -> Authenticator:

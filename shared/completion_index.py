@@ -222,7 +222,7 @@ def _query_for(selection: CompletionFilter, *, order: Order, after: str | None) 
         clauses.append(f"{_metadata_column(key)} eq @v{number}")
     if metadata and selection.model is not None:
         parameters["model"] = selection.model
-        clauses.append("(deployment eq @model or model eq @model)")
+        clauses.append("( deployment eq @model or model eq @model )")  # the SDK substitutes space-separated @words
     if selection.owner is not None:
         parameters["owner"] = selection.owner
         clauses.append("owner eq @owner")

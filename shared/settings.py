@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     """Client id of the user-assigned managed identity."""
     credential: CredentialKind = Field(CredentialKind.DEVELOPER, alias="DISTILLERY_CREDENTIAL")
 
+    service_bus_namespace: str | None = Field(None, alias="ServiceBusConnection__fullyQualifiedNamespace")
+    """Service Bus namespace host for job queues; unset locally, where Azurite queues stand in."""
+    dataset_jobs_queue: str = Field("dataset-jobs", alias="DATASET_JOBS_QUEUE")
+    purge_jobs_queue: str = Field("purge-jobs", alias="PURGE_JOBS_QUEUE")
+
     completions_container: str = Field("completions", alias="COMPLETIONS_CONTAINER")
     completion_index_table: str = Field("completionindex", alias="COMPLETION_INDEX_TABLE")
 
