@@ -1,0 +1,60 @@
+"""The registered function set is the app's public surface: names, triggers and routes."""
+
+from __future__ import annotations
+
+import importlib
+import typing
+from typing import Any
+
+import pytest
+
+from shared.settings import get_settings
+
+
+@pytest.fixture(scope="module")
+def functions() -> dict[str, Any]:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AzureWebJobsStorage", "UseDevelopmentStorage=true")
+        get_settings.cache_clear()
+        app = importlib.import_module("function_app").app
+        get_settings.cache_clear()
+    return {function.get_function_name(): function for function in app.get_functions()}
+
+
+def _http(function: Any) -> tuple[str, tuple[str, ...]]:
+    trigger = function.get_trigger()
+    return trigger.route, tuple(str(getattr(m, "value", m)) for m in trigger.methods)
+
+
+def test_capture_and_stored_completion_routes(functions: dict[str, Any]) -> None:
+    expected = {
+        "create_chat_completion_for_deployment": ("openai/deployments/{deployment}/chat/completions", ("POST",)),
+        "create_chat_completion": ("openai/v1/chat/completions", ("POST",)),
+        "health": ("api/health", ("GET",)),
+    }
+    for prefix, suffix in (("openai", ""), ("openai/v1", "_v1")):
+        expected |= {
+            f"list_chat_completions{suffix}": (f"{prefix}/chat/completions", ("GET",)),
+            f"retrieve_chat_completion{suffix}": (f"{prefix}/chat/completions/{{completion_id}}", ("GET",)),
+            f"update_chat_completion{suffix}": (f"{prefix}/chat/completions/{{completion_id}}", ("POST",)),
+            f"delete_chat_completion{suffix}": (f"{prefix}/chat/completions/{{completion_id}}", ("DELETE",)),
+            f"list_chat_completion_messages{suffix}": (
+                f"{prefix}/chat/completions/{{completion_id}}/messages",
+                ("GET",),
+            ),
+        }
+    registered = {
+        name: _http(f) for name, f in functions.items() if f.get_trigger().get_binding_name() == "httpTrigger"
+    }
+    assert {name: registered.get(name) for name in expected} == expected
+
+
+def test_http_functions_take_the_streaming_request_type(functions: dict[str, Any]) -> None:
+    """The HTTP streams extension binds by annotation; every HTTP function must use its types."""
+    from azurefunctions.extensions.http.fastapi import Request, Response
+
+    for name, function in functions.items():
+        if function.get_trigger().get_binding_name() != "httpTrigger":
+            continue
+        hints = typing.get_type_hints(function.get_user_function())
+        assert (hints.get("req"), hints.get("return")) == (Request, Response), name
