@@ -5,7 +5,6 @@ Functions use the HTTP streams extension's `Request`/`Response` (FastAPI types),
 Azure Functions Python app can send server-sent events as they are produced.
 """
 
-
 import json
 import logging
 from collections.abc import Awaitable, Callable
