@@ -56,9 +56,10 @@ def _serve(args: argparse.Namespace) -> int:
         key = os.environ["DISTILLERY_API_KEY"] = secrets.token_urlsafe(32)
         _remember_key(args.settings, key)
     function_app = importlib.import_module("function_app")
-    from shared.clients import get_services
+    from shared.clients import get_services, upstream_label
 
     services = get_services()
+    label = upstream_label(services.settings)
     host = build_host(
         function_app.app,
         queue_connection=os.environ.get("AzureWebJobsStorage"),
@@ -70,8 +71,8 @@ def _serve(args: argparse.Namespace) -> int:
     print(
         f"Distillery is listening on {endpoint}\n"
         f"  API key:   {key}\n"
-        f"  upstream:  {services.upstream.label}"
-        + ("  (offline model: answers are echoes, not a real model)" if services.upstream.label == "offline" else "")
+        f"  upstream:  {label}"
+        + ("  (offline model: answers are echoes, not a real model)" if label == "offline" else "")
         + f"\n  AzureOpenAI(azure_endpoint='{endpoint}', api_key=KEY, api_version='2024-10-21')"
         f"\n  OpenAI(base_url='{endpoint}/openai/v1', api_key=KEY)",
         flush=True,

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from shared import ids
 from shared.access import Caller
-from shared.chat_request import ChatRequest
+from shared.chat_request import ChatRequest, StreamOptions
 from shared.completion_store import CompletionStore
 from shared.errors import NotFound, StorageUnavailable
 from shared.stored_completion import StoredCompletion
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 STORED_HEADER = "x-distillery-stored"
 NOT_STORED_REASON_HEADER = "x-distillery-not-stored-reason"
+REPLAYED_HEADER = "x-distillery-replayed"
 
 
 class NotStoredReason(StrEnum):
@@ -66,10 +67,10 @@ class ChatCapture:
             storing = False
             _mark_not_stored(headers, NotStoredReason.STORE_DISABLED)
         completion_id = await self._completion_id(caller, idempotency_key) if storing else None
-        if completion_id is not None and not request.stream:
-            replay = await self._replay(completion_id)
-            if replay is not None:
-                return replay
+        if completion_id is not None:
+            earlier = await self._stored(completion_id)
+            if earlier is not None:
+                return _replay(earlier, stream=bool(request.stream), options=request.stream_options)
 
         stack = AsyncExitStack()
         response: UpstreamResponse = await stack.enter_async_context(
@@ -187,14 +188,42 @@ class ChatCapture:
             log.warning("Idempotency key not recorded: the completion index is unavailable")
             return completion_id
 
-    async def _replay(self, completion_id: str) -> ProxyReply | None:
-        """A retry of a call already stored gets the stored answer, without a second upstream call."""
+    async def _stored(self, completion_id: str) -> StoredCompletion | None:
         try:
-            stored = await self._store.get(completion_id)
+            return await self._store.get(completion_id)
         except (NotFound, StorageUnavailable):
             return None
-        headers = {"content-type": "application/json", STORED_HEADER: "true", "x-distillery-replayed": "true"}
-        return ProxyReply(status=200, headers=headers, body=_dumps(stored.response))
+
+
+def _replay(stored: StoredCompletion, *, stream: bool, options: StreamOptions | None) -> ProxyReply:
+    """A retry of a call already stored gets the stored answer again, with no second upstream call
+    (and no overwrite of what is kept); a streamed retry gets it as one content chunk per choice."""
+    headers = {STORED_HEADER: "true", REPLAYED_HEADER: "true"}
+    if not stream:
+        return ProxyReply(
+            status=200, headers={**headers, "content-type": "application/json"}, body=_dumps(stored.response)
+        )
+    response = stored.response
+    head = {key: response.get(key) for key in ("id", "created", "model", "system_fingerprint")}
+    head["object"] = "chat.completion.chunk"
+    chunks = [
+        {
+            **head,
+            "choices": [
+                {"index": c.get("index", 0), "delta": c.get("message") or {}, "finish_reason": c.get("finish_reason")}
+            ],
+        }
+        for c in response.get("choices") or []
+    ]
+    if options is not None and options.include_usage and response.get("usage"):
+        chunks.append({**head, "choices": [], "usage": response["usage"]})
+
+    async def events() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield b"data: " + _dumps(chunk) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    return ProxyReply(status=200, headers={**headers, "content-type": "text/event-stream"}, events=events())
 
 
 def _event_data(event: list[str]) -> str | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import httpx
+import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables.aio import TableClient, TableServiceClient
@@ -37,6 +37,8 @@ COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
 # Storage calls fail fast: a caller waiting on a proxied completion must not wait out long retries.
 _STORAGE_TIMEOUTS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 30}
 _BLOB_RETRY = LinearRetry(backoff=0.2, random_jitter_range=0.1, retry_total=2)
+_SSE_LINE_LIMIT = 8 * 1024 * 1024
+"""Longest server-sent event line read from an upstream (a chunk carrying a large tool call)."""
 _TABLE_RETRY: dict[str, Any] = {"retry_total": 2, "retry_backoff_factor": 0.2, "retry_backoff_max": 2}
 
 
@@ -129,16 +131,24 @@ class Services:
         await self.table_service.create_table_if_not_exists(self.settings.completion_index_table)
 
 
+def upstream_label(settings: Settings) -> str:
+    """Which upstream the settings choose, without connecting to it."""
+    if settings.azure_openai_endpoint is not None:
+        return "azure-openai"
+    if settings.openai_base_url is not None:
+        return "openai-compatible"
+    return "offline"
+
+
 def build_upstream(settings: Settings, credential: AsyncTokenCredential) -> Upstream:
-    timeout = httpx.Timeout(settings.upstream_timeout_seconds, connect=10.0)
-    limits = httpx.Limits(
-        max_connections=settings.upstream_max_connections,
-        max_keepalive_connections=settings.upstream_max_connections,
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=settings.upstream_max_connections),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=settings.upstream_timeout_seconds),
+        read_bufsize=_SSE_LINE_LIMIT,
     )
-    client = httpx.AsyncClient(timeout=timeout, limits=limits)
     if settings.azure_openai_endpoint is not None:
         return HttpUpstream(
-            client=client,
+            session=session,
             url_for=azure_openai_url(str(settings.azure_openai_endpoint), settings.azure_openai_api_version),
             auth_headers=_azure_auth(settings, credential),
             model_for=lambda _deployment: None,
@@ -152,7 +162,7 @@ def build_upstream(settings: Settings, credential: AsyncTokenCredential) -> Upst
             return headers
 
         return HttpUpstream(
-            client=client,
+            session=session,
             url_for=openai_compatible_url(str(settings.openai_base_url)),
             auth_headers=static_headers,
             model_for=ModelMap(settings.deployment_models),

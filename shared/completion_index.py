@@ -192,6 +192,9 @@ class CompletionIndex:
 async def _all_or_raise(operations: list[Any]) -> None:
     results = await asyncio.gather(*operations, return_exceptions=True)
     failures = [result for result in results if isinstance(result, BaseException)]
+    for failure in failures:
+        if not isinstance(failure, AzureError):
+            raise failure
     if failures:
         raise StorageUnavailable("The completion index is unavailable.") from failures[0]
 

@@ -1,8 +1,8 @@
 """Stored completions: one blob document each, kept consistent with the completion index.
 
-Write order keeps every list answer truthful: a document is written before its index rows (a row
-never points at nothing for long) and its rows are removed before it is deleted. Lists re-check
-each page against the documents themselves, so a row left behind by a crash is never served.
+Lists re-check each page against the documents themselves, so an index row whose document is
+missing or different (a crash between the two writes) is never served. That is what lets a store
+write its document and its index rows concurrently, and a delete remove rows before the document.
 """
 
 from __future__ import annotations
@@ -36,19 +36,29 @@ class CompletionStore:
         self.index = index
 
     async def put(self, completion: StoredCompletion) -> int:
-        """Store (or overwrite, for a retried call) a completion; returns the document's size in bytes."""
+        """Store (or overwrite, for a retried call) a completion; returns the document's size in bytes.
+
+        Document and index rows are written concurrently: a list never serves a row whose document
+        is missing (it re-checks documents), so the order of the two writes does not matter, and
+        the caller waits for the slower write instead of both.
+        """
         document = _encode(completion)
-        entry = _entry(completion, len(document))
+        upload = self._upload(completion.id, document)
+        indexing = self.index.add(_entry(completion, len(document)))
+        results = await asyncio.gather(upload, indexing, return_exceptions=True)
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            await asyncio.gather(
+                self.index.remove(_entry(completion, 0)), self._forget_document(completion.id), return_exceptions=True
+            )
+            raise failures[0]
+        return len(document)
+
+    async def _upload(self, completion_id: str, document: bytes) -> None:
         try:
-            await self._container.upload_blob(_blob_name(completion.id), document, overwrite=True)
+            await self._container.upload_blob(_blob_name(completion_id), document, overwrite=True)
         except AzureError as exc:
             raise StorageUnavailable("The completion store is unavailable.") from exc
-        try:
-            await self.index.add(entry)
-        except StorageUnavailable:
-            await self._forget_document(completion.id)
-            raise
-        return len(document)
 
     async def get(self, completion_id: str, *, owner: str | None = None) -> StoredCompletion:
         completion, _ = await self._read(ids.require_completion_id(completion_id), owner=owner)

@@ -95,11 +95,17 @@ class FakeUpstream:
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.root_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{self.root_url}/v1"
         self.requests: list[dict[str, Any]] = []
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
-        app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
+        app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/openai/deployments/{deployment}/chat/completions", self._chat, methods=["POST"]),
+            ]
+        )
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
@@ -128,7 +134,7 @@ class FakeUpstream:
     async def _chat(self, request: Request) -> Response:
         body = json.loads(await request.body())
         with self._lock:
-            self.requests.append({"body": body, "headers": dict(request.headers)})
+            self.requests.append({"body": body, "headers": dict(request.headers), "url": str(request.url)})
             reply = self._script.popleft() if self._script else Reply()
         if reply.delay_seconds:
             await asyncio.sleep(reply.delay_seconds)

@@ -172,6 +172,19 @@ def test_idempotency_key_retry_replays_the_stored_answer(
     assert [c.id for c in client.chat.completions.list(metadata={"tag": tag})] == [first.id]
 
 
+def test_streamed_retry_with_the_same_idempotency_key_replays_without_upstream(
+    host: RunningHost, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    client = host.openai_client()
+    options = {"model": "gpt-4o", "store": True, "stream": True, "metadata": {"tag": tag}, "messages": MESSAGES}
+    first = list(client.chat.completions.create(**options, extra_headers={"Idempotency-Key": tag}))
+    again = list(client.chat.completions.create(**options, extra_headers={"Idempotency-Key": tag}))
+    assert len(fake_upstream.requests) == 1
+    assert {c.id for c in again} == {first[0].id}
+    assert "".join(c.choices[0].delta.content or "" for c in again if c.choices) == "fake: hello there"
+    assert [c.id for c in client.chat.completions.list(metadata={"tag": tag})] == [first[0].id]
+
+
 def test_missing_or_wrong_key_is_401(host: RunningHost) -> None:
     for headers in ({}, {"api-key": "wrong"}, {"authorization": "Bearer wrong"}):
         response = httpx.get(f"{host.url}/openai/v1/chat/completions", headers=headers)

@@ -1,0 +1,248 @@
+"""`python -m bench.capture`: the proxy's overhead and the cost of a filtered list.
+
+Part 1 sends the same chat completion, interleaved round by round so machine noise hits all three
+alike, to: the zero-latency upstream directly, the proxy with store=false, and the proxy with
+store=true (durable: the answer returns after the blob and index rows are written). It prints
+p50/p99 latency at one request in flight, requests/s at 16 in flight, and the p50 overhead.
+
+Part 2 grows the store to each size and times a metadata-filtered list (limit 20) through
+`CompletionStore.list`, counting the index rows storage returned, beside a bare one-page partition
+query on the same Azurite (the emulator scans its tables internally, so its own cost grows with
+size; the design's cost is the difference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+from azure.core.pipeline import PipelineResponse
+from azure.data.tables.aio import TableClient
+from azure.storage.blob.aio import ContainerClient
+
+from local_host.azurite import Azurite, free_port, start_azurite
+from local_host.process import start_host
+from shared import ids
+from shared.completion_filter import CompletionFilter
+from shared.completion_index import CompletionIndex, IndexEntry, _partitions, _rows
+from shared.completion_store import CompletionStore
+from shared.stored_completion import StoredCompletion
+
+BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say ok fifty times."}]}
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def sequential(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], body: dict[str, Any], n: int
+) -> list[float]:
+    latencies = []
+    for _ in range(n):
+        started = time.perf_counter()
+        response = await client.post(url, json=body, headers=headers)
+        latencies.append((time.perf_counter() - started) * 1000)
+        response.raise_for_status()
+    return latencies
+
+
+async def concurrent(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], body: dict[str, Any], n: int, width: int
+) -> float:
+    remaining = iter(range(n))
+
+    async def worker() -> None:
+        for _ in remaining:
+            (await client.post(url, json=body, headers=headers)).raise_for_status()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(width)))
+    return n / (time.perf_counter() - started)
+
+
+def proxy_overhead(azurite: Azurite, requests: int, rounds: int) -> None:
+    port = free_port()
+    upstream = subprocess.Popen([sys.executable, "-m", "bench.zero_upstream", str(port)])
+    upstream_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        with tempfile.TemporaryDirectory() as logs:
+            asyncio.run(_wait_ready(f"{upstream_url}/chat/completions"))
+            host = start_host(azurite.connection_string, Path(logs), OPENAI_BASE_URL=upstream_url)
+            try:
+                key = {"api-key": host.key}
+                proxy = f"{host.url}/openai/v1/chat/completions"
+                targets = {
+                    "direct to upstream": (f"{upstream_url}/chat/completions", {}, BODY),
+                    "proxy, store=false": (proxy, key, BODY),
+                    "proxy, store=true": (proxy, key, {**BODY, "store": True, "metadata": {"bench": "capture"}}),
+                }
+                asyncio.run(_measure_targets(targets, requests, rounds))
+            finally:
+                host.stop()
+    finally:
+        upstream.terminate()
+        upstream.wait()
+
+
+async def _measure_targets(
+    targets: dict[str, tuple[str, dict[str, str], dict[str, Any]]], requests: int, rounds: int
+) -> None:
+    latencies: dict[str, list[float]] = defaultdict(list)
+    throughput: dict[str, list[float]] = defaultdict(list)
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        for url, headers, body in targets.values():
+            await sequential(client, url, headers, body, 50)  # warm connections, caches and the JIT-less paths
+        for _ in range(rounds):
+            for name, (url, headers, body) in targets.items():
+                latencies[name] += await sequential(client, url, headers, body, requests // rounds)
+            for name, (url, headers, body) in targets.items():
+                throughput[name].append(await concurrent(client, url, headers, body, requests // rounds, 16))
+    direct_p50 = statistics.median(latencies["direct to upstream"])
+    print(f"\nProxy overhead: {requests} sequential requests per target in {rounds} interleaved rounds")
+    print(f"{'target':<22}{'p50 ms':>9}{'p99 ms':>9}{'overhead p50 ms':>17}{'req/s @16':>11}")
+    for name in targets:
+        p50 = statistics.median(latencies[name])
+        print(
+            f"{name:<22}{p50:>9.2f}{percentile(latencies[name], 0.99):>9.2f}"
+            f"{p50 - direct_p50:>17.2f}{statistics.median(throughput[name]):>11.0f}"
+        )
+
+
+async def _wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            try:
+                await client.post(url, json=BODY)
+                return
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)
+    raise RuntimeError(f"{url} did not start")
+
+
+def _completion(number: int, base_us: int) -> StoredCompletion:
+    completion_id = ids.new_completion_id(now_us=base_us + number * 1000)
+    return StoredCompletion(
+        id=completion_id,
+        created=ids.captured_at_us(completion_id) // 1_000_000,
+        deployment="bench",
+        model="zero-latency",
+        metadata={"tag": "needle" if number % 40 == 0 else f"hay-{number % 97}", "user": f"u{number % 13}"},
+        owner="bench",
+        request={"messages": [{"role": "user", "content": f"question {number} " + "x" * 400}]},
+        response={
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "y" * 400}, "finish_reason": "stop"}]
+        },
+    )
+
+
+async def seed(container: ContainerClient, table: TableClient, start: int, stop: int, base_us: int) -> None:
+    """Bulk-load completions: blobs 64 at a time, index rows in 100-row transactions per partition.
+
+    It writes exactly the rows `CompletionIndex.add` writes, only batched, so seeding 100k is minutes.
+    """
+    gate = asyncio.Semaphore(32)
+    by_partition: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+    async def upload(completion: StoredCompletion) -> None:
+        async with gate:
+            await container.upload_blob(f"{completion.id}.json", completion.model_dump_json(), overwrite=True)
+
+    uploads = []
+    for number in range(start, stop):
+        completion = _completion(number, base_us)
+        entry = IndexEntry(
+            id=completion.id,
+            deployment=completion.deployment,
+            model=completion.model,
+            metadata=completion.metadata,
+            owner="bench",
+        )
+        for partition in _partitions(entry):
+            by_partition[partition] += _rows(entry, partition)
+        uploads.append(upload(completion))
+    await asyncio.gather(*uploads)
+
+    async def commit(rows: list[dict[str, Any]]) -> None:
+        async with gate:
+            await table.submit_transaction([("upsert", row) for row in rows])
+
+    await asyncio.gather(
+        *(commit(rows[i : i + 100]) for rows in by_partition.values() for i in range(0, len(rows), 100))
+    )
+
+
+async def list_cost(azurite: Azurite, sizes: list[int], samples: int) -> None:
+    rows_read: list[int] = []
+
+    def count_rows(response: PipelineResponse) -> None:
+        if response.http_request.method == "GET":
+            rows_read.append(len(json.loads(response.http_response.body() or b"{}").get("value", [])))
+
+    name = f"bench{int(time.time())}"
+    base_us = int(time.time() * 1_000_000) - 10**12
+    async with (
+        ContainerClient.from_connection_string(azurite.connection_string, name) as container,
+        TableClient.from_connection_string(azurite.connection_string, name, raw_response_hook=count_rows) as table,
+    ):
+        await container.create_container()
+        await table.create_table()
+        store = CompletionStore(container=container, index=CompletionIndex(table))
+        needle = CompletionFilter(metadata={"tag": "needle"})
+        print(f"\nFiltered list (metadata tag=needle, 2.5% of completions, limit 20, desc), {samples} samples per size")
+        print(f"{'stored':>8}{'seed s':>8}{'list p50 ms':>13}{'rows read':>11}{'bare partition query p50 ms':>29}")
+        stored = 0
+        for size in sizes:
+            started = time.perf_counter()
+            await seed(container, table, stored, size, base_us)
+            seeded_in, stored = time.perf_counter() - started, size
+            list_ms, bare_ms, rows = [], [], []
+            for _ in range(samples):
+                rows_read.clear()
+                began = time.perf_counter()
+                page = await store.list(needle, order="desc", limit=20)
+                list_ms.append((time.perf_counter() - began) * 1000)
+                rows.append(sum(rows_read))
+                assert len(page.data) == 20
+                began = time.perf_counter()
+                pages = table.query_entities("PartitionKey eq 'all'", results_per_page=21).by_page()
+                [_ async for _ in await anext(pages)]
+                bare_ms.append((time.perf_counter() - began) * 1000)
+            print(
+                f"{size:>8}{seeded_in:>8.0f}{statistics.median(list_ms):>13.1f}{max(rows):>11}{statistics.median(bare_ms):>29.1f}"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000, help="sequential requests per target")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sizes", default="1000,10000,100000", help="store sizes for the list benchmark")
+    parser.add_argument("--samples", type=int, default=30)
+    parser.add_argument("--skip", choices=["proxy", "list"], action="append", default=[])
+    args = parser.parse_args()
+    azurite = start_azurite()
+    try:
+        if "proxy" not in args.skip:
+            proxy_overhead(azurite, args.requests, args.rounds)
+        if "list" not in args.skip:
+            asyncio.run(list_cost(azurite, [int(size) for size in args.sizes.split(",")], args.samples))
+    finally:
+        azurite.stop()
+
+
+if __name__ == "__main__":
+    main()
