@@ -38,6 +38,8 @@ class Reply:
     message: dict[str, Any] | None = None
     """For a default-shaped completion with this assistant message (e.g. tool calls)."""
     finish_reason: str = "stop"
+    hold_after_first_chunk: threading.Event | None = None
+    """Stream the first chunk, then wait for this event before the rest (proves chunks are relayed live)."""
 
 
 def completion(request: dict[str, Any], message: dict[str, Any], finish_reason: str = "stop") -> dict[str, Any]:
@@ -143,12 +145,16 @@ class FakeUpstream:
         message = reply.message or default_message(body)
         if body.get("stream"):
             chunks = reply.chunks or chunks_for(body, message, reply.finish_reason)
-            return StreamingResponse(_sse(chunks), media_type="text/event-stream", headers=reply.headers)
+            return StreamingResponse(
+                _sse(chunks, reply.hold_after_first_chunk), media_type="text/event-stream", headers=reply.headers
+            )
         return JSONResponse(completion(body, message, reply.finish_reason), headers=reply.headers)
 
 
-async def _sse(chunks: list[dict[str, Any]]) -> Any:
-    for chunk in chunks:
+async def _sse(chunks: list[dict[str, Any]], hold: threading.Event | None) -> Any:
+    for number, chunk in enumerate(chunks):
         yield f"data: {json.dumps(chunk)}\n\n".encode()
         await asyncio.sleep(0)
+        if number == 0 and hold is not None:
+            await asyncio.to_thread(hold.wait, 10)
     yield b"data: [DONE]\n\n"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import httpx
 import openai
 import pytest
@@ -77,6 +80,25 @@ def test_streamed_create_is_relayed_chunk_by_chunk_and_stored(
     assert kept.choices[0].message.content == "fake: hello there"
     assert kept.choices[0].finish_reason == "stop"
     assert (kept.usage is not None) == include_usage
+
+
+def test_chunks_reach_the_client_before_the_upstream_finishes(
+    host: RunningHost, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    """The upstream holds its stream after the first chunk until the client has received it:
+    a proxy that buffered would never deliver it, and the test would fail on the timeout."""
+    hold = threading.Event()
+    fake_upstream.script(Reply(hold_after_first_chunk=hold))
+    stream = host.openai_client(timeout=20).chat.completions.create(
+        model="gpt-4o", store=True, stream=True, metadata={"tag": tag}, messages=MESSAGES
+    )
+    started = time.monotonic()
+    first = next(iter(stream))
+    assert time.monotonic() - started < 8
+    assert first.choices[0].delta.role == "assistant"
+    hold.set()
+    rest = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in rest if c.choices) == "fake: hello there"
 
 
 def test_streamed_tool_calls_are_assembled(host: RunningHost, fake_upstream: FakeUpstream, tag: str) -> None:
