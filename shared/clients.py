@@ -36,7 +36,7 @@ COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
 
 # Storage calls fail fast: a caller waiting on a proxied completion must not wait out long retries.
 _STORAGE_TIMEOUTS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 30}
-_BLOB_RETRY = LinearRetry(backoff=0.2, random_jitter_range=0.1, retry_total=2)
+_BLOB_RETRY = LinearRetry(backoff=0.2, random_jitter_range=0.1, retry_total=2)  # type: ignore[arg-type]  # sub-second works: it feeds random.uniform
 _SSE_LINE_LIMIT = 8 * 1024 * 1024
 """Longest server-sent event line read from an upstream (a chunk carrying a large tool call)."""
 _TABLE_RETRY: dict[str, Any] = {"retry_total": 2, "retry_backoff_factor": 0.2, "retry_backoff_max": 2}
