@@ -27,7 +27,7 @@ class CredentialKind(StrEnum):
 class Settings(BaseSettings):
     """Validated configuration; see the README's configuration table for each setting's purpose."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=False, frozen=True)
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=False, frozen=True, env_ignore_empty=True)
 
     storage_connection_string: SecretStr | None = Field(None, alias="AzureWebJobsStorage")
     """Connection string for local runs (Azurite); Azure uses the identity-based account name."""
