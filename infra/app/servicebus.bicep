@@ -1,0 +1,43 @@
+// Job queues: Entra ID only, at-least-once delivery with duplicate detection, poison messages
+// dead-lettered after five tries.
+param name string
+param location string
+param tags object
+param queueNames array
+
+resource namespace 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
+  #checkov:skip=CKV_AZURE_199:Double encryption is a Premium-only feature; Standard encrypts at rest with Microsoft-managed keys.
+  #checkov:skip=CKV_AZURE_201:Customer-managed keys are Premium-only.
+  #checkov:skip=CKV_AZURE_204:Flex Consumption without VNet integration reaches Service Bus over the public endpoint; local auth is off, so only Entra ID principals with a data role get in.
+  name: name
+  location: location
+  tags: tags
+  // Standard, not Basic: duplicate detection needs it. Premium only for private networking.
+  sku: { name: 'Standard', tier: 'Standard' }
+  properties: {
+    disableLocalAuth: true
+    minimumTlsVersion: '1.2'
+    publicNetworkAccess: 'Enabled'
+  }
+}
+
+resource queues 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = [
+  for queueName in queueNames: {
+    parent: namespace
+    name: queueName
+    properties: {
+      // Matches the host's maxAutoLockRenewalDuration budget: a job chunk runs within one lock.
+      lockDuration: 'PT5M'
+      maxDeliveryCount: 5
+      requiresDuplicateDetection: true
+      duplicateDetectionHistoryTimeWindow: 'PT10M'
+      deadLetteringOnMessageExpiration: true
+      defaultMessageTimeToLive: 'P14D'
+      maxSizeInMegabytes: 1024
+    }
+  }
+]
+
+output name string = namespace.name
+// serviceBusEndpoint reads https://{name}.servicebus.windows.net:443/ (suffix varies by cloud).
+output fullyQualifiedNamespace string = split(split(namespace.properties.serviceBusEndpoint, '//')[1], ':')[0]
