@@ -46,9 +46,7 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
 }
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
-  #checkov:skip=CKV_AZURE_211:Flex Consumption (FC1) has no other SKU; it scales per instance instead.
-  #checkov:skip=CKV_AZURE_212:Flex Consumption sets instance counts through functionAppConfig.scaleAndConcurrency, not the plan.
-  #checkov:skip=CKV_AZURE_225:Zone redundancy for Flex Consumption is chosen per region at creation; left to the operator.
+  // checkov:skip=CKV_AZURE_225:Zone redundancy for Flex Consumption is chosen per region at creation; left to the operator.
   name: planName
   location: location
   tags: tags
@@ -92,9 +90,10 @@ var upstreamSettings = union(
 )
 
 resource site 'Microsoft.Web/sites@2024-04-01' = {
-  #checkov:skip=CKV_AZURE_17:Client certificates would stop the OpenAI SDKs, which authenticate with bearer tokens (Entra ID via enableEntraAuth).
-  #checkov:skip=CKV_AZURE_222:Public network access is the product: callers reach the proxy over HTTPS; restrict with access restrictions or a private endpoint if needed.
-  #checkov:skip=CKV_AZURE_13:App Service Authentication is optional (enableEntraAuth); when off, the app itself authenticates callers.
+  // checkov:skip=CKV_AZURE_17:Client certificates would stop the OpenAI SDKs, which authenticate with bearer tokens (Entra ID via enableEntraAuth).
+  // checkov:skip=CKV_AZURE_222:Public network access is the product: callers reach the proxy over HTTPS; restrict with access restrictions or a private endpoint if needed.
+  // checkov:skip=CKV_AZURE_212:Flex Consumption scales from zero; always-ready instances are a cost the operator opts into (functionAppConfig.alwaysReady).
+  // checkov:skip=CKV_AZURE_213:Flex Consumption manages instance health itself; GET /api/health answers external probes.
   name: name
   location: location
   tags: tags
@@ -106,6 +105,8 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
+    // Key Vault references (the README's way to use a key) resolve with the app's identity.
+    keyVaultReferenceIdentity: identity.id
     publicNetworkAccess: 'Enabled'
     siteConfig: {
       minTlsVersion: '1.2'
@@ -134,6 +135,14 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
 }
 
 resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
+  // checkov reads this sites/config child as a site's 'web' config; those checks do not apply here:
+  // checkov:skip=CKV_AZURE_63:App Service HTTP logs: Application Insights records every request instead.
+  // checkov:skip=CKV_AZURE_65:Detailed IIS error pages: not a Linux Functions feature; exceptions go to Application Insights.
+  // checkov:skip=CKV_AZURE_66:IIS failed request tracing: same as CKV_AZURE_65.
+  // checkov:skip=CKV_AZURE_80:.NET Framework version: a Python app.
+  // checkov:skip=CKV_AZURE_88:Azure Files content share: Flex Consumption deploys from the blob container instead.
+  // checkov:skip=CKV_AZURE_222:Public network access is set on the site (see its skip).
+  // checkov:skip=CKV_AZURE_13:Authentication lives in the optional authsettingsV2 resource below (enableEntraAuth).
   parent: site
   name: 'appsettings'
   properties: union(hostSettings, appSettings, upstreamSettings)
@@ -155,6 +164,15 @@ resource ftpBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@20
 // Entra ID in front of the app: callers need a token for authClientId; App Service validates it,
 // strips any forged X-MS-CLIENT-PRINCIPAL header and passes the signed-in principal to the app.
 resource auth 'Microsoft.Web/sites/config@2024-04-01' = if (enableEntraAuth) {
+  // checkov reads this sites/config child as a site's 'web' config; those checks do not apply here:
+  // checkov:skip=CKV_AZURE_63:App Service HTTP logs: Application Insights records every request instead.
+  // checkov:skip=CKV_AZURE_65:Detailed IIS error pages: not a Linux Functions feature; exceptions go to Application Insights.
+  // checkov:skip=CKV_AZURE_66:IIS failed request tracing: same as CKV_AZURE_65.
+  // checkov:skip=CKV_AZURE_80:.NET Framework version: a Python app.
+  // checkov:skip=CKV_AZURE_88:Azure Files content share: Flex Consumption deploys from the blob container instead.
+  // checkov:skip=CKV_AZURE_222:Public network access is set on the site (see its skip).
+  // checkov:skip=CKV_AZURE_13:This is the authentication; checkov reads only the older authsettings shape.
+  // checkov:skip=CKV_AZURE_70:checkov's HTTPS check fails on this resource; httpsOnly is set on the site.
   parent: site
   name: 'authsettingsV2'
   properties: {

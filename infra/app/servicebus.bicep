@@ -6,9 +6,6 @@ param tags object
 param queueNames array
 
 resource namespace 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
-  #checkov:skip=CKV_AZURE_199:Double encryption is a Premium-only feature; Standard encrypts at rest with Microsoft-managed keys.
-  #checkov:skip=CKV_AZURE_201:Customer-managed keys are Premium-only.
-  #checkov:skip=CKV_AZURE_204:Flex Consumption without VNet integration reaches Service Bus over the public endpoint; local auth is off, so only Entra ID principals with a data role get in.
   name: name
   location: location
   tags: tags

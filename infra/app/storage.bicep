@@ -11,12 +11,9 @@ param retentionDays int
 param recoveryDays int
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
-  #checkov:skip=CKV_AZURE_33:Queue service logging: the app uses no storage queues in Azure (jobs go through Service Bus); Application Insights traces every call.
-  #checkov:skip=CKV_AZURE_35:Flex Consumption without VNet integration reaches Storage over the public endpoint; access is Entra ID only (shared keys off). Add a VNet and private endpoints to close it.
-  #checkov:skip=CKV_AZURE_59:Same as CKV_AZURE_35: public network access is needed without VNet integration; no anonymous or key access is possible.
-  #checkov:skip=CKV_AZURE_206:Replication: LRS keeps cost low; completions are a copy of traffic, not a system of record. Choose ZRS/GRS for stricter durability.
-  #checkov:skip=CKV2_AZURE_1:Customer-managed keys need a Key Vault the deployment does not create; data is encrypted at rest with Microsoft-managed keys.
-  #checkov:skip=CKV2_AZURE_33:Private endpoint: see CKV_AZURE_35.
+  // checkov:skip=CKV_AZURE_35:Flex Consumption without VNet integration reaches Storage over the public endpoint; access is Entra ID only (shared keys off). Add a VNet and private endpoints to close it.
+  // checkov:skip=CKV_AZURE_59:Same as CKV_AZURE_35: public network access is needed without VNet integration; no anonymous or key access is possible.
+  // checkov:skip=CKV_AZURE_206:Replication: LRS keeps cost low; completions are a copy of traffic, not a system of record. Choose ZRS/GRS for stricter durability.
   name: name
   location: location
   tags: tags
