@@ -1,0 +1,204 @@
+// The Function App on Flex Consumption, running as the user-assigned identity. Every connection is
+// identity-based; no app setting holds a key (see the README for using a key from Key Vault).
+param name string
+param planName string
+param location string
+param tags object
+param identityName string
+param storageAccountName string
+param deploymentContainerName string
+param serviceBusNamespaceName string
+param applicationInsightsName string
+param instanceMemoryMB int
+param maximumInstanceCount int
+param completionsContainerName string
+param datasetsContainerName string
+param reportsContainerName string
+param completionIndexTableName string
+param datasetJobsQueueName string
+param purgeJobsQueueName string
+param azureOpenAiEndpoint string
+param azureOpenAiApiVersion string
+param openAiBaseUrl string
+param deploymentModels string
+param storeEnabled bool
+param retentionDays int
+param upstreamTimeoutSeconds int
+param upstreamMaxConnections int
+param enableEntraAuth bool
+param authClientId string
+param authTenantId string
+
+resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' existing = {
+  name: identityName
+}
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource serviceBus 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' existing = {
+  name: serviceBusNamespaceName
+}
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  // checkov:skip=CKV_AZURE_225:Zone redundancy for Flex Consumption is chosen per region at creation; left to the operator.
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: { name: 'FC1', tier: 'FlexConsumption' }
+  properties: { reserved: true }
+}
+
+// Settings the code reads (shared/settings.py; tests/infra/test_bicep.py keeps the two in step).
+// Empty optional URLs are left out, not set to '': the settings validate a present value as a URL.
+var hostSettings = {
+  AzureWebJobsStorage__accountName: storage.name
+  AzureWebJobsStorage__credential: 'managedidentity'
+  AzureWebJobsStorage__clientId: identity.properties.clientId
+  ServiceBusConnection__fullyQualifiedNamespace: split(split(serviceBus.properties.serviceBusEndpoint, '//')[1], ':')[0]
+  ServiceBusConnection__credential: 'managedidentity'
+  ServiceBusConnection__clientId: identity.properties.clientId
+  APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identity.properties.clientId};Authorization=AAD'
+}
+var appSettings = {
+  AZURE_CLIENT_ID: identity.properties.clientId
+  DISTILLERY_CREDENTIAL: 'managed_identity'
+  DISTILLERY_STORE_ENABLED: storeEnabled ? 'true' : 'false'
+  DISTILLERY_TRUST_APP_SERVICE_AUTH: enableEntraAuth ? 'true' : 'false'
+  DISTILLERY_DEPLOYMENT_MODELS: deploymentModels
+  AZURE_OPENAI_API_VERSION: azureOpenAiApiVersion
+  UPSTREAM_TIMEOUT_SECONDS: string(upstreamTimeoutSeconds)
+  UPSTREAM_MAX_CONNECTIONS: string(upstreamMaxConnections)
+  COMPLETIONS_CONTAINER: completionsContainerName
+  DATASETS_CONTAINER: datasetsContainerName
+  REPORTS_CONTAINER: reportsContainerName
+  COMPLETION_INDEX_TABLE: completionIndexTableName
+  DATASET_JOBS_QUEUE: datasetJobsQueueName
+  PURGE_JOBS_QUEUE: purgeJobsQueueName
+  RETENTION_DAYS: string(retentionDays)
+}
+var upstreamSettings = union(
+  empty(azureOpenAiEndpoint) ? {} : { AZURE_OPENAI_ENDPOINT: azureOpenAiEndpoint },
+  empty(openAiBaseUrl) ? {} : { OPENAI_BASE_URL: openAiBaseUrl }
+)
+
+resource site 'Microsoft.Web/sites@2024-04-01' = {
+  // checkov:skip=CKV_AZURE_17:Client certificates would stop the OpenAI SDKs, which authenticate with bearer tokens (Entra ID via enableEntraAuth).
+  // checkov:skip=CKV_AZURE_222:Public network access is the product: callers reach the proxy over HTTPS; restrict with access restrictions or a private endpoint if needed.
+  // checkov:skip=CKV_AZURE_212:Flex Consumption scales from zero; always-ready instances are a cost the operator opts into (functionAppConfig.alwaysReady).
+  // checkov:skip=CKV_AZURE_213:Flex Consumption manages instance health itself; GET /api/health answers external probes.
+  name: name
+  location: location
+  tags: tags
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: { '${identity.id}': {} }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    // Key Vault references (the README's way to use a key) resolve with the app's identity.
+    keyVaultReferenceIdentity: identity.id
+    publicNetworkAccess: 'Enabled'
+    siteConfig: {
+      minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identity.id
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        instanceMemoryMB: instanceMemoryMB
+        maximumInstanceCount: maximumInstanceCount
+      }
+      runtime: { name: 'python', version: '3.11' }
+    }
+  }
+}
+
+resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
+  // checkov reads this sites/config child as a site's 'web' config; those checks do not apply here:
+  // checkov:skip=CKV_AZURE_63:App Service HTTP logs: Application Insights records every request instead.
+  // checkov:skip=CKV_AZURE_65:Detailed IIS error pages: not a Linux Functions feature; exceptions go to Application Insights.
+  // checkov:skip=CKV_AZURE_66:IIS failed request tracing: same as CKV_AZURE_65.
+  // checkov:skip=CKV_AZURE_80:.NET Framework version: a Python app.
+  // checkov:skip=CKV_AZURE_88:Azure Files content share: Flex Consumption deploys from the blob container instead.
+  // checkov:skip=CKV_AZURE_222:Public network access is set on the site (see its skip).
+  // checkov:skip=CKV_AZURE_13:Authentication lives in the optional authsettingsV2 resource below (enableEntraAuth).
+  parent: site
+  name: 'appsettings'
+  properties: union(hostSettings, appSettings, upstreamSettings)
+}
+
+// Publishing with a user name and password stays off: azd and the CLI deploy with Entra ID.
+resource scmBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'scm'
+  properties: { allow: false }
+}
+
+resource ftpBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'ftp'
+  properties: { allow: false }
+}
+
+// Entra ID in front of the app: callers need a token for authClientId; App Service validates it,
+// strips any forged X-MS-CLIENT-PRINCIPAL header and passes the signed-in principal to the app.
+resource auth 'Microsoft.Web/sites/config@2024-04-01' = if (enableEntraAuth) {
+  // checkov reads this sites/config child as a site's 'web' config; those checks do not apply here:
+  // checkov:skip=CKV_AZURE_63:App Service HTTP logs: Application Insights records every request instead.
+  // checkov:skip=CKV_AZURE_65:Detailed IIS error pages: not a Linux Functions feature; exceptions go to Application Insights.
+  // checkov:skip=CKV_AZURE_66:IIS failed request tracing: same as CKV_AZURE_65.
+  // checkov:skip=CKV_AZURE_80:.NET Framework version: a Python app.
+  // checkov:skip=CKV_AZURE_88:Azure Files content share: Flex Consumption deploys from the blob container instead.
+  // checkov:skip=CKV_AZURE_222:Public network access is set on the site (see its skip).
+  // checkov:skip=CKV_AZURE_13:This is the authentication; checkov reads only the older authsettings shape.
+  // checkov:skip=CKV_AZURE_70:checkov's HTTPS check fails on this resource; httpsOnly is set on the site.
+  parent: site
+  name: 'authsettingsV2'
+  properties: {
+    platform: { enabled: true }
+    globalValidation: {
+      requireAuthentication: true
+      unauthenticatedClientAction: 'Return401'
+      excludedPaths: ['/api/health']
+    }
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: true
+        registration: {
+          clientId: authClientId
+          openIdIssuer: '${environment().authentication.loginEndpoint}${authTenantId}/v2.0'
+        }
+        validation: {
+          allowedAudiences: ['api://${authClientId}', authClientId]
+        }
+      }
+    }
+    login: {
+      tokenStore: { enabled: false }
+    }
+  }
+}
+
+output name string = site.name
+output uri string = 'https://${site.properties.defaultHostName}'

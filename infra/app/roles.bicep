@@ -1,0 +1,93 @@
+// Every role assignment of the deployment, least privilege, data plane only. Deployed once per
+// resource group that holds a granted resource: the app's own, and the upstream Azure OpenAI account's.
+// Each principal in `principals` ({ id, type }) gets every role on every resource named here.
+param principals array
+@description('Storage account in this resource group; empty to skip.')
+param storageAccountName string = ''
+@description('Service Bus namespace in this resource group; empty to skip.')
+param serviceBusNamespaceName string = ''
+@description('Application Insights component in this resource group; empty to skip.')
+param applicationInsightsName string = ''
+@description('Existing Azure OpenAI account in this resource group; empty to skip.')
+param openAiAccountName string = ''
+
+var storageRoles = [
+  'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // Storage Blob Data Owner: Flex deployment package, host leases, app data (owner so the host can manage its containers)
+  '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Storage Table Data Contributor: the completion index
+  '974c5e8b-45b9-4653-ba55-5f855dd0fb88' // Storage Queue Data Contributor: the Functions host's identity-based AzureWebJobsStorage queues
+]
+var serviceBusRoles = [
+  '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39' // Azure Service Bus Data Sender: enqueue dataset and purge jobs
+  '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0' // Azure Service Bus Data Receiver: the queue triggers
+]
+var monitoringRoles = [
+  '3913510d-42f4-4e42-8a64-420c390055eb' // Monitoring Metrics Publisher: telemetry ingestion with Entra ID (local auth is off)
+]
+var openAiRoles = [
+  '5e0bd9bd-7b93-4f28-af87-19fc36ad61bd' // Cognitive Services OpenAI User: call deployments, nothing else
+]
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = if (!empty(storageAccountName)) {
+  name: storageAccountName
+}
+
+resource serviceBus 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' existing = if (!empty(serviceBusNamespaceName)) {
+  name: serviceBusNamespaceName
+}
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = if (!empty(applicationInsightsName)) {
+  name: applicationInsightsName
+}
+
+resource openAi 'Microsoft.CognitiveServices/accounts@2024-10-01' existing = if (!empty(openAiAccountName)) {
+  name: openAiAccountName
+}
+
+// One loop per resource over principals x roles: grant i is principal i / roles, role i % roles.
+resource storageGrants 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for i in range(0, empty(storageAccountName) ? 0 : length(principals) * length(storageRoles)): {
+    scope: storage
+    name: guid(storage.id, principals[i / length(storageRoles)].id, storageRoles[i % length(storageRoles)])
+    properties: {
+      principalId: principals[i / length(storageRoles)].id
+      principalType: principals[i / length(storageRoles)].type
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageRoles[i % length(storageRoles)])
+    }
+  }
+]
+
+resource serviceBusGrants 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for i in range(0, empty(serviceBusNamespaceName) ? 0 : length(principals) * length(serviceBusRoles)): {
+    scope: serviceBus
+    name: guid(serviceBus.id, principals[i / length(serviceBusRoles)].id, serviceBusRoles[i % length(serviceBusRoles)])
+    properties: {
+      principalId: principals[i / length(serviceBusRoles)].id
+      principalType: principals[i / length(serviceBusRoles)].type
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', serviceBusRoles[i % length(serviceBusRoles)])
+    }
+  }
+]
+
+resource monitoringGrants 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for i in range(0, empty(applicationInsightsName) ? 0 : length(principals) * length(monitoringRoles)): {
+    scope: applicationInsights
+    name: guid(applicationInsights.id, principals[i / length(monitoringRoles)].id, monitoringRoles[i % length(monitoringRoles)])
+    properties: {
+      principalId: principals[i / length(monitoringRoles)].id
+      principalType: principals[i / length(monitoringRoles)].type
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', monitoringRoles[i % length(monitoringRoles)])
+    }
+  }
+]
+
+resource openAiGrants 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for i in range(0, empty(openAiAccountName) ? 0 : length(principals) * length(openAiRoles)): {
+    scope: openAi
+    name: guid(openAi.id, principals[i / length(openAiRoles)].id, openAiRoles[i % length(openAiRoles)])
+    properties: {
+      principalId: principals[i / length(openAiRoles)].id
+      principalType: principals[i / length(openAiRoles)].type
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', openAiRoles[i % length(openAiRoles)])
+    }
+  }
+]

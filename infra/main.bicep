@@ -1,0 +1,226 @@
+// Distillery in one subscription: a resource group holding a Flex Consumption Function App that
+// reaches Storage, Service Bus, Application Insights and (optionally) Azure OpenAI with one
+// user-assigned managed identity. No keys: shared-key and local auth are off everywhere.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(40)
+@description('azd environment name; seeds the resource names and tags every resource.')
+param environmentName string
+
+@minLength(1)
+@description('Region for every resource; it must offer Flex Consumption.')
+@metadata({ azd: { type: 'location' } })
+param location string
+
+@description('Object id of the deploying developer, granted the same data-plane roles for local runs; empty for none.')
+param principalId string = ''
+
+@allowed(['User', 'Group', 'ServicePrincipal'])
+@description('Kind of principal principalId names (ServicePrincipal for a CI identity).')
+param principalType string = 'User'
+
+@description('Azure OpenAI endpoint to proxy, e.g. https://myaccount.openai.azure.com/; empty when OPENAI_BASE_URL is used or for the offline model.')
+param azureOpenAiEndpoint string = ''
+
+@description('Resource id of that existing Azure OpenAI account; when set, the app (and principalId) get Cognitive Services OpenAI User on it.')
+param azureOpenAiResourceId string = ''
+
+@description('Azure OpenAI data-plane API version the proxy calls.')
+param azureOpenAiApiVersion string = '2024-10-21'
+
+@description('OpenAI-compatible upstream base URL (instead of Azure OpenAI); keyless only, see the README for keys.')
+param openAiBaseUrl string = ''
+
+@description('JSON object mapping deployment name to the model name sent to an OpenAI-compatible upstream.')
+param deploymentModels string = '{}'
+
+@description('Keep completions sent with store: true (false serves every request and keeps nothing).')
+param storeEnabled bool = true
+
+@minValue(0)
+@description('Days a stored completion is kept before Storage lifecycle management deletes it; 0 keeps them until deleted.')
+param retentionDays int = 0
+
+@minValue(1)
+@maxValue(365)
+@description('Days deleted or overwritten blobs stay recoverable (soft delete and previous versions).')
+param recoveryDays int = 7
+
+@description('Turn on App Service Authentication with Microsoft Entra ID in front of every route but /api/health.')
+param enableEntraAuth bool = false
+
+@description('Application (client) id of the Entra app registration that callers request tokens for; required with enableEntraAuth.')
+param authClientId string = ''
+
+@description('Tenant of that app registration.')
+param authTenantId string = tenant().tenantId
+
+@allowed([512, 2048, 4096])
+@description('Memory of each Flex Consumption instance, in MB.')
+param instanceMemoryMB int = 2048
+
+@minValue(40)
+@maxValue(1000)
+@description('Upper bound on Flex Consumption instances: the cost ceiling under load.')
+param maximumInstanceCount int = 40
+
+@description('Seconds the proxy waits for the upstream model.')
+param upstreamTimeoutSeconds int = 120
+
+@description('Connections each worker keeps to the upstream model.')
+param upstreamMaxConnections int = 100
+
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = { 'azd-env-name': environmentName }
+var names = {
+  resourceGroup: 'rg-${environmentName}'
+  identity: 'id-${resourceToken}'
+  storage: 'st${resourceToken}'
+  serviceBus: 'sb-${resourceToken}'
+  logAnalytics: 'log-${resourceToken}'
+  applicationInsights: 'appi-${resourceToken}'
+  plan: 'plan-${resourceToken}'
+  functionApp: 'func-${resourceToken}'
+}
+// One place for the data names: Bicep creates them and hands the same names to the app.
+var containers = {
+  completions: 'completions'
+  datasets: 'datasets'
+  reports: 'reports'
+  deployment: 'deploymentpackage'
+}
+var completionIndexTable = 'completionindex'
+var queues = {
+  datasetJobs: 'dataset-jobs'
+  purgeJobs: 'purge-jobs'
+}
+// An Azure resource id reads /subscriptions/{sub}/resourceGroups/{rg}/providers/{ns}/{type}/{name}.
+var openAiIdParts = split(azureOpenAiResourceId, '/')
+var hasOpenAiAccount = !empty(azureOpenAiResourceId)
+var developerPrincipals = empty(principalId) ? [] : [{ id: principalId, type: principalType }]
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: names.resourceGroup
+  location: location
+  tags: tags
+}
+
+module identity 'app/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: names.identity
+    location: location
+    tags: tags
+  }
+}
+
+module storage 'app/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: names.storage
+    location: location
+    tags: tags
+    containerNames: [containers.completions, containers.datasets, containers.reports, containers.deployment]
+    tableNames: [completionIndexTable]
+    completionsContainerName: containers.completions
+    retentionDays: retentionDays
+    recoveryDays: recoveryDays
+  }
+}
+
+module serviceBus 'app/servicebus.bicep' = {
+  name: 'servicebus'
+  scope: rg
+  params: {
+    name: names.serviceBus
+    location: location
+    tags: tags
+    queueNames: [queues.datasetJobs, queues.purgeJobs]
+  }
+}
+
+module monitoring 'app/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: names.logAnalytics
+    applicationInsightsName: names.applicationInsights
+    location: location
+    tags: tags
+  }
+}
+
+var appPrincipals = [{ id: identity.outputs.principalId, type: 'ServicePrincipal' }]
+
+module roles 'app/roles.bicep' = {
+  name: 'roles'
+  scope: rg
+  params: {
+    principals: concat(appPrincipals, developerPrincipals)
+    storageAccountName: storage.outputs.name
+    serviceBusNamespaceName: serviceBus.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+  }
+}
+
+// The upstream account may live in another resource group or subscription: the same module, scoped there.
+module openAiRoles 'app/roles.bicep' = if (hasOpenAiAccount) {
+  name: 'roles-openai-${resourceToken}'
+  scope: resourceGroup(hasOpenAiAccount ? openAiIdParts[2] : subscription().subscriptionId, hasOpenAiAccount ? openAiIdParts[4] : rg.name)
+  params: {
+    principals: concat(appPrincipals, developerPrincipals)
+    openAiAccountName: hasOpenAiAccount ? last(openAiIdParts) : ''
+  }
+}
+
+module api 'app/api.bicep' = {
+  name: 'api'
+  scope: rg
+  params: {
+    name: names.functionApp
+    planName: names.plan
+    location: location
+    tags: union(tags, { 'azd-service-name': 'api' })
+    identityName: identity.outputs.name
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: containers.deployment
+    serviceBusNamespaceName: serviceBus.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    instanceMemoryMB: instanceMemoryMB
+    maximumInstanceCount: maximumInstanceCount
+    completionsContainerName: containers.completions
+    datasetsContainerName: containers.datasets
+    reportsContainerName: containers.reports
+    completionIndexTableName: completionIndexTable
+    datasetJobsQueueName: queues.datasetJobs
+    purgeJobsQueueName: queues.purgeJobs
+    azureOpenAiEndpoint: azureOpenAiEndpoint
+    azureOpenAiApiVersion: azureOpenAiApiVersion
+    openAiBaseUrl: openAiBaseUrl
+    deploymentModels: deploymentModels
+    storeEnabled: storeEnabled
+    retentionDays: retentionDays
+    upstreamTimeoutSeconds: upstreamTimeoutSeconds
+    upstreamMaxConnections: upstreamMaxConnections
+    enableEntraAuth: enableEntraAuth
+    authClientId: authClientId
+    authTenantId: authTenantId
+  }
+  // The host reads its deployment package and storage with these roles from its first start.
+  dependsOn: [roles]
+}
+
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_CLIENT_ID string = identity.outputs.clientId
+output AZURE_FUNCTION_APP_NAME string = api.outputs.name
+output SERVICE_API_NAME string = api.outputs.name
+output SERVICE_API_URI string = api.outputs.uri
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output AZURE_SERVICEBUS_NAMESPACE string = serviceBus.outputs.name
+output AZURE_SERVICEBUS_FULLY_QUALIFIED_NAMESPACE string = serviceBus.outputs.fullyQualifiedNamespace
+output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
