@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import importlib
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from local_host.azurite import Azurite, start_azurite
 from local_host.process import RunningHost, start_host
+from shared.settings import get_settings
 from tests.fakes import FakeUpstream
 
 __all__ = ["RunningHost", "start_host"]
@@ -42,6 +45,17 @@ def host(azurite: Azurite, upstream: FakeUpstream, tmp_path_factory: pytest.Temp
     running = start_host(azurite.connection_string, tmp_path_factory.mktemp("host"), OPENAI_BASE_URL=upstream.base_url)
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def registered_functions() -> list[Any]:
+    """`function_app.app.get_functions()`, once per session: the app refuses a second build."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AzureWebJobsStorage", "UseDevelopmentStorage=true")
+        get_settings.cache_clear()
+        functions = importlib.import_module("function_app").app.get_functions()
+    get_settings.cache_clear()
+    return list(functions)
 
 
 @pytest.fixture

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import typing
 from typing import Any
 
 import pytest
 
-from shared.settings import get_settings
-
 
 @pytest.fixture(scope="module")
-def functions() -> dict[str, Any]:
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("AzureWebJobsStorage", "UseDevelopmentStorage=true")
-        get_settings.cache_clear()
-        app = importlib.import_module("function_app").app
-        get_settings.cache_clear()
-    return {function.get_function_name(): function for function in app.get_functions()}
+def functions(registered_functions: list[Any]) -> dict[str, Any]:
+    return {function.get_function_name(): function for function in registered_functions}
 
 
 def _http(function: Any) -> tuple[str, tuple[str, ...]]:

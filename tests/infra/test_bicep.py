@@ -6,7 +6,6 @@ bindings say what the code reads.
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import azure.functions as func
 import pytest
 from pycep import BicepParser
 
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 APP_MODULE = INFRA / "app" / "api.bicep"
@@ -110,10 +109,10 @@ def _object_keys(expression: Any, variables: dict[str, Any]) -> Iterator[str]:
         yield from (key.strip("'") for key in expression)
 
 
-def settings_read_by_bindings(app: func.FunctionApp) -> set[str]:
+def settings_read_by_bindings(functions: list[Any]) -> set[str]:
     """`%NAME%` references and `connection=` names in every registered binding."""
     names: set[str] = set()
-    for function in app.get_functions():
+    for function in functions:
         for binding in function.get_bindings():
             for field, value in binding.get_dict_repr().items():
                 if not isinstance(value, str):
@@ -130,20 +129,10 @@ def covers(bicep: set[str], name: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def registered_app() -> Iterator[func.FunctionApp]:
-    """Import `function_app` with the minimal environment its start-up validation accepts."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("AzureWebJobsStorage", "UseDevelopmentStorage=true")
-        get_settings.cache_clear()
-        yield importlib.import_module("function_app").app
-    get_settings.cache_clear()
-
-
-@pytest.fixture(scope="module")
-def code_settings(registered_app: func.FunctionApp) -> set[str]:
+def code_settings(registered_functions: list[Any]) -> set[str]:
     aliases = {field.alias for field in Settings.model_fields.values()}
     assert None not in aliases, "every settings field needs an alias (its app-setting name)"
-    return aliases | settings_read_by_bindings(registered_app)
+    return aliases | settings_read_by_bindings(registered_functions)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +167,7 @@ def test_binding_settings_are_collected() -> None:
     @app.timer_trigger(arg_name="timer", schedule="%SOME_SCHEDULE%", run_on_startup=False)
     async def on_timer(timer: func.TimerRequest) -> None: ...
 
-    assert settings_read_by_bindings(app) == {"SOME_QUEUE", "SomeConnection", "SOME_SCHEDULE"}
+    assert settings_read_by_bindings(app.get_functions()) == {"SOME_QUEUE", "SomeConnection", "SOME_SCHEDULE"}
     assert covers({"SomeConnection__fullyQualifiedNamespace"}, "SomeConnection")
     assert not covers({"SomeConnectionString"}, "SomeConnection")
 
