@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,8 @@ import pytest
 from openai import AzureOpenAI, OpenAI
 
 from local_host.azurite import ROOT, Azurite, free_port, start_azurite
+from shared.clients import Services
+from shared.settings import Settings
 from tests.fakes import FakeUpstream
 
 API_VERSION = "2024-10-21"
@@ -85,6 +87,9 @@ def start_host(storage_connection: str, log_dir: Path, **settings: str) -> Runni
         DISTILLERY_API_KEY=secrets.token_urlsafe(16),
         COMPLETIONS_CONTAINER=f"completions{suffix}",
         COMPLETION_INDEX_TABLE=f"index{suffix}",
+        REPORTS_CONTAINER=f"reports{suffix}",
+        DATASETS_CONTAINER=f"datasets{suffix}",
+        PURGE_JOBS_QUEUE=f"purge{suffix}",
         PYTHONUNBUFFERED="1",
     )
     env.update(settings)
@@ -123,3 +128,35 @@ def host(azurite: Azurite, upstream: FakeUpstream, tmp_path_factory: pytest.Temp
 def tag() -> str:
     """A value unique to this test, put in metadata so its completions are its own."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+ServicesFactory = Callable[..., Awaitable[Services]]
+
+
+@pytest.fixture
+async def make_services(azurite: Azurite) -> AsyncIterator[ServicesFactory]:
+    """Build the app's real `Services` on Azurite with names of their own; settings override by app-setting name."""
+    built: list[Services] = []
+
+    async def make(**settings: str | None) -> Services:
+        suffix = uuid.uuid4().hex[:10]
+        values = {
+            "AzureWebJobsStorage": azurite.connection_string,
+            "COMPLETIONS_CONTAINER": f"completions{suffix}",
+            "COMPLETION_INDEX_TABLE": f"index{suffix}",
+            "REPORTS_CONTAINER": f"reports{suffix}",
+            "DATASETS_CONTAINER": f"datasets{suffix}",
+            "DATASET_JOBS_QUEUE": f"dataset{suffix}",
+            "PURGE_JOBS_QUEUE": f"purge{suffix}",
+            **dict.fromkeys(_SETTINGS_TO_CLEAR),
+            **settings,
+        }
+        services = Services(Settings(**values))  # type: ignore[arg-type]
+        await services.ensure_storage()
+        built.append(services)
+        return services
+
+    yield make
+    for services in built:
+        await services.blob_service.close()
+        await services.table_service.close()
