@@ -222,6 +222,13 @@ class Services:
             store=self.store, reports=self.report_store, queue=self.job_queue, queue_name=self.settings.purge_jobs_queue
         )
 
+    async def close(self) -> None:
+        """Close the storage clients built so far (for tests and tools; a worker keeps them for its life)."""
+        for name in ("blob_service", "table_service", "queue_probe"):
+            client = self.__dict__.get(name)
+            if client is not None:
+                await client.close()
+
     async def ensure_storage(self) -> None:
         """Create the containers and table the app writes to, if missing (Bicep creates them in Azure)."""
         for container in (self.completions_container, self.reports_container):

@@ -117,10 +117,15 @@ class QueueSendProbe(Protocol):
         """Prove the right to send to the queue without any handler receiving a message."""
         ...
 
+    async def close(self) -> None: ...
+
 
 class ServiceBusSendProbe:
     def __init__(self, client: ServiceBusClient) -> None:
         self._client = client
+
+    async def close(self) -> None:
+        await self._client.close()
 
     async def steps(self, queue_name: str) -> AsyncIterator[str]:
         async with self._client.get_queue_sender(queue_name) as sender:
@@ -136,6 +141,9 @@ class StorageQueueSendProbe:
 
     def __init__(self, service: QueueServiceClient) -> None:
         self._service = service
+
+    async def close(self) -> None:
+        await self._service.close()
 
     async def steps(self, queue_name: str) -> AsyncIterator[str]:
         queue = self._service.get_queue_client(queue_name)

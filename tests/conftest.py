@@ -158,5 +158,4 @@ async def make_services(azurite: Azurite) -> AsyncIterator[ServicesFactory]:
 
     yield make
     for services in built:
-        await services.blob_service.close()
-        await services.table_service.close()
+        await services.close()
