@@ -75,3 +75,20 @@ def test_reject_mode_answers_429_before_calling_upstream(
     unstored = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert unstored.choices[0].message.content == "fake: hi"
     assert len(fake_upstream.requests) == calls + 1
+
+
+def test_timers_run_now_through_the_admin_api(host: RunningHost) -> None:
+    with host.http() as http:
+        listed = {f["name"]: f for f in http.get("/admin/functions").json()}
+        before = http.get("/api/quota").json()["generated_at"]
+        assert http.post("/admin/functions/quota_report", json={"input": ""}).status_code == 202
+        after = http.get("/api/quota").json()
+        assert http.post("/admin/functions/permission_report", json={"input": ""}).status_code == 202
+        permissions = http.get("/api/health/permissions").json()
+    assert listed["quota_report"]["schedule"] == "%QUOTA_REPORT_SCHEDULE%"
+    assert {"permission_report", "retention_sweep", "purge_job"} <= set(listed)
+    assert after["generated_at"] > before and after["cap_bytes"] == 10 * 1024**3
+    probes = {probe["name"]: probe["status"] for probe in permissions["probes"]}
+    assert probes[f"table:{host.env['COMPLETION_INDEX_TABLE']}"] == "ok"
+    assert probes[f"queue:{host.env['PURGE_JOBS_QUEUE']}"] == "ok"
+    assert permissions["readers"] == permissions["actors"] == ["default"]
