@@ -47,6 +47,21 @@ param retentionDays int = 0
 @description('Days deleted or overwritten blobs stay recoverable (soft delete and previous versions).')
 param recoveryDays int = 7
 
+@description('Storage cap in bytes for completions plus dataset files (default 10 GiB, the hosted feature\'s cap).')
+param storageQuotaBytes string = '10737418240'
+
+@description('At the cap: serve_unstored (answer, keep nothing) or reject (429 before the upstream call).')
+@allowed(['serve_unstored', 'reject'])
+param storageQuotaMode string = 'serve_unstored'
+
+@description('NCRONTAB schedules (seconds first) of the report and retention timers.')
+param quotaReportSchedule string = '0 0 * * * *'
+param permissionReportSchedule string = '0 30 * * * *'
+param retentionSchedule string = '0 15 3 * * *'
+
+@description('Deployment the permission report calls with max_tokens 1 to prove upstream access; empty skips the call.')
+param permissionProbeDeployment string = ''
+
 @description('Turn on App Service Authentication with Microsoft Entra ID in front of every route but /api/health.')
 param enableEntraAuth bool = false
 
@@ -205,6 +220,12 @@ module api 'app/api.bicep' = {
     retentionDays: retentionDays
     upstreamTimeoutSeconds: upstreamTimeoutSeconds
     upstreamMaxConnections: upstreamMaxConnections
+    storageQuotaBytes: storageQuotaBytes
+    storageQuotaMode: storageQuotaMode
+    quotaReportSchedule: quotaReportSchedule
+    permissionReportSchedule: permissionReportSchedule
+    retentionSchedule: retentionSchedule
+    permissionProbeDeployment: permissionProbeDeployment
     enableEntraAuth: enableEntraAuth
     authClientId: authClientId
     authTenantId: authTenantId

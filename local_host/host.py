@@ -25,6 +25,8 @@ from typing import Any
 
 import azure.functions as func
 from azure.core.exceptions import ResourceExistsError
+from azure.functions.servicebus import ServiceBusMessage
+from azure.functions.timer import TimerRequest
 from azure.storage.queue.aio import QueueClient, QueueServiceClient
 from croniter import croniter
 from starlette.applications import Starlette
@@ -96,7 +98,7 @@ class QueueWorker:
             await asyncio.gather(*(self.deliver(message) for message in messages))
 
     async def deliver(self, message: Any) -> None:
-        delivery = func.ServiceBusMessage(
+        delivery = ServiceBusMessage(
             body=(message.content or "").encode(),
             message_id=message.id,
             delivery_count=message.dequeue_count,
@@ -155,7 +157,7 @@ async def run_timer(function: Any, schedule: str, *, run_on_startup: bool) -> No
 
 async def _fire(function: Any, *, past_due: bool) -> None:
     try:
-        await invoke(function, func.TimerRequest(past_due=past_due))
+        await invoke(function, TimerRequest(past_due=past_due))
     except Exception:
         log.exception("%s: timer run failed", function.get_function_name())
 
@@ -258,11 +260,11 @@ def _run_function(functions: dict[str, Any]) -> Callable[[Request], Any]:
             return JSONResponse({"error": "no such non-HTTP function"}, status_code=404)
         kind = function.get_trigger().get_binding_name()
         if kind == "timerTrigger":
-            await invoke(function, func.TimerRequest(past_due=False))
+            await invoke(function, TimerRequest(past_due=False))
         else:
             body = await request.body()
             payload = json.loads(body or b"{}").get("input", "")
-            message = func.ServiceBusMessage(
+            message = ServiceBusMessage(
                 body=payload.encode(), message_id="admin", application_properties={}, user_properties={}
             )
             await invoke(function, message)

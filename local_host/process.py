@@ -17,7 +17,7 @@ from openai import AzureOpenAI, OpenAI
 from local_host.azurite import ROOT, free_port
 
 API_VERSION = "2024-10-21"
-_UPSTREAM_SETTINGS = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_KEY")
+UPSTREAM_SETTINGS = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_KEY")
 
 
 @dataclass
@@ -51,18 +51,23 @@ class RunningHost:
 
 
 def start_host(storage_connection: str, log_dir: Path, *extra_args: str, **settings: str) -> RunningHost:
-    """Start `python -m local_host` on a free port with its own container and table names.
+    """Start `python -m local_host` on a free port with its own containers, table and queues
+    (a queue of its own stops hosts taking each other's messages).
 
     Upstream settings are cleared from the inherited environment, so only `settings` choose one.
     """
     port = free_port()
     suffix = uuid.uuid4().hex[:10]
-    env = {name: value for name, value in os.environ.items() if name not in _UPSTREAM_SETTINGS}
+    env = {name: value for name, value in os.environ.items() if name not in UPSTREAM_SETTINGS}
     env.update(
         AzureWebJobsStorage=storage_connection,
         DISTILLERY_API_KEY=secrets.token_urlsafe(16),
         COMPLETIONS_CONTAINER=f"completions{suffix}",
         COMPLETION_INDEX_TABLE=f"index{suffix}",
+        REPORTS_CONTAINER=f"reports{suffix}",
+        DATASETS_CONTAINER=f"datasets{suffix}",
+        DATASET_JOBS_QUEUE=f"dataset{suffix}",
+        PURGE_JOBS_QUEUE=f"purge{suffix}",
         PYTHONUNBUFFERED="1",
     )
     env.update(settings)

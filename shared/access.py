@@ -35,6 +35,15 @@ class Caller(BaseModel):
             raise PermissionDenied(f"The caller '{self.name}' lacks the '{right.value}' right for this operation.")
 
 
+class Identity(BaseModel):
+    """A configured caller identity and its rights, as the permission report lists it."""
+
+    name: str
+    kind: str
+    """How it authenticates: `api_key` (and, as they are added, other kinds such as Entra roles)."""
+    rights: frozenset[Right]
+
+
 def presented_key(headers: Mapping[str, str]) -> str | None:
     """The key as the SDKs send it: `api-key` (AzureOpenAI) or `Authorization: Bearer` (OpenAI)."""
     key = headers.get("api-key")
@@ -51,6 +60,12 @@ class Authenticator:
 
     def __init__(self, *, api_key: SecretStr | None) -> None:
         self._full_rights_digest = _digest(api_key.get_secret_value()) if api_key else None
+
+    def identities(self) -> list[Identity]:
+        """Every identity this authenticator accepts, with its rights (never its secret)."""
+        if self._full_rights_digest is None:
+            return []
+        return [Identity(name="default", kind="api_key", rights=ALL_RIGHTS)]
 
     def authenticate(self, headers: Mapping[str, str]) -> Caller:
         key = presented_key(headers)

@@ -23,6 +23,7 @@ from shared.access import Caller
 from shared.chat_request import ChatRequest, StreamOptions
 from shared.completion_store import CompletionStore
 from shared.errors import NotFound, StorageUnavailable
+from shared.quota import QuotaGate
 from shared.stored_completion import StoredCompletion
 from shared.stream_assembly import CompletionAssembler
 from shared.upstream import Upstream, UpstreamResponse
@@ -38,6 +39,7 @@ class NotStoredReason(StrEnum):
     STORE_DISABLED = "store_disabled"
     STORAGE_UNAVAILABLE = "storage_unavailable"
     UPSTREAM_ERROR = "upstream_error"
+    QUOTA_EXCEEDED = "quota_exceeded"
 
 
 @dataclass
@@ -53,10 +55,13 @@ class ProxyReply:
 class ChatCapture:
     """The chat-completions proxy with optional storing."""
 
-    def __init__(self, *, upstream: Upstream, store: CompletionStore, store_enabled: bool) -> None:
+    def __init__(
+        self, *, upstream: Upstream, store: CompletionStore, store_enabled: bool, quota: QuotaGate | None = None
+    ) -> None:
         self._upstream = upstream
         self._store = store
         self._store_enabled = store_enabled
+        self._quota = quota
 
     async def complete(
         self, request: ChatRequest, *, deployment: str, caller: Caller, idempotency_key: str | None = None
@@ -66,6 +71,9 @@ class ChatCapture:
         if storing and not self._store_enabled:
             storing = False
             _mark_not_stored(headers, NotStoredReason.STORE_DISABLED)
+        if storing and self._quota is not None and not await self._quota.allows_storing():
+            storing = False
+            _mark_not_stored(headers, NotStoredReason.QUOTA_EXCEEDED)
         completion_id = await self._completion_id(caller, idempotency_key) if storing else None
         if completion_id is not None:
             earlier = await self._stored(completion_id)

@@ -17,6 +17,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables.aio import TableClient, TableServiceClient
 from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential, get_bearer_token_provider
+from azure.servicebus.aio import ServiceBusClient
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRetry
 from azure.storage.queue.aio import QueueServiceClient
 
@@ -27,8 +28,20 @@ from shared.completion_store import CompletionStore
 from shared.errors import ConfigurationError
 from shared.job_queue import JobQueue, ServiceBusJobQueue, StorageJobQueue
 from shared.offline_model import OfflineModel
+from shared.permission_health import (
+    PermissionChecker,
+    QueueSendProbe,
+    ServiceBusSendProbe,
+    StorageQueueSendProbe,
+    Target,
+)
+from shared.purge import PurgeService
+from shared.quota import QuotaGate, QuotaReporter
+from shared.report_store import ReportStore
+from shared.retention import RetentionSweep
 from shared.settings import CredentialKind, Settings, get_settings
 from shared.upstream import HttpUpstream, ModelMap, Upstream, azure_openai_url, openai_compatible_url
+from shared.usage import UsageCounter
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +112,9 @@ class Services:
 
     @cached_property
     def store(self) -> CompletionStore:
-        return CompletionStore(container=self.completions_container, index=CompletionIndex(self.index_table))
+        return CompletionStore(
+            container=self.completions_container, index=CompletionIndex(self.index_table), usage=self.usage
+        )
 
     @cached_property
     def upstream(self) -> Upstream:
@@ -107,7 +122,9 @@ class Services:
 
     @cached_property
     def capture(self) -> ChatCapture:
-        return ChatCapture(upstream=self.upstream, store=self.store, store_enabled=self.settings.store_enabled)
+        return ChatCapture(
+            upstream=self.upstream, store=self.store, store_enabled=self.settings.store_enabled, quota=self.quota_gate
+        )
 
     @cached_property
     def job_queue(self) -> JobQueue:
@@ -124,10 +141,101 @@ class Services:
     def authenticator(self) -> Authenticator:
         return Authenticator(api_key=self.settings.api_key)
 
+    @cached_property
+    def usage(self) -> UsageCounter:
+        return UsageCounter(table=self.index_table)
+
+    @cached_property
+    def quota_gate(self) -> QuotaGate:
+        return QuotaGate(
+            usage=self.usage, cap_bytes=self.settings.storage_quota_bytes, mode=self.settings.storage_quota_mode
+        )
+
+    @cached_property
+    def reports_container(self) -> ContainerClient:
+        return self.blob_service.get_container_client(self.settings.reports_container)
+
+    @cached_property
+    def datasets_container(self) -> ContainerClient:
+        return self.blob_service.get_container_client(self.settings.datasets_container)
+
+    @cached_property
+    def report_store(self) -> ReportStore:
+        return ReportStore(container=self.reports_container)
+
+    @cached_property
+    def quota_reporter(self) -> QuotaReporter:
+        return QuotaReporter(
+            completions=self.completions_container,
+            datasets=self.datasets_container,
+            index=self.store.index,
+            usage=self.usage,
+            reports=self.report_store,
+            cap_bytes=self.settings.storage_quota_bytes,
+            mode=self.settings.storage_quota_mode,
+        )
+
+    @cached_property
+    def queue_probe(self) -> QueueSendProbe:
+        if self.settings.service_bus_namespace is not None:
+            return ServiceBusSendProbe(ServiceBusClient(self.settings.service_bus_namespace, self.credential))
+        if self.settings.storage_connection_string is not None:
+            connection = self.settings.storage_connection_string.get_secret_value()
+            return StorageQueueSendProbe(QueueServiceClient.from_connection_string(connection))
+        raise ConfigurationError(
+            "Set ServiceBusConnection__fullyQualifiedNamespace: job queues need Service Bus in Azure"
+        )
+
+    @cached_property
+    def permission_checker(self) -> PermissionChecker:
+        settings = self.settings
+        entra_upstream = settings.azure_openai_endpoint is not None and settings.azure_openai_api_key is None
+
+        async def token() -> object:
+            return await self.credential.get_token(COGNITIVE_SERVICES_SCOPE)
+
+        return PermissionChecker(
+            containers=[
+                (self.completions_container, "COMPLETIONS_CONTAINER"),
+                (self.datasets_container, "DATASETS_CONTAINER"),
+                (self.reports_container, "REPORTS_CONTAINER"),
+            ],
+            table=self.index_table,
+            table_setting="COMPLETION_INDEX_TABLE",
+            queues=[
+                Target(settings.dataset_jobs_queue, "DATASET_JOBS_QUEUE"),
+                Target(settings.purge_jobs_queue, "PURGE_JOBS_QUEUE"),
+            ],
+            queue_probe=self.queue_probe,
+            token=token if entra_upstream else None,
+            upstream=self.upstream,
+            probe_deployment=settings.permission_probe_deployment,
+            identities=self.authenticator.identities(),
+            reports=self.report_store,
+        )
+
+    @cached_property
+    def retention(self) -> RetentionSweep:
+        return RetentionSweep(store=self.store, retention_days=self.settings.retention_days)
+
+    @cached_property
+    def purges(self) -> PurgeService:
+        return PurgeService(
+            store=self.store, reports=self.report_store, queue=self.job_queue, queue_name=self.settings.purge_jobs_queue
+        )
+
+    async def close(self) -> None:
+        """Close the storage clients built so far (for tests and tools; a worker keeps them for its life)."""
+        for name in ("blob_service", "table_service", "queue_probe"):
+            client = self.__dict__.get(name)
+            if client is not None:
+                await client.close()
+
     async def ensure_storage(self) -> None:
         """Create the containers and table the app writes to, if missing (Bicep creates them in Azure)."""
-        with contextlib.suppress(ResourceExistsError):
-            await self.completions_container.create_container()
+        for container in (self.completions_container, self.reports_container):
+            with contextlib.suppress(ResourceExistsError):
+                await container.create_container()
         await self.table_service.create_table_if_not_exists(self.settings.completion_index_table)
 
 

@@ -8,6 +8,7 @@ write its document and its index rows concurrently, and a delete remove rows bef
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
@@ -19,6 +20,7 @@ from shared.completion_filter import CompletionFilter, Order
 from shared.completion_index import CompletionIndex, IndexEntry
 from shared.errors import Conflict, NotFound, StorageUnavailable
 from shared.stored_completion import StoredCompletion
+from shared.usage import UsageCounter
 
 
 class CompletionPage(BaseModel):
@@ -31,9 +33,12 @@ class CompletionPage(BaseModel):
 class CompletionStore:
     """Create, read, update, delete and list stored completions."""
 
-    def __init__(self, *, container: ContainerClient, index: CompletionIndex) -> None:
+    def __init__(
+        self, *, container: ContainerClient, index: CompletionIndex, usage: UsageCounter | None = None
+    ) -> None:
         self._container = container
         self.index = index
+        self._usage = usage
 
     async def put(self, completion: StoredCompletion) -> int:
         """Store (or overwrite, for a retried call) a completion; returns the document's size in bytes.
@@ -44,13 +49,15 @@ class CompletionStore:
         """
         document = _encode(completion)
         upload = self._upload(completion.id, document)
-        indexing = self.index.add(_entry(completion, len(document)))
+        indexing = self._counted(self.index.add(_entry(completion, len(document))), len(document), 1)
         results = await asyncio.gather(upload, indexing, return_exceptions=True)
         failures = [result for result in results if isinstance(result, BaseException)]
         if failures:
             await asyncio.gather(
                 self.index.remove(_entry(completion, 0)), self._forget_document(completion.id), return_exceptions=True
             )
+            if self._usage is not None:
+                await self._usage.add(-len(document), -1)
             raise failures[0]
         return len(document)
 
@@ -89,12 +96,16 @@ class CompletionStore:
             raise Conflict("The chat completion was changed by another request; retry the update.") from None
         except AzureError as exc:
             raise StorageUnavailable("The completion store is unavailable.") from exc
-        await self.index.replace(_entry(completion, 0), _entry(updated, len(document)))
+        await self._counted(
+            self.index.replace(_entry(completion, 0), _entry(updated, len(document))),
+            len(document) - len(_encode(completion)),
+            0,
+        )
         return updated
 
     async def delete(self, completion_id: str, *, owner: str | None = None) -> None:
         completion, _ = await self._read(ids.require_completion_id(completion_id), owner=owner)
-        await self.index.remove(_entry(completion, 0))
+        await self._counted(self.index.remove(_entry(completion, 0)), -len(_encode(completion)), -1)
         await self._forget_document(completion_id)
 
     async def list(
@@ -115,6 +126,17 @@ class CompletionStore:
             )
         ]
         return CompletionPage(data=data, has_more=has_more)
+
+    async def _counted(self, index_write: Awaitable[None], bytes_delta: int, count_delta: int) -> None:
+        """Run an index write with the usage counter update beside it, so counting adds no latency of its own."""
+        if self._usage is None:
+            await index_write
+            return
+        written, _ = await asyncio.gather(
+            index_write, self._usage.add(bytes_delta, count_delta), return_exceptions=True
+        )
+        if isinstance(written, BaseException):
+            raise written
 
     async def _read(self, completion_id: str, *, owner: str | None) -> tuple[StoredCompletion, str]:
         try:

@@ -24,6 +24,15 @@ class CredentialKind(StrEnum):
     DEVELOPER = "developer"
 
 
+class QuotaMode(StrEnum):
+    """What a `store: true` request gets once the store is at its cap."""
+
+    SERVE_UNSTORED = "serve_unstored"
+    """Answer it, do not keep it, and say so in `x-distillery-not-stored-reason: quota_exceeded`."""
+    REJECT = "reject"
+    """Refuse it with 429 `storage_quota_exceeded` before any upstream call."""
+
+
 class Settings(BaseSettings):
     """Validated configuration; see the README's configuration table for each setting's purpose."""
 
@@ -60,6 +69,18 @@ class Settings(BaseSettings):
     """The full-rights key for local runs and single-tenant set-ups."""
     store_enabled: bool = Field(True, alias="DISTILLERY_STORE_ENABLED")
     """Off: every request is served and nothing is kept, whatever `store` says."""
+
+    reports_container: str = Field("reports", alias="REPORTS_CONTAINER")
+    """Where the quota and permission reports are written as JSON."""
+    datasets_container: str = Field("datasets", alias="DATASETS_CONTAINER")
+    """Dataset files; counted towards the storage quota."""
+    storage_quota_bytes: int = Field(10 * 1024**3, ge=1, alias="STORAGE_QUOTA_BYTES")
+    """The store's cap in bytes: completions plus dataset files (default 10 GiB = 10 * 1024**3)."""
+    storage_quota_mode: QuotaMode = Field(QuotaMode.SERVE_UNSTORED, alias="STORAGE_QUOTA_MODE")
+    retention_days: int = Field(0, ge=0, alias="RETENTION_DAYS")
+    """Completions captured longer ago than this are deleted by the retention sweep; 0 keeps them all."""
+    permission_probe_deployment: str | None = Field(None, alias="PERMISSION_PROBE_DEPLOYMENT")
+    """Deployment the permission report calls with `max_tokens: 1`; unset skips the upstream call."""
 
     @field_validator("deployment_models", mode="before")
     @classmethod

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import importlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from local_host.azurite import Azurite, start_azurite
-from local_host.process import RunningHost, start_host
-from shared.settings import get_settings
+from local_host.process import UPSTREAM_SETTINGS, RunningHost, start_host
+from shared.clients import Services
+from shared.settings import Settings, get_settings
 from tests.fakes import FakeUpstream
 
 __all__ = ["RunningHost", "start_host"]
@@ -56,6 +57,43 @@ def registered_functions() -> list[Any]:
         functions = importlib.import_module("function_app").app.get_functions()
     get_settings.cache_clear()
     return list(functions)
+
+
+ServicesFactory = Callable[..., Awaitable[Services]]
+
+
+@pytest.fixture
+async def make_services(azurite: Azurite) -> AsyncIterator[ServicesFactory]:
+    """Build the app's real `Services` on Azurite with names of their own; settings override by app-setting name."""
+    built: list[Services] = []
+
+    async def make(**settings: str | None) -> Services:
+        suffix = uuid.uuid4().hex[:10]
+        values = {
+            "AzureWebJobsStorage": azurite.connection_string,
+            "COMPLETIONS_CONTAINER": f"completions{suffix}",
+            "COMPLETION_INDEX_TABLE": f"index{suffix}",
+            "REPORTS_CONTAINER": f"reports{suffix}",
+            "DATASETS_CONTAINER": f"datasets{suffix}",
+            "DATASET_JOBS_QUEUE": f"dataset{suffix}",
+            "PURGE_JOBS_QUEUE": f"purge{suffix}",
+            **dict.fromkeys(UPSTREAM_SETTINGS),
+            **settings,
+        }
+        services = Services(Settings(**values))  # type: ignore[arg-type]
+        await services.ensure_storage()
+        built.append(services)
+        return services
+
+    yield make
+    for services in built:
+        await services.close()
+
+
+@pytest.fixture(scope="session")
+def functions(registered_functions: list[Any]) -> dict[str, Any]:
+    """The registered functions by name."""
+    return {function.get_function_name(): function for function in registered_functions}
 
 
 @pytest.fixture

@@ -5,13 +5,6 @@ from __future__ import annotations
 import typing
 from typing import Any
 
-import pytest
-
-
-@pytest.fixture(scope="module")
-def functions(registered_functions: list[Any]) -> dict[str, Any]:
-    return {function.get_function_name(): function for function in registered_functions}
-
 
 def _http(function: Any) -> tuple[str, tuple[str, ...]]:
     trigger = function.get_trigger()

@@ -25,6 +25,12 @@ param storeEnabled bool
 param retentionDays int
 param upstreamTimeoutSeconds int
 param upstreamMaxConnections int
+param storageQuotaBytes string
+param storageQuotaMode string
+param quotaReportSchedule string
+param permissionReportSchedule string
+param retentionSchedule string
+param permissionProbeDeployment string
 param enableEntraAuth bool
 param authClientId string
 param authTenantId string
@@ -83,10 +89,16 @@ var appSettings = {
   DATASET_JOBS_QUEUE: datasetJobsQueueName
   PURGE_JOBS_QUEUE: purgeJobsQueueName
   RETENTION_DAYS: string(retentionDays)
+  RETENTION_SCHEDULE: retentionSchedule
+  STORAGE_QUOTA_BYTES: storageQuotaBytes
+  STORAGE_QUOTA_MODE: storageQuotaMode
+  QUOTA_REPORT_SCHEDULE: quotaReportSchedule
+  PERMISSION_REPORT_SCHEDULE: permissionReportSchedule
 }
 var upstreamSettings = union(
   empty(azureOpenAiEndpoint) ? {} : { AZURE_OPENAI_ENDPOINT: azureOpenAiEndpoint },
-  empty(openAiBaseUrl) ? {} : { OPENAI_BASE_URL: openAiBaseUrl }
+  empty(openAiBaseUrl) ? {} : { OPENAI_BASE_URL: openAiBaseUrl },
+  empty(permissionProbeDeployment) ? {} : { PERMISSION_PROBE_DEPLOYMENT: permissionProbeDeployment }
 )
 
 resource site 'Microsoft.Web/sites@2024-04-01' = {

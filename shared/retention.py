@@ -1,0 +1,48 @@
+"""Retention: stored completions captured longer ago than `RETENTION_DAYS` are deleted, document and
+index rows together, by the same deletion loop purges use."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from pydantic import BaseModel
+
+from shared.completion_filter import CompletionFilter
+from shared.completion_store import CompletionStore
+from shared.purge import delete_completions
+
+log = logging.getLogger(__name__)
+
+_BATCH = 500
+
+
+class RetentionResult(BaseModel):
+    retention_days: int
+    cutoff: datetime | None
+    """Completions captured before this instant were deleted; null when retention is off."""
+    deleted_count: int
+
+
+class RetentionSweep:
+    def __init__(self, *, store: CompletionStore, retention_days: int) -> None:
+        self._store = store
+        self._retention_days = retention_days
+
+    async def run(self, *, now: datetime | None = None) -> RetentionResult:
+        if self._retention_days == 0:
+            log.info("Retention is off (RETENTION_DAYS=0): nothing deleted")
+            return RetentionResult(retention_days=0, cutoff=None, deleted_count=0)
+        cutoff = (now or datetime.now(UTC)) - timedelta(days=self._retention_days)
+        selection = CompletionFilter(created_before=int(cutoff.timestamp()))
+        deleted = 0
+        batch: list[str] = []
+        # Deleting rows already read does not disturb the walk: its continuation is the next key.
+        async for entry in self._store.index.walk(selection, page_size=_BATCH):
+            batch.append(entry.id)
+            if len(batch) == _BATCH:
+                deleted += await delete_completions(self._store, batch)
+                batch = []
+        deleted += await delete_completions(self._store, batch)
+        log.info("Retention deleted %s stored completions captured before %s", deleted, cutoff.isoformat())
+        return RetentionResult(retention_days=self._retention_days, cutoff=cutoff, deleted_count=deleted)

@@ -1,0 +1,66 @@
+"""Bulk purge end to end: dry-run count, queued purge run by the host's purge queue, receipt."""
+
+from __future__ import annotations
+
+import time
+
+import openai
+import pytest
+
+from tests.conftest import RunningHost
+from tests.fakes import FakeUpstream
+
+MESSAGES = [{"role": "user", "content": "forget me"}]
+
+
+def _wait_for_status(host: RunningHost, purge_id: str, status: str, timeout: float = 30) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    with host.http() as http:
+        while time.monotonic() < deadline:
+            job = http.get(f"/api/purges/{purge_id}").json()
+            if job["status"] == status:
+                return job
+            time.sleep(0.1)
+    raise AssertionError(f"purge {purge_id} did not reach '{status}'; last seen {job}\n{host.log()[-3000:]}")
+
+
+def test_purge_by_filter_forgets_every_match(host: RunningHost, fake_upstream: FakeUpstream, tag: str) -> None:
+    client = host.openai_client()
+    doomed = [
+        client.chat.completions.create(
+            model="gpt-4o", store=True, metadata={"tag": tag, "user": "u1"}, messages=MESSAGES
+        ).id
+        for _ in range(3)
+    ]
+    kept = client.chat.completions.create(
+        model="gpt-4o", store=True, metadata={"tag": tag, "user": "u2"}, messages=MESSAGES
+    ).id
+    selection = {"metadata": {"tag": tag, "user": "u1"}}
+
+    with host.http() as http:
+        dry = http.post("/api/purges", json={"filter": selection, "dry_run": True})
+        assert dry.status_code == 200, dry.text
+        listed = list(client.chat.completions.list(metadata=selection["metadata"]))
+        assert dry.json()["matched_count"] == len(listed) == len(doomed)
+
+        queued = http.post("/api/purges", json={"filter": selection})
+        assert queued.status_code == 202, queued.text
+        purge_id = queued.json()["id"]
+        assert queued.headers["location"] == f"/api/purges/{purge_id}"
+
+    job = _wait_for_status(host, purge_id, "succeeded")
+    assert job["receipt"]["deleted_count"] == len(doomed)
+    for completion_id in doomed:
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.retrieve(completion_id)
+    assert list(client.chat.completions.list(metadata=selection["metadata"])) == []
+    assert [c.id for c in client.chat.completions.list(metadata={"tag": tag})] == [kept]
+
+
+def test_an_empty_filter_is_refused(host: RunningHost) -> None:
+    with host.http() as http:
+        refused = http.post("/api/purges", json={"filter": {}})
+        missing = http.get("/api/purges/purge_000000000000000000000000")
+    assert refused.status_code == 400
+    assert "all" in refused.json()["error"]["message"]
+    assert missing.status_code == 404

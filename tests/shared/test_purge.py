@@ -1,0 +1,58 @@
+"""Purge scope rules, and a purge run twice deletes the same set and writes the same receipt."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from shared.errors import InvalidRequest, NotFound
+from shared.purge import PurgeStatus, parse_purge_params
+from tests.conftest import ServicesFactory
+from tests.shared.seed import completion
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({}, "the filter is empty"),
+        ({"filter": {}}, "the filter is empty"),
+        ({"filter": {"metadata": {}}, "dry_run": True}, "the filter is empty"),
+        ({"all": True, "filter": {"model": "gpt-4o"}}, "cannot be combined"),
+        ({"filter": {"owner": "someone"}}, "'owner' cannot be set"),
+        ({"filter": {"colour": "red"}}, "Extra inputs are not permitted"),
+    ],
+)
+def test_an_unclear_scope_is_rejected(body: dict[str, object], fragment: str) -> None:
+    with pytest.raises(InvalidRequest) as rejected:
+        parse_purge_params(body)
+    assert fragment in rejected.value.message and rejected.value.status == 400
+
+
+def test_all_must_be_explicit() -> None:
+    params = parse_purge_params({"all": True})
+    assert params.selection.is_empty()
+
+
+async def test_a_purge_runs_twice_safely(make_services: ServicesFactory, tag: str) -> None:
+    services = await make_services()
+    doomed = [completion(metadata={"tag": tag}) for _ in range(3)]
+    kept = completion(metadata={"tag": tag + "-other"})
+    for item in [*doomed, kept]:
+        await services.store.put(item)
+    params = parse_purge_params({"filter": {"metadata": {"tag": tag}}})
+    assert (await services.purges.count(params)).matched_count == 3
+
+    job = await services.purges.submit(params, requested_by="default")
+    first = await services.purges.run(job.id)
+    again = await services.purges.run(job.id)
+
+    assert first.status is PurgeStatus.SUCCEEDED and first.receipt is not None
+    expected = hashlib.sha256("\n".join(sorted(item.id for item in doomed)).encode()).hexdigest()
+    assert (first.receipt.deleted_count, first.receipt.ids_sha256) == (3, expected)
+    assert again == first
+    for item in doomed:
+        assert not await services.store.exists(item.id)
+    assert (await services.store.get(kept.id)).id == kept.id
+    with pytest.raises(NotFound):
+        await services.purges.get("purge_" + "0" * 24)

@@ -1,0 +1,44 @@
+"""Retention deletes only what is older than RETENTION_DAYS, documents and index rows together."""
+
+from __future__ import annotations
+
+from shared.completion_filter import CompletionFilter
+from tests.conftest import ServicesFactory
+from tests.shared.seed import completion, listed
+
+
+async def test_retention_deletes_only_old_completions(make_services: ServicesFactory) -> None:
+    services = await make_services(RETENTION_DAYS="30")
+    old = [completion(days_ago=days, metadata={"user": "ann"}) for days in (31, 45, 400)]
+    recent = [completion(days_ago=days, metadata={"user": "ann"}) for days in (29.9, 0)]
+    for item in old + recent:
+        await services.store.put(item)
+
+    result = await services.retention.run()
+
+    assert result.deleted_count == len(old)
+    for item in old:
+        assert not await services.store.exists(item.id)
+    assert [(await services.store.get(item.id)).id for item in recent] == [item.id for item in recent]
+    for selection in (CompletionFilter(), CompletionFilter(metadata={"user": "ann"}), CompletionFilter(model="gpt-4o")):
+        assert [entry.id async for entry in services.store.index.walk(selection)] == [item.id for item in recent]
+    usage = await services.usage.totals(max_age_seconds=0)
+    assert (usage.completion_bytes, usage.completion_count) == await listed(services.completions_container)
+    assert (await services.retention.run()).deleted_count == 0
+
+
+async def test_retention_is_off_by_default(make_services: ServicesFactory) -> None:
+    services = await make_services()
+    item = completion(days_ago=4000)
+    await services.store.put(item)
+    result = await services.retention.run()
+    assert (result.deleted_count, result.cutoff) == (0, None)
+    assert (await services.store.get(item.id)).id == item.id
+
+
+async def test_a_document_already_gone_is_skipped(make_services: ServicesFactory) -> None:
+    services = await make_services(RETENTION_DAYS="1")
+    item = completion(days_ago=2)
+    await services.store.put(item)
+    await services.completions_container.delete_blob(f"{item.id}.json")
+    assert (await services.retention.run()).deleted_count == 0
