@@ -8,8 +8,7 @@ p50/p99 latency at one request in flight, requests/s at 16 in flight, and the p5
 Part 2 grows the store to each size and times a metadata-filtered list (limit 20) through
 `CompletionStore.list`, counting the index rows storage returned, beside a bare one-page partition
 query and the same 20 document reads on the same Azurite (the emulator scans its tables
-internally, so its own cost grows with
-size; the design's cost is the difference).
+internally, so its own cost grows with size; the design's cost is the difference).
 """
 
 from __future__ import annotations
