@@ -109,7 +109,7 @@ class Settings(BaseSettings):
 def load_settings() -> Settings:
     """Read and validate the environment, turning pydantic's report into one actionable message."""
     try:
-        return Settings()  # type: ignore[call-arg]
+        return Settings()
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
