@@ -64,6 +64,8 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 // Settings the code reads (shared/settings.py; tests/infra/test_bicep.py keeps the two in step).
 // Empty optional URLs are left out, not set to '': the settings validate a present value as a URL.
 var hostSettings = {
+  // The HTTP streams extension (FastAPI request/response types, live server-sent events) needs it.
+  PYTHON_ENABLE_INIT_INDEXING: '1'
   AzureWebJobsStorage__accountName: storage.name
   AzureWebJobsStorage__credential: 'managedidentity'
   AzureWebJobsStorage__clientId: identity.properties.clientId

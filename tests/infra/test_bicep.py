@@ -41,6 +41,7 @@ BICEP_ONLY = {
     "ServiceBusConnection__credential": "Service Bus extension: identity-based trigger connection",
     "ServiceBusConnection__clientId": "Service Bus extension: identity-based trigger connection",
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "host: telemetry",
+    "PYTHON_ENABLE_INIT_INDEXING": "worker: the HTTP streams extension needs init indexing",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "host: telemetry with Entra ID",
     # Added by work on other branches; the lead drops each line when its setting lands in the code
     # (test_allow_lists_are_not_stale fails until then).
