@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import ClientAuthenticationError, ResourceExistsError
+from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.data.tables.aio import TableClient, TableServiceClient
 from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential, get_bearer_token_provider
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRetry
@@ -150,7 +150,7 @@ class Services:
         for scope in self.token_scopes():
             try:
                 await self.credential.get_token(scope)
-            except ClientAuthenticationError as exc:
+            except AzureError as exc:  # refused, or no identity endpoint to ask
                 raise ConfigurationError(
                     f"Cannot get an Entra token for {scope}: {credential_problem(self.settings)}"
                 ) from exc
@@ -207,7 +207,7 @@ def _azure_auth(settings: Settings, credential: AsyncTokenCredential) -> Any:
     async def entra_auth() -> dict[str, str]:
         try:
             token = await token_provider()
-        except ClientAuthenticationError as exc:
+        except AzureError as exc:
             log.error("Cannot call Azure OpenAI: %s (%s)", credential_problem(settings), type(exc).__name__)
             raise UpstreamUnavailable(
                 "The upstream model could not be reached: this service could not sign in to it."
