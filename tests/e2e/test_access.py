@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,29 +14,13 @@ import httpx
 import pytest
 
 from local_host.azurite import Azurite, free_port
-from shared.access import Right, key_digest
+from shared.access import Right
+from tests.callers import principal, start_keyed_host
 from tests.conftest import RunningHost, start_host
 from tests.fakes import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-ROLE_TYPE = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"
 MAX_BODY = 4096
-
-
-def service_keys(rights: dict[str, set[Right]]) -> tuple[dict[str, str], str]:
-    """Fresh keys for the named callers, and the `DISTILLERY_API_KEYS` value that grants them."""
-    keys = {name: secrets.token_urlsafe(24) for name in rights}
-    setting = [
-        {"name": name, "sha256": key_digest(keys[name]), "rights": sorted(right.value for right in granted)}
-        for name, granted in rights.items()
-    ]
-    return keys, json.dumps(setting)
-
-
-def principal(name: str, *roles: str) -> str:
-    claims = [{"typ": ROLE_TYPE, "val": role} for role in roles] + [{"typ": "name", "val": name}]
-    document = {"auth_typ": "aad", "claims": claims, "name_typ": "name", "role_typ": ROLE_TYPE}
-    return base64.b64encode(json.dumps(document).encode()).decode()
 
 
 MATRIX_RIGHTS = {"inference": {Right.INFERENCE}, "read": {Right.READ}, "action": {Right.ACTION}}
@@ -48,12 +31,11 @@ def matrix_host(
     azurite: Azurite, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[RunningHost, dict[str, str]]]:
     """A host with one key per right (plus the full-rights default), not trusting principals."""
-    keys, setting = service_keys(MATRIX_RIGHTS)
-    running = start_host(
+    running, keys = start_keyed_host(
         azurite.connection_string,
         tmp_path_factory.mktemp("access"),
+        MATRIX_RIGHTS,
         OPENAI_BASE_URL=upstream.base_url,
-        DISTILLERY_API_KEYS=setting,
         DISTILLERY_MAX_BODY_BYTES=str(MAX_BODY),
     )
     yield running, keys | {"full": running.key}
@@ -145,7 +127,7 @@ def test_permission_matrix(matrix_host: tuple[RunningHost, dict[str, str]], fake
 @pytest.mark.parametrize(
     "forged",
     [
-        principal("mallory", "StoredCompletions.Administrator", "Inference.User"),
+        principal("StoredCompletions.Administrator", "Inference.User", name="mallory"),
         "%%% not base64 %%%",
         base64.b64encode(b"{not json").decode(),
     ],
@@ -196,12 +178,11 @@ def scoped_host(
 ) -> Iterator[tuple[RunningHost, dict[str, str]]]:
     """A host behind (simulated) App Service Authentication, with owner scoping on."""
     rights = {"alice": {Right.INFERENCE, Right.READ, Right.ACTION}, "bob": {Right.INFERENCE, Right.READ, Right.ACTION}}
-    keys, setting = service_keys(rights)
-    running = start_host(
+    running, keys = start_keyed_host(
         azurite.connection_string,
         tmp_path_factory.mktemp("scoped"),
+        rights,
         OPENAI_BASE_URL=upstream.base_url,
-        DISTILLERY_API_KEYS=setting,
         DISTILLERY_TRUST_APP_SERVICE_AUTH="true",
         DISTILLERY_OWNER_SCOPING="true",
     )
@@ -243,7 +224,7 @@ def test_trusted_principal_roles_map_to_rights(
 
     def as_principal(name: str, *roles: str) -> httpx.Client:
         # App Service Authentication passes the caller's Entra token on in Authorization: not a key.
-        headers = {"x-ms-client-principal": principal(name, *roles), "authorization": "Bearer eyJ.entra.token"}
+        headers = {"x-ms-client-principal": principal(*roles, name=name), "authorization": "Bearer eyJ.entra.token"}
         return httpx.Client(base_url=host.url, headers=headers, timeout=30)
 
     chat = {"model": "gpt-4o", "store": True, "metadata": {"tag": tag}, "messages": MESSAGES}

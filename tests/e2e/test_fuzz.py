@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from local_host.azurite import Azurite
 from shared.access import Right
-from tests.conftest import RunningHost, start_host
-from tests.e2e.test_access import principal, service_keys
+from tests.callers import principal, start_keyed_host
+from tests.conftest import RunningHost
 from tests.fakes import FakeUpstream
 
 FUZZER = "fuzzer"
@@ -102,12 +102,11 @@ def fuzz_host(
     azurite: Azurite, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[RunningHost, dict[str, str], list[str]]]:
     """A host with a fuzzing key per property, and a few completions stored before fuzzing starts."""
-    keys, setting = service_keys({FUZZER: {Right.READ, Right.INFERENCE}, "actor": {Right.READ, Right.ACTION}})
-    running = start_host(
+    running, keys = start_keyed_host(
         azurite.connection_string,
         tmp_path_factory.mktemp("fuzz"),
+        {FUZZER: {Right.READ, Right.INFERENCE}, "actor": {Right.READ, Right.ACTION}},
         OPENAI_BASE_URL=upstream.base_url,
-        DISTILLERY_API_KEYS=setting,
         DISTILLERY_MAX_BODY_BYTES="65536",
     )
     upstream.reset()
@@ -154,7 +153,7 @@ def test_fuzz_reads_and_inference_change_nothing(
             {"authorization": f"Bearer {keys[FUZZER]}"},
             {},
             {"api-key": "wrong"},
-            {"x-ms-client-principal": principal("root", "StoredCompletions.Administrator")},
+            {"x-ms-client-principal": principal("StoredCompletions.Administrator", name="root")},
         ]
     )
     path_values = st.fixed_dictionaries({"completion_id": st.sampled_from(seeded) | TEXT, "deployment": TEXT})

@@ -12,18 +12,10 @@ from pydantic import SecretStr
 from shared.access import ALL_RIGHTS, Authenticator, Right, ServiceKey, key_digest
 from shared.errors import AuthenticationFailed, ConfigurationError, PermissionDenied
 from shared.settings import load_settings
+from tests.callers import principal
 
 READER = ServiceKey(name="reader", sha256=key_digest("reader-key"), rights=frozenset({Right.READ}))
 WRITER = ServiceKey(name="writer", sha256=key_digest("writer-key").upper(), rights=frozenset({Right.ACTION}))
-ROLE_TYPE = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"
-
-
-def principal(*roles: str, name: str | None = "alice@contoso.com", role_typ: str = ROLE_TYPE, **extra: Any) -> str:
-    claims = [{"typ": role_typ, "val": role} for role in roles]
-    if name is not None:
-        claims.append({"typ": "name", "val": name})
-    document = {"auth_typ": "aad", "claims": claims, "name_typ": "name", "role_typ": role_typ, **extra}
-    return base64.b64encode(json.dumps(document).encode()).decode()
 
 
 def authenticator(**options: Any) -> Authenticator:
