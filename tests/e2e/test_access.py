@@ -122,6 +122,8 @@ def test_permission_matrix(matrix_host: tuple[RunningHost, dict[str, str]], fake
             if not ok:
                 mismatches.append(f"{caller:>9} {method} {path}: {status} (expected {expected or 'allowed'})")
     assert not mismatches, "\n".join(mismatches)
+    log = host.log()
+    assert not [name for name in MATRIX_RIGHTS if keys[name] in log], "a service key reached the log"
 
 
 @pytest.mark.parametrize(
