@@ -7,7 +7,7 @@ from azurefunctions.extensions.http.fastapi import Request, Response
 
 from blueprints.http_adapter import endpoint, event_stream, raw_response
 from shared.access import Caller, Right
-from shared.chat_request import parse_chat_request, parse_json_object
+from shared.chat_request import ChatRequest, parse_chat_request, parse_json_object
 from shared.clients import get_services
 from shared.errors import InvalidRequest
 
@@ -19,14 +19,14 @@ bp = func.Blueprint()
     methods=["POST"],
     auth_level=func.AuthLevel.ANONYMOUS,
 )
-@endpoint(Right.INFERENCE)
+@endpoint(Right.INFERENCE, body=ChatRequest)
 async def create_chat_completion_for_deployment(req: Request, caller: Caller | None) -> Response:
     """Azure route shape: the deployment comes from the path."""
     return await _create(req, caller, deployment=req.path_params["deployment"])
 
 
 @bp.route(route="openai/v1/chat/completions", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-@endpoint(Right.INFERENCE)
+@endpoint(Right.INFERENCE, body=ChatRequest)
 async def create_chat_completion(req: Request, caller: Caller | None) -> Response:
     """`/openai/v1` route shape: the deployment is the body's `model`."""
     return await _create(req, caller, deployment=None)

@@ -15,5 +15,6 @@ bp = func.Blueprint()
 @bp.route(route="api/health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 @endpoint(None)
 async def health(req: Request, caller: Caller | None) -> Response:
+    """Readiness and the upstream in use; public."""
     services = get_services()
     return json_response({"status": "ok", "upstream": services.upstream.label})

@@ -5,16 +5,19 @@ Functions use the HTTP streams extension's `Request`/`Response` (FastAPI types),
 Azure Functions Python app can send server-sent events as they are produced.
 """
 
+import copy
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
+from pydantic import BaseModel
+from starlette.types import Message
 
 from shared.access import Caller, Right
 from shared.clients import get_services
-from shared.errors import DistilleryError
+from shared.errors import DistilleryError, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -23,21 +26,26 @@ Handler = Callable[[Request, Caller | None], Awaitable[Response]]
 _RETRYABLE_STATUSES = frozenset({408, 409, 429})
 
 
-def endpoint(right: Right | None) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
-    """Declare the right a route needs (None: public) and wrap it with authentication and error mapping.
+def endpoint(
+    right: Right | None, *, body: type[BaseModel] | None = None
+) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """Declare the right a route needs (None: public) and wrap it with authentication, the body-size
+    limit and error mapping.
 
     The returned function has the plain `(req: Request) -> Response` signature the Functions worker
-    binds; the right is kept on it as `required_right` so tests can walk every route.
+    binds; the right is kept on it as `required_right` (and the request-body model, if any, as
+    `body_model`) so tests and the OpenAPI document can walk every route.
     """
 
     def decorate(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def function(req: Request) -> Response:
             try:
+                services = get_services()
                 caller = None
                 if right is not None:
-                    caller = get_services().authenticator.authenticate(req.headers)
+                    caller = services.authenticator.authenticate(req.headers)
                     caller.require(right)
-                return await handler(req, caller)
+                return await handler(limit_body(req, services.settings.max_body_bytes), caller)
             except DistilleryError as error:
                 return error_response(error)
             except Exception:
@@ -49,9 +57,46 @@ def endpoint(right: Right | None) -> Callable[[Handler], Callable[[Request], Awa
         function.__doc__ = handler.__doc__
         function.__module__ = handler.__module__
         function.required_right = right  # type: ignore[attr-defined]
+        function.body_model = body  # type: ignore[attr-defined]
         return function
 
     return decorate
+
+
+def limit_body(req: Request, max_bytes: int) -> Request:
+    """The request, refusing with 413 a body over `max_bytes`: at once when `Content-Length` says so,
+    else as soon as the stream passes the limit, so a large body is never buffered or forwarded."""
+    declared = req.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await req.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > max_bytes:
+                raise _too_large(max_bytes)
+        return message
+
+    return Request(req.scope, receive)
+
+
+def _too_large(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than {max_bytes} bytes.")
+
+
+def registered_functions(app: Any) -> list[Any]:
+    """The functions of a composed `FunctionApp`, callable any number of times.
+
+    `FunctionApp.get_functions()` refuses a second call (it checks names against a record of the
+    first), and the Functions host makes the first; a shallow copy with its own record reads the same
+    function objects without touching the app the host indexed.
+    """
+    reader = copy.copy(app)
+    reader.functions_bindings = {}
+    return list(reader.get_functions())
 
 
 class _InternalError(DistilleryError):

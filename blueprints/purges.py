@@ -25,8 +25,8 @@ async def create_purge(req: Request, caller: Caller | None) -> Response:
     params = parse_purge_params(parse_json_object(await req.body()))
     purges = get_services().purges
     if params.dry_run:
-        return json_response((await purges.count(params)).model_dump(mode="json"))
-    job = await purges.submit(params, requested_by=caller.name)
+        return json_response((await purges.count(params, owner_scope=caller.scope)).model_dump(mode="json"))
+    job = await purges.submit(params, requested_by=caller.name, owner_scope=caller.scope)
     return json_response(job.model_dump(mode="json"), status=202, headers={"location": f"/api/purges/{job.id}"})
 
 
@@ -34,7 +34,8 @@ async def create_purge(req: Request, caller: Caller | None) -> Response:
 @endpoint(Right.READ)
 async def get_purge(req: Request, caller: Caller | None) -> Response:
     """A purge's status and, once it is done, its receipt."""
-    job = await get_services().purges.get(req.path_params["purge_id"])
+    assert caller is not None
+    job = await get_services().purges.get(req.path_params["purge_id"], owner_scope=caller.scope)
     return json_response(job.model_dump(mode="json"))
 
 

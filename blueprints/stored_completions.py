@@ -17,6 +17,7 @@ from shared.access import Caller, Right
 from shared.chat_request import parse_json_object
 from shared.clients import get_services
 from shared.completion_params import (
+    CompletionUpdateParams,
     list_object,
     parse_completion_list_params,
     parse_message_list_params,
@@ -25,31 +26,39 @@ from shared.completion_params import (
 
 
 async def list_chat_completions(req: Request, caller: Caller | None) -> Response:
+    """List stored chat completions matching metadata, model and time filters, one page at a time."""
     params = parse_completion_list_params(req.query_params.multi_items())
-    page = await get_services().store.list(params.filter, order=params.order, after=params.after, limit=params.limit)
+    selection = params.filter.model_copy(update={"owner": _caller(caller).scope})
+    page = await get_services().store.list(selection, order=params.order, after=params.after, limit=params.limit)
     return json_response(list_object([c.as_chat_completion() for c in page.data], has_more=page.has_more))
 
 
 async def retrieve_chat_completion(req: Request, caller: Caller | None) -> Response:
-    completion = await get_services().store.get(req.path_params["completion_id"])
+    """Get one stored chat completion."""
+    completion = await get_services().store.get(req.path_params["completion_id"], owner=_caller(caller).scope)
     return json_response(completion.as_chat_completion())
 
 
 async def update_chat_completion(req: Request, caller: Caller | None) -> Response:
+    """Replace a stored chat completion's metadata (the only field that can change)."""
     completion_id = ids.require_completion_id(req.path_params["completion_id"])
     params = parse_update_params(parse_json_object(await req.body()))
-    completion = await get_services().store.update_metadata(completion_id, params.metadata or {})
+    completion = await get_services().store.update_metadata(
+        completion_id, params.metadata or {}, owner=_caller(caller).scope
+    )
     return json_response(completion.as_chat_completion())
 
 
 async def delete_chat_completion(req: Request, caller: Caller | None) -> Response:
+    """Delete a stored chat completion."""
     completion_id = req.path_params["completion_id"]
-    await get_services().store.delete(completion_id)
+    await get_services().store.delete(completion_id, owner=_caller(caller).scope)
     return json_response({"id": completion_id, "object": "chat.completion.deleted", "deleted": True})
 
 
 async def list_chat_completion_messages(req: Request, caller: Caller | None) -> Response:
-    completion = await get_services().store.get(req.path_params["completion_id"])
+    """List the input messages of a stored chat completion."""
+    completion = await get_services().store.get(req.path_params["completion_id"], owner=_caller(caller).scope)
     params = parse_message_list_params(req.query_params.multi_items(), completion_id=completion.id)
     messages: list[dict[str, Any]] = completion.input_messages()
     if params.order == "desc":
@@ -60,22 +69,27 @@ async def list_chat_completion_messages(req: Request, caller: Caller | None) -> 
     return json_response(list_object(messages[: params.limit], has_more=len(messages) > params.limit))
 
 
+def _caller(caller: Caller | None) -> Caller:
+    assert caller is not None, "every stored-completions route requires a right"
+    return caller
+
+
 OPERATIONS = [
-    # (handler, route below the prefix, method, right)
-    (list_chat_completions, "chat/completions", "GET", Right.READ),
-    (retrieve_chat_completion, "chat/completions/{completion_id}", "GET", Right.READ),
-    (update_chat_completion, "chat/completions/{completion_id}", "POST", Right.ACTION),
-    (delete_chat_completion, "chat/completions/{completion_id}", "DELETE", Right.ACTION),
-    (list_chat_completion_messages, "chat/completions/{completion_id}/messages", "GET", Right.READ),
+    # (handler, route below the prefix, method, right, request-body model)
+    (list_chat_completions, "chat/completions", "GET", Right.READ, None),
+    (retrieve_chat_completion, "chat/completions/{completion_id}", "GET", Right.READ, None),
+    (update_chat_completion, "chat/completions/{completion_id}", "POST", Right.ACTION, CompletionUpdateParams),
+    (delete_chat_completion, "chat/completions/{completion_id}", "DELETE", Right.ACTION, None),
+    (list_chat_completion_messages, "chat/completions/{completion_id}/messages", "GET", Right.READ, None),
 ]
 ROUTE_SHAPES = [("openai", ""), ("openai/v1", "_v1")]
 """(route prefix, function-name suffix) for the `AzureOpenAI` and `OpenAI` clients."""
 
 bp = func.Blueprint()
 for _prefix, _suffix in ROUTE_SHAPES:
-    for _handler, _path, _method, _right in OPERATIONS:
+    for _handler, _path, _method, _right, _body in OPERATIONS:
         bp.function_name(_handler.__name__ + _suffix)(
             bp.route(route=f"{_prefix}/{_path}", methods=[_method], auth_level=func.AuthLevel.ANONYMOUS)(
-                endpoint(_right)(_handler)
+                endpoint(_right, body=_body)(_handler)
             )
         )

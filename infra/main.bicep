@@ -62,6 +62,15 @@ param retentionSchedule string = '0 15 3 * * *'
 @description('Deployment the permission report calls with max_tokens 1 to prove upstream access; empty skips the call.')
 param permissionProbeDeployment string = ''
 
+@description('Service keys as JSON [{"name", "sha256", "rights"}]: only SHA-256 digests of keys, never the keys.')
+param apiKeys string = '[]'
+
+@description('Callers without stored-completions/all-owners see only the completions they stored.')
+param ownerScoping bool = false
+
+@description('Request bodies larger than this are refused with 413 before any upstream call.')
+param maxBodyBytes int = 4194304
+
 @description('Turn on App Service Authentication with Microsoft Entra ID in front of every route but /api/health.')
 param enableEntraAuth bool = false
 
@@ -226,6 +235,9 @@ module api 'app/api.bicep' = {
     permissionReportSchedule: permissionReportSchedule
     retentionSchedule: retentionSchedule
     permissionProbeDeployment: permissionProbeDeployment
+    apiKeys: apiKeys
+    ownerScoping: ownerScoping
+    maxBodyBytes: maxBodyBytes
     enableEntraAuth: enableEntraAuth
     authClientId: authClientId
     authTenantId: authTenantId

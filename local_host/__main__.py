@@ -14,11 +14,15 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from local_host.azurite import ROOT, connection_string, start_azurite
 from local_host.host import QueueRules, build_host
+
+if TYPE_CHECKING:
+    from shared.clients import Services
 
 AZURITE_PORTS = (10000, 10001, 10002)
 
@@ -56,7 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
         key = os.environ["DISTILLERY_API_KEY"] = secrets.token_urlsafe(32)
         _remember_key(args.settings, key)
     function_app = importlib.import_module("function_app")
-    from shared.clients import get_services, upstream_label
+    from shared.clients import get_services, upstream_label  # after the settings are in the environment
 
     services = get_services()
     label = upstream_label(services.settings)
@@ -65,7 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
         queue_connection=os.environ.get("AzureWebJobsStorage"),
         queue_rules=QueueRules(max_delivery_count=args.max_delivery_count, retry_seconds=args.retry_seconds),
         run_timers=not args.no_timers,
-        on_startup=services.ensure_storage,
+        on_startup=lambda: _start(services),
     )
     endpoint = f"http://{args.host}:{args.port}"
     print(
@@ -79,6 +83,12 @@ def _serve(args: argparse.Namespace) -> int:
     )
     uvicorn.run(host, host=args.host, port=args.port, log_level="warning", lifespan="on")
     return 0
+
+
+async def _start(services: Services) -> None:
+    """Fail fast on an unusable credential (Azure Functions has no async start-up hook to do this)."""
+    await services.check_credential()
+    await services.ensure_storage()
 
 
 def _load_local_settings(path: Path) -> None:

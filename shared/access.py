@@ -1,13 +1,21 @@
-"""Who is calling and what they may do: the three rights of the hosted feature, mapped to callers."""
+"""Who is calling and what they may do: the rights of the hosted feature, mapped to callers.
+
+Two kinds of identity: service keys (only their SHA-256 digests are configured) and, behind App
+Service Authentication, Entra ID principals whose app roles map to rights.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError
 
 from shared.errors import AuthenticationFailed, PermissionDenied
 
@@ -19,29 +27,72 @@ class Right(StrEnum):
     """List and read stored completions, datasets and reports."""
     ACTION = "stored-completions/action"
     """Change or delete stored completions; create and delete datasets; purge."""
+    ALL_OWNERS = "stored-completions/all-owners"
+    """With owner scoping on: read and act on every caller's completions, not only one's own."""
 
 
 ALL_RIGHTS = frozenset(Right)
+
+DEFAULT_KEY_NAME = "default"
+"""The caller name of `DISTILLERY_API_KEY`, the local full-rights key."""
+
+PRINCIPAL_HEADER = "x-ms-client-principal"
+PRINCIPAL_NAME_HEADER = "x-ms-client-principal-name"
+
+ROLE_RIGHTS: dict[str, frozenset[Right]] = {
+    "Inference.User": frozenset({Right.INFERENCE}),
+    "StoredCompletions.Reader": frozenset({Right.READ}),
+    "StoredCompletions.Contributor": frozenset({Right.READ, Right.ACTION}),
+    "StoredCompletions.Administrator": frozenset({Right.READ, Right.ACTION, Right.ALL_OWNERS}),
+}
+"""Entra app role value -> rights. Define these values as app roles on the app registration."""
+
+_ROLE_CLAIM_TYPES = frozenset({"roles", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"})
+_NAME_CLAIM_TYPES = (
+    "name",
+    "preferred_username",
+    "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/name",
+    "http://schemas.microsoft.com/identity/claims/objectidentifier",
+    "oid",
+    "appid",
+    "azp",
+)
+"""Where a caller name is looked for when the principal-name header is absent, most readable first."""
+_MAX_PRINCIPAL_CHARS = 16_384
+
+
+class ServiceKey(BaseModel):
+    """One entry of `DISTILLERY_API_KEYS`: a named key known only by the SHA-256 hex digest of its text."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@-]+$")]
+    """Recorded as the owner of what the key stores."""
+    sha256: Annotated[str, StringConstraints(to_lower=True, pattern=r"^[0-9a-fA-F]{64}$")]
+    rights: frozenset[Right]
+
+
+class Identity(BaseModel):
+    """A configured identity, as the permission-health report lists it."""
+
+    name: str
+    kind: Literal["key", "entra_role"]
+    rights: list[Right]
 
 
 class Caller(BaseModel):
     """An authenticated identity; `name` is recorded as the owner of what it stores."""
 
+    model_config = ConfigDict(frozen=True)
+
     name: str
     rights: frozenset[Right]
+    scope: str | None = None
+    """The only owner whose completions this caller may see (owner scoping); None: every owner's."""
 
     def require(self, right: Right) -> None:
         if right not in self.rights:
             raise PermissionDenied(f"The caller '{self.name}' lacks the '{right.value}' right for this operation.")
-
-
-class Identity(BaseModel):
-    """A configured caller identity and its rights, as the permission report lists it."""
-
-    name: str
-    kind: str
-    """How it authenticates: `api_key` (and, as they are added, other kinds such as Entra roles)."""
-    rights: frozenset[Right]
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -55,29 +106,113 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-class Authenticator:
-    """Turns request headers into a `Caller`, comparing only key hashes in constant time."""
+def key_digest(key: str) -> str:
+    """The SHA-256 hex digest configured for a key (`printf %s "$KEY" | sha256sum`)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
-    def __init__(self, *, api_key: SecretStr | None) -> None:
-        self._full_rights_digest = _digest(api_key.get_secret_value()) if api_key else None
+
+class Authenticator:
+    """Turns request headers into a `Caller`.
+
+    Keys are compared as digests with `hmac.compare_digest` against every configured digest, with no
+    early exit, so timing reveals neither which key nor how much of one matched. An App Service
+    Authentication principal is read only when `trust_app_service_auth` says the platform put it
+    there (it strips client-sent copies); otherwise the header is ignored.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: SecretStr | None,
+        service_keys: Sequence[ServiceKey] = (),
+        trust_app_service_auth: bool = False,
+        owner_scoping: bool = False,
+    ) -> None:
+        keys = list(service_keys)
+        if api_key is not None:
+            keys.append(
+                ServiceKey(name=DEFAULT_KEY_NAME, sha256=key_digest(api_key.get_secret_value()), rights=ALL_RIGHTS)
+            )
+        self._keys = [(bytes.fromhex(key.sha256), key) for key in keys]
+        self._trust_app_service_auth = trust_app_service_auth
+        self._owner_scoping = owner_scoping
 
     def identities(self) -> list[Identity]:
-        """Every identity this authenticator accepts, with its rights (never its secret)."""
-        if self._full_rights_digest is None:
-            return []
-        return [Identity(name="default", kind="api_key", rights=ALL_RIGHTS)]
+        """Every identity that can be granted rights: each key, and each mapped app role when trusted."""
+        found = [Identity(name=key.name, kind="key", rights=sorted(key.rights)) for _, key in self._keys]
+        if self._trust_app_service_auth:
+            found += [
+                Identity(name=role, kind="entra_role", rights=sorted(rights)) for role, rights in ROLE_RIGHTS.items()
+            ]
+        return found
 
     def authenticate(self, headers: Mapping[str, str]) -> Caller:
+        principal = headers.get(PRINCIPAL_HEADER) if self._trust_app_service_auth else None
+        if principal is not None:
+            # Behind App Service Authentication an Entra caller's bearer token is the platform's, not a key.
+            name, rights = _principal_identity(principal, headers.get(PRINCIPAL_NAME_HEADER))
+        else:
+            name, rights = self._key_identity(headers)
+        scoped = self._owner_scoping and Right.ALL_OWNERS not in rights
+        return Caller(name=name, rights=rights, scope=name if scoped else None)
+
+    def _key_identity(self, headers: Mapping[str, str]) -> tuple[str, frozenset[Right]]:
         key = presented_key(headers)
         if key is None:
             raise AuthenticationFailed(
                 "Missing API key: send it in the 'api-key' header or as 'Authorization: Bearer <key>'.",
                 code="missing_api_key",
             )
-        if self._full_rights_digest is not None and hmac.compare_digest(_digest(key), self._full_rights_digest):
-            return Caller(name="default", rights=ALL_RIGHTS)
-        raise AuthenticationFailed("Incorrect API key provided.")
+        presented = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+        match: ServiceKey | None = None
+        for digest, candidate in self._keys:
+            if hmac.compare_digest(presented, digest):
+                match = candidate
+        if match is None:
+            raise AuthenticationFailed("Incorrect API key provided.")
+        return match.name, match.rights
 
 
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
+def _principal_identity(header: str, name_header: str | None) -> tuple[str, frozenset[Right]]:
+    """Name and rights from an `X-MS-CLIENT-PRINCIPAL` header; anything malformed is a 401."""
+    principal = _decode_principal(header)
+    role_types = _ROLE_CLAIM_TYPES | {principal.role_typ} if principal.role_typ else _ROLE_CLAIM_TYPES
+    claims: dict[str, list[str]] = {}
+    for claim in principal.claims:
+        claims.setdefault(claim.typ, []).append(claim.val)
+    rights: set[Right] = set()
+    for claim_type in role_types:
+        for role in claims.get(claim_type, []):
+            rights |= ROLE_RIGHTS.get(role, frozenset())
+    name_types = ((principal.name_typ,) if principal.name_typ else ()) + _NAME_CLAIM_TYPES
+    names = [name_header] + [claims[t][0] for t in name_types if claims.get(t)]
+    name = next((n.strip() for n in names if n and n.strip()), None)
+    if name is None:
+        raise AuthenticationFailed("The client principal names no user or application.", code="invalid_principal")
+    return name, frozenset(rights)
+
+
+class _Claim(BaseModel):
+    typ: str
+    val: str
+
+
+class _Principal(BaseModel):
+    """The JSON App Service Authentication puts, base64-encoded, in `X-MS-CLIENT-PRINCIPAL`."""
+
+    auth_typ: str | None = None
+    claims: list[_Claim] = Field(default_factory=list)
+    name_typ: str | None = None
+    role_typ: str | None = None
+
+
+def _decode_principal(header: str) -> _Principal:
+    invalid = AuthenticationFailed("The client principal header is not valid.", code="invalid_principal")
+    if len(header) > _MAX_PRINCIPAL_CHARS:
+        raise invalid
+    try:
+        text = base64.b64decode(header + "=" * (-len(header) % 4), validate=True)
+        document: Any = json.loads(text)
+        return _Principal.model_validate(document)
+    except (binascii.Error, ValueError, ValidationError, RecursionError):
+        raise invalid from None

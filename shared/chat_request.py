@@ -7,6 +7,7 @@ the upstream untouched, so Distillery never narrows what a deployment accepts.
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -52,12 +53,16 @@ class ChatRequest(BaseModel):
 
 
 def parse_json_object(raw: bytes, *, max_depth: int = 64) -> dict[str, Any]:
-    """Decode a request body that must be a JSON object, with OpenAI-shaped errors."""
+    """Decode a request body that must be a UTF-8 JSON object of valid Unicode, with OpenAI-shaped errors.
+
+    Refused as invalid JSON: NaN and infinities (not JSON), integers too long for Python to parse,
+    and lone surrogate escapes (not Unicode, so they could be neither stored nor echoed back).
+    """
     if not raw.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
     try:
-        value = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        value = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)  # strict: no encoded surrogates
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, over-long integers
         raise InvalidRequest(
             "We could not parse the JSON body of your request. Send valid JSON.", code="invalid_json"
         ) from None
@@ -65,6 +70,8 @@ def parse_json_object(raw: bytes, *, max_depth: int = 64) -> dict[str, Any]:
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     if _depth(value) > max_depth:
         raise InvalidRequest(f"The JSON body is nested deeper than {max_depth} levels.", code="invalid_json")
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(value):
+        raise InvalidRequest("The JSON body contains an unpaired UTF-16 surrogate escape.", code="invalid_json")
     return value
 
 
@@ -113,3 +120,28 @@ def _depth(value: Any) -> int:
         elif isinstance(node, list):
             stack.extend((child, level + 1) for child in node)
     return deepest
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""Only a body with such an escape can decode to a lone surrogate; the full check runs only then."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.data.tables.aio import TableClient, TableServiceClient
 from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential, get_bearer_token_provider
 from azure.servicebus.aio import ServiceBusClient
@@ -25,7 +25,7 @@ from shared.access import Authenticator
 from shared.capture import ChatCapture
 from shared.completion_index import CompletionIndex
 from shared.completion_store import CompletionStore
-from shared.errors import ConfigurationError
+from shared.errors import ConfigurationError, UpstreamUnavailable
 from shared.job_queue import JobQueue, ServiceBusJobQueue, StorageJobQueue
 from shared.offline_model import OfflineModel
 from shared.permission_health import (
@@ -46,6 +46,8 @@ from shared.usage import UsageCounter
 log = logging.getLogger(__name__)
 
 COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
+STORAGE_SCOPE = "https://storage.azure.com/.default"
+SERVICE_BUS_SCOPE = "https://servicebus.azure.net/.default"
 
 # Storage calls fail fast: a caller waiting on a proxied completion must not wait out long retries.
 _STORAGE_TIMEOUTS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 30}
@@ -139,7 +141,38 @@ class Services:
 
     @cached_property
     def authenticator(self) -> Authenticator:
-        return Authenticator(api_key=self.settings.api_key)
+        return Authenticator(
+            api_key=self.settings.api_key,
+            service_keys=self.settings.api_keys,
+            trust_app_service_auth=self.settings.trust_app_service_auth,
+            owner_scoping=self.settings.owner_scoping,
+        )
+
+    def token_scopes(self) -> list[str]:
+        """The Entra token scopes this configuration needs from its credential."""
+        settings = self.settings
+        scopes = []
+        if settings.azure_openai_endpoint is not None and settings.azure_openai_api_key is None:
+            scopes.append(COGNITIVE_SERVICES_SCOPE)
+        if settings.storage_connection_string is None:
+            scopes.append(STORAGE_SCOPE)
+        if settings.service_bus_namespace is not None:
+            scopes.append(SERVICE_BUS_SCOPE)
+        return scopes
+
+    async def check_credential(self) -> None:
+        """Fail fast with a `ConfigurationError` naming what to fix when a needed token is out of reach.
+
+        Azure Functions Python has no async start-up hook, so there the first upstream call reports
+        the same problem (logged, and a 502 to the caller); the local host runs this at start-up.
+        """
+        for scope in self.token_scopes():
+            try:
+                await self.credential.get_token(scope)
+            except AzureError as exc:  # refused, or no identity endpoint to ask
+                raise ConfigurationError(
+                    f"Cannot get an Entra token for {scope}: {credential_problem(self.settings)}"
+                ) from exc
 
     @cached_property
     def usage(self) -> UsageCounter:
@@ -290,9 +323,26 @@ def _azure_auth(settings: Settings, credential: AsyncTokenCredential) -> Any:
     token_provider = get_bearer_token_provider(credential, COGNITIVE_SERVICES_SCOPE)
 
     async def entra_auth() -> dict[str, str]:
-        return {"authorization": f"Bearer {await token_provider()}"}
+        try:
+            token = await token_provider()
+        except AzureError as exc:
+            log.error("Cannot call Azure OpenAI: %s (%s)", credential_problem(settings), type(exc).__name__)
+            raise UpstreamUnavailable(
+                "The upstream model could not be reached: this service could not sign in to it."
+            ) from exc
+        return {"authorization": f"Bearer {token}"}
 
     return entra_auth
+
+
+def credential_problem(settings: Settings) -> str:
+    """What to fix when the configured credential cannot get a token."""
+    if settings.credential is CredentialKind.MANAGED_IDENTITY:
+        return (
+            f"the managed identity (AZURE_CLIENT_ID={settings.azure_client_id or 'unset, so system-assigned'}) "
+            "could not get a token; check that it is assigned to the app and that AZURE_CLIENT_ID is its client id"
+        )
+    return "no developer credential could get a token; sign in with 'az login' or set DISTILLERY_CREDENTIAL"
 
 
 _services: Services | None = None

@@ -91,6 +91,8 @@ class PurgeJob(BaseModel):
     filter: CompletionFilter | None
     all: bool
     requested_by: str
+    owner_scope: str | None = None
+    """Set when the requester sees only its own completions (owner scoping): only those are purged."""
     created_at: datetime
     started_at: datetime | None = None
     receipt: PurgeReceipt | None = None
@@ -112,19 +114,20 @@ class PurgeService:
         self._queue = queue
         self._queue_name = queue_name
 
-    async def count(self, params: PurgeParams) -> PurgeCount:
+    async def count(self, params: PurgeParams, *, owner_scope: str | None = None) -> PurgeCount:
         matched = 0
-        async for _ in self._store.index.walk(params.selection):
+        async for _ in self._store.index.walk(_scoped(params.selection, owner_scope)):
             matched += 1
         return PurgeCount(filter=params.filter, all=params.all, matched_count=matched)
 
-    async def submit(self, params: PurgeParams, *, requested_by: str) -> PurgeJob:
+    async def submit(self, params: PurgeParams, *, requested_by: str, owner_scope: str | None = None) -> PurgeJob:
         job = PurgeJob(
             id=_ID_PREFIX + secrets.token_hex(12),
             status=PurgeStatus.QUEUED,
             filter=params.filter,
             all=params.all,
             requested_by=requested_by,
+            owner_scope=owner_scope,
             created_at=datetime.now(UTC),
         )
         await self._reports.save(_record(job.id), job)
@@ -132,9 +135,10 @@ class PurgeService:
         log.info("Purge %s queued by %s", job.id, requested_by)
         return job
 
-    async def get(self, purge_id: str) -> PurgeJob:
+    async def get(self, purge_id: str, *, owner_scope: str | None = None) -> PurgeJob:
+        """A purge record; a scoped caller sees only its own purges (another's answers 404)."""
         job = await self._reports.load(_record(purge_id), PurgeJob) if _is_purge_id(purge_id) else None
-        if job is None:
+        if job is None or (owner_scope is not None and job.requested_by != owner_scope):
             raise NotFound(f"No purge found with id '{purge_id[:80]}'.", param="purge_id")
         return job
 
@@ -165,7 +169,7 @@ class PurgeService:
             pass
         except AzureError as exc:
             raise StorageUnavailable("Could not read the purge's id list.") from exc
-        selection = job.filter or CompletionFilter()
+        selection = _scoped(job.filter or CompletionFilter(), job.owner_scope)
         selected = sorted({entry.id async for entry in self._store.index.walk(selection)})
         try:
             await blob.upload_blob("\n".join(selected).encode(), overwrite=True)
@@ -190,6 +194,10 @@ async def delete_completions(store: CompletionStore, completion_ids: list[str]) 
 
     await asyncio.gather(*(delete(completion_id) for completion_id in completion_ids))
     return deleted
+
+
+def _scoped(selection: CompletionFilter, owner_scope: str | None) -> CompletionFilter:
+    return selection if owner_scope is None else selection.model_copy(update={"owner": owner_scope})
 
 
 def _is_purge_id(value: str) -> bool:

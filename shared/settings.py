@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.access import DEFAULT_KEY_NAME, ServiceKey
 from shared.errors import ConfigurationError
 
 
@@ -82,6 +83,16 @@ class Settings(BaseSettings):
     permission_probe_deployment: str | None = Field(None, alias="PERMISSION_PROBE_DEPLOYMENT")
     """Deployment the permission report calls with `max_tokens: 1`; unset skips the upstream call."""
 
+    # Access control and request limits.
+    api_keys: Annotated[list[ServiceKey], NoDecode] = Field(default_factory=list, alias="DISTILLERY_API_KEYS")
+    """Service keys: a JSON list of `{"name", "sha256", "rights"}`; only key digests are configured."""
+    trust_app_service_auth: bool = Field(False, alias="DISTILLERY_TRUST_APP_SERVICE_AUTH")
+    """True only behind App Service Authentication, which sets (and strips forged) `X-MS-CLIENT-PRINCIPAL`."""
+    owner_scoping: bool = Field(False, alias="DISTILLERY_OWNER_SCOPING")
+    """Callers without `stored-completions/all-owners` see only the completions they stored."""
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, alias="DISTILLERY_MAX_BODY_BYTES")
+    """Larger request bodies are refused with 413 before anything is forwarded."""
+
     @field_validator("deployment_models", mode="before")
     @classmethod
     def _parse_json_object(cls, value: Any) -> Any:
@@ -93,6 +104,30 @@ class Settings(BaseSettings):
             except json.JSONDecodeError as exc:
                 raise ValueError(f"must be a JSON object ({exc.msg})") from None
         return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_json_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return []
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"must be a JSON list of {{name, sha256, rights}} objects ({exc.msg})") from None
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_are_distinct(cls, keys: list[ServiceKey]) -> list[ServiceKey]:
+        names = [key.name for key in keys]
+        if DEFAULT_KEY_NAME in names:
+            raise ValueError(f"the name '{DEFAULT_KEY_NAME}' is reserved for DISTILLERY_API_KEY")
+        if len(set(names)) != len(names):
+            raise ValueError("key names must be unique")
+        if len({key.sha256 for key in keys}) != len(keys):
+            raise ValueError("two keys have the same sha256")
+        return keys
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:

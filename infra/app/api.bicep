@@ -31,6 +31,9 @@ param quotaReportSchedule string
 param permissionReportSchedule string
 param retentionSchedule string
 param permissionProbeDeployment string
+param apiKeys string
+param ownerScoping bool
+param maxBodyBytes int
 param enableEntraAuth bool
 param authClientId string
 param authTenantId string
@@ -80,6 +83,9 @@ var appSettings = {
   DISTILLERY_CREDENTIAL: 'managed_identity'
   DISTILLERY_STORE_ENABLED: storeEnabled ? 'true' : 'false'
   DISTILLERY_TRUST_APP_SERVICE_AUTH: enableEntraAuth ? 'true' : 'false'
+  DISTILLERY_API_KEYS: apiKeys
+  DISTILLERY_OWNER_SCOPING: ownerScoping ? 'true' : 'false'
+  DISTILLERY_MAX_BODY_BYTES: string(maxBodyBytes)
   DISTILLERY_DEPLOYMENT_MODELS: deploymentModels
   AZURE_OPENAI_API_VERSION: azureOpenAiApiVersion
   UPSTREAM_TIMEOUT_SECONDS: string(upstreamTimeoutSeconds)

@@ -43,9 +43,6 @@ BICEP_ONLY = {
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "host: telemetry",
     "PYTHON_ENABLE_INIT_INDEXING": "worker: the HTTP streams extension needs init indexing",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "host: telemetry with Entra ID",
-    # Added by work on other branches; the lead drops each line when its setting lands in the code
-    # (test_allow_lists_are_not_stale fails until then).
-    "DISTILLERY_TRUST_APP_SERVICE_AUTH": "added by the access-control work",
 }
 
 _SETTING_REFERENCE = re.compile(r"%([A-Za-z0-9_]+)%")

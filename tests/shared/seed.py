@@ -11,7 +11,12 @@ from shared.stored_completion import StoredCompletion
 
 
 def completion(
-    *, days_ago: float = 0, model: str = "gpt-4o", metadata: dict[str, str] | None = None, text: str = "hello"
+    *,
+    days_ago: float = 0,
+    model: str = "gpt-4o",
+    metadata: dict[str, str] | None = None,
+    text: str = "hello",
+    owner: str = "default",
 ) -> StoredCompletion:
     captured_us = int((time.time() - days_ago * 86_400) * 1_000_000)
     completion_id = ids.new_completion_id(now_us=captured_us)
@@ -21,7 +26,7 @@ def completion(
         deployment=model,
         model=model,
         metadata=metadata or {},
-        owner="default",
+        owner=owner,
         request={"model": model, "messages": [{"role": "user", "content": text}]},
         response={
             "id": completion_id,

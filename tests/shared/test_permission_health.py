@@ -40,7 +40,7 @@ async def test_every_probe_passes_on_a_healthy_set_up(
     }
     assert report.healthy
     assert fake_upstream.requests[-1]["body"]["max_tokens"] == 1
-    assert [(i.name, i.kind) for i in report.identities] == [("default", "api_key")]
+    assert [(i.name, i.kind) for i in report.identities] == [("default", "key")]
     assert report.readers == report.actors == ["default"]
     # Probes leave nothing behind, and no probe message is ever delivered.
     assert [blob.name async for blob in services.completions_container.list_blobs()] == []

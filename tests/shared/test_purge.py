@@ -56,3 +56,23 @@ async def test_a_purge_runs_twice_safely(make_services: ServicesFactory, tag: st
     assert (await services.store.get(kept.id)).id == kept.id
     with pytest.raises(NotFound):
         await services.purges.get("purge_" + "0" * 24)
+
+
+async def test_a_scoped_caller_purges_and_sees_only_its_own(make_services: ServicesFactory, tag: str) -> None:
+    """With owner scoping, a purge by a caller without all-owners touches only that caller's completions."""
+    services = await make_services()
+    mine = [completion(metadata={"tag": tag}, owner="alice") for _ in range(2)]
+    theirs = completion(metadata={"tag": tag}, owner="bob")
+    for item in [*mine, theirs]:
+        await services.store.put(item)
+    params = parse_purge_params({"filter": {"metadata": {"tag": tag}}})
+    assert (await services.purges.count(params, owner_scope="alice")).matched_count == 2
+
+    job = await services.purges.submit(params, requested_by="alice", owner_scope="alice")
+    done = await services.purges.run(job.id)
+
+    assert done.receipt is not None and done.receipt.deleted_count == 2
+    assert (await services.store.get(theirs.id)).owner == "bob"
+    assert (await services.purges.get(job.id, owner_scope="alice")).id == job.id
+    with pytest.raises(NotFound):
+        await services.purges.get(job.id, owner_scope="bob")
