@@ -27,12 +27,17 @@ class Azurite:
         return connection_string(self.blob_port, self.queue_port, self.table_port)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """Ask a child process to end, and kill it if it does not within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def connection_string(blob_port: int, queue_port: int, table_port: int, host: str = "127.0.0.1") -> str:

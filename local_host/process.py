@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 from openai import AzureOpenAI, OpenAI
 
-from local_host.azurite import ROOT, free_port
+from local_host.azurite import ROOT, free_port, stop_process
 
 API_VERSION = "2024-10-21"
 UPSTREAM_SETTINGS = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_KEY")
@@ -42,12 +42,7 @@ class RunningHost:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 def start_host(storage_connection: str, log_dir: Path, *extra_args: str, **settings: str) -> RunningHost:
