@@ -25,6 +25,7 @@ from typing import Any
 
 import azure.functions as func
 from azure.core.exceptions import ResourceExistsError
+from azure.functions.servicebus import ServiceBusMessage
 from azure.storage.queue.aio import QueueClient, QueueServiceClient
 from croniter import croniter
 from starlette.applications import Starlette
@@ -96,7 +97,7 @@ class QueueWorker:
             await asyncio.gather(*(self.deliver(message) for message in messages))
 
     async def deliver(self, message: Any) -> None:
-        delivery = func.ServiceBusMessage(
+        delivery = ServiceBusMessage(
             body=(message.content or "").encode(),
             message_id=message.id,
             delivery_count=message.dequeue_count,
@@ -262,7 +263,7 @@ def _run_function(functions: dict[str, Any]) -> Callable[[Request], Any]:
         else:
             body = await request.body()
             payload = json.loads(body or b"{}").get("input", "")
-            message = func.ServiceBusMessage(
+            message = ServiceBusMessage(
                 body=payload.encode(), message_id="admin", application_properties={}, user_properties={}
             )
             await invoke(function, message)

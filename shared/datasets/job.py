@@ -89,12 +89,17 @@ class DatasetParams(BaseModel):
                 raise ValueError(f"ids[{position}] is not a chat completion id such as 'chatcmpl-…'")
         return value
 
+    @field_validator("filter")
+    @classmethod
+    def _not_everything(cls, value: CompletionFilter | None) -> CompletionFilter | None:
+        if value is not None and value.is_empty():
+            raise ValueError("set at least one of metadata, model, created_after, created_before")
+        return value
+
     @model_validator(mode="after")
     def _one_selection(self) -> DatasetParams:
         if (self.filter is None) == (self.ids is None):
             raise ValueError("give exactly one of 'filter' or 'ids'")
-        if self.filter is not None and self.filter.is_empty():
-            raise ValueError("'filter' must set at least one of metadata, model, created_after, created_before")
         if self.kind is DatasetKind.EVALUATION and (self.validation_fraction is not None or self.group_by):
             raise ValueError("'validation_fraction' and 'group_by' apply to distillation datasets only")
         return self
