@@ -56,6 +56,8 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 _DIGEST_MODULUS = 2**256
 _JSONL = ContentSettings(content_type="application/jsonl")
+_WALK_PAGE = 1000
+"""Index rows per query page: the most Table Storage returns at once."""
 
 
 class InvalidJobMessage(Exception):
@@ -69,8 +71,9 @@ class BuildLimits:
     read_concurrency: int = 32
     max_example_tokens: int = 65_536
     max_delivery_count: int = 5
-    block_bytes: int = 4 * 1024 * 1024
-    """Staged block size: memory per output file, and 50,000 blocks (200 GiB) per file."""
+    block_bytes: int = 1024 * 1024
+    """Staged block size: the memory an output file holds; 50,000 blocks cap a file at 48 GiB,
+    far above the fine-tuning services' 512 MB file limit."""
 
 
 class DatasetJobs:
@@ -110,6 +113,9 @@ class DatasetJobs:
             await self.run(message)
         except JobSuperseded:
             log.info("Dataset %s: another delivery advanced or deleted the job; this one stops", message.job_id)
+            job, _ = await self.records.read(message.job_id, include_deleted=True)
+            if job.status is DatasetStatus.DELETED:
+                await self.records.delete_files(job.id)  # what this delivery wrote after the delete
         except Exception as exc:
             final = delivery_count >= self.limits.max_delivery_count
             log.warning("Dataset %s: delivery %s failed (final: %s)", message.job_id, delivery_count, final)
@@ -162,17 +168,17 @@ class DatasetJobs:
     async def _load_or_create(self, message: DatasetJobMessage) -> tuple[DatasetJob, str]:
         """The job's record; a producer that queued the message directly has none yet."""
         try:
-            return await self.records.read(message.job_id)
+            return await self.records.read(message.job_id, include_deleted=True)
         except NotFound:
             job = DatasetJob.queued(message.job_id, message.request)
             with contextlib.suppress(DistilleryError):
                 await self.records.create(job)
-            return await self.records.read(message.job_id)
+            return await self.records.read(message.job_id, include_deleted=True)
 
     async def _settle_failure(self, job_id: str, error: JobError, *, final: bool) -> None:
         """Show the failure on the record: `failed` when no retry is left, else the last error."""
         try:
-            job, etag = await self.records.read(job_id)
+            job, etag = await self.records.read(job_id, include_deleted=True)
         except NotFound:
             if not final:
                 return
@@ -209,7 +215,7 @@ class DatasetJobs:
             job.status, job.token_count_method = DatasetStatus.SUCCEEDED, TOKEN_COUNT_METHOD
         job.finished_at = int(time.time())
         await self.records.save(job, etag)
-        await self.records.delete_work(job.id)
+        await self.records.delete_files(job.id, under=WORK_PREFIX)
         log.info("Dataset %s %s: %s written of %s selected", job.id, job.status, written, job.counts.selected)
 
     async def _commit(self, job: DatasetJob, name: str) -> DatasetFile:
@@ -440,7 +446,9 @@ class _Chunk:
                 yield completion_id
         else:
             assert self._request.filter is not None
-            async for entry in self._jobs._store.index.walk(self._request.filter, after=checkpoint.after):
+            async for entry in self._jobs._store.index.walk(
+                self._request.filter, after=checkpoint.after, page_size=_WALK_PAGE
+            ):
                 yield entry.id
 
     async def _read(self, completion_id: str) -> StoredCompletion | None:

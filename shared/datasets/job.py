@@ -61,6 +61,8 @@ class DatasetStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    DELETED = "deleted"
+    """Never shown: the tombstone of a job deleted while its message may still arrive."""
 
 
 class DatasetParams(BaseModel):
@@ -199,7 +201,7 @@ class DatasetJob(BaseModel):
 
     @property
     def finished(self) -> bool:
-        return self.status in (DatasetStatus.SUCCEEDED, DatasetStatus.FAILED)
+        return self.status in (DatasetStatus.SUCCEEDED, DatasetStatus.FAILED, DatasetStatus.DELETED)
 
     def view(self) -> dict[str, Any]:
         """The API shape: no checkpoint, and explicit ids only counted."""

@@ -15,7 +15,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob.aio import BlobClient, ContainerClient
 
-from shared.datasets.job import DatasetJob, require_dataset_id
+from shared.datasets.job import DatasetJob, DatasetStatus, require_dataset_id
 from shared.errors import Conflict, NotFound, StorageUnavailable
 
 JOB_BLOB = "job.json"
@@ -43,7 +43,8 @@ class DatasetRecords:
             raise StorageUnavailable("The dataset store is unavailable.") from exc
         return str(result["etag"])
 
-    async def read(self, job_id: str) -> tuple[DatasetJob, str]:
+    async def read(self, job_id: str, *, include_deleted: bool = False) -> tuple[DatasetJob, str]:
+        """The record and its ETag; a deleted job's tombstone only when asked for (the worker)."""
         require_dataset_id(job_id)
         try:
             download = await self.blob(job_id, JOB_BLOB).download_blob()
@@ -52,7 +53,10 @@ class DatasetRecords:
             raise NotFound(f"No dataset found with id '{job_id}'.", param="dataset_id") from None
         except AzureError as exc:
             raise StorageUnavailable("The dataset store is unavailable.") from exc
-        return DatasetJob.model_validate_json(raw), str(download.properties.etag)
+        job = DatasetJob.model_validate_json(raw)
+        if job.status is DatasetStatus.DELETED and not include_deleted:
+            raise NotFound(f"No dataset found with id '{job_id}'.", param="dataset_id")
+        return job, str(download.properties.etag)
 
     async def save(self, job: DatasetJob, etag: str) -> str:
         """Replace the record only if it is still the version read; returns the new ETag."""
@@ -85,19 +89,26 @@ class DatasetRecords:
         return [record for record in records if record is not None], len(names) > limit
 
     async def delete(self, job_id: str) -> None:
-        """Remove files first and the record last, so an interrupted delete can be repeated."""
-        await self.read(job_id)
+        """Remove files first and the record last, so an interrupted delete can be repeated.
+
+        An unfinished job's message is still on its way, so its record becomes a tombstone the
+        worker honours instead of re-creating the job from the message.
+        """
+        job, _ = await self.read(job_id)
         try:
-            names = [name async for name in self.container.list_blob_names(name_starts_with=f"{job_id}/")]
-            await asyncio.gather(*(self._delete_blob(name) for name in names if name != f"{job_id}/{JOB_BLOB}"))
-            await self._delete_blob(f"{job_id}/{JOB_BLOB}")
+            await self.delete_files(job_id)
+            if job.finished:
+                await self._delete_blob(f"{job_id}/{JOB_BLOB}")
+            else:
+                tombstone = job.model_copy(update={"status": DatasetStatus.DELETED})
+                await self.blob(job_id, JOB_BLOB).upload_blob(tombstone.model_dump_json(), overwrite=True)
         except AzureError as exc:
             raise StorageUnavailable("The dataset store is unavailable.") from exc
 
-    async def delete_work(self, job_id: str) -> None:
-        """Drop the scratch blobs a finished job no longer needs."""
-        names = [name async for name in self.container.list_blob_names(name_starts_with=f"{job_id}/{WORK_PREFIX}")]
-        await asyncio.gather(*(self._delete_blob(name) for name in names))
+    async def delete_files(self, job_id: str, *, under: str = "") -> None:
+        """Every blob of the dataset below `<id>/<under>` but its record."""
+        names = [name async for name in self.container.list_blob_names(name_starts_with=f"{job_id}/{under}")]
+        await asyncio.gather(*(self._delete_blob(name) for name in names if name != f"{job_id}/{JOB_BLOB}"))
 
     async def open_file(self, job_id: str, name: str) -> tuple[int, AsyncIterator[bytes]]:
         """A committed file's size and its bytes as a stream of chunks."""

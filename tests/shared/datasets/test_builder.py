@@ -15,6 +15,7 @@ from shared.datasets.builder import BuildLimits, DatasetJobs, InvalidJobMessage,
 from shared.datasets.check import check_lines
 from shared.datasets.job import DatasetJobMessage, DatasetParams, DatasetStatus, new_dataset_id
 from shared.datasets.records import DatasetRecords
+from shared.errors import NotFound
 from tests.shared.datasets.conftest import download, drain, read_job, seed, stored
 
 TAG = {"category": "docs-test"}
@@ -211,6 +212,17 @@ async def test_records_list_newest_first_with_cursor(azurite: Azurite, services:
     assert [job.id for job in page] == [made[0]] and not more
     await records.delete(made[1])
     assert [job.id for job in (await records.list(after=None, limit=5))[0]] == [made[2], made[0]]
+
+
+async def test_deleting_a_queued_job_stops_its_message(services: Services) -> None:
+    await seed(services, [stored(f"q{n}", metadata=TAG) for n in range(10)])
+    job = await services.dataset_jobs.submit(distillation())
+    await services.dataset_jobs.records.delete(job.id)
+    await drain(services)
+    with pytest.raises(NotFound):
+        await read_job(services, job.id)
+    assert [name async for name in services.datasets_container.list_blob_names()] == [f"{job.id}/job.json"]
+    assert (await services.dataset_jobs.records.list(after=None, limit=5))[0] == []
 
 
 async def _receive_one(services: Services) -> bytes:

@@ -1,0 +1,1 @@
+"""Benchmarks: print numbers measured side by side in one run (ratios and medians, not absolutes)."""
