@@ -131,13 +131,18 @@ class DatasetJobMessage(BaseModel):
         return self.job_id if self.part == 0 else f"{self.job_id}-part{self.part}"
 
 
-class StagedBlock(BaseModel):
-    """One staged (not yet committed) block of an output file."""
+class Extent(BaseModel):
+    """Size of a piece of JSONL output."""
 
-    id: str
     bytes: int
     lines: int
     tokens: int
+
+
+class StagedBlock(Extent):
+    """One staged (not yet committed) block of an output file."""
+
+    id: str
 
 
 class Checkpoint(BaseModel):
@@ -157,12 +162,9 @@ class Checkpoint(BaseModel):
     walk_done: bool = False
 
 
-class DatasetFile(BaseModel):
+class DatasetFile(Extent):
     name: str
-    bytes: int
-    lines: int
     sha256: str
-    tokens: int
 
 
 class DatasetCounts(BaseModel):

@@ -14,6 +14,7 @@ from azure.storage.queue.aio import QueueClient
 from local_host.azurite import Azurite
 from shared import ids
 from shared.clients import Services
+from shared.datasets.builder import DatasetJobs
 from shared.datasets.job import DatasetJob
 from shared.settings import Settings
 from shared.stored_completion import StoredCompletion
@@ -83,22 +84,24 @@ async def seed(services: Services, completions: list[StoredCompletion]) -> list[
     return [completion.id for completion in completions]
 
 
-async def drain(services: Services) -> int:
-    """Deliver every queued dataset message (continuations included) to the job service; returns how many."""
+async def receive(services: Services) -> bytes | None:
+    """Take the next dataset queue message, if any (a test delivers it by hand)."""
     connection = services.settings.storage_connection_string
     assert connection is not None
     async with QueueClient.from_connection_string(
         connection.get_secret_value(), services.settings.dataset_jobs_queue
     ) as queue:
-        delivered = 0
-        while True:
-            messages = [message async for message in queue.receive_messages(max_messages=1)]
-            if not messages:
-                return delivered
-            message = messages[0]
-            await services.dataset_jobs.handle(message.content.encode(), delivery_count=message.dequeue_count)
-            await queue.delete_message(message)
-            delivered += 1
+        messages = [message async for message in queue.receive_messages(max_messages=1)]
+        if not messages:
+            return None
+        await queue.delete_message(messages[0])
+        return messages[0].content.encode()
+
+
+async def drain(services: Services, jobs: DatasetJobs | None = None) -> None:
+    """Deliver every queued dataset message, continuations included, to `jobs` (default: the app's)."""
+    while (body := await receive(services)) is not None:
+        await (jobs or services.dataset_jobs).handle(body, delivery_count=1)
 
 
 async def read_job(services: Services, job_id: str) -> DatasetJob:

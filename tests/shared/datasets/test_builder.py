@@ -7,7 +7,6 @@ import hashlib
 import json
 
 import pytest
-from azure.storage.queue.aio import QueueClient
 
 from local_host.azurite import Azurite
 from shared.clients import Services
@@ -16,7 +15,7 @@ from shared.datasets.check import check_lines
 from shared.datasets.job import DatasetJobMessage, DatasetParams, DatasetStatus, new_dataset_id
 from shared.datasets.records import DatasetRecords
 from shared.errors import NotFound
-from tests.shared.datasets.conftest import download, drain, read_job, seed, stored
+from tests.shared.datasets.conftest import download, drain, read_job, receive, seed, stored
 
 TAG = {"category": "docs-test"}
 
@@ -93,7 +92,7 @@ async def test_unusable_skipped_by_reason_and_duplicates_written_once(services: 
         limits=BuildLimits(max_example_tokens=100),
     )
     job = await dataset_jobs.submit(distillation(validation_fraction=0))
-    await chunk_drain(dataset_jobs, services)
+    await drain(services, dataset_jobs)
     done = await read_job(services, job.id)
     assert done.status is DatasetStatus.SUCCEEDED, done.error
     assert done.counts.written == 10
@@ -149,11 +148,11 @@ async def test_killed_delivery_resumes_without_duplicate_or_missing_lines(servic
     )
     request = DatasetParams(kind="evaluation", filter={"metadata": TAG})  # type: ignore[arg-type]
     job = await chunked.submit(request)
-    body = await _receive_one(services)
+    body = await receive_one(services)
     await chunked.handle(body, delivery_count=1)  # part 0: 15 completions, then a continuation is queued
     after_first = await read_job(services, job.id)
     assert (after_first.checkpoint.part, after_first.checkpoint.walked) == (1, 15)
-    continuation = await _receive_one(services)
+    continuation = await receive_one(services)
 
     # Kill the delivery of part 1 once it has staged blocks of its own.
     blob = services.dataset_jobs.records.blob(job.id, "eval.jsonl")
@@ -170,7 +169,7 @@ async def test_killed_delivery_resumes_without_duplicate_or_missing_lines(servic
     assert not await blob.exists()  # staged blocks are invisible
 
     await chunked.handle(continuation, delivery_count=2)  # the redelivery
-    await chunk_drain(chunked, services)
+    await drain(services, chunked)
     done = await read_job(services, job.id)
     assert done.status is DatasetStatus.SUCCEEDED
     data = await download(services, job.id, "eval.jsonl")
@@ -225,23 +224,7 @@ async def test_deleting_a_queued_job_stops_its_message(services: Services) -> No
     assert (await services.dataset_jobs.records.list(after=None, limit=5))[0] == []
 
 
-async def _receive_one(services: Services) -> bytes:
-    connection = services.settings.storage_connection_string
-    assert connection is not None
-    async with QueueClient.from_connection_string(
-        connection.get_secret_value(), services.settings.dataset_jobs_queue
-    ) as queue:
-        messages = [message async for message in queue.receive_messages(max_messages=1)]
-        assert messages, "no message queued"
-        await queue.delete_message(messages[0])
-        return messages[0].content.encode()
-
-
-async def chunk_drain(jobs: DatasetJobs, services: Services) -> None:
-    """Deliver queued continuations to a service built with its own limits."""
-    while True:
-        try:
-            body = await _receive_one(services)
-        except AssertionError:
-            return
-        await jobs.handle(body, delivery_count=1)
+async def receive_one(services: Services) -> bytes:
+    body = await receive(services)
+    assert body is not None, "no message queued"
+    return body
