@@ -220,14 +220,14 @@ class DatasetJobs:
 
     async def _commit(self, job: DatasetJob, name: str) -> DatasetFile:
         blocks = job.checkpoint.blocks[name]
-        blob = self.records.blob(job.id, name)
         try:
-            await blob.commit_block_list([block.id for block in blocks], content_settings=_JSONL)
-            sha256 = hashlib.sha256()
-            async for chunk in (await blob.download_blob()).chunks():
-                sha256.update(chunk)
+            await self.records.blob(job.id, name).commit_block_list([b.id for b in blocks], content_settings=_JSONL)
         except AzureError as exc:
             raise StorageUnavailable("The dataset store is unavailable.") from exc
+        sha256 = hashlib.sha256()
+        _, chunks = await self.records.open_file(job.id, name)
+        async for chunk in chunks:
+            sha256.update(chunk)
         return DatasetFile(
             name=name,
             bytes=sum(block.bytes for block in blocks),

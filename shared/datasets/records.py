@@ -20,6 +20,7 @@ from shared.errors import Conflict, NotFound, StorageUnavailable
 
 JOB_BLOB = "job.json"
 WORK_PREFIX = "work/"
+READ_RANGE_BYTES = 4 * 1024 * 1024
 
 
 class JobSuperseded(Exception):
@@ -111,14 +112,24 @@ class DatasetRecords:
         await asyncio.gather(*(self._delete_blob(name) for name in names if name != f"{job_id}/{JOB_BLOB}"))
 
     async def open_file(self, job_id: str, name: str) -> tuple[int, AsyncIterator[bytes]]:
-        """A committed file's size and its bytes as a stream of chunks."""
+        """A committed file's size and its bytes, read in ranges so memory stays one range whatever the size."""
+        blob = self.blob(job_id, name)
         try:
-            download = await self.blob(job_id, name).download_blob()
+            size = int((await blob.get_blob_properties()).size)
         except ResourceNotFoundError:
             raise NotFound(f"Dataset '{job_id}' has no file '{name}'.", param="name") from None
         except AzureError as exc:
             raise StorageUnavailable("The dataset store is unavailable.") from exc
-        return int(download.properties.size), download.chunks()
+
+        async def ranges() -> AsyncIterator[bytes]:
+            for offset in range(0, size, READ_RANGE_BYTES):
+                try:
+                    part = await blob.download_blob(offset=offset, length=min(READ_RANGE_BYTES, size - offset))
+                    yield await part.readall()
+                except AzureError as exc:
+                    raise StorageUnavailable("The dataset store is unavailable.") from exc
+
+        return size, ranges()
 
     async def _read_if_present(self, job_id: str) -> DatasetJob | None:
         try:
