@@ -85,6 +85,8 @@ def start_host(storage_connection: str, log_dir: Path, **settings: str) -> Runni
         DISTILLERY_API_KEY=secrets.token_urlsafe(16),
         COMPLETIONS_CONTAINER=f"completions{suffix}",
         COMPLETION_INDEX_TABLE=f"index{suffix}",
+        DATASETS_CONTAINER=f"datasets{suffix}",
+        DATASET_JOBS_QUEUE=f"dataset-jobs-{suffix}",
         PYTHONUNBUFFERED="1",
     )
     env.update(settings)

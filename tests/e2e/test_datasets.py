@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,13 +27,10 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "weather", "arg
 def datasets_host(
     azurite: Azurite, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningHost]:
-    suffix = uuid.uuid4().hex[:10]
     running = start_host(
         azurite.connection_string,
         tmp_path_factory.mktemp("datasets-host"),
         OPENAI_BASE_URL=upstream.base_url,
-        DATASETS_CONTAINER=f"datasets{suffix}",
-        DATASET_JOBS_QUEUE=f"dataset-jobs-{suffix}",
         LOCAL_MAX_DELIVERY_COUNT="2",
         DATASET_MAX_DELIVERY_COUNT="2",
         LOCAL_RETRY_SECONDS="0",
