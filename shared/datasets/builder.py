@@ -113,9 +113,10 @@ class DatasetJobs:
             await self.run(message)
         except JobSuperseded:
             log.info("Dataset %s: another delivery advanced or deleted the job; this one stops", message.job_id)
-            job, _ = await self.records.read(message.job_id, include_deleted=True)
-            if job.status is DatasetStatus.DELETED:
-                await self.records.delete_files(job.id)  # what this delivery wrote after the delete
+            with contextlib.suppress(NotFound):
+                job, _ = await self.records.read(message.job_id, include_deleted=True)
+                if job.status is DatasetStatus.DELETED:
+                    await self.records.delete_files(job.id)  # what this delivery wrote after the delete
         except Exception as exc:
             final = delivery_count >= self.limits.max_delivery_count
             log.warning("Dataset %s: delivery %s failed (final: %s)", message.job_id, delivery_count, final)
@@ -423,14 +424,26 @@ class _Chunk:
         skipped[reason.value] = skipped.get(reason.value, 0) + 1
 
     async def _read_in_order(self) -> AsyncIterator[tuple[str, StoredCompletion | None]]:
-        """Stored completions in selection order, `read_concurrency` reads in flight."""
+        """Stored completions in selection order, `read_concurrency` reads in flight.
+
+        Reads run ahead of the consumer by a window of several times the concurrency, so one slow
+        read at the head does not idle the other slots.
+        """
+        limit = asyncio.Semaphore(self._jobs.limits.read_concurrency)
+        window = 4 * self._jobs.limits.read_concurrency
         pending: deque[tuple[str, asyncio.Task[StoredCompletion | None]]] = deque()
+
+        async def read(completion_id: str) -> StoredCompletion | None:
+            async with limit:
+                return await self._read(completion_id)
+
         try:
-            async for completion_id in self._selection():
-                pending.append((completion_id, asyncio.create_task(self._read(completion_id))))
-                if len(pending) >= self._jobs.limits.read_concurrency:
-                    first_id, first = pending.popleft()
-                    yield first_id, await first
+            async with contextlib.aclosing(self._selection_ahead()) as selection:
+                async for completion_id in selection:
+                    pending.append((completion_id, asyncio.create_task(read(completion_id))))
+                    if len(pending) >= window:
+                        first_id, first = pending.popleft()
+                        yield first_id, await first
             while pending:
                 first_id, first = pending.popleft()
                 yield first_id, await first
@@ -438,6 +451,28 @@ class _Chunk:
             for _, task in pending:
                 task.cancel()
             await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
+
+    async def _selection_ahead(self) -> AsyncIterator[str]:
+        """The selection, with the next index page fetched while the current one is read."""
+        ahead: asyncio.Queue[str | Exception | None] = asyncio.Queue(maxsize=_WALK_PAGE)
+
+        async def fill() -> None:
+            try:
+                async for completion_id in self._selection():
+                    await ahead.put(completion_id)
+                await ahead.put(None)
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+                await ahead.put(exc)
+
+        filler = asyncio.create_task(fill())
+        try:
+            while (item := await ahead.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            filler.cancel()
+            await asyncio.gather(filler, return_exceptions=True)
 
     async def _selection(self) -> AsyncIterator[str]:
         checkpoint = self._job.checkpoint
