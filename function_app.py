@@ -4,12 +4,20 @@ import logging
 
 import azure.functions as func
 
-from blueprints import chat_completions, health, openapi, purges, reports, stored_completions
+from blueprints import chat_completions, datasets, health, openapi, purges, reports, stored_completions
 from shared.settings import get_settings
 
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 get_settings()  # fail start-up with one message naming the bad setting, not on the first request
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
-for blueprint in (chat_completions.bp, stored_completions.bp, health.bp, reports.bp, purges.bp, openapi.bp):
+for blueprint in (
+    chat_completions.bp,
+    stored_completions.bp,
+    datasets.bp,
+    health.bp,
+    reports.bp,
+    purges.bp,
+    openapi.bp,
+):
     app.register_functions(blueprint)

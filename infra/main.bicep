@@ -62,6 +62,12 @@ param retentionSchedule string = '0 15 3 * * *'
 @description('Deployment the permission report calls with max_tokens 1 to prove upstream access; empty skips the call.')
 param permissionProbeDeployment string = ''
 
+@description('Seconds one dataset delivery works before it checkpoints and continues (under the 5-minute queue lock).')
+param datasetChunkSeconds int = 240
+
+@description('Fine-tuning examples longer than this many tokens are skipped.')
+param datasetMaxExampleTokens int = 65536
+
 @description('Service keys as JSON [{"name", "sha256", "rights"}]: only SHA-256 digests of keys, never the keys.')
 param apiKeys string = '[]'
 
@@ -235,6 +241,8 @@ module api 'app/api.bicep' = {
     permissionReportSchedule: permissionReportSchedule
     retentionSchedule: retentionSchedule
     permissionProbeDeployment: permissionProbeDeployment
+    datasetChunkSeconds: datasetChunkSeconds
+    datasetMaxExampleTokens: datasetMaxExampleTokens
     apiKeys: apiKeys
     ownerScoping: ownerScoping
     maxBodyBytes: maxBodyBytes

@@ -70,6 +70,8 @@ def start_azurite(
             "--skipApiVersionCheck",
             "--loose",
             "--disableTelemetry",
+            # Longer than the SDKs keep idle connections, so Azurite never closes one a client reuses.
+            *("--blobKeepAliveTimeout", "120", "--queueKeepAliveTimeout", "120", "--tableKeepAliveTimeout", "120"),
             *("--blobPort", str(blob), "--queuePort", str(queue), "--tablePort", str(table)),
         ]
         args += ["--location", str(location)] if location else ["--inMemoryPersistence"]

@@ -25,6 +25,8 @@ from shared.access import Authenticator
 from shared.capture import ChatCapture
 from shared.completion_index import CompletionIndex
 from shared.completion_store import CompletionStore
+from shared.datasets.builder import BuildLimits, DatasetJobs
+from shared.datasets.records import DatasetRecords
 from shared.errors import ConfigurationError, UpstreamUnavailable
 from shared.job_queue import JobQueue, ServiceBusJobQueue, StorageJobQueue
 from shared.offline_model import OfflineModel
@@ -264,9 +266,26 @@ class Services:
             if client is not None:
                 await client.close()
 
+    @cached_property
+    def dataset_jobs(self) -> DatasetJobs:
+        settings = self.settings
+        return DatasetJobs(
+            records=DatasetRecords(container=self.datasets_container),
+            store=self.store,
+            job_queue=self.job_queue,
+            queue_name=settings.dataset_jobs_queue,
+            limits=BuildLimits(
+                chunk_seconds=settings.dataset_chunk_seconds,
+                chunk_completions=settings.dataset_chunk_completions,
+                read_concurrency=settings.dataset_read_concurrency,
+                max_example_tokens=settings.dataset_max_example_tokens,
+                max_delivery_count=settings.dataset_max_delivery_count,
+            ),
+        )
+
     async def ensure_storage(self) -> None:
         """Create the containers and table the app writes to, if missing (Bicep creates them in Azure)."""
-        for container in (self.completions_container, self.reports_container):
+        for container in (self.completions_container, self.reports_container, self.datasets_container):
             with contextlib.suppress(ResourceExistsError):
                 await container.create_container()
         await self.table_service.create_table_if_not_exists(self.settings.completion_index_table)

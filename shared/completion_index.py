@@ -16,7 +16,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.core.exceptions import AzureError, ResourceExistsError, ServiceRequestError, ServiceResponseError
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 from pydantic import BaseModel
@@ -174,11 +174,19 @@ class CompletionIndex:
             raise StorageUnavailable("The completion index is unavailable.") from exc
 
     async def _write(self, entry: IndexEntry, partitions: set[str]) -> None:
-        operations = [
-            self._table.submit_transaction([("upsert", row, {"mode": UpdateMode.REPLACE}) for row in _rows(entry, p)])
-            for p in partitions
-        ]
-        await _all_or_raise(operations)
+        await _all_or_raise([self._upsert_rows(_rows(entry, partition)) for partition in partitions])
+
+    async def _upsert_rows(self, rows: list[dict[str, Any]]) -> None:
+        """One partition's rows in one transaction, tried once more if the connection drops.
+
+        The SDK does not retry a POST whose connection broke (a server closing an idle pooled
+        connection does that); upserts are idempotent, so repeating the transaction is safe.
+        """
+        operations = [("upsert", row, {"mode": UpdateMode.REPLACE}) for row in rows]
+        try:
+            await self._table.submit_transaction(operations)
+        except (ServiceRequestError, ServiceResponseError):
+            await self._table.submit_transaction(operations)
 
     async def _delete(self, entry: IndexEntry, partitions: set[str]) -> None:
         operations = [

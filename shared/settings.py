@@ -92,6 +92,16 @@ class Settings(BaseSettings):
     """Callers without `stored-completions/all-owners` see only the completions they stored."""
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, alias="DISTILLERY_MAX_BODY_BYTES")
     """Larger request bodies are refused with 413 before anything is forwarded."""
+    dataset_chunk_seconds: float = Field(240.0, gt=0, alias="DATASET_CHUNK_SECONDS")
+    """Time one delivery works on a dataset before it checkpoints and queues a continuation."""
+    dataset_chunk_completions: int = Field(100_000, ge=1, alias="DATASET_CHUNK_COMPLETIONS")
+    """Most stored completions one delivery reads before it checkpoints and queues a continuation."""
+    dataset_read_concurrency: int = Field(32, ge=1, le=256, alias="DATASET_READ_CONCURRENCY")
+    """Stored completions read at once while building a dataset."""
+    dataset_max_example_tokens: int = Field(65_536, ge=1, alias="DATASET_MAX_EXAMPLE_TOKENS")
+    """Fine-tuning examples longer than this (tokens) are skipped, as the fine-tuning service rejects them."""
+    dataset_max_delivery_count: int = Field(5, ge=1, alias="DATASET_MAX_DELIVERY_COUNT")
+    """The dataset queue's max delivery count: on that delivery a failing job is marked failed."""
 
     @field_validator("deployment_models", mode="before")
     @classmethod

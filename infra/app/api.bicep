@@ -31,6 +31,8 @@ param quotaReportSchedule string
 param permissionReportSchedule string
 param retentionSchedule string
 param permissionProbeDeployment string
+param datasetChunkSeconds int
+param datasetMaxExampleTokens int
 param apiKeys string
 param ownerScoping bool
 param maxBodyBytes int
@@ -95,6 +97,13 @@ var appSettings = {
   REPORTS_CONTAINER: reportsContainerName
   COMPLETION_INDEX_TABLE: completionIndexTableName
   DATASET_JOBS_QUEUE: datasetJobsQueueName
+  // A dataset delivery checkpoints within the queue's 5-minute lock; failing jobs fail on the queue's
+  // last delivery (maxDeliveryCount 5 in servicebus.bicep).
+  DATASET_CHUNK_SECONDS: string(datasetChunkSeconds)
+  DATASET_CHUNK_COMPLETIONS: '100000'
+  DATASET_READ_CONCURRENCY: '32'
+  DATASET_MAX_EXAMPLE_TOKENS: string(datasetMaxExampleTokens)
+  DATASET_MAX_DELIVERY_COUNT: '5'
   PURGE_JOBS_QUEUE: purgeJobsQueueName
   RETENTION_DAYS: string(retentionDays)
   RETENTION_SCHEDULE: retentionSchedule

@@ -22,7 +22,6 @@ async def test_every_probe_passes_on_a_healthy_set_up(
     services = await make_services(
         OPENAI_BASE_URL=upstream.base_url, PERMISSION_PROBE_DEPLOYMENT="gpt-4o", DISTILLERY_API_KEY="k"
     )
-    await services.datasets_container.create_container()
 
     report = await services.permission_checker.run()
 
@@ -52,7 +51,8 @@ async def test_every_probe_passes_on_a_healthy_set_up(
 async def test_a_missing_container_fails_with_a_fix(
     make_services: ServicesFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    services = await make_services()  # the datasets container is not created: the datasets feature makes it
+    services = await make_services()
+    await services.datasets_container.delete_container()  # as if it was never deployed
 
     with caplog.at_level(logging.ERROR, logger="shared.permission_health"):
         report = await services.permission_checker.run()

@@ -21,7 +21,6 @@ async def test_report_totals_equal_listed_blob_sizes(make_services: ServicesFact
         await store.put(completion(model="gpt-4o", metadata={"user": "ann", "topic": f"t{number}"}, text="x" * 50))
     await store.put(completion(model="gpt-4o-mini", metadata={"user": "bob"}, days_ago=3))
     await store.put(completion(model="gpt-4o-mini", days_ago=30, text="old"))
-    await services.datasets_container.create_container()
     await services.datasets_container.upload_blob("job1/train.jsonl", b"{}\n" * 300)
 
     report = await services.quota_reporter.run()

@@ -1,0 +1,529 @@
+"""Dataset jobs: submit, and run one queue delivery of a job (a chunk), safe under at-least-once delivery.
+
+A delivery walks the selection from the checkpoint, reads stored completions (a bounded number in
+flight, order kept), and stages JSONL blocks, invisible until committed. When its budget (time or
+completions) is used up it saves the checkpoint (the walk cursor, the staged block ids, counts) with
+an ETag condition and queues a continuation; the delivery that reaches the end commits the block
+lists, hashes the committed files and writes the manifest. A delivery that dies leaves only
+uncommitted blocks with its own random run id, which no commit ever lists: the redelivered message
+resumes from the last checkpoint, so no line is lost or written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import secrets
+import time
+from array import array
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+
+from azure.core.exceptions import AzureError
+from azure.storage.blob import BlobBlock, ContentSettings
+from pydantic import ValidationError
+
+from shared.completion_store import CompletionStore
+from shared.datasets import formats
+from shared.datasets.check import check_example
+from shared.datasets.job import (
+    MESSAGE_VERSION,
+    MIN_DISTILLATION_EXAMPLES,
+    DatasetFile,
+    DatasetJob,
+    DatasetJobMessage,
+    DatasetKind,
+    DatasetParams,
+    DatasetStatus,
+    JobError,
+    StagedBlock,
+    is_dataset_id,
+    new_dataset_id,
+)
+from shared.datasets.records import WORK_PREFIX, DatasetRecords, JobSuperseded
+from shared.datasets.tokens import TOKEN_COUNT_METHOD, count_messages
+from shared.errors import DistilleryError, NotFound, StorageUnavailable
+from shared.job_queue import JobQueue
+from shared.stored_completion import StoredCompletion
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
+_DIGEST_MODULUS = 2**256
+_JSONL = ContentSettings(content_type="application/jsonl")
+_WALK_PAGE = 1000
+"""Index rows per query page: the most Table Storage returns at once."""
+
+
+class InvalidJobMessage(Exception):
+    """A queue message that is not a valid dataset job message; raised so it dead-letters."""
+
+
+@dataclass(frozen=True)
+class BuildLimits:
+    chunk_seconds: float = 240.0
+    chunk_completions: int = 100_000
+    read_concurrency: int = 32
+    max_example_tokens: int = 65_536
+    max_delivery_count: int = 5
+    block_bytes: int = 1024 * 1024
+    """Staged block size: the memory an output file holds; 50,000 blocks cap a file at 48 GiB,
+    far above the fine-tuning services' 512 MB file limit."""
+
+
+class DatasetJobs:
+    """The dataset service the HTTP functions and the queue trigger call."""
+
+    def __init__(
+        self,
+        *,
+        records: DatasetRecords,
+        store: CompletionStore,
+        job_queue: JobQueue,
+        queue_name: str,
+        limits: BuildLimits,
+    ) -> None:
+        self.records = records
+        self._store = store
+        self._queue = job_queue
+        self._queue_name = queue_name
+        self.limits = limits
+
+    async def submit(self, request: DatasetParams) -> DatasetJob:
+        """Record a queued job and send its message (message id = job id)."""
+        job = DatasetJob.queued(new_dataset_id(), request)
+        await self.records.create(job)
+        try:
+            await self._send(DatasetJobMessage(version=MESSAGE_VERSION, job_id=job.id, request=request))
+        except StorageUnavailable:
+            error = JobError(code="queue_unavailable", message="The job could not be queued; create the dataset again.")
+            await self._settle_failure(job.id, error, final=True)
+            raise
+        return job
+
+    async def handle(self, body: bytes, *, delivery_count: int) -> None:
+        """One queue delivery. Raises to make the queue retry, and finally dead-letter, the message."""
+        message = await self._parse(body)
+        try:
+            await self.run(message)
+        except JobSuperseded:
+            log.info("Dataset %s: another delivery advanced or deleted the job; this one stops", message.job_id)
+            with contextlib.suppress(NotFound):
+                job, _ = await self.records.read(message.job_id, include_deleted=True)
+                if job.status is DatasetStatus.DELETED:
+                    await self.records.delete_files(job.id)  # what this delivery wrote after the delete
+        except Exception as exc:
+            final = delivery_count >= self.limits.max_delivery_count
+            log.warning("Dataset %s: delivery %s failed (final: %s)", message.job_id, delivery_count, final)
+            await self._settle_failure(message.job_id, _job_error(exc, delivery_count, self.limits), final=final)
+            raise
+
+    async def run(self, message: DatasetJobMessage) -> None:
+        """Advance the job by one chunk, or finish it; a stale or repeated message changes nothing."""
+        job, etag = await self._load_or_create(message)
+        if job.finished:
+            log.info("Dataset %s is already %s; message part %s ignored", job.id, job.status, message.part)
+            return
+        checkpoint = job.checkpoint
+        if message.part < checkpoint.part:
+            # A redelivery of a part that already ran: make sure its continuation was sent.
+            await self._send(message.model_copy(update={"part": checkpoint.part}))
+            return
+        if message.part > checkpoint.part:
+            log.warning(
+                "Dataset %s: message part %s is ahead of the job (%s); ignored", job.id, message.part, checkpoint.part
+            )
+            return
+        if job.status is DatasetStatus.QUEUED:
+            job.status, job.started_at = DatasetStatus.RUNNING, int(time.time())
+        job.runs += 1
+        job.error = None
+        etag = await self.records.save(job, etag)
+        if not checkpoint.walk_done:
+            await _Chunk(self, job).run()
+            if not checkpoint.walk_done:
+                checkpoint.part += 1
+            etag = await self.records.save(job, etag)
+            if not checkpoint.walk_done:
+                await self._send(message.model_copy(update={"part": checkpoint.part}))
+                return
+        await self._finish(job, etag)
+
+    async def _parse(self, body: bytes) -> DatasetJobMessage:
+        try:
+            return DatasetJobMessage.model_validate_json(body)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+            log.error("Invalid dataset job message: %s", problems)
+            job_id = _job_id_of(body)
+            if job_id is not None:
+                error = JobError(code="invalid_message", message=f"The job message is invalid: {problems}")
+                await self._settle_failure(job_id, error, final=True)
+            raise InvalidJobMessage(problems) from None
+
+    async def _load_or_create(self, message: DatasetJobMessage) -> tuple[DatasetJob, str]:
+        """The job's record; a producer that queued the message directly has none yet."""
+        try:
+            return await self.records.read(message.job_id, include_deleted=True)
+        except NotFound:
+            job = DatasetJob.queued(message.job_id, message.request)
+            with contextlib.suppress(DistilleryError):
+                await self.records.create(job)
+            return await self.records.read(message.job_id, include_deleted=True)
+
+    async def _settle_failure(self, job_id: str, error: JobError, *, final: bool) -> None:
+        """Show the failure on the record: `failed` when no retry is left, else the last error."""
+        try:
+            job, etag = await self.records.read(job_id, include_deleted=True)
+        except NotFound:
+            if not final:
+                return
+            job, etag = DatasetJob(id=job_id, kind=None, request=None, created_at=int(time.time())), None
+        if job.finished:
+            return
+        job.error = error
+        if final:
+            job.status, job.finished_at = DatasetStatus.FAILED, int(time.time())
+        with contextlib.suppress(JobSuperseded, DistilleryError):
+            await (self.records.save(job, etag) if etag else self.records.create(job))
+
+    async def _send(self, message: DatasetJobMessage) -> None:
+        await self._queue.send(self._queue_name, message.model_dump_json(), message_id=message.message_id)
+
+    async def _finish(self, job: DatasetJob, etag: str) -> None:
+        assert job.request is not None
+        written, minimum = job.counts.written, _minimum(job.request.kind)
+        if written < minimum:
+            skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(job.counts.skipped.items())) or "none"
+            job.error = JobError(
+                code="too_few_examples",
+                message=(
+                    f"Only {written} usable completion(s) found ({job.counts.selected} selected; skipped: {skipped}). "
+                    f"A {job.request.kind} dataset needs at least {minimum}: widen the filter or store more completions."
+                ),
+            )
+            job.status = DatasetStatus.FAILED
+        else:
+            job.files = [
+                await self._commit(job, name) for name, blocks in sorted(job.checkpoint.blocks.items()) if blocks
+            ]
+            await self._write_manifest(job)
+            job.status, job.token_count_method = DatasetStatus.SUCCEEDED, TOKEN_COUNT_METHOD
+        job.finished_at = int(time.time())
+        await self.records.save(job, etag)
+        await self.records.delete_files(job.id, under=WORK_PREFIX)
+        log.info("Dataset %s %s: %s written of %s selected", job.id, job.status, written, job.counts.selected)
+
+    async def _commit(self, job: DatasetJob, name: str) -> DatasetFile:
+        blocks = job.checkpoint.blocks[name]
+        try:
+            await self.records.blob(job.id, name).commit_block_list(
+                [BlobBlock(block_id=b.id) for b in blocks], content_settings=_JSONL
+            )
+        except AzureError as exc:
+            raise StorageUnavailable("The dataset store is unavailable.") from exc
+        sha256 = hashlib.sha256()
+        _, chunks = await self.records.open_file(job.id, name)
+        async for chunk in chunks:
+            sha256.update(chunk)
+        return DatasetFile(
+            name=name,
+            bytes=sum(block.bytes for block in blocks),
+            lines=sum(block.lines for block in blocks),
+            tokens=sum(block.tokens for block in blocks),
+            sha256=sha256.hexdigest(),
+        )
+
+    async def _write_manifest(self, job: DatasetJob) -> None:
+        view = job.view()
+        manifest = {
+            "format_version": MANIFEST_VERSION,
+            "dataset_id": job.id,
+            "kind": job.kind,
+            "name": job.name,
+            "created_at": job.created_at,
+            "selection": {key: view[key] for key in ("filter", "ids_count", "validation_fraction", "seed", "group_by")},
+            "source": {
+                "completions": job.counts.written,
+                "ids_digest": f"{job.checkpoint.source_digest:064x}",
+                "ids_digest_method": "sum of sha256(completion id) over written completions, mod 2**256",
+            },
+            "counts": job.counts.model_dump(),
+            "files": [file.model_dump() for file in job.files],
+            "tokens": sum(file.tokens for file in job.files),
+            "token_count_method": TOKEN_COUNT_METHOD,
+        }
+        try:
+            await self.records.blob(job.id, MANIFEST_FILE).upload_blob(
+                json.dumps(manifest, indent=2), overwrite=True, content_settings=ContentSettings("application/json")
+            )
+        except AzureError as exc:
+            raise StorageUnavailable("The dataset store is unavailable.") from exc
+
+
+def source_digest(completion_ids: list[str]) -> str:
+    """The manifest's `ids_digest` for these ids, to check a dataset against a selection."""
+    total = sum(_id_digest(completion_id) for completion_id in completion_ids) % _DIGEST_MODULUS
+    return f"{total:064x}"
+
+
+def _id_digest(completion_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(completion_id.encode()).digest(), "big")
+
+
+def _minimum(kind: DatasetKind) -> int:
+    return MIN_DISTILLATION_EXAMPLES if kind is DatasetKind.DISTILLATION else 1
+
+
+def _job_error(exc: Exception, delivery_count: int, limits: BuildLimits) -> JobError:
+    reason = (
+        exc.message if isinstance(exc, DistilleryError) else f"unexpected {type(exc).__name__}; see the function logs"
+    )
+    if delivery_count >= limits.max_delivery_count:
+        return JobError(code="build_failed", message=f"The build failed {delivery_count} times: {reason}")
+    return JobError(
+        code="retrying",
+        message=f"Attempt {delivery_count} of {limits.max_delivery_count} failed ({reason}); it will be retried.",
+    )
+
+
+def _job_id_of(body: bytes) -> str | None:
+    """The job id of an invalid message, if it names a well-formed one."""
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        value = json.loads(body)
+        job_id = value.get("job_id") if isinstance(value, dict) else None
+        if isinstance(job_id, str) and is_dataset_id(job_id):
+            return job_id
+    return None
+
+
+class FingerprintSet:
+    """Exact-duplicate detection in 8 bytes a slot: open addressing over an array of 64-bit fingerprints."""
+
+    def __init__(self) -> None:
+        self._slots = array("Q", bytes(8 * 1024))
+        self._count = 0
+
+    def add(self, fingerprint: int) -> bool:
+        """True when the fingerprint is new."""
+        fingerprint = fingerprint or 1  # 0 marks an empty slot
+        mask = len(self._slots) - 1
+        slot = fingerprint & mask
+        while (held := self._slots[slot]) != 0:
+            if held == fingerprint:
+                return False
+            slot = (slot + 1) & mask
+        self._slots[slot] = fingerprint
+        self._count += 1
+        if self._count * 5 > len(self._slots) * 4:
+            self._grow()
+        return True
+
+    def _grow(self) -> None:
+        old = self._slots
+        self._slots, self._count = array("Q", bytes(16 * len(old))), 0
+        for fingerprint in old:
+            if fingerprint:
+                self.add(fingerprint)
+
+
+@dataclass
+class _Buffer:
+    lines: list[bytes] = field(default_factory=list)
+    bytes: int = 0
+    tokens: int = 0
+
+
+class _Chunk:
+    """One delivery's share of the walk; updates `job` (checkpoint and counts) in memory only."""
+
+    def __init__(self, jobs: DatasetJobs, job: DatasetJob) -> None:
+        assert job.request is not None
+        self._jobs, self._job, self._request = jobs, job, job.request
+        self._run_id = secrets.token_hex(8)
+        self._blocks_staged = 0
+        self._buffers: dict[str, _Buffer] = {}
+        self._fingerprints = FingerprintSet()
+        self._new_fingerprints = array("Q")
+
+    async def run(self) -> None:
+        limits, checkpoint = self._jobs.limits, self._job.checkpoint
+        distillation = self._request.kind is DatasetKind.DISTILLATION
+        if distillation:
+            await self._load_fingerprints()
+        deadline = time.monotonic() + limits.chunk_seconds
+        taken = 0
+        exhausted = True
+        async with contextlib.aclosing(self._read_in_order()) as reads:
+            async for completion_id, completion in reads:
+                self._consume(completion_id, completion)
+                taken += 1
+                await self._stage_full_buffers()
+                if taken >= limits.chunk_completions or time.monotonic() >= deadline:
+                    exhausted = False
+                    break
+        for name in list(self._buffers):
+            await self._stage(name)
+        if distillation and self._new_fingerprints:
+            await self._save_fingerprints()
+        checkpoint.walk_done = exhausted
+
+    def _consume(self, completion_id: str, completion: StoredCompletion | None) -> None:
+        job, request, checkpoint = self._job, self._request, self._job.checkpoint
+        checkpoint.walked += 1
+        checkpoint.after = completion_id
+        job.counts.selected += 1
+        if completion is None or (request.owner is not None and completion.owner != request.owner):
+            return self._skip(formats.SkipReason.NOT_FOUND)
+        if request.filter is not None and not request.filter.matches(
+            created=completion.created,
+            deployment=completion.deployment,
+            model=completion.model,
+            metadata=completion.metadata,
+            owner=completion.owner,
+        ):
+            return self._skip(formats.SkipReason.NO_LONGER_MATCHES)
+        output = formats.assistant_output(completion)
+        if isinstance(output, formats.SkipReason):
+            return self._skip(output)
+        if request.kind is DatasetKind.EVALUATION:
+            line_value = formats.evaluation_line(completion, output)
+            item = line_value["item"]
+            tokens = count_messages([*item["input"], output], item.get("tools"))
+            name = formats.EVAL_FILE
+        else:
+            line_value = formats.distillation_example(completion, output)
+            checked = check_example(line_value, max_tokens=self._jobs.limits.max_example_tokens)
+            if not checked.ok:
+                log.info("Dataset %s: %s skipped: %s", job.id, completion_id, checked.problems[0].rule)
+                return self._skip(formats.SkipReason.INVALID_FORMAT)
+            tokens = checked.tokens
+            validation = formats.in_validation(
+                formats.group_key(completion, request.group_by), seed=request.seed, fraction=request.fraction
+            )
+            name = formats.VALIDATION_FILE if validation else formats.TRAIN_FILE
+        line = formats.jsonl_line(line_value)
+        if request.kind is DatasetKind.DISTILLATION:
+            fingerprint = formats.line_fingerprint(line)
+            if not self._fingerprints.add(fingerprint):
+                return self._skip(formats.SkipReason.DUPLICATE)
+            self._new_fingerprints.append(fingerprint or 1)
+        buffer = self._buffers.setdefault(name, _Buffer())
+        buffer.lines.append(line)
+        buffer.bytes += len(line)
+        buffer.tokens += tokens
+        job.counts.written += 1
+        checkpoint.source_digest = (checkpoint.source_digest + _id_digest(completion_id)) % _DIGEST_MODULUS
+        return None
+
+    def _skip(self, reason: formats.SkipReason) -> None:
+        skipped = self._job.counts.skipped
+        skipped[reason.value] = skipped.get(reason.value, 0) + 1
+
+    async def _read_in_order(self) -> AsyncGenerator[tuple[str, StoredCompletion | None]]:
+        """Stored completions in selection order, `read_concurrency` reads in flight.
+
+        Reads run ahead of the consumer by a window of several times the concurrency, so one slow
+        read at the head does not idle the other slots.
+        """
+        limit = asyncio.Semaphore(self._jobs.limits.read_concurrency)
+        window = 4 * self._jobs.limits.read_concurrency
+        pending: deque[tuple[str, asyncio.Task[StoredCompletion | None]]] = deque()
+
+        async def read(completion_id: str) -> StoredCompletion | None:
+            async with limit:
+                return await self._read(completion_id)
+
+        try:
+            async with contextlib.aclosing(self._selection_ahead()) as selection:
+                async for completion_id in selection:
+                    pending.append((completion_id, asyncio.create_task(read(completion_id))))
+                    if len(pending) >= window:
+                        first_id, first = pending.popleft()
+                        yield first_id, await first
+            while pending:
+                first_id, first = pending.popleft()
+                yield first_id, await first
+        finally:
+            for _, task in pending:
+                task.cancel()
+            await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
+
+    async def _selection_ahead(self) -> AsyncGenerator[str]:
+        """The selection, with the next index page fetched while the current one is read."""
+        ahead: asyncio.Queue[str | Exception | None] = asyncio.Queue(maxsize=_WALK_PAGE)
+
+        async def fill() -> None:
+            try:
+                async for completion_id in self._selection():
+                    await ahead.put(completion_id)
+                await ahead.put(None)
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+                await ahead.put(exc)
+
+        filler = asyncio.create_task(fill())
+        try:
+            while (item := await ahead.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            filler.cancel()
+            await asyncio.gather(filler, return_exceptions=True)
+
+    async def _selection(self) -> AsyncIterator[str]:
+        checkpoint = self._job.checkpoint
+        if self._request.ids is not None:
+            for completion_id in self._request.ids[checkpoint.walked :]:
+                yield completion_id
+        else:
+            assert self._request.filter is not None
+            async for entry in self._jobs._store.index.walk(
+                self._request.filter, after=checkpoint.after, page_size=_WALK_PAGE
+            ):
+                yield entry.id
+
+    async def _read(self, completion_id: str) -> StoredCompletion | None:
+        try:
+            return await self._jobs._store.get(completion_id)
+        except NotFound:
+            return None
+
+    async def _stage_full_buffers(self) -> None:
+        for name, buffer in list(self._buffers.items()):
+            if buffer.bytes >= self._jobs.limits.block_bytes:
+                await self._stage(name)
+
+    async def _stage(self, name: str) -> None:
+        buffer = self._buffers.pop(name)
+        block_id = f"{self._run_id}{self._blocks_staged:06d}"
+        try:
+            await self._jobs.records.blob(self._job.id, name).stage_block(block_id, b"".join(buffer.lines))
+        except AzureError as exc:
+            raise StorageUnavailable("The dataset store is unavailable.") from exc
+        self._blocks_staged += 1
+        staged = StagedBlock(id=block_id, bytes=buffer.bytes, lines=len(buffer.lines), tokens=buffer.tokens)
+        self._job.checkpoint.blocks.setdefault(name, []).append(staged)
+
+    async def _load_fingerprints(self) -> None:
+        for run_id in self._job.checkpoint.fingerprint_runs:
+            blob = self._jobs.records.blob(self._job.id, f"{WORK_PREFIX}fingerprints-{run_id}.bin")
+            try:
+                saved = array("Q", await (await blob.download_blob()).readall())
+            except AzureError as exc:
+                raise StorageUnavailable("The dataset store is unavailable.") from exc
+            for fingerprint in saved:
+                self._fingerprints.add(fingerprint)
+
+    async def _save_fingerprints(self) -> None:
+        blob = self._jobs.records.blob(self._job.id, f"{WORK_PREFIX}fingerprints-{self._run_id}.bin")
+        try:
+            await blob.upload_blob(self._new_fingerprints.tobytes(), overwrite=True)
+        except AzureError as exc:
+            raise StorageUnavailable("The dataset store is unavailable.") from exc
+        self._job.checkpoint.fingerprint_runs.append(self._run_id)

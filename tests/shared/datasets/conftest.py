@@ -1,0 +1,114 @@
+"""Dataset services on the session's Azurite, each test with its own container, table and queue."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from azure.storage.queue.aio import QueueClient
+
+from local_host.azurite import Azurite
+from shared import ids
+from shared.clients import Services
+from shared.datasets.builder import DatasetJobs
+from shared.datasets.job import DatasetJob
+from shared.settings import Settings
+from shared.stored_completion import StoredCompletion
+
+_clock = itertools.count(time.time_ns() // 1000)
+
+
+def make_services(azurite: Azurite, **settings: str) -> Services:
+    suffix = uuid.uuid4().hex[:10]
+    values = {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "COMPLETIONS_CONTAINER": f"completions{suffix}",
+        "COMPLETION_INDEX_TABLE": f"index{suffix}",
+        "DATASETS_CONTAINER": f"datasets{suffix}",
+        "DATASET_JOBS_QUEUE": f"dataset-jobs-{suffix}",
+        **settings,
+    }
+    return Services(Settings(**values))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def services(azurite: Azurite) -> AsyncIterator[Services]:
+    made = make_services(azurite)
+    await made.ensure_storage()
+    async with QueueClient.from_connection_string(azurite.connection_string, made.settings.dataset_jobs_queue) as queue:
+        await queue.create_queue()
+    yield made
+    await made.blob_service.close()
+    await made.table_service.close()
+
+
+def stored(
+    text: str,
+    *,
+    metadata: dict[str, str] | None = None,
+    messages: list[dict[str, Any]] | None = None,
+    output: dict[str, Any] | None = None,
+    finish_reason: str = "stop",
+    tools: list[dict[str, Any]] | None = None,
+    choices: bool = True,
+) -> StoredCompletion:
+    """A stored completion as capture writes it; ids are strictly increasing in creation order."""
+    now_us = next(_clock)
+    request: dict[str, Any] = {"model": "gpt-4o", "messages": messages or [{"role": "user", "content": text}]}
+    if tools:
+        request["tools"] = tools
+    message = output or {"role": "assistant", "content": f"answer to {text}", "refusal": None}
+    response: dict[str, Any] = {
+        "object": "chat.completion",
+        "model": "gpt-4o-2024-08-06",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}] if choices else [],
+    }
+    return StoredCompletion(
+        id=ids.new_completion_id(now_us=now_us),
+        created=now_us // 1_000_000,
+        deployment="gpt-4o",
+        model="gpt-4o-2024-08-06",
+        metadata=metadata or {},
+        request=request,
+        response=response,
+    )
+
+
+async def seed(services: Services, completions: list[StoredCompletion]) -> list[str]:
+    for completion in completions:
+        await services.store.put(completion)
+    return [completion.id for completion in completions]
+
+
+async def receive(services: Services) -> bytes | None:
+    """Take the next dataset queue message, if any (a test delivers it by hand)."""
+    connection = services.settings.storage_connection_string
+    assert connection is not None
+    async with QueueClient.from_connection_string(
+        connection.get_secret_value(), services.settings.dataset_jobs_queue
+    ) as queue:
+        messages = [message async for message in queue.receive_messages(max_messages=1)]
+        if not messages:
+            return None
+        await queue.delete_message(messages[0])
+        return messages[0].content.encode()
+
+
+async def drain(services: Services, jobs: DatasetJobs | None = None) -> None:
+    """Deliver every queued dataset message, continuations included, to `jobs` (default: the app's)."""
+    while (body := await receive(services)) is not None:
+        await (jobs or services.dataset_jobs).handle(body, delivery_count=1)
+
+
+async def read_job(services: Services, job_id: str) -> DatasetJob:
+    job, _ = await services.dataset_jobs.records.read(job_id)
+    return job
+
+
+async def download(services: Services, job_id: str, name: str) -> bytes:
+    _, chunks = await services.dataset_jobs.records.open_file(job_id, name)
+    return b"".join([chunk async for chunk in chunks])
