@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,34 +14,19 @@ from shared import ids
 from shared.clients import Services
 from shared.datasets.builder import DatasetJobs
 from shared.datasets.job import DatasetJob
-from shared.settings import Settings
 from shared.stored_completion import StoredCompletion
+from tests.conftest import ServicesFactory
 
 _clock = itertools.count(time.time_ns() // 1000)
 
 
-def make_services(azurite: Azurite, **settings: str) -> Services:
-    suffix = uuid.uuid4().hex[:10]
-    values = {
-        "AzureWebJobsStorage": azurite.connection_string,
-        "COMPLETIONS_CONTAINER": f"completions{suffix}",
-        "COMPLETION_INDEX_TABLE": f"index{suffix}",
-        "DATASETS_CONTAINER": f"datasets{suffix}",
-        "DATASET_JOBS_QUEUE": f"dataset-jobs-{suffix}",
-        **settings,
-    }
-    return Services(Settings(**values))  # type: ignore[arg-type]
-
-
 @pytest.fixture
-async def services(azurite: Azurite) -> AsyncIterator[Services]:
-    made = make_services(azurite)
-    await made.ensure_storage()
+async def services(azurite: Azurite, make_services: ServicesFactory) -> Services:
+    """The app's services on Azurite, with this test's own containers, table and dataset queue."""
+    made = await make_services()
     async with QueueClient.from_connection_string(azurite.connection_string, made.settings.dataset_jobs_queue) as queue:
         await queue.create_queue()
-    yield made
-    await made.blob_service.close()
-    await made.table_service.close()
+    return made
 
 
 def stored(
