@@ -34,7 +34,7 @@ from local_host.azurite import Azurite, free_port, start_azurite
 from local_host.process import start_host
 from shared import ids
 from shared.completion_filter import CompletionFilter
-from shared.completion_index import CompletionIndex, IndexEntry, _partitions, _rows
+from shared.completion_index import CompletionIndex, IndexEntry
 from shared.completion_store import CompletionStore
 from shared.stored_completion import StoredCompletion
 
@@ -185,36 +185,19 @@ async def seed(container: ContainerClient, table: TableClient, start: int, stop:
     lists (the needles). Azurite finds a blob by name whatever their number, while its table scans
     grow with the rows, so the rows are what must grow; this keeps seeding 100k to minutes.
     """
-    gate, batch_gate = asyncio.Semaphore(32), asyncio.Semaphore(4)  # Azurite drops $batch bodies when flooded
-    by_partition: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    gate = asyncio.Semaphore(32)
 
     async def upload(completion: StoredCompletion) -> None:
         async with gate:
             await container.upload_blob(f"{completion.id}.json", completion.model_dump_json(), overwrite=True)
 
-    uploads = []
-    for number in range(start, stop):
-        completion = _completion(number, base_us)
-        entry = IndexEntry(
-            id=completion.id,
-            deployment=completion.deployment,
-            model=completion.model,
-            metadata=completion.metadata,
-            owner="bench",
-        )
-        for partition in _partitions(entry):
-            by_partition[partition] += _rows(entry, partition)
-        if completion.metadata["tag"] == "needle":
-            uploads.append(upload(completion))
-    await asyncio.gather(*uploads)
-
-    async def commit(rows: list[dict[str, Any]]) -> None:
-        async with batch_gate:
-            await table.submit_transaction([("upsert", row) for row in rows])
-
-    await asyncio.gather(
-        *(commit(rows[i : i + 100]) for rows in by_partition.values() for i in range(0, len(rows), 100))
-    )
+    completions = [_completion(number, base_us) for number in range(start, stop)]
+    await asyncio.gather(*(upload(c) for c in completions if c.metadata["tag"] == "needle"))
+    entries = [
+        IndexEntry(id=c.id, deployment=c.deployment, model=c.model, metadata=c.metadata, owner="bench")
+        for c in completions
+    ]
+    await CompletionIndex(table).add_many(entries, in_flight=4)  # Azurite drops $batch bodies when flooded
 
 
 async def list_cost(azurite: Azurite, sizes: list[int], samples: int) -> None:

@@ -16,7 +16,6 @@ import asyncio
 import time
 import tracemalloc
 import uuid
-from collections import defaultdict
 from collections.abc import Coroutine
 from typing import Any
 
@@ -24,7 +23,7 @@ from local_host.azurite import start_azurite
 from shared import ids
 from shared.clients import Services
 from shared.completion_filter import CompletionFilter
-from shared.completion_index import IndexEntry, _partitions, _rows
+from shared.completion_index import CompletionIndex, IndexEntry
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.job import DatasetJob, DatasetJobMessage, DatasetParams, DatasetStatus, new_dataset_id
 from shared.datasets.records import DatasetRecords
@@ -68,7 +67,7 @@ async def seed(services: Services, sizes: list[int]) -> list[str]:
     total = max(sizes)
     started = time.perf_counter()
     made: list[str] = []
-    by_partition: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    entries: list[IndexEntry] = []
     uploads: list[tuple[str, bytes]] = []
     for number in range(total):
         metadata = {f"upto{size}": "1" for size in sizes if number < size}
@@ -76,15 +75,13 @@ async def seed(services: Services, sizes: list[int]) -> list[str]:
         made.append(item.id)
         document = item.model_dump_json().encode()
         uploads.append((f"{item.id}.json", document))
-        entry = IndexEntry(
-            id=item.id, deployment=item.deployment, model=item.model, metadata=metadata, size_bytes=len(document)
+        entries.append(
+            IndexEntry(
+                id=item.id, deployment=item.deployment, model=item.model, metadata=metadata, size_bytes=len(document)
+            )
         )
-        for partition in _partitions(entry):
-            by_partition[partition] += _rows(entry, partition)
-    batches = [rows[i : i + 100] for rows in by_partition.values() for i in range(0, len(rows), 100)]
     await in_flight([services.completions_container.upload_blob(n, d, overwrite=True) for n, d in uploads], 64)
-    table = services.index_table
-    await in_flight([table.submit_transaction([("upsert", row) for row in rows]) for rows in batches], 16)
+    await CompletionIndex(services.index_table).add_many(entries, in_flight=16)
     print(f"seeded {total:,} completions in {time.perf_counter() - started:,.0f} s", flush=True)
     return made
 

@@ -11,7 +11,7 @@ from azure.data.tables.aio import TableClient
 from local_host.azurite import Azurite
 from shared import ids
 from shared.completion_filter import CompletionFilter
-from shared.completion_index import CompletionIndex
+from shared.completion_index import CompletionIndex, IndexEntry
 from shared.completion_store import CompletionStore
 from shared.errors import NotFound
 from shared.stored_completion import StoredCompletion
@@ -128,3 +128,15 @@ async def test_owner_scoped_reads_hide_other_owners(store: CompletionStore) -> N
     assert (await store.get(completion_id, owner="alice")).id == completion_id
     with pytest.raises(NotFound):
         await store.get(completion_id, owner="bob")
+
+
+async def test_bulk_loaded_rows_list_like_added_ones(store: CompletionStore) -> None:
+    items = [completion(i / 10, tag="bulk", user=f"u{i % 2}") for i in range(250)]
+    for item in items:
+        await store._container.upload_blob(f"{item.id}.json", item.model_dump_json())
+    await store.index.add_many(
+        IndexEntry(id=i.id, deployment=i.deployment, model=i.model, metadata=i.metadata, owner=i.owner) for i in items
+    )
+    page = await store.list(CompletionFilter(metadata={"tag": "bulk", "user": "u1"}), order="desc", limit=100)
+    assert [c.id for c in page.data] == [i.id for i in items if i.metadata["user"] == "u1"][::-1][:100]
+    assert page.has_more
