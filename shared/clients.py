@@ -300,15 +300,19 @@ def upstream_label(settings: Settings) -> str:
     return "offline"
 
 
-def build_upstream(settings: Settings, credential: AsyncTokenCredential) -> Upstream:
-    session = aiohttp.ClientSession(
+def _upstream_session(settings: Settings) -> aiohttp.ClientSession:
+    """The pooled connections to an HTTP upstream (made in the running event loop, on first use)."""
+    return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=settings.upstream_max_connections),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=settings.upstream_timeout_seconds),
         read_bufsize=_SSE_LINE_LIMIT,
     )
+
+
+def build_upstream(settings: Settings, credential: AsyncTokenCredential) -> Upstream:
     if settings.azure_openai_endpoint is not None:
         return HttpUpstream(
-            session=session,
+            session=_upstream_session(settings),
             url_for=azure_openai_url(str(settings.azure_openai_endpoint), settings.azure_openai_api_version),
             auth_headers=_azure_auth(settings, credential),
             model_for=lambda _deployment: None,
@@ -322,7 +326,7 @@ def build_upstream(settings: Settings, credential: AsyncTokenCredential) -> Upst
             return headers
 
         return HttpUpstream(
-            session=session,
+            session=_upstream_session(settings),
             url_for=openai_compatible_url(str(settings.openai_base_url)),
             auth_headers=static_headers,
             model_for=ModelMap(settings.deployment_models),
