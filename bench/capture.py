@@ -242,7 +242,8 @@ async def list_cost(azurite: Azurite, sizes: list[int], samples: int) -> None:
                 [_ async for _ in await anext(pages)]
                 bare_ms.append((time.perf_counter() - began) * 1000)
             print(
-                f"{size:>8}{seeded_in:>8.0f}{statistics.median(list_ms):>13.1f}{max(rows):>11}{statistics.median(bare_ms):>29.1f}"
+                f"{size:>8}{seeded_in:>8.0f}{statistics.median(list_ms):>13.1f}{max(rows):>11}"
+                f"{statistics.median(bare_ms):>19.1f}{statistics.median(reads_ms):>22.1f}"
             )
 
 
