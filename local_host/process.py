@@ -44,6 +44,12 @@ class RunningHost:
     def stop(self) -> None:
         stop_process(self.process)
 
+    def __enter__(self) -> RunningHost:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
 
 def start_host(storage_connection: str, log_dir: Path, *extra_args: str, **settings: str) -> RunningHost:
     """Start `python -m local_host` on a free port with its own containers, table and queues

@@ -43,9 +43,10 @@ def fake_upstream(upstream: FakeUpstream) -> FakeUpstream:
 @pytest.fixture(scope="session")
 def host(azurite: Azurite, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHost]:
     """The default host: fake upstream, storing on."""
-    running = start_host(azurite.connection_string, tmp_path_factory.mktemp("host"), OPENAI_BASE_URL=upstream.base_url)
-    yield running
-    running.stop()
+    with start_host(
+        azurite.connection_string, tmp_path_factory.mktemp("host"), OPENAI_BASE_URL=upstream.base_url
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

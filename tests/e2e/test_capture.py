@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 
+from local_host.azurite import Azurite
 from tests.conftest import RunningHost, start_host
 from tests.fakes import FAKE_MODEL, FakeUpstream, Reply
 
@@ -229,15 +231,16 @@ def test_malformed_json_is_400(host: RunningHost) -> None:
 
 
 @pytest.fixture(scope="module")
-def storage_off_host(azurite, upstream, tmp_path_factory) -> RunningHost:  # type: ignore[no-untyped-def]
-    running = start_host(
+def storage_off_host(
+    azurite: Azurite, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningHost]:
+    with start_host(
         azurite.connection_string,
         tmp_path_factory.mktemp("off"),
         OPENAI_BASE_URL=upstream.base_url,
         DISTILLERY_STORE_ENABLED="false",
-    )
-    yield running
-    running.stop()
+    ) as running:
+        yield running
 
 
 def test_store_disabled_serves_and_says_so(
@@ -257,8 +260,9 @@ def test_storage_down_still_answers(upstream: FakeUpstream, tmp_path_factory: py
     from local_host.azurite import start_azurite
 
     emulator = start_azurite()
-    running = start_host(emulator.connection_string, tmp_path_factory.mktemp("down"), OPENAI_BASE_URL=upstream.base_url)
-    try:
+    with start_host(
+        emulator.connection_string, tmp_path_factory.mktemp("down"), OPENAI_BASE_URL=upstream.base_url
+    ) as running:
         emulator.stop()
         upstream.reset()
         client = running.openai_client(max_retries=0)
@@ -269,5 +273,3 @@ def test_storage_down_still_answers(upstream: FakeUpstream, tmp_path_factory: py
         chunks = list(client.chat.completions.create(model="gpt-4o", store=True, stream=True, messages=MESSAGES))
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "fake: hello there"
         assert "not stored" in running.log()
-    finally:
-        running.stop()

@@ -27,16 +27,15 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "weather", "arg
 def datasets_host(
     azurite: Azurite, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningHost]:
-    running = start_host(
+    with start_host(
         azurite.connection_string,
         tmp_path_factory.mktemp("datasets-host"),
         OPENAI_BASE_URL=upstream.base_url,
         LOCAL_MAX_DELIVERY_COUNT="2",
         DATASET_MAX_DELIVERY_COUNT="2",
         LOCAL_RETRY_SECONDS="0",
-    )
-    yield running
-    running.stop()
+    ) as running:
+        yield running
 
 
 def wait_for(http: httpx.Client, dataset_id: str, *statuses: str, seconds: float = 60) -> dict[str, Any]:

@@ -19,15 +19,14 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 def tiny_host(
     request: pytest.FixtureRequest, azurite: Azurite, upstream: FakeUpstream, tmp_path: Path
 ) -> Iterator[RunningHost]:
-    running = start_host(
+    with start_host(
         azurite.connection_string,
         tmp_path,
         OPENAI_BASE_URL=upstream.base_url,
         STORAGE_QUOTA_BYTES="2000",
         **request.param,
-    )
-    yield running
-    running.stop()
+    ) as running:
+        yield running
 
 
 @pytest.mark.parametrize("tiny_host", [{}], indirect=True)

@@ -18,16 +18,15 @@ MESSAGES = [{"role": "user", "content": "hello there"}]
 def azure_host(
     azurite: Azurite, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningHost]:
-    running = start_host(
+    with start_host(
         azurite.connection_string,
         tmp_path_factory.mktemp("azure"),
         AZURE_OPENAI_ENDPOINT=upstream.root_url,
         AZURE_OPENAI_API_KEY="upstream-secret",
         AZURE_OPENAI_API_VERSION="2024-10-21",
         UPSTREAM_TIMEOUT_SECONDS="1",
-    )
-    yield running
-    running.stop()
+    ) as running:
+        yield running
 
 
 def test_azure_upstream_gets_the_deployment_route_and_key(
@@ -53,40 +52,33 @@ def test_slow_upstream_is_a_504_in_openai_shape(azure_host: RunningHost, fake_up
 
 def test_unreachable_upstream_is_a_502(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> None:
     closed = f"http://127.0.0.1:{free_port()}/v1"
-    running = start_host(azurite.connection_string, tmp_path_factory.mktemp("closed"), OPENAI_BASE_URL=closed)
-    try:
+    with start_host(azurite.connection_string, tmp_path_factory.mktemp("closed"), OPENAI_BASE_URL=closed) as running:
         with pytest.raises(openai.APIStatusError) as caught:
             running.openai_client(max_retries=0).chat.completions.create(model="m", store=True, messages=MESSAGES)
         assert caught.value.status_code == 502
         assert set(caught.value.response.json()["error"]) == {"message", "type", "param", "code"}
         assert "127.0.0.1" not in caught.value.response.text
-    finally:
-        running.stop()
 
 
 def test_deployment_map_renames_the_model_for_openai_compatible_upstreams(
     azurite: Azurite, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    running = start_host(
+    with start_host(
         azurite.connection_string,
         tmp_path_factory.mktemp("map"),
         OPENAI_BASE_URL=upstream.base_url,
         OPENAI_API_KEY="sk-upstream",
         DISTILLERY_DEPLOYMENT_MODELS='{"gpt-4o": "llama3.1:8b"}',
-    )
-    try:
+    ) as running:
         upstream.reset()
         running.openai_client().chat.completions.create(model="gpt-4o", messages=MESSAGES)
         seen = upstream.requests[-1]
         assert seen["body"]["model"] == "llama3.1:8b"
         assert seen["headers"]["authorization"] == "Bearer sk-upstream"
-    finally:
-        running.stop()
 
 
 def test_offline_model_serves_and_says_so(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> None:
-    running = start_host(azurite.connection_string, tmp_path_factory.mktemp("offline"))
-    try:
+    with start_host(azurite.connection_string, tmp_path_factory.mktemp("offline")) as running:
         client = running.openai_client()
         answer = client.chat.completions.create(model="anything", store=True, messages=MESSAGES)
         assert answer.model == "offline-echo"
@@ -99,5 +91,3 @@ def test_offline_model_serves_and_says_so(azurite: Azurite, tmp_path_factory: py
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "[offline-echo] hello there"
         assert chunks[-1].usage is not None
         assert client.chat.completions.retrieve(answer.id).model == "offline-echo"
-    finally:
-        running.stop()
