@@ -123,6 +123,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_222:Public network access is the product: callers reach the proxy over HTTPS; restrict with access restrictions or a private endpoint if needed.
   // checkov:skip=CKV_AZURE_212:Flex Consumption scales from zero; always-ready instances are a cost the operator opts into (functionAppConfig.alwaysReady).
   // checkov:skip=CKV_AZURE_213:Flex Consumption manages instance health itself; GET /api/health answers external probes.
+  // checkov:skip=CKV_AZURE_78:Flex Consumption has no FTP endpoint, and regions that enforce its rules refuse siteConfig.ftpsState (ARM error 51021).
   name: name
   location: location
   tags: tags
@@ -140,7 +141,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
+      // No ftpsState: Flex Consumption offers no FTP, and regions that enforce its rules refuse the property.
       http20Enabled: true
     }
     functionAppConfig: {
@@ -177,16 +178,11 @@ resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
   properties: union(hostSettings, appSettings, upstreamSettings)
 }
 
-// Publishing with a user name and password stays off: azd and the CLI deploy with Entra ID.
+// Publishing with a user name and password stays off: azd and the CLI deploy with Entra ID. (No 'ftp'
+// policy: Flex Consumption has no FTP publishing to turn off.)
 resource scmBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
   parent: site
   name: 'scm'
-  properties: { allow: false }
-}
-
-resource ftpBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
-  parent: site
-  name: 'ftp'
   properties: { allow: false }
 }
 
