@@ -192,6 +192,7 @@ module roles 'app/roles.bicep' = {
     principals: concat(appPrincipals, developerPrincipals)
     storageAccountName: storage.outputs.name
     serviceBusNamespaceName: serviceBus.outputs.name
+    serviceBusQueueNames: serviceBus.outputs.queueNames
     applicationInsightsName: monitoring.outputs.applicationInsightsName
   }
 }

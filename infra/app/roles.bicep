@@ -6,6 +6,8 @@ param principals array
 param storageAccountName string = ''
 @description('Service Bus namespace in this resource group; empty to skip.')
 param serviceBusNamespaceName string = ''
+@description('Job queues in that namespace: each principal gets its Service Bus role on each queue.')
+param serviceBusQueueNames array = []
 @description('Application Insights component in this resource group; empty to skip.')
 param applicationInsightsName string = ''
 @description('Existing Azure OpenAI account in this resource group; empty to skip.')
@@ -16,9 +18,11 @@ var storageRoles = [
   '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Storage Table Data Contributor: the completion index
   '974c5e8b-45b9-4653-ba55-5f855dd0fb88' // Storage Queue Data Contributor: the Functions host's identity-based AzureWebJobsStorage queues
 ]
-var serviceBusRoles = [
-  '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39' // Azure Service Bus Data Sender: enqueue dataset and purge jobs
-  '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0' // Azure Service Bus Data Receiver: the queue triggers
+// Granted on each job queue, not the namespace. Owner, not Sender + Receiver: the scale controller
+// reads each queue's length with the app's identity to scale the Service Bus triggers (target-based
+// scaling), which needs the Manage right; Owner also covers enqueueing and receiving.
+var serviceBusQueueRoles = [
+  '090c5cfd-751d-490a-894a-3ce6f1109419' // Azure Service Bus Data Owner: send, receive and read the length of the job queues
 ]
 var monitoringRoles = [
   '3913510d-42f4-4e42-8a64-420c390055eb' // Monitoring Metrics Publisher: telemetry ingestion with Entra ID (local auth is off)
@@ -34,6 +38,13 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = if (!
 resource serviceBus 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' existing = if (!empty(serviceBusNamespaceName)) {
   name: serviceBusNamespaceName
 }
+
+resource jobQueues 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' existing = [
+  for queueName in serviceBusQueueNames: {
+    parent: serviceBus
+    name: queueName
+  }
+]
 
 resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = if (!empty(applicationInsightsName)) {
   name: applicationInsightsName
@@ -56,14 +67,17 @@ resource storageGrants 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
   }
 ]
 
-resource serviceBusGrants 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
-  for i in range(0, empty(serviceBusNamespaceName) ? 0 : length(principals) * length(serviceBusRoles)): {
-    scope: serviceBus
-    name: guid(serviceBus.id, principals[i / length(serviceBusRoles)].id, serviceBusRoles[i % length(serviceBusRoles)])
+// Grant i is principal i / (queues x roles), queue (i / roles) % queues, role i % roles.
+var queueGrantsPerPrincipal = length(serviceBusQueueNames) * length(serviceBusQueueRoles)
+
+resource serviceBusQueueGrants 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for i in range(0, empty(serviceBusNamespaceName) ? 0 : length(principals) * queueGrantsPerPrincipal): {
+    scope: jobQueues[(i / length(serviceBusQueueRoles)) % length(serviceBusQueueNames)]
+    name: guid(jobQueues[(i / length(serviceBusQueueRoles)) % length(serviceBusQueueNames)].id, principals[i / queueGrantsPerPrincipal].id, serviceBusQueueRoles[i % length(serviceBusQueueRoles)])
     properties: {
-      principalId: principals[i / length(serviceBusRoles)].id
-      principalType: principals[i / length(serviceBusRoles)].type
-      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', serviceBusRoles[i % length(serviceBusRoles)])
+      principalId: principals[i / queueGrantsPerPrincipal].id
+      principalType: principals[i / queueGrantsPerPrincipal].type
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', serviceBusQueueRoles[i % length(serviceBusQueueRoles)])
     }
   }
 ]

@@ -36,5 +36,6 @@ resource queues 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = [
 ]
 
 output name string = namespace.name
+output queueNames array = queueNames
 // serviceBusEndpoint reads https://{name}.servicebus.windows.net:443/ (suffix varies by cloud).
 output fullyQualifiedNamespace string = split(split(namespace.properties.serviceBusEndpoint, '//')[1], ':')[0]

@@ -187,3 +187,22 @@ def test_keyless_by_construction(parser: BicepParser) -> None:
     assert "disableLocalAuth: true" in text["servicebus.bicep"]
     assert "DisableLocalAuth: true" in text["monitoring.bicep"]
     assert not any(re.search(r"listKeys\(|AccountKey=|SharedAccessKey", body) for body in text.values())
+
+
+def test_no_setting_flex_consumption_refuses() -> None:
+    """Regions that enforce Flex Consumption's rules refuse `siteConfig.ftpsState` (ARM error 51021)."""
+    api = APP_MODULE.read_text()
+    assert not re.search(r"^\s*ftpsState\s*:", api, re.MULTILINE)
+    assert "name: 'ftp'" not in api, "Flex Consumption has no FTP publishing credentials policy"
+
+
+def test_every_job_queue_grants_what_target_based_scaling_needs(parser: BicepParser) -> None:
+    """The scale controller reads queue length with the app's identity: Azure Service Bus Data Owner on each queue."""
+    main = parser.parse(file_path=INFRA / "main.bicep")
+    roles_args = main["modules"]["roles"]["config"]["params"]
+    queue_names = roles_args["serviceBusQueueNames"]["operator"]["operands"]
+    assert queue_names["operand_1"] == "serviceBus", "the roles module must grant on the queues Service Bus creates"
+    roles = parser.parse(file_path=INFRA / "app" / "roles.bicep")
+    assert "090c5cfd-751d-490a-894a-3ce6f1109419" in str(roles["variables"]["serviceBusQueueRoles"])  # Data Owner
+    grants = roles["resources"]["serviceBusQueueGrants"]["config"]
+    assert "jobQueues" in str(grants["config"]["scope"] if "config" in grants else grants["scope"])
