@@ -138,6 +138,9 @@ def run_worker(app_dir: Path, settings: dict[str, str]) -> subprocess.CompletedP
 @pytest.fixture(scope="module")
 def worker_index(deployed_settings: dict[str, str]) -> dict[str, Any]:
     completed = run_worker(ROOT, deployed_settings)
+    assert "No module named 'azure_functions_runtime'" not in completed.stderr, (
+        "run `make setup`: it installs the worker"
+    )
     assert completed.returncode == 0, f"the worker refused the app:\n{completed.stderr[-4000:]}"
     return dict(json.loads(completed.stdout))
 
