@@ -1,11 +1,16 @@
 """The offline model: answers every deployment with an echo, so a local run needs no network.
 
 Its answers say `"model": "offline-echo"` and start with `[offline-echo]`, so nobody mistakes them for
-a real model's. It streams like a real upstream, chunk by chunk, with usage when asked.
+a real model's. It streams like a real upstream, chunk by chunk, with usage when asked. Its embeddings
+(`"model": "offline-hashed-words"`) hash each word into one of 64 dimensions: texts sharing words
+point the same way, which is enough for the cosine grader to run end to end, not to judge meaning.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,16 +19,23 @@ from typing import Any
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from shared.upstream import UpstreamResponse
+from shared.upstream import CHAT_COMPLETIONS, EMBEDDINGS, UpstreamResponse
 
 OFFLINE_MODEL = "offline-echo"
+OFFLINE_EMBEDDING_MODEL = "offline-hashed-words"
+_EMBEDDING_DIMENSIONS = 64
 
 
 class OfflineModel:
     label = "offline"
 
     @asynccontextmanager
-    async def open(self, *, deployment: str, body: dict[str, Any]) -> AsyncIterator[UpstreamResponse]:
+    async def open(
+        self, *, deployment: str, body: dict[str, Any], operation: str = CHAT_COMPLETIONS
+    ) -> AsyncIterator[UpstreamResponse]:
+        if operation == EMBEDDINGS:
+            yield _embeddings(body)
+            return
         reply = _reply_text(body.get("messages") or [])
         usage = {
             "prompt_tokens": _count_words(body.get("messages") or []),
@@ -64,6 +76,39 @@ class OfflineModel:
             yield ""
 
         yield UpstreamResponse(status=200, headers=headers, _read=read, _lines=lines)
+
+
+def _embeddings(body: dict[str, Any]) -> UpstreamResponse:
+    texts = body.get("input")
+    texts = [texts] if isinstance(texts, str) else [str(text) for text in texts or []]
+    data = [{"object": "embedding", "index": i, "embedding": offline_embedding(t)} for i, t in enumerate(texts)]
+    words = sum(len(text.split()) for text in texts)
+    payload = json.dumps(
+        {
+            "object": "list",
+            "data": data,
+            "model": OFFLINE_EMBEDDING_MODEL,
+            "usage": {"prompt_tokens": words, "total_tokens": words},
+        }
+    ).encode()
+
+    async def read() -> bytes:
+        return payload
+
+    async def lines() -> AsyncIterator[str]:
+        yield payload.decode()
+
+    return UpstreamResponse(status=200, headers={}, _read=read, _lines=lines)
+
+
+def offline_embedding(text: str) -> list[float]:
+    """A unit vector of word counts hashed into 64 dimensions (zero for a text with no words)."""
+    vector = [0.0] * _EMBEDDING_DIMENSIONS
+    for word in text.lower().split():
+        digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
+        vector[int.from_bytes(digest, "big") % _EMBEDDING_DIMENSIONS] += 1.0
+    norm = math.sqrt(sum(value * value for value in vector))
+    return [value / norm for value in vector] if norm else vector
 
 
 def _reply_text(messages: list[Any]) -> str:

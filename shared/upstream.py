@@ -58,14 +58,18 @@ class UpstreamResponse:
         return self._lines()
 
 
+CHAT_COMPLETIONS = "chat/completions"
+EMBEDDINGS = "embeddings"
+
+
 class Upstream(Protocol):
-    """Where chat completions are computed."""
+    """Where chat completions (and, for graders, embeddings) are computed."""
 
     label: str
     """Short name for logs and health reports: `azure-openai`, `openai-compatible`, `offline`."""
 
-    def open(self, *, deployment: str, body: dict[str, Any]) -> Any:
-        """An async context manager yielding an `UpstreamResponse`."""
+    def open(self, *, deployment: str, body: dict[str, Any], operation: str = CHAT_COMPLETIONS) -> Any:
+        """An async context manager yielding an `UpstreamResponse` for `operation` (a path under the deployment)."""
         ...
 
 
@@ -77,21 +81,23 @@ class HttpUpstream:
     """
 
     session: aiohttp.ClientSession
-    url_for: Callable[[str], str]
-    """Deployment name -> chat-completions URL."""
+    url_for: Callable[[str, str], str]
+    """(Deployment name, operation) -> URL, e.g. the deployment's chat-completions URL."""
     auth_headers: Callable[[], Awaitable[dict[str, str]]]
     model_for: Callable[[str], str | None]
     """Deployment name -> `model` sent in the body (None leaves the caller's value)."""
     label: str = "openai-compatible"
 
     @asynccontextmanager
-    async def open(self, *, deployment: str, body: dict[str, Any]) -> AsyncIterator[UpstreamResponse]:
+    async def open(
+        self, *, deployment: str, body: dict[str, Any], operation: str = CHAT_COMPLETIONS
+    ) -> AsyncIterator[UpstreamResponse]:
         model = self.model_for(deployment)
         payload = body if model is None else {**body, "model": model}
         headers = {"content-type": "application/json", **await self.auth_headers()}
         try:
             response = await self.session.post(
-                self.url_for(deployment), data=json.dumps(payload, separators=(",", ":")), headers=headers
+                self.url_for(deployment, operation), data=json.dumps(payload, separators=(",", ":")), headers=headers
             )
         except TimeoutError as exc:
             raise UpstreamTimeout("The upstream model did not answer in time.") from exc
@@ -127,16 +133,16 @@ async def _guarded_lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]
         raise UpstreamUnavailable("The upstream connection broke during the answer.") from exc
 
 
-def azure_openai_url(endpoint: str, api_version: str) -> Callable[[str], str]:
+def azure_openai_url(endpoint: str, api_version: str) -> Callable[[str, str], str]:
     base = endpoint.rstrip("/")
-    return lambda deployment: (
-        f"{base}/openai/deployments/{quote(deployment, safe='')}/chat/completions?api-version={api_version}"
+    return lambda deployment, operation: (
+        f"{base}/openai/deployments/{quote(deployment, safe='')}/{operation}?api-version={api_version}"
     )
 
 
-def openai_compatible_url(base_url: str) -> Callable[[str], str]:
-    url = base_url.rstrip("/") + "/chat/completions"
-    return lambda _deployment: url
+def openai_compatible_url(base_url: str) -> Callable[[str, str], str]:
+    base = base_url.rstrip("/")
+    return lambda _deployment, operation: f"{base}/{operation}"
 
 
 @dataclass

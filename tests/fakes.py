@@ -106,6 +106,8 @@ class FakeUpstream:
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/openai/deployments/{deployment}/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+                Route("/openai/deployments/{deployment}/embeddings", self._embeddings, methods=["POST"]),
             ]
         )
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
@@ -149,6 +151,26 @@ class FakeUpstream:
                 _sse(chunks, reply.hold_after_first_chunk), media_type="text/event-stream", headers=reply.headers
             )
         return JSONResponse(completion(body, message, reply.finish_reason), headers=reply.headers)
+
+    async def _embeddings(self, request: Request) -> Response:
+        body = json.loads(await request.body())
+        with self._lock:
+            self.requests.append({"body": body, "headers": dict(request.headers), "url": str(request.url)})
+        texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+        data = [{"object": "embedding", "index": i, "embedding": letter_embedding(t)} for i, t in enumerate(texts)]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": "fake-embedding",
+                "usage": {"prompt_tokens": 1, "total_tokens": 1},
+            }
+        )
+
+
+def letter_embedding(text: str) -> list[float]:
+    """The fake's embedding: how often each letter a-z occurs (tests compute cosines from it themselves)."""
+    return [float(text.lower().count(letter)) for letter in "abcdefghijklmnopqrstuvwxyz"]
 
 
 async def _sse(chunks: list[dict[str, Any]], hold: threading.Event | None) -> Any:
