@@ -1,0 +1,1 @@
+"""The eval engine: OpenAI-Evals-compatible evals, runs and graders."""
