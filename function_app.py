@@ -4,7 +4,7 @@ import logging
 
 import azure.functions as func
 
-from blueprints import chat_completions, datasets, health, openapi, purges, reports, stored_completions
+from blueprints import chat_completions, datasets, evals, health, openapi, purges, reports, stored_completions
 from shared.settings import get_settings
 
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
@@ -15,6 +15,7 @@ for blueprint in (
     chat_completions.bp,
     stored_completions.bp,
     datasets.bp,
+    evals.bp,
     health.bp,
     reports.bp,
     purges.bp,

@@ -68,6 +68,12 @@ param datasetChunkSeconds int = 240
 @description('Fine-tuning examples longer than this many tokens are skipped.')
 param datasetMaxExampleTokens int = 65536
 
+@description('Embeddings deployment the cosine text-similarity grader calls.')
+param evalEmbeddingsDeployment string = 'text-embedding-3-large'
+
+@description('Tokens an eval run may use (candidate and grader calls) unless the run sets max_total_tokens.')
+param evalDefaultTokenCap int = 2000000
+
 @description('Service keys as JSON [{"name", "sha256", "rights"}]: only SHA-256 digests of keys, never the keys.')
 param apiKeys string = '[]'
 
@@ -118,12 +124,14 @@ var containers = {
   completions: 'completions'
   datasets: 'datasets'
   reports: 'reports'
+  evals: 'evals'
   deployment: 'deploymentpackage'
 }
 var completionIndexTable = 'completionindex'
 var queues = {
   datasetJobs: 'dataset-jobs'
   purgeJobs: 'purge-jobs'
+  evalJobs: 'eval-jobs'
 }
 // An Azure resource id reads /subscriptions/{sub}/resourceGroups/{rg}/providers/{ns}/{type}/{name}.
 var openAiIdParts = split(azureOpenAiResourceId, '/')
@@ -153,7 +161,7 @@ module storage 'app/storage.bicep' = {
     name: names.storage
     location: location
     tags: tags
-    containerNames: [containers.completions, containers.datasets, containers.reports, containers.deployment]
+    containerNames: [containers.completions, containers.datasets, containers.reports, containers.evals, containers.deployment]
     tableNames: [completionIndexTable]
     completionsContainerName: containers.completions
     retentionDays: retentionDays
@@ -168,7 +176,7 @@ module serviceBus 'app/servicebus.bicep' = {
     name: names.serviceBus
     location: location
     tags: tags
-    queueNames: [queues.datasetJobs, queues.purgeJobs]
+    queueNames: [queues.datasetJobs, queues.purgeJobs, queues.evalJobs]
   }
 }
 
@@ -228,6 +236,10 @@ module api 'app/api.bicep' = {
     completionIndexTableName: completionIndexTable
     datasetJobsQueueName: queues.datasetJobs
     purgeJobsQueueName: queues.purgeJobs
+    evalsContainerName: containers.evals
+    evalJobsQueueName: queues.evalJobs
+    evalEmbeddingsDeployment: evalEmbeddingsDeployment
+    evalDefaultTokenCap: evalDefaultTokenCap
     azureOpenAiEndpoint: azureOpenAiEndpoint
     azureOpenAiApiVersion: azureOpenAiApiVersion
     openAiBaseUrl: openAiBaseUrl

@@ -28,7 +28,10 @@ from shared.completion_store import CompletionStore
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.records import DatasetRecords
 from shared.errors import ConfigurationError, UpstreamUnavailable
+from shared.evals.records import EvalStore
+from shared.evals.service import EvalLimits, EvalService
 from shared.job_queue import JobQueue, ServiceBusJobQueue, StorageJobQueue
+from shared.model_calls import ModelCalls
 from shared.offline_model import OfflineModel
 from shared.permission_health import (
     PermissionChecker,
@@ -187,6 +190,33 @@ class Services:
         )
 
     @cached_property
+    def model_calls(self) -> ModelCalls:
+        return ModelCalls(upstream=self.upstream, max_attempts=self.settings.model_call_max_attempts)
+
+    @cached_property
+    def evals_container(self) -> ContainerClient:
+        return self.blob_service.get_container_client(self.settings.evals_container)
+
+    @cached_property
+    def evals(self) -> EvalService:
+        settings = self.settings
+        return EvalService(
+            store=EvalStore(container=self.evals_container),
+            completions=self.store,
+            datasets=self.dataset_jobs.records,
+            calls=self.model_calls,
+            job_queue=self.job_queue,
+            queue_name=settings.eval_jobs_queue,
+            limits=EvalLimits(
+                concurrency=settings.eval_concurrency,
+                chunk_seconds=settings.eval_chunk_seconds,
+                max_delivery_count=settings.eval_max_delivery_count,
+                default_token_cap=settings.eval_default_token_cap,
+                embeddings_deployment=settings.eval_embeddings_deployment,
+            ),
+        )
+
+    @cached_property
     def reports_container(self) -> ContainerClient:
         return self.blob_service.get_container_client(self.settings.reports_container)
 
@@ -234,12 +264,14 @@ class Services:
                 (self.completions_container, "COMPLETIONS_CONTAINER"),
                 (self.datasets_container, "DATASETS_CONTAINER"),
                 (self.reports_container, "REPORTS_CONTAINER"),
+                (self.evals_container, "EVALS_CONTAINER"),
             ],
             table=self.index_table,
             table_setting="COMPLETION_INDEX_TABLE",
             queues=[
                 Target(settings.dataset_jobs_queue, "DATASET_JOBS_QUEUE"),
                 Target(settings.purge_jobs_queue, "PURGE_JOBS_QUEUE"),
+                Target(settings.eval_jobs_queue, "EVAL_JOBS_QUEUE"),
             ],
             queue_probe=self.queue_probe,
             token=token if entra_upstream else None,
@@ -285,7 +317,12 @@ class Services:
 
     async def ensure_storage(self) -> None:
         """Create the containers and table the app writes to, if missing (Bicep creates them in Azure)."""
-        for container in (self.completions_container, self.reports_container, self.datasets_container):
+        for container in (
+            self.completions_container,
+            self.reports_container,
+            self.datasets_container,
+            self.evals_container,
+        ):
             with contextlib.suppress(ResourceExistsError):
                 await container.create_container()
         await self.table_service.create_table_if_not_exists(self.settings.completion_index_table)

@@ -103,6 +103,23 @@ class Settings(BaseSettings):
     dataset_max_delivery_count: int = Field(5, ge=1, alias="DATASET_MAX_DELIVERY_COUNT")
     """The dataset queue's max delivery count: on that delivery a failing job is marked failed."""
 
+    # Evals (shared/evals).
+    evals_container: str = Field("evals", alias="EVALS_CONTAINER")
+    """Evals, runs and graded output items."""
+    eval_jobs_queue: str = Field("eval-jobs", alias="EVAL_JOBS_QUEUE")
+    eval_concurrency: int = Field(8, ge=1, le=64, alias="EVAL_CONCURRENCY")
+    """Items of a run answered and graded at once (each may call the upstream several times)."""
+    eval_chunk_seconds: float = Field(240.0, gt=0, alias="EVAL_CHUNK_SECONDS")
+    """Time one delivery grades before it checkpoints and queues a continuation."""
+    eval_max_delivery_count: int = Field(5, ge=1, alias="EVAL_MAX_DELIVERY_COUNT")
+    """The eval queue's max delivery count: on that delivery a failing run is marked failed."""
+    eval_default_token_cap: int = Field(2_000_000, ge=1, alias="EVAL_DEFAULT_TOKEN_CAP")
+    """Tokens a run may use (candidate and grader calls) unless it sets `max_total_tokens`."""
+    eval_embeddings_deployment: str = Field("text-embedding-3-large", alias="EVAL_EMBEDDINGS_DEPLOYMENT")
+    """The embeddings deployment the `cosine` text-similarity grader calls."""
+    model_call_max_attempts: int = Field(5, ge=1, le=20, alias="MODEL_CALL_MAX_ATTEMPTS")
+    """Tries of one eval or grader call through 429s and 5xx, honouring the upstream's retry-after."""
+
     @field_validator("deployment_models", mode="before")
     @classmethod
     def _parse_json_object(cls, value: Any) -> Any:

@@ -78,6 +78,8 @@ async def make_services(azurite: Azurite) -> AsyncIterator[ServicesFactory]:
             "DATASETS_CONTAINER": f"datasets{suffix}",
             "DATASET_JOBS_QUEUE": f"dataset{suffix}",
             "PURGE_JOBS_QUEUE": f"purge{suffix}",
+            "EVALS_CONTAINER": f"evals{suffix}",
+            "EVAL_JOBS_QUEUE": f"evals{suffix}",
             **dict.fromkeys(UPSTREAM_SETTINGS),
             **settings,
         }

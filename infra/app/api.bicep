@@ -17,6 +17,10 @@ param reportsContainerName string
 param completionIndexTableName string
 param datasetJobsQueueName string
 param purgeJobsQueueName string
+param evalsContainerName string
+param evalJobsQueueName string
+param evalEmbeddingsDeployment string
+param evalDefaultTokenCap int
 param azureOpenAiEndpoint string
 param azureOpenAiApiVersion string
 param openAiBaseUrl string
@@ -105,6 +109,15 @@ var appSettings = {
   DATASET_MAX_EXAMPLE_TOKENS: string(datasetMaxExampleTokens)
   DATASET_MAX_DELIVERY_COUNT: '5'
   PURGE_JOBS_QUEUE: purgeJobsQueueName
+  EVALS_CONTAINER: evalsContainerName
+  // Like datasets: a delivery checkpoints within the 5-minute lock; a failing run fails on the last of 5.
+  EVAL_JOBS_QUEUE: evalJobsQueueName
+  EVAL_CHUNK_SECONDS: '240'
+  EVAL_MAX_DELIVERY_COUNT: '5'
+  EVAL_CONCURRENCY: '8'
+  EVAL_DEFAULT_TOKEN_CAP: string(evalDefaultTokenCap)
+  EVAL_EMBEDDINGS_DEPLOYMENT: evalEmbeddingsDeployment
+  MODEL_CALL_MAX_ATTEMPTS: '5'
   RETENTION_DAYS: string(retentionDays)
   RETENTION_SCHEDULE: retentionSchedule
   STORAGE_QUOTA_BYTES: storageQuotaBytes

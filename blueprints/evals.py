@@ -1,0 +1,214 @@
+"""The Evals API (OpenAI's shapes, so `client.evals.*` works unchanged) and the eval queue trigger.
+
+Every operation is served under three prefixes: `/api` (this service's own), `/openai/v1` (the
+`OpenAI` client with `base_url=<host>/openai/v1`, as for chat completions) and `/openai` (the
+`AzureOpenAI` client). `OPERATIONS` is the one table of routes and their rights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import azure.functions as func
+from azurefunctions.extensions.http.fastapi import Request, Response
+
+from blueprints.http_adapter import endpoint, json_response
+from shared.access import Caller, Right
+from shared.chat_request import parse_json_object
+from shared.clients import get_services
+from shared.completion_params import IGNORED_QUERY, MAX_PAGE, list_object
+from shared.errors import InvalidRequest
+from shared.evals.params import EvalCreateParams, EvalUpdateParams, RunCreateParams, parse
+
+RUN_STATUSES = frozenset({"queued", "in_progress", "completed", "canceled", "failed"})
+ITEM_STATUSES = frozenset({"pass", "fail"})
+
+
+async def create_eval(req: Request, caller: Caller | None) -> Response:
+    """Create an eval: a data source config and testing criteria (graders)."""
+    params = parse(EvalCreateParams, parse_json_object(await req.body()))
+    record = await get_services().evals.create_eval(params, owner=_scope(caller))
+    return json_response(record.view())
+
+
+async def list_evals(req: Request, caller: Caller | None) -> Response:
+    """List evals, newest first by default."""
+    query = _list_query(req, order_by=True)
+    records, has_more = await get_services().evals.list_evals(
+        after=query["after"], limit=query["limit"], order=query["order"], owner=_scope(caller)
+    )
+    return json_response(list_object([record.view() for record in records], has_more=has_more))
+
+
+async def retrieve_eval(req: Request, caller: Caller | None) -> Response:
+    """Get an eval."""
+    record = await get_services().evals.get_eval(req.path_params["eval_id"], owner=_scope(caller))
+    return json_response(record.view())
+
+
+async def update_eval(req: Request, caller: Caller | None) -> Response:
+    """Rename an eval or replace its metadata."""
+    params = parse(EvalUpdateParams, parse_json_object(await req.body()))
+    record = await get_services().evals.update_eval(req.path_params["eval_id"], params, owner=_scope(caller))
+    return json_response(record.view())
+
+
+async def delete_eval(req: Request, caller: Caller | None) -> Response:
+    """Delete an eval with its runs and their results."""
+    eval_id = req.path_params["eval_id"]
+    await get_services().evals.delete_eval(eval_id, owner=_scope(caller))
+    return json_response({"object": "eval.deleted", "deleted": True, "eval_id": eval_id})
+
+
+async def create_eval_run(req: Request, caller: Caller | None) -> Response:
+    """Start a run: its items are answered (or taken as they are) and graded on the job queue."""
+    params = parse(RunCreateParams, parse_json_object(await req.body()))
+    run, request = await get_services().evals.create_run(
+        req.path_params["eval_id"], params, owner=_scope(caller), report_base=str(req.base_url)
+    )
+    return json_response(run.view(request), status=201)
+
+
+async def list_eval_runs(req: Request, caller: Caller | None) -> Response:
+    """List an eval's runs, newest first by default."""
+    query = _list_query(req, statuses=RUN_STATUSES)
+    runs, has_more = await get_services().evals.list_runs(
+        req.path_params["eval_id"],
+        after=query["after"],
+        limit=query["limit"],
+        order=query["order"],
+        status=query["status"],
+        owner=_scope(caller),
+    )
+    return json_response(list_object([run.view(request) for run, request in runs], has_more=has_more))
+
+
+async def retrieve_eval_run(req: Request, caller: Caller | None) -> Response:
+    """Get a run: status, result counts, per-criterion results and usage."""
+    run, request = await get_services().evals.get_run(
+        req.path_params["eval_id"], req.path_params["run_id"], owner=_scope(caller)
+    )
+    return json_response(run.view(request))
+
+
+async def cancel_eval_run(req: Request, caller: Caller | None) -> Response:
+    """Cancel a run; the results graded so far are kept."""
+    services = get_services()
+    eval_id, run_id = req.path_params["eval_id"], req.path_params["run_id"]
+    run = await services.evals.cancel_run(eval_id, run_id, owner=_scope(caller))
+    return json_response(run.view(await services.evals.store.read_request(eval_id, run_id)))
+
+
+async def delete_eval_run(req: Request, caller: Caller | None) -> Response:
+    """Delete a run and its results."""
+    run_id = req.path_params["run_id"]
+    await get_services().evals.delete_run(req.path_params["eval_id"], run_id, owner=_scope(caller))
+    return json_response({"object": "eval.run.deleted", "deleted": True, "run_id": run_id})
+
+
+async def list_eval_run_output_items(req: Request, caller: Caller | None) -> Response:
+    """List a run's graded items in data-source order; `status=pass|fail` filters."""
+    query = _list_query(req, statuses=ITEM_STATUSES, default_order="asc")
+    items, has_more = await get_services().evals.output_items(
+        req.path_params["eval_id"],
+        req.path_params["run_id"],
+        after=query["after"],
+        limit=query["limit"],
+        order=query["order"],
+        status=query["status"],
+        owner=_scope(caller),
+    )
+    return json_response(list_object([item.view() for item in items], has_more=has_more))
+
+
+async def retrieve_eval_run_output_item(req: Request, caller: Caller | None) -> Response:
+    """Get one graded item."""
+    path = req.path_params
+    item = await get_services().evals.output_item(
+        path["eval_id"], path["run_id"], path["output_item_id"], owner=_scope(caller)
+    )
+    return json_response(item.view())
+
+
+async def compare_eval_runs(req: Request, caller: Caller | None) -> Response:
+    """Compare two runs of an eval (`?runs=a,b`): per criterion wins, ties and the pass-rate delta b - a."""
+    runs: list[str] = []
+    for name, value in req.query_params.multi_items():
+        if name == "runs":
+            runs = [run.strip() for run in value.split(",") if run.strip()]
+        elif name not in IGNORED_QUERY:
+            raise InvalidRequest(f"Unrecognized query parameter: '{name}'.", param=name)
+    comparison = await get_services().evals.compare(req.path_params["eval_id"], runs, owner=_scope(caller))
+    return json_response(comparison)
+
+
+def _scope(caller: Caller | None) -> str | None:
+    assert caller is not None, "every evals route requires a right"
+    return caller.scope
+
+
+def _list_query(
+    req: Request, *, statuses: frozenset[str] = frozenset(), order_by: bool = False, default_order: str = "desc"
+) -> dict[str, Any]:
+    query: dict[str, Any] = {"after": None, "limit": 20, "order": default_order, "status": None}
+    for name, value in req.query_params.multi_items():
+        if name == "limit":
+            if not (value.isascii() and value.isdecimal()) or not 1 <= int(value) <= MAX_PAGE:
+                raise InvalidRequest(f"'limit' must be an integer from 1 to {MAX_PAGE}.", param="limit")
+            query["limit"] = int(value)
+        elif name == "order" and value in ("asc", "desc"):
+            query["order"] = value
+        elif name == "after" and value:
+            query["after"] = value
+        elif name == "status" and value in statuses:
+            query["status"] = value
+        elif name == "order_by" and order_by and value in ("created_at", "updated_at"):
+            continue  # evals never change order when updated: both orders are creation order
+        elif name in ("order", "status", "order_by"):
+            raise InvalidRequest(f"Invalid value for '{name}': '{value}'.", param=name)
+        elif name not in IGNORED_QUERY:
+            raise InvalidRequest(f"Unrecognized query parameter: '{name}'.", param=name)
+    return query
+
+
+OPERATIONS = [
+    # (handler, route below the prefix, method, right, request-body model); `compare` before `{run_id}`.
+    (create_eval, "evals", "POST", Right.ACTION, EvalCreateParams),
+    (list_evals, "evals", "GET", Right.READ, None),
+    (retrieve_eval, "evals/{eval_id}", "GET", Right.READ, None),
+    (update_eval, "evals/{eval_id}", "POST", Right.ACTION, EvalUpdateParams),
+    (delete_eval, "evals/{eval_id}", "DELETE", Right.ACTION, None),
+    (create_eval_run, "evals/{eval_id}/runs", "POST", Right.ACTION, RunCreateParams),
+    (list_eval_runs, "evals/{eval_id}/runs", "GET", Right.READ, None),
+    (compare_eval_runs, "evals/{eval_id}/runs/compare", "GET", Right.READ, None),
+    (retrieve_eval_run, "evals/{eval_id}/runs/{run_id}", "GET", Right.READ, None),
+    (cancel_eval_run, "evals/{eval_id}/runs/{run_id}", "POST", Right.ACTION, None),
+    (delete_eval_run, "evals/{eval_id}/runs/{run_id}", "DELETE", Right.ACTION, None),
+    (cancel_eval_run, "evals/{eval_id}/runs/{run_id}/cancel", "POST", Right.ACTION, None),
+    (list_eval_run_output_items, "evals/{eval_id}/runs/{run_id}/output_items", "GET", Right.READ, None),
+    (
+        retrieve_eval_run_output_item,
+        "evals/{eval_id}/runs/{run_id}/output_items/{output_item_id}",
+        "GET",
+        Right.READ,
+        None,
+    ),
+]
+ROUTE_SHAPES = [("api", ""), ("openai/v1", "_v1"), ("openai", "_azure")]
+"""(route prefix, function-name suffix): this service's API, the `OpenAI` client, the `AzureOpenAI` client."""
+
+bp = func.Blueprint()
+for _prefix, _suffix in ROUTE_SHAPES:
+    for _handler, _path, _method, _right, _body in OPERATIONS:
+        _name = _handler.__name__ + ("_via_path" if _path.endswith("/cancel") else "") + _suffix
+        bp.function_name(_name)(
+            bp.route(route=f"{_prefix}/{_path}", methods=[_method], auth_level=func.AuthLevel.ANONYMOUS)(
+                endpoint(_right, body=_body)(_handler)
+            )
+        )
+
+
+@bp.service_bus_queue_trigger(arg_name="msg", queue_name="%EVAL_JOBS_QUEUE%", connection="ServiceBusConnection")
+async def run_eval_job(msg: func.ServiceBusMessage) -> None:
+    """One delivery of an eval run message; raising makes Service Bus retry, then dead-letter it."""
+    await get_services().evals.handle(msg.get_body(), delivery_count=msg.delivery_count or 1)

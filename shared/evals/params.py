@@ -1,0 +1,148 @@
+"""What callers send: eval and run parameters in the OpenAI Evals wire shapes.
+
+Distillery's extensions: a `stored_completions` run source selects with the same filter as the
+stored-completions list (metadata, model, created range, limit); a `file_id` names a file of one of
+our datasets as `<dataset id>/<file name>` (e.g. `dataset-…/eval.jsonl`); a run may carry
+`max_total_tokens`, a cap on the tokens its candidate and grader calls may use.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.chat_request import Metadata, validation_error
+from shared.evals.graders import GraderMessage
+
+MAX_RUN_ITEMS = 10_000
+"""Items one run grades at most (a stored-completions `limit`, a file's rows)."""
+DATASET_FILE_ID = re.compile(r"(dataset-[0-9a-f]{32})/([A-Za-z0-9_.-]+\.jsonl)")
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CustomDataSourceConfig(_Params):
+    type: Literal["custom"]
+    item_schema: dict[str, Any]
+    include_sample_schema: bool = False
+
+
+class StoredCompletionsDataSourceConfig(_Params):
+    """`stored_completions` (and its newer name `logs`): items are stored completions."""
+
+    type: Literal["stored_completions", "logs"]
+    metadata: Metadata = Field(default_factory=dict)
+    """The default metadata filter of this eval's stored-completions runs."""
+
+
+DataSourceConfig = Annotated[CustomDataSourceConfig | StoredCompletionsDataSourceConfig, Field(discriminator="type")]
+
+
+class EvalCreateParams(_Params):
+    data_source_config: DataSourceConfig
+    testing_criteria: list[dict[str, Any]]
+    """Validated by `graders.parse_testing_criteria`, whose errors name the criterion."""
+    name: str | None = Field(None, max_length=256)
+    metadata: Metadata | None = None
+
+
+class EvalUpdateParams(_Params):
+    name: str | None = Field(None, max_length=256)
+    metadata: Metadata | None = None
+
+
+class FileContentRow(_Params):
+    item: dict[str, Any]
+    sample: dict[str, Any] | None = None
+
+
+class FileContentSource(_Params):
+    type: Literal["file_content"]
+    content: list[FileContentRow] = Field(min_length=1, max_length=MAX_RUN_ITEMS)
+
+
+class FileIdSource(_Params):
+    type: Literal["file_id"]
+    id: str
+
+    @model_validator(mode="after")
+    def _names_a_dataset_file(self) -> FileIdSource:
+        if not DATASET_FILE_ID.fullmatch(self.id):
+            raise ValueError("a file id is '<dataset id>/<file>.jsonl', e.g. 'dataset-…/eval.jsonl'")
+        return self
+
+
+class StoredCompletionsSource(_Params):
+    type: Literal["stored_completions"]
+    metadata: Metadata | None = None
+    model: str | None = Field(None, min_length=1)
+    created_after: int | None = Field(None, ge=0)
+    created_before: int | None = Field(None, ge=0)
+    limit: int | None = Field(None, ge=1, le=MAX_RUN_ITEMS)
+
+
+class TemplateInputMessages(_Params):
+    type: Literal["template"]
+    template: list[GraderMessage] = Field(min_length=1)
+
+
+class ItemReferenceInputMessages(_Params):
+    type: Literal["item_reference"]
+    item_reference: str = Field(pattern=r"^item(\.[A-Za-z0-9_\-]+)+$")
+
+
+class RunSamplingParams(BaseModel):
+    """Sent with each candidate call; fields beyond these pass through to the upstream as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    max_completion_tokens: int | None = Field(None, ge=1)
+    seed: int | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+
+
+class JsonlRunDataSource(_Params):
+    type: Literal["jsonl"]
+    source: Annotated[FileContentSource | FileIdSource, Field(discriminator="type")]
+
+
+class CompletionsRunDataSource(_Params):
+    type: Literal["completions"]
+    source: Annotated[FileContentSource | FileIdSource | StoredCompletionsSource, Field(discriminator="type")]
+    input_messages: (
+        Annotated[TemplateInputMessages | ItemReferenceInputMessages, Field(discriminator="type")] | None
+    ) = None
+    model: str | None = Field(None, min_length=1)
+    """The deployment that answers each item; none grades the answers the source already holds."""
+    sampling_params: RunSamplingParams | None = None
+
+    @model_validator(mode="after")
+    def _messages_for_a_model(self) -> CompletionsRunDataSource:
+        if self.model is not None and self.input_messages is None and self.source.type != "stored_completions":
+            raise ValueError("input_messages is required when a model generates the samples")
+        if self.model is None and self.input_messages is not None:
+            raise ValueError("input_messages needs a model to send them to")
+        return self
+
+
+RunDataSource = Annotated[JsonlRunDataSource | CompletionsRunDataSource, Field(discriminator="type")]
+
+
+class RunCreateParams(_Params):
+    data_source: RunDataSource
+    name: str | None = Field(None, max_length=256)
+    metadata: Metadata | None = None
+    max_total_tokens: int | None = Field(None, ge=1)
+    """Distillery extension: stop the run cleanly once its calls used this many tokens."""
+
+
+def parse(model: type[_Params], body: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None

@@ -1,0 +1,355 @@
+"""Evals, runs and output items as JSON blobs in one container (`EVALS_CONTAINER`).
+
+    <eval id>/eval.json                           the eval
+    <eval id>/runs/<run id>/request.json          what the run was asked (immutable)
+    <eval id>/runs/<run id>/run.json              its state: status, counts, usage, checkpoint
+    <eval id>/runs/<run id>/items.jsonl           the data-source items, fixed when the run starts
+    <eval id>/runs/<run id>/output/<index>.json   one graded item, written once
+
+Ids start with inverted time, so listings come newest first; state writes are conditional on the
+ETag read, so two deliveries of one message never both advance a run.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from enum import StrEnum
+from typing import Any, Literal
+
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob.aio import ContainerClient
+from pydantic import BaseModel, Field
+
+from shared.errors import NotFound, StorageUnavailable
+from shared.evals.graders import GradeResult, TestingCriterion
+from shared.evals.params import RunCreateParams
+
+_TIME_DIGITS = 14
+_TIME_SPAN = 16**_TIME_DIGITS
+
+
+def new_id(prefix: str) -> str:
+    """`<prefix>_` + 14 hex digits of inverted creation time + 18 random: names sort newest first."""
+    micros = time.time_ns() // 1000
+    return f"{prefix}_{_TIME_SPAN - 1 - micros:0{_TIME_DIGITS}x}{secrets.token_hex(9)}"
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    CANCELED = "canceled"
+    FAILED = "failed"
+
+
+FINISHED = frozenset({RunStatus.COMPLETED, RunStatus.CANCELED, RunStatus.FAILED})
+
+
+class EvalRecord(BaseModel):
+    id: str
+    name: str
+    created_at: int
+    metadata: dict[str, str] = Field(default_factory=dict)
+    data_source_config: dict[str, Any]
+    """The view: type, schema, and for stored completions the metadata filter."""
+    item_schema: dict[str, Any] | None
+    sample_in_schema: bool
+    testing_criteria: list[TestingCriterion]
+    owner: str | None = None
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "object": "eval",
+            "id": self.id,
+            "name": self.name,
+            "created_at": self.created_at,
+            "metadata": self.metadata,
+            "data_source_config": self.data_source_config,
+            "testing_criteria": [criterion.model_dump(exclude_none=True) for criterion in self.testing_criteria],
+        }
+
+    def visible_to(self, owner: str | None) -> bool:
+        return owner is None or self.owner == owner
+
+
+class RunError(BaseModel):
+    code: str
+    message: str
+
+
+class CriterionCounts(BaseModel):
+    passed: int = 0
+    failed: int = 0
+
+
+class ModelUsage(BaseModel):
+    invocation_count: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class ResultCounts(BaseModel):
+    total: int = 0
+    passed: int = 0
+    failed: int = 0
+    errored: int = 0
+
+
+class Lineage(BaseModel):
+    """Where a run's items came from and what answered them, so a pass rate traces back to completions."""
+
+    dataset_id: str | None = None
+    completion_filter: dict[str, Any] | None = None
+    completion_ids_digest: str | None = None
+    """sha256 over the graded stored completions' ids in order (stored-completions sources)."""
+    model: str | None = None
+    fine_tuning_job_id: str | None = None
+
+
+class RunRecord(BaseModel):
+    """A run's state (`run.json`); its request lives beside it in `request.json`."""
+
+    id: str
+    eval_id: str
+    name: str
+    created_at: int
+    status: RunStatus = RunStatus.QUEUED
+    model: str
+    """The candidate deployment, or `stored` when the source's own answers are graded."""
+    metadata: dict[str, str] = Field(default_factory=dict)
+    owner: str | None = None
+    report_url: str
+    error: RunError | None = None
+    result_counts: ResultCounts = Field(default_factory=ResultCounts)
+    per_criterion: dict[str, CriterionCounts] = Field(default_factory=dict)
+    per_model_usage: dict[str, ModelUsage] = Field(default_factory=dict)
+    token_cap: int
+    tokens_used: int = 0
+    items_total: int | None = None
+    """Set when the items are fixed (the run's first delivery)."""
+    next_index: int = 0
+    """Items before this one are graded and counted."""
+    part: int = 0
+    """The message part that runs next (continuations count up)."""
+    cancel_requested: bool = False
+    lineage: Lineage = Field(default_factory=Lineage)
+    deliveries: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def view(self, request: RunCreateParams) -> dict[str, Any]:
+        return {
+            "object": "eval.run",
+            "id": self.id,
+            "eval_id": self.eval_id,
+            "name": self.name,
+            "created_at": self.created_at,
+            "status": self.status.value,
+            "model": self.model,
+            "metadata": self.metadata,
+            "data_source": request.data_source.model_dump(exclude_none=True),
+            "error": (self.error or RunError(code="", message="")).model_dump(),
+            "result_counts": self.result_counts.model_dump(),
+            "per_testing_criteria_results": [
+                {"testing_criteria": name, **counts.model_dump()} for name, counts in self.per_criterion.items()
+            ],
+            "per_model_usage": [
+                {"model_name": model, **usage.model_dump()} for model, usage in self.per_model_usage.items()
+            ],
+            "report_url": self.report_url,
+            "distillery": {
+                "items_total": self.items_total,
+                "items_graded": self.next_index,
+                "tokens_used": self.tokens_used,
+                "token_cap": self.token_cap,
+                "lineage": self.lineage.model_dump(exclude_none=True),
+            },
+        }
+
+
+class OutputItem(BaseModel):
+    """One graded item (`output/<index>.json`)."""
+
+    index: int
+    run_id: str
+    eval_id: str
+    created_at: int
+    item: dict[str, Any]
+    sample: dict[str, Any] | None
+    results: list[GradeResult]
+    sample_error: str | None = None
+
+    @property
+    def status(self) -> Literal["pass", "fail", "error"]:
+        if self.sample_error is not None or any(result.error for result in self.results):
+            return "error"
+        return "pass" if all(result.passed for result in self.results) else "fail"
+
+    @property
+    def id(self) -> str:
+        return output_item_id(self.run_id, self.index)
+
+    def view(self) -> dict[str, Any]:
+        sample = dict(self.sample or {})
+        error = {"code": "sample_failed", "message": self.sample_error} if self.sample_error else None
+        view_sample = {
+            "input": sample.get("input", []),
+            "output": sample.get("output", []),
+            "model": sample.get("model", ""),
+            "finish_reason": sample.get("finish_reason", ""),
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cached_tokens": 0}
+            | sample.get("usage", {}),
+            "error": error or {"code": "", "message": ""},
+            "max_completion_tokens": sample.get("max_completion_tokens", 0),
+            "seed": sample.get("seed", 0),
+            "temperature": sample.get("temperature", 1.0),
+            "top_p": sample.get("top_p", 1.0),
+        }
+        return {
+            "object": "eval.run.output_item",
+            "id": self.id,
+            "run_id": self.run_id,
+            "eval_id": self.eval_id,
+            "created_at": self.created_at,
+            "status": self.status,
+            "datasource_item_id": self.index,
+            "datasource_item": self.item,
+            "results": [result.model_dump(exclude={"usage"}, exclude_none=True) for result in self.results],
+            "sample": view_sample,
+        }
+
+
+def output_item_id(run_id: str, index: int) -> str:
+    return f"outputitem_{run_id.removeprefix('evalrun_')}{index:08d}"
+
+
+def output_item_index(run_id: str, item_id: str) -> int | None:
+    prefix = output_item_id(run_id, 0)[:-8]
+    digits = item_id.removeprefix(prefix)
+    return int(digits) if item_id.startswith(prefix) and len(digits) == 8 and digits.isdecimal() else None
+
+
+class Superseded(Exception):
+    """The record changed since it was read (another delivery, a cancel, a delete)."""
+
+
+class EvalStore:
+    def __init__(self, *, container: ContainerClient) -> None:
+        self.container = container
+
+    async def create_eval(self, record: EvalRecord) -> None:
+        await self._put(f"{record.id}/eval.json", record.model_dump_json(), create=True)
+
+    async def read_eval(self, eval_id: str) -> tuple[EvalRecord, str]:
+        raw, etag = await self._get(f"{eval_id}/eval.json", what=f"No eval found with id '{eval_id}'.")
+        return EvalRecord.model_validate_json(raw), etag
+
+    async def save_eval(self, record: EvalRecord, etag: str) -> None:
+        await self._put(f"{record.id}/eval.json", record.model_dump_json(), etag=etag)
+
+    async def create_run(self, record: RunRecord, request: RunCreateParams) -> None:
+        base = f"{record.eval_id}/runs/{record.id}"
+        await self._put(f"{base}/request.json", request.model_dump_json(exclude_none=True), create=True)
+        await self._put(f"{base}/run.json", record.model_dump_json(), create=True)
+
+    async def read_run(self, eval_id: str, run_id: str) -> tuple[RunRecord, str]:
+        raw, etag = await self._get(f"{eval_id}/runs/{run_id}/run.json", what=f"No run found with id '{run_id}'.")
+        return RunRecord.model_validate_json(raw), etag
+
+    async def read_request(self, eval_id: str, run_id: str) -> RunCreateParams:
+        raw, _ = await self._get(f"{eval_id}/runs/{run_id}/request.json", what=f"No run found with id '{run_id}'.")
+        return RunCreateParams.model_validate_json(raw)
+
+    async def save_run(self, record: RunRecord, etag: str) -> str:
+        """Replace the state only if it is still the version read; returns the new ETag."""
+        return await self._put(f"{record.eval_id}/runs/{record.id}/run.json", record.model_dump_json(), etag=etag)
+
+    async def write_items(self, eval_id: str, run_id: str, lines: bytes) -> bool:
+        """Fix the run's items once; False when an earlier delivery already did (its items stand)."""
+        try:
+            await self._put(f"{eval_id}/runs/{run_id}/items.jsonl", lines, create=True)
+        except Superseded:
+            return False
+        return True
+
+    async def read_items(self, eval_id: str, run_id: str) -> bytes:
+        raw, _ = await self._get(f"{eval_id}/runs/{run_id}/items.jsonl", what=f"Run '{run_id}' has no items yet.")
+        return raw
+
+    async def write_output(self, output: OutputItem) -> OutputItem:
+        """Write a graded item once; a second writer gets the first one's (so nothing is graded twice)."""
+        name = _output_name(output.eval_id, output.run_id, output.index)
+        try:
+            await self._put(name, output.model_dump_json(), create=True)
+        except Superseded:
+            return await self.read_output(output.eval_id, output.run_id, output.index)
+        return output
+
+    async def read_output(self, eval_id: str, run_id: str, index: int) -> OutputItem:
+        raw, _ = await self._get(_output_name(eval_id, run_id, index), what="No output item found with that id.")
+        return OutputItem.model_validate_json(raw)
+
+    async def output_indexes(self, eval_id: str, run_id: str) -> list[int]:
+        """Indexes of the graded items, ascending (names only: one listing call per 5,000)."""
+        prefix = f"{eval_id}/runs/{run_id}/output/"
+        try:
+            return sorted(
+                [int(name[len(prefix) : -5]) async for name in self.container.list_blob_names(name_starts_with=prefix)]
+            )
+        except AzureError as exc:
+            raise StorageUnavailable("The eval store is unavailable.") from exc
+
+    async def ids(self, prefix: str) -> list[str]:
+        """The ids directly under `prefix` (evals at '', runs at '<eval id>/runs/'), newest first."""
+        try:
+            return [
+                item.name[len(prefix) :].rstrip("/")
+                async for item in self.container.walk_blobs(name_starts_with=prefix, delimiter="/")
+            ]
+        except ResourceNotFoundError:
+            return []
+        except AzureError as exc:
+            raise StorageUnavailable("The eval store is unavailable.") from exc
+
+    async def delete_tree(self, prefix: str) -> None:
+        try:
+            names = [name async for name in self.container.list_blob_names(name_starts_with=prefix)]
+            for start in range(0, len(names), 256):
+                await self.container.delete_blobs(*names[start : start + 256])
+        except ResourceNotFoundError:
+            pass
+        except AzureError as exc:
+            raise StorageUnavailable("The eval store is unavailable.") from exc
+
+    async def _get(self, name: str, *, what: str) -> tuple[bytes, str]:
+        try:
+            download = await self.container.download_blob(name)
+            return await download.readall(), str(download.properties.etag)
+        except ResourceNotFoundError:
+            raise NotFound(what) from None
+        except AzureError as exc:
+            raise StorageUnavailable("The eval store is unavailable.") from exc
+
+    async def _put(self, name: str, data: str | bytes, *, create: bool = False, etag: str | None = None) -> str:
+        conditions: dict[str, Any] = {"overwrite": not create}
+        if etag is not None:
+            conditions.update(etag=etag, match_condition=MatchConditions.IfNotModified)
+        try:
+            result = await self.container.get_blob_client(name).upload_blob(data, **conditions)
+        except (ResourceExistsError, ResourceModifiedError):
+            raise Superseded(name) from None
+        except AzureError as exc:
+            if getattr(exc, "status_code", None) in (409, 412):
+                raise Superseded(name) from None
+            raise StorageUnavailable("The eval store is unavailable.") from exc
+        return str(result["etag"])
+
+
+def _output_name(eval_id: str, run_id: str, index: int) -> str:
+    return f"{eval_id}/runs/{run_id}/output/{index:08d}.json"
