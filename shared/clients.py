@@ -292,11 +292,14 @@ class Services:
         )
 
     async def close(self) -> None:
-        """Close the storage clients built so far (for tests and tools; a worker keeps them for its life)."""
+        """Close the storage clients and upstream connections built so far (for tests and tools; a worker keeps them for its life)."""
         for name in ("blob_service", "table_service", "queue_probe"):
             client = self.__dict__.get(name)
             if client is not None:
                 await client.close()
+        upstream = self.__dict__.get("upstream")
+        if isinstance(upstream, HttpUpstream):
+            await upstream.session.close()
 
     @cached_property
     def dataset_jobs(self) -> DatasetJobs:

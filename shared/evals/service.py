@@ -377,6 +377,7 @@ class EvalService:
             run.items_total = len(items)
             run.lineage.completion_ids_digest = _ids_digest(items) if run.lineage.completion_filter else None
             etag = await self.store.save_run(run, etag)
+        graded = set(await self.store.output_indexes(run.eval_id, run.id))  # by deliveries cut off before counting
         started = time.monotonic()
         while run.next_index < len(items):
             if run.cancel_requested:
@@ -390,7 +391,7 @@ class EvalService:
                 return await self._finish(run, etag, RunStatus.FAILED)
             batch = range(run.next_index, min(len(items), run.next_index + self.limits.concurrency))
             outputs = await asyncio.gather(
-                *(self._output(run, record, request, index, items[index]) for index in batch)
+                *(self._output(run, record, request, index, items[index], index in graded) for index in batch)
             )
             run, etag = await self._advance(run, etag, batch, outputs)
             if run.next_index < len(items) and time.monotonic() - started > self.limits.chunk_seconds:
@@ -422,10 +423,10 @@ class EvalService:
                 run, etag = await self.store.read_run(run.eval_id, run.id)  # a cancel landed: count onto it
 
     async def _output(
-        self, run: RunRecord, record: EvalRecord, request: RunCreateParams, index: int, line: bytes
+        self, run: RunRecord, record: EvalRecord, request: RunCreateParams, index: int, line: bytes, graded: bool
     ) -> OutputItem:
-        with contextlib.suppress(NotFound):
-            return await self.store.read_output(run.eval_id, run.id, index)  # graded by an earlier delivery
+        if graded:
+            return await self.store.read_output(run.eval_id, run.id, index)
         row = json.loads(line)
         item, given_sample = row["item"], row.get("sample")
         sample: dict[str, Any] | None
