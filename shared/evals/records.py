@@ -17,14 +17,12 @@ import time
 from enum import StrEnum
 from typing import Any, Literal
 
-from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob.aio import ContainerClient
 from pydantic import BaseModel, Field
 
-from shared.errors import NotFound, StorageUnavailable
 from shared.evals.graders import GradeResult, TestingCriterion
 from shared.evals.params import RunCreateParams
+from shared.json_blobs import JsonBlobs, Superseded
 
 _TIME_DIGITS = 14
 _TIME_SPAN = 16**_TIME_DIGITS
@@ -235,120 +233,81 @@ def output_item_index(run_id: str, item_id: str) -> int | None:
     return int(digits) if item_id.startswith(prefix) and len(digits) == 8 and digits.isdecimal() else None
 
 
-class Superseded(Exception):
-    """The record changed since it was read (another delivery, a cancel, a delete)."""
-
-
 class EvalStore:
     def __init__(self, *, container: ContainerClient) -> None:
-        self.container = container
+        self.blobs = JsonBlobs(container=container, label="eval")
 
     async def create_eval(self, record: EvalRecord) -> None:
-        await self._put(f"{record.id}/eval.json", record.model_dump_json(), create=True)
+        await self.blobs.put(f"{record.id}/eval.json", record.model_dump_json(), create=True)
 
     async def read_eval(self, eval_id: str) -> tuple[EvalRecord, str]:
-        raw, etag = await self._get(f"{eval_id}/eval.json", what=f"No eval found with id '{eval_id}'.")
+        raw, etag = await self.blobs.get(f"{eval_id}/eval.json", missing=f"No eval found with id '{eval_id}'.")
         return EvalRecord.model_validate_json(raw), etag
 
     async def save_eval(self, record: EvalRecord, etag: str) -> None:
-        await self._put(f"{record.id}/eval.json", record.model_dump_json(), etag=etag)
+        await self.blobs.put(f"{record.id}/eval.json", record.model_dump_json(), etag=etag)
 
     async def create_run(self, record: RunRecord, request: RunCreateParams) -> None:
         base = f"{record.eval_id}/runs/{record.id}"
-        await self._put(f"{base}/request.json", request.model_dump_json(exclude_none=True), create=True)
-        await self._put(f"{base}/run.json", record.model_dump_json(), create=True)
+        await self.blobs.put(f"{base}/request.json", request.model_dump_json(exclude_none=True), create=True)
+        await self.blobs.put(f"{base}/run.json", record.model_dump_json(), create=True)
 
     async def read_run(self, eval_id: str, run_id: str) -> tuple[RunRecord, str]:
-        raw, etag = await self._get(f"{eval_id}/runs/{run_id}/run.json", what=f"No run found with id '{run_id}'.")
+        raw, etag = await self.blobs.get(
+            f"{eval_id}/runs/{run_id}/run.json", missing=f"No run found with id '{run_id}'."
+        )
         return RunRecord.model_validate_json(raw), etag
 
     async def read_request(self, eval_id: str, run_id: str) -> RunCreateParams:
-        raw, _ = await self._get(f"{eval_id}/runs/{run_id}/request.json", what=f"No run found with id '{run_id}'.")
+        raw, _ = await self.blobs.get(
+            f"{eval_id}/runs/{run_id}/request.json", missing=f"No run found with id '{run_id}'."
+        )
         return RunCreateParams.model_validate_json(raw)
 
     async def save_run(self, record: RunRecord, etag: str) -> str:
         """Replace the state only if it is still the version read; returns the new ETag."""
-        return await self._put(f"{record.eval_id}/runs/{record.id}/run.json", record.model_dump_json(), etag=etag)
+        return await self.blobs.put(f"{record.eval_id}/runs/{record.id}/run.json", record.model_dump_json(), etag=etag)
 
     async def write_items(self, eval_id: str, run_id: str, lines: bytes) -> bool:
         """Fix the run's items once; False when an earlier delivery already did (its items stand)."""
         try:
-            await self._put(f"{eval_id}/runs/{run_id}/items.jsonl", lines, create=True)
+            await self.blobs.put(f"{eval_id}/runs/{run_id}/items.jsonl", lines, create=True)
         except Superseded:
             return False
         return True
 
     async def read_items(self, eval_id: str, run_id: str) -> bytes:
-        raw, _ = await self._get(f"{eval_id}/runs/{run_id}/items.jsonl", what=f"Run '{run_id}' has no items yet.")
+        raw, _ = await self.blobs.get(
+            f"{eval_id}/runs/{run_id}/items.jsonl", missing=f"Run '{run_id}' has no items yet."
+        )
         return raw
 
     async def write_output(self, output: OutputItem) -> OutputItem:
         """Write a graded item once; a second writer gets the first one's (so nothing is graded twice)."""
         name = _output_name(output.eval_id, output.run_id, output.index)
         try:
-            await self._put(name, output.model_dump_json(), create=True)
+            await self.blobs.put(name, output.model_dump_json(), create=True)
         except Superseded:
             return await self.read_output(output.eval_id, output.run_id, output.index)
         return output
 
     async def read_output(self, eval_id: str, run_id: str, index: int) -> OutputItem:
-        raw, _ = await self._get(_output_name(eval_id, run_id, index), what="No output item found with that id.")
+        raw, _ = await self.blobs.get(
+            _output_name(eval_id, run_id, index), missing="No output item found with that id."
+        )
         return OutputItem.model_validate_json(raw)
 
     async def output_indexes(self, eval_id: str, run_id: str) -> list[int]:
-        """Indexes of the graded items, ascending (names only: one listing call per 5,000)."""
+        """Indexes of the graded items, ascending."""
         prefix = f"{eval_id}/runs/{run_id}/output/"
-        try:
-            return sorted(
-                [int(name[len(prefix) : -5]) async for name in self.container.list_blob_names(name_starts_with=prefix)]
-            )
-        except AzureError as exc:
-            raise StorageUnavailable("The eval store is unavailable.") from exc
+        return sorted(int(name[len(prefix) : -5]) for name in await self.blobs.names(prefix))
 
     async def ids(self, prefix: str) -> list[str]:
         """The ids directly under `prefix` (evals at '', runs at '<eval id>/runs/'), newest first."""
-        try:
-            return [
-                item.name[len(prefix) :].rstrip("/")
-                async for item in self.container.walk_blobs(name_starts_with=prefix, delimiter="/")
-            ]
-        except ResourceNotFoundError:
-            return []
-        except AzureError as exc:
-            raise StorageUnavailable("The eval store is unavailable.") from exc
+        return await self.blobs.children(prefix)
 
     async def delete_tree(self, prefix: str) -> None:
-        try:
-            names = [name async for name in self.container.list_blob_names(name_starts_with=prefix)]
-            for start in range(0, len(names), 256):
-                await self.container.delete_blobs(*names[start : start + 256])
-        except ResourceNotFoundError:
-            pass
-        except AzureError as exc:
-            raise StorageUnavailable("The eval store is unavailable.") from exc
-
-    async def _get(self, name: str, *, what: str) -> tuple[bytes, str]:
-        try:
-            download = await self.container.download_blob(name)
-            return await download.readall(), str(download.properties.etag)
-        except ResourceNotFoundError:
-            raise NotFound(what) from None
-        except AzureError as exc:
-            raise StorageUnavailable("The eval store is unavailable.") from exc
-
-    async def _put(self, name: str, data: str | bytes, *, create: bool = False, etag: str | None = None) -> str:
-        conditions: dict[str, Any] = {"overwrite": not create}
-        if etag is not None:
-            conditions.update(etag=etag, match_condition=MatchConditions.IfNotModified)
-        try:
-            result = await self.container.get_blob_client(name).upload_blob(data, **conditions)
-        except (ResourceExistsError, ResourceModifiedError):
-            raise Superseded(name) from None
-        except AzureError as exc:
-            if getattr(exc, "status_code", None) in (409, 412):
-                raise Superseded(name) from None
-            raise StorageUnavailable("The eval store is unavailable.") from exc
-        return str(result["etag"])
+        await self.blobs.delete_tree(prefix)
 
 
 def _output_name(eval_id: str, run_id: str, index: int) -> str:

@@ -61,12 +61,12 @@ from shared.evals.records import (
     RunError,
     RunRecord,
     RunStatus,
-    Superseded,
     new_id,
     output_item_index,
 )
 from shared.evals.templates import check_variables, content_text, render_messages
 from shared.job_queue import JobQueue
+from shared.json_blobs import Superseded
 from shared.model_calls import ModelCalls, UpstreamCallFailed
 
 log = logging.getLogger(__name__)
