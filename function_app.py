@@ -4,7 +4,17 @@ import logging
 
 import azure.functions as func
 
-from blueprints import chat_completions, datasets, evals, health, openapi, purges, reports, stored_completions
+from blueprints import (
+    chat_completions,
+    datasets,
+    evals,
+    fine_tuning,
+    health,
+    openapi,
+    purges,
+    reports,
+    stored_completions,
+)
 from shared.settings import get_settings
 
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
@@ -16,6 +26,7 @@ for blueprint in (
     stored_completions.bp,
     datasets.bp,
     evals.bp,
+    fine_tuning.bp,
     health.bp,
     reports.bp,
     purges.bp,

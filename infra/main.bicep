@@ -23,7 +23,7 @@ param principalType string = 'User'
 @description('Azure OpenAI endpoint to proxy, e.g. https://myaccount.openai.azure.com/; empty when OPENAI_BASE_URL is used or for the offline model.')
 param azureOpenAiEndpoint string = ''
 
-@description('Resource id of that existing Azure OpenAI account; when set, the app (and principalId) get Cognitive Services OpenAI User on it.')
+@description('Resource id of that existing Azure OpenAI account; when set, the app (and principalId) get Cognitive Services OpenAI Contributor on it (calls and fine-tuning).')
 param azureOpenAiResourceId string = ''
 
 @description('Azure OpenAI data-plane API version the proxy calls.')
@@ -58,6 +58,7 @@ param storageQuotaMode string = 'serve_unstored'
 param quotaReportSchedule string = '0 0 * * * *'
 param permissionReportSchedule string = '0 30 * * * *'
 param retentionSchedule string = '0 15 3 * * *'
+param fineTuningTrackSchedule string = '0 */5 * * * *'
 
 @description('Deployment the permission report calls with max_tokens 1 to prove upstream access; empty skips the call.')
 param permissionProbeDeployment string = ''
@@ -125,6 +126,7 @@ var containers = {
   datasets: 'datasets'
   reports: 'reports'
   evals: 'evals'
+  fineTuning: 'finetuning'
   deployment: 'deploymentpackage'
 }
 var completionIndexTable = 'completionindex'
@@ -132,6 +134,7 @@ var queues = {
   datasetJobs: 'dataset-jobs'
   purgeJobs: 'purge-jobs'
   evalJobs: 'eval-jobs'
+  fineTuningJobs: 'fine-tuning-jobs'
 }
 // An Azure resource id reads /subscriptions/{sub}/resourceGroups/{rg}/providers/{ns}/{type}/{name}.
 var openAiIdParts = split(azureOpenAiResourceId, '/')
@@ -161,7 +164,7 @@ module storage 'app/storage.bicep' = {
     name: names.storage
     location: location
     tags: tags
-    containerNames: [containers.completions, containers.datasets, containers.reports, containers.evals, containers.deployment]
+    containerNames: [containers.completions, containers.datasets, containers.reports, containers.evals, containers.fineTuning, containers.deployment]
     tableNames: [completionIndexTable]
     completionsContainerName: containers.completions
     retentionDays: retentionDays
@@ -176,7 +179,7 @@ module serviceBus 'app/servicebus.bicep' = {
     name: names.serviceBus
     location: location
     tags: tags
-    queueNames: [queues.datasetJobs, queues.purgeJobs, queues.evalJobs]
+    queueNames: [queues.datasetJobs, queues.purgeJobs, queues.evalJobs, queues.fineTuningJobs]
   }
 }
 
@@ -240,6 +243,9 @@ module api 'app/api.bicep' = {
     evalJobsQueueName: queues.evalJobs
     evalEmbeddingsDeployment: evalEmbeddingsDeployment
     evalDefaultTokenCap: evalDefaultTokenCap
+    fineTuningContainerName: containers.fineTuning
+    fineTuningJobsQueueName: queues.fineTuningJobs
+    fineTuningTrackSchedule: fineTuningTrackSchedule
     azureOpenAiEndpoint: azureOpenAiEndpoint
     azureOpenAiApiVersion: azureOpenAiApiVersion
     openAiBaseUrl: openAiBaseUrl

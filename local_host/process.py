@@ -71,6 +71,9 @@ def start_host(storage_connection: str, log_dir: Path, *extra_args: str, **setti
         PURGE_JOBS_QUEUE=f"purge{suffix}",
         EVALS_CONTAINER=f"evals{suffix}",
         EVAL_JOBS_QUEUE=f"evals{suffix}",
+        FINE_TUNING_CONTAINER=f"finetuning{suffix}",
+        FINE_TUNING_JOBS_QUEUE=f"finetuning{suffix}",
+        FINE_TUNING_TRACK_SCHEDULE="0 */5 * * * *",
         PYTHONUNBUFFERED="1",
     )
     env.update(settings)

@@ -30,7 +30,10 @@ from shared.datasets.records import DatasetRecords
 from shared.errors import ConfigurationError, UpstreamUnavailable
 from shared.evals.records import EvalStore
 from shared.evals.service import EvalLimits, EvalService
+from shared.fine_tuning.api import FineTuningApi
+from shared.fine_tuning.jobs import FineTuningJobs
 from shared.job_queue import JobQueue, ServiceBusJobQueue, StorageJobQueue
+from shared.json_blobs import JsonBlobs
 from shared.model_calls import ModelCalls
 from shared.offline_model import OfflineModel
 from shared.permission_health import (
@@ -214,6 +217,24 @@ class Services:
                 default_token_cap=settings.eval_default_token_cap,
                 embeddings_deployment=settings.eval_embeddings_deployment,
             ),
+            fine_tuning_job_of=self.fine_tuning.job_of,
+        )
+
+    @cached_property
+    def fine_tuning_container(self) -> ContainerClient:
+        return self.blob_service.get_container_client(self.settings.fine_tuning_container)
+
+    @cached_property
+    def fine_tuning(self) -> FineTuningJobs:
+        settings = self.settings
+        return FineTuningJobs(
+            blobs=JsonBlobs(container=self.fine_tuning_container, label="fine-tuning"),
+            datasets=self.dataset_jobs.records,
+            api=build_fine_tuning_api(settings, self.credential),
+            job_queue=self.job_queue,
+            queue_name=settings.fine_tuning_jobs_queue,
+            file_wait_seconds=settings.fine_tuning_file_wait_seconds,
+            max_delivery_count=settings.fine_tuning_max_delivery_count,
         )
 
     @cached_property
@@ -265,6 +286,7 @@ class Services:
                 (self.datasets_container, "DATASETS_CONTAINER"),
                 (self.reports_container, "REPORTS_CONTAINER"),
                 (self.evals_container, "EVALS_CONTAINER"),
+                (self.fine_tuning_container, "FINE_TUNING_CONTAINER"),
             ],
             table=self.index_table,
             table_setting="COMPLETION_INDEX_TABLE",
@@ -272,6 +294,7 @@ class Services:
                 Target(settings.dataset_jobs_queue, "DATASET_JOBS_QUEUE"),
                 Target(settings.purge_jobs_queue, "PURGE_JOBS_QUEUE"),
                 Target(settings.eval_jobs_queue, "EVAL_JOBS_QUEUE"),
+                Target(settings.fine_tuning_jobs_queue, "FINE_TUNING_JOBS_QUEUE"),
             ],
             queue_probe=self.queue_probe,
             token=token if entra_upstream else None,
@@ -300,6 +323,9 @@ class Services:
         upstream = self.__dict__.get("upstream")
         if isinstance(upstream, HttpUpstream):
             await upstream.session.close()
+        fine_tuning = self.__dict__.get("fine_tuning")
+        if fine_tuning is not None and fine_tuning.api is not None:
+            await fine_tuning.api.session.close()
 
     @cached_property
     def dataset_jobs(self) -> DatasetJobs:
@@ -325,6 +351,7 @@ class Services:
             self.reports_container,
             self.datasets_container,
             self.evals_container,
+            self.fine_tuning_container,
         ):
             with contextlib.suppress(ResourceExistsError):
                 await container.create_container()
@@ -359,20 +386,43 @@ def build_upstream(settings: Settings, credential: AsyncTokenCredential) -> Upst
             label="azure-openai",
         )
     if settings.openai_base_url is not None:
-        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-        headers = {"authorization": f"Bearer {key}"} if key else {}
-
-        async def static_headers() -> dict[str, str]:
-            return headers
-
         return HttpUpstream(
             session=_upstream_session(settings),
             url_for=openai_compatible_url(str(settings.openai_base_url)),
-            auth_headers=static_headers,
+            auth_headers=_openai_compatible_auth(settings),
             model_for=ModelMap(settings.deployment_models),
         )
     log.warning("No upstream configured (AZURE_OPENAI_ENDPOINT / OPENAI_BASE_URL): serving the offline model")
     return OfflineModel()
+
+
+def build_fine_tuning_api(settings: Settings, credential: AsyncTokenCredential) -> FineTuningApi | None:
+    """The upstream's files and fine-tuning API; None for the offline model, which cannot train."""
+    if settings.azure_openai_endpoint is not None:
+        return FineTuningApi(
+            session=_upstream_session(settings),
+            base_url=str(settings.azure_openai_endpoint).rstrip("/") + "/openai/v1",
+            auth_headers=_azure_auth(settings, credential),
+            azure=True,
+        )
+    if settings.openai_base_url is not None:
+        return FineTuningApi(
+            session=_upstream_session(settings),
+            base_url=str(settings.openai_base_url),
+            auth_headers=_openai_compatible_auth(settings),
+            azure=False,
+        )
+    return None
+
+
+def _openai_compatible_auth(settings: Settings) -> Any:
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+
+    async def static_headers() -> dict[str, str]:
+        return headers
+
+    return static_headers
 
 
 def _azure_auth(settings: Settings, credential: AsyncTokenCredential) -> Any:

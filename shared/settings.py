@@ -120,6 +120,15 @@ class Settings(BaseSettings):
     model_call_max_attempts: int = Field(5, ge=1, le=20, alias="MODEL_CALL_MAX_ATTEMPTS")
     """Tries of one eval or grader call through 429s and 5xx, honouring the upstream's retry-after."""
 
+    # Fine-tuning (shared/fine_tuning).
+    fine_tuning_container: str = Field("finetuning", alias="FINE_TUNING_CONTAINER")
+    """Fine-tuning job records."""
+    fine_tuning_jobs_queue: str = Field("fine-tuning-jobs", alias="FINE_TUNING_JOBS_QUEUE")
+    fine_tuning_file_wait_seconds: float = Field(240.0, gt=0, alias="FINE_TUNING_FILE_WAIT_SECONDS")
+    """Time one delivery waits for the upstream to process uploaded files before it waits on in a new message."""
+    fine_tuning_max_delivery_count: int = Field(5, ge=1, alias="FINE_TUNING_MAX_DELIVERY_COUNT")
+    """The fine-tuning queue's max delivery count: on that delivery a failing preparation is marked failed."""
+
     @field_validator("deployment_models", mode="before")
     @classmethod
     def _parse_json_object(cls, value: Any) -> Any:

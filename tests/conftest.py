@@ -80,6 +80,8 @@ async def make_services(azurite: Azurite) -> AsyncIterator[ServicesFactory]:
             "PURGE_JOBS_QUEUE": f"purge{suffix}",
             "EVALS_CONTAINER": f"evals{suffix}",
             "EVAL_JOBS_QUEUE": f"evals{suffix}",
+            "FINE_TUNING_CONTAINER": f"finetuning{suffix}",
+            "FINE_TUNING_JOBS_QUEUE": f"finetuning{suffix}",
             **dict.fromkeys(UPSTREAM_SETTINGS),
             **settings,
         }

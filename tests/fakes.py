@@ -40,6 +40,8 @@ class Reply:
     finish_reason: str = "stop"
     hold_after_first_chunk: threading.Event | None = None
     """Stream the first chunk, then wait for this event before the rest (proves chunks are relayed live)."""
+    for_path: str | None = None
+    """Files and fine-tuning routes: answer only a request whose path ends so (others pass it by)."""
 
 
 def completion(request: dict[str, Any], message: dict[str, Any], finish_reason: str = "stop") -> dict[str, Any]:
@@ -102,11 +104,23 @@ class FakeUpstream:
         self.requests: list[dict[str, Any]] = []
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
+        self.files: dict[str, dict[str, Any]] = {}
+        """Uploaded files by id, with their content."""
+        self.jobs: dict[str, dict[str, Any]] = {}
+        """Fine-tuning jobs by id; each retrieve moves a job one status on (to succeeded)."""
         app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/openai/deployments/{deployment}/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+                Route("/v1/files", self._upload, methods=["POST"]),
+                Route("/v1/files/{file_id}", self._file, methods=["GET"]),
+                Route("/v1/fine_tuning/jobs", self._create_job, methods=["POST"]),
+                Route("/v1/fine_tuning/jobs", self._list_jobs, methods=["GET"]),
+                Route("/v1/fine_tuning/jobs/{job_id}", self._job, methods=["GET"]),
+                Route("/v1/fine_tuning/jobs/{job_id}/events", self._job_events, methods=["GET"]),
+                Route("/v1/fine_tuning/jobs/{job_id}/checkpoints", self._job_checkpoints, methods=["GET"]),
+                Route("/v1/fine_tuning/jobs/{job_id}/cancel", self._cancel_job, methods=["POST"]),
                 Route("/openai/deployments/{deployment}/embeddings", self._embeddings, methods=["POST"]),
             ]
         )
@@ -134,6 +148,8 @@ class FakeUpstream:
         with self._lock:
             self._script.clear()
             self.requests.clear()
+            self.files.clear()
+            self.jobs.clear()
 
     async def _chat(self, request: Request) -> Response:
         body = json.loads(await request.body())
@@ -152,6 +168,125 @@ class FakeUpstream:
             )
         return JSONResponse(completion(body, message, reply.finish_reason), headers=reply.headers)
 
+    def _scripted(self, request: Request, body: Any) -> Response | None:
+        """Record the request; a scripted reply, if one is queued, answers instead of the default."""
+        with self._lock:
+            self.requests.append({"body": body, "headers": dict(request.headers), "url": str(request.url)})
+            first = self._script[0] if self._script else None
+            reply = None
+            if first is not None and (first.for_path is None or request.url.path.endswith(first.for_path)):
+                reply = self._script.popleft()
+        if reply is None:
+            return None
+        return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+
+    async def _upload(self, request: Request) -> Response:
+        form = await request.form()
+        upload = form["file"]
+        content = await upload.read()  # type: ignore[union-attr]
+        answer = self._scripted(request, {"purpose": form.get("purpose"), "filename": upload.filename})  # type: ignore[union-attr]
+        if answer is not None:
+            return answer
+        file_id = f"file-fake{len(self.files)}{time.time_ns()}"
+        self.files[file_id] = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "filename": upload.filename,  # type: ignore[union-attr]
+            "purpose": form.get("purpose"),
+            "status": "pending",
+            "created_at": 1,
+            "content": content,
+        }
+        return JSONResponse({k: v for k, v in self.files[file_id].items() if k != "content"})
+
+    async def _file(self, request: Request) -> Response:
+        answer = self._scripted(request, None)
+        if answer is not None:
+            return answer
+        file = self.files[request.path_params["file_id"]]
+        shown = {k: v for k, v in file.items() if k != "content"}
+        file["status"] = "processed"  # processed from the second look on
+        return JSONResponse(shown)
+
+    async def _create_job(self, request: Request) -> Response:
+        body = json.loads(await request.body())
+        answer = self._scripted(request, body)
+        if answer is not None:
+            return answer
+        job_id = f"ftjob-fake{len(self.jobs)}"
+        self.jobs[job_id] = {
+            "id": job_id,
+            "object": "fine_tuning.job",
+            "created_at": 1,
+            "status": "validating_files",
+            "model": body["model"],
+            "training_file": body["training_file"],
+            "validation_file": body.get("validation_file"),
+            "fine_tuned_model": None,
+            "metadata": body.get("metadata"),
+            "error": None,
+            "trained_tokens": None,
+        }
+        return JSONResponse(self.jobs[job_id])
+
+    async def _list_jobs(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": list(self.jobs.values()), "has_more": False})
+
+    async def _job(self, request: Request) -> Response:
+        answer = self._scripted(request, None)
+        if answer is not None:
+            return answer
+        job = self.jobs[request.path_params["job_id"]]
+        if job["status"] in _JOB_STATUSES[:-1]:
+            job["status"] = _JOB_STATUSES[_JOB_STATUSES.index(job["status"]) + 1]
+            if job["status"] == "succeeded":
+                job["fine_tuned_model"] = f"ft:{job['model']}:distillery::{job['id']}"
+                job["trained_tokens"] = 1234
+        return JSONResponse(job)
+
+    async def _job_events(self, request: Request) -> Response:
+        job = self.jobs[request.path_params["job_id"]]
+        events = [
+            {
+                "object": "fine_tuning.job.event",
+                "id": f"ev-{n}",
+                "created_at": n,
+                "level": "info",
+                "message": f"Status: {status}",
+            }
+            for n, status in enumerate(
+                _JOB_STATUSES[: _JOB_STATUSES.index(job["status"]) + 1]
+                if job["status"] in _JOB_STATUSES
+                else [job["status"]]
+            )
+        ]
+        return JSONResponse({"object": "list", "data": events[::-1], "has_more": False})
+
+    async def _job_checkpoints(self, request: Request) -> Response:
+        job = self.jobs[request.path_params["job_id"]]
+        data = (
+            []
+            if job["status"] != "succeeded"
+            else [
+                {
+                    "object": "fine_tuning.job.checkpoint",
+                    "id": "ftckpt-1",
+                    "fine_tuned_model_checkpoint": f"{job['fine_tuned_model']}:ckpt-step-10",
+                    "step_number": 10,
+                    "metrics": {"train_loss": 0.5},
+                    "fine_tuning_job_id": job["id"],
+                    "created_at": 2,
+                }
+            ]
+        )
+        return JSONResponse({"object": "list", "data": data, "has_more": False})
+
+    async def _cancel_job(self, request: Request) -> Response:
+        job = self.jobs[request.path_params["job_id"]]
+        job["status"] = "cancelled"
+        return JSONResponse(job)
+
     async def _embeddings(self, request: Request) -> Response:
         body = json.loads(await request.body())
         with self._lock:
@@ -166,6 +301,9 @@ class FakeUpstream:
                 "usage": {"prompt_tokens": 1, "total_tokens": 1},
             }
         )
+
+
+_JOB_STATUSES = ["validating_files", "queued", "running", "succeeded"]
 
 
 def letter_embedding(text: str) -> list[float]:

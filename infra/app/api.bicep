@@ -21,6 +21,9 @@ param evalsContainerName string
 param evalJobsQueueName string
 param evalEmbeddingsDeployment string
 param evalDefaultTokenCap int
+param fineTuningContainerName string
+param fineTuningJobsQueueName string
+param fineTuningTrackSchedule string
 param azureOpenAiEndpoint string
 param azureOpenAiApiVersion string
 param openAiBaseUrl string
@@ -118,6 +121,11 @@ var appSettings = {
   EVAL_DEFAULT_TOKEN_CAP: string(evalDefaultTokenCap)
   EVAL_EMBEDDINGS_DEPLOYMENT: evalEmbeddingsDeployment
   MODEL_CALL_MAX_ATTEMPTS: '5'
+  FINE_TUNING_CONTAINER: fineTuningContainerName
+  FINE_TUNING_JOBS_QUEUE: fineTuningJobsQueueName
+  FINE_TUNING_FILE_WAIT_SECONDS: '240'
+  FINE_TUNING_MAX_DELIVERY_COUNT: '5'
+  FINE_TUNING_TRACK_SCHEDULE: fineTuningTrackSchedule
   RETENTION_DAYS: string(retentionDays)
   RETENTION_SCHEDULE: retentionSchedule
   STORAGE_QUOTA_BYTES: storageQuotaBytes

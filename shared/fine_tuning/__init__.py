@@ -1,0 +1,1 @@
+"""Distill: datasets become fine-tuning jobs on the upstream."""

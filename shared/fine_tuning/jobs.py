@@ -1,0 +1,474 @@
+"""Distill: a finished distillation dataset becomes a fine-tuning job on the upstream.
+
+`POST /api/datasets/{id}/fine_tuning_jobs` checks what it can at once (an upstream that fine-tunes,
+a succeeded distillation dataset, at least 10 training examples, files under the size limit) and
+queues the rest: each file is checked line by line, uploaded (its upstream id recorded before
+anything else happens, so a redelivery never uploads twice), awaited until the upstream has
+processed it, and the job created with our record id in its metadata (so a redelivery finds the
+job instead of creating a second). The record then mirrors the upstream job, refreshed on request
+and by a timer, and links dataset -> files -> job -> fine-tuned model for lineage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.chat_request import validation_error
+from shared.datasets import formats
+from shared.datasets.builder import MANIFEST_FILE
+from shared.datasets.check import LineProblem, check_lines
+from shared.datasets.job import MIN_DISTILLATION_EXAMPLES, DatasetKind, DatasetStatus
+from shared.datasets.records import DatasetRecords
+from shared.errors import DistilleryError, InvalidRequest, NotFound
+from shared.evals.records import new_id
+from shared.fine_tuning.api import FineTuningApi, FineTuningUpstreamError, explain
+from shared.job_queue import JobQueue
+from shared.json_blobs import JsonBlobs, Superseded
+
+log = logging.getLogger(__name__)
+
+MAX_FILE_BYTES = 512 * 1024 * 1024
+"""The fine-tuning services' largest training file (Azure OpenAI and OpenAI: 512 MB)."""
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class FineTuningParams(BaseModel):
+    """The `POST /api/datasets/{id}/fine_tuning_jobs` body: the upstream job's own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    """The base model, e.g. `gpt-4.1-mini-2025-04-14`."""
+    suffix: str | None = Field(None, min_length=1, max_length=64)
+    seed: int | None = None
+    hyperparameters: dict[str, Any] | None = None
+    method: dict[str, Any] | None = None
+    training_type: Literal["globalstandard", "standard", "developer"] | None = None
+    """Azure OpenAI's `trainingType`: where the model trains (ignored by other upstreams)."""
+    validation: bool = True
+    """Send the dataset's `validation.jsonl` too, when it has one."""
+
+    @model_validator(mode="after")
+    def _one_way_to_tune(self) -> FineTuningParams:
+        if self.hyperparameters is not None and self.method is not None:
+            raise ValueError("give 'method' (or the older 'hyperparameters'), not both")
+        return self
+
+
+class FineTuningError(BaseModel):
+    code: str
+    message: str
+    hint: str | None = None
+
+
+class FineTuningRecord(BaseModel):
+    """`<id>.json` in the fine-tuning container."""
+
+    id: str
+    dataset_id: str
+    owner: str | None = None
+    created_at: int
+    updated_at: int
+    params: FineTuningParams
+    status: str = "preparing"
+    """`preparing` (ours: checking, uploading, waiting for files), then the upstream job's status."""
+    stage: str | None = "queued"
+    """While preparing: queued, validating_files, uploading, waiting_for_files, creating_job."""
+    files: dict[str, str] = Field(default_factory=dict)
+    """Dataset file name -> upstream file id."""
+    upstream_job_id: str | None = None
+    fine_tuned_model: str | None = None
+    trained_tokens: int | None = None
+    events: list[dict[str, Any]] = Field(default_factory=list)
+    checkpoints: list[dict[str, Any]] = Field(default_factory=list)
+    error: FineTuningError | None = None
+    cancel_requested: bool = False
+    dataset: dict[str, Any] = Field(default_factory=dict)
+    """Lineage: the dataset manifest's name, selection, counts and source digest."""
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    def visible_to(self, owner: str | None) -> bool:
+        return owner is None or self.owner == owner
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "object": "distillery.fine_tuning_job",
+            "id": self.id,
+            "dataset_id": self.dataset_id,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "status": self.status,
+            "stage": self.stage,
+            "model": self.params.model,
+            "params": self.params.model_dump(exclude_none=True),
+            "training_file": self.files.get(formats.TRAIN_FILE),
+            "validation_file": self.files.get(formats.VALIDATION_FILE),
+            "upstream_job_id": self.upstream_job_id,
+            "fine_tuned_model": self.fine_tuned_model,
+            "trained_tokens": self.trained_tokens,
+            "events": self.events,
+            "checkpoints": self.checkpoints,
+            "error": self.error.model_dump() if self.error else None,
+            "lineage": {"dataset": self.dataset, "files": self.files, "upstream_job_id": self.upstream_job_id},
+        }
+
+
+class FineTuningMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    job_id: str
+    part: int = 0
+
+    @property
+    def message_id(self) -> str:
+        return self.job_id if self.part == 0 else f"{self.job_id}-part{self.part}"
+
+
+class FineTuningJobs:
+    def __init__(
+        self,
+        *,
+        blobs: JsonBlobs,
+        datasets: DatasetRecords,
+        api: FineTuningApi | None,
+        job_queue: JobQueue,
+        queue_name: str,
+        file_wait_seconds: float,
+        max_delivery_count: int,
+    ) -> None:
+        self.blobs = blobs
+        self._datasets = datasets
+        self.api = api
+        self._queue = job_queue
+        self._queue_name = queue_name
+        self._file_wait_seconds = file_wait_seconds
+        self._max_delivery_count = max_delivery_count
+
+    async def create(self, dataset_id: str, params: FineTuningParams, *, owner: str | None) -> FineTuningRecord:
+        """Check the dataset and queue the upload; 400 before anything is sent when it cannot work."""
+        if self.api is None:
+            raise InvalidRequest(
+                "Fine-tuning needs an upstream that trains models: set AZURE_OPENAI_ENDPOINT (or OPENAI_BASE_URL). "
+                "The offline model cannot fine-tune.",
+                param="model",
+                code="fine_tuning_unavailable",
+            )
+        job, _ = await self._datasets.read(dataset_id)
+        if not job.visible_to(owner):
+            raise NotFound(f"No dataset found with id '{dataset_id}'.", param="dataset_id")
+        if job.kind is not DatasetKind.DISTILLATION:
+            raise InvalidRequest(
+                f"Dataset '{dataset_id}' is an {job.kind} dataset; fine-tuning needs a distillation dataset.",
+                param="dataset_id",
+                code="not_a_distillation_dataset",
+            )
+        if job.status is not DatasetStatus.SUCCEEDED:
+            raise InvalidRequest(
+                f"Dataset '{dataset_id}' is {job.status}; fine-tune it once it has succeeded.",
+                param="dataset_id",
+                code="dataset_not_ready",
+            )
+        files = {file.name: file for file in job.files}
+        train = files.get(formats.TRAIN_FILE)
+        if train is None or train.lines < MIN_DISTILLATION_EXAMPLES:
+            raise InvalidRequest(
+                f"The training file has {train.lines if train else 0} examples; fine-tuning needs at least "
+                f"{MIN_DISTILLATION_EXAMPLES}. Build the dataset from more stored completions, or with a smaller "
+                "validation_fraction.",
+                param="dataset_id",
+                code="too_few_examples",
+            )
+        for file in files.values():
+            if file.bytes > MAX_FILE_BYTES:
+                raise InvalidRequest(
+                    f"'{file.name}' is {file.bytes} bytes; the fine-tuning service takes files up to {MAX_FILE_BYTES}.",
+                    param="dataset_id",
+                    code="file_too_large",
+                )
+        now = int(time.time())
+        record = FineTuningRecord(
+            id=new_id("ftjob"),
+            dataset_id=dataset_id,
+            owner=owner,
+            created_at=now,
+            updated_at=now,
+            params=params,
+            dataset=await self._manifest(dataset_id),
+        )
+        await self.blobs.put(_name(record.id), record.model_dump_json(), create=True)
+        await self._send(FineTuningMessage(job_id=record.id))
+        return record
+
+    async def get(self, job_id: str, *, owner: str | None, refresh: bool = True) -> FineTuningRecord:
+        record, etag = await self._read_visible(job_id, owner)
+        if refresh and record.upstream_job_id and not record.finished and self.api is not None:
+            with contextlib.suppress(Superseded):
+                return await self._refresh(record, etag)
+            record, _ = await self._read(job_id)
+        return record
+
+    async def list(
+        self, *, after: str | None, limit: int, owner: str | None, dataset_id: str | None = None
+    ) -> tuple[list[FineTuningRecord], bool]:
+        names = [name.removesuffix(".json") for name in await self.blobs.names("")]
+        if after is not None:
+            names = names[names.index(after) + 1 :] if after in names else []
+        page: list[FineTuningRecord] = []
+        for job_id in names:
+            with contextlib.suppress(NotFound):
+                record, _ = await self._read(job_id)
+                if record.visible_to(owner) and dataset_id in (None, record.dataset_id):
+                    if len(page) == limit:
+                        return page, True
+                    page.append(record)
+        return page, False
+
+    async def cancel(self, job_id: str, *, owner: str | None) -> FineTuningRecord:
+        while True:
+            record, etag = await self._read_visible(job_id, owner)
+            if record.finished:
+                return record
+            if record.upstream_job_id and self.api is not None:
+                await self.api.cancel(record.upstream_job_id)
+            else:
+                record.status, record.stage = "cancelled", None
+            record.cancel_requested, record.updated_at = True, int(time.time())
+            with contextlib.suppress(Superseded):
+                await self.blobs.put(_name(record.id), record.model_dump_json(), etag=etag)
+                return await self.get(job_id, owner=owner) if record.upstream_job_id else record
+
+    async def track(self) -> int:
+        """Refresh every unfinished job that has an upstream job (the timer); returns how many."""
+        refreshed = 0
+        for name in await self.blobs.names(""):
+            record, etag = await self._read(name.removesuffix(".json"))
+            if record.upstream_job_id and not record.finished and self.api is not None:
+                with contextlib.suppress(Superseded, FineTuningUpstreamError):
+                    await self._refresh(record, etag)
+                    refreshed += 1
+        return refreshed
+
+    async def job_of(self, model_or_job_id: str, owner: str | None) -> str | None:
+        """For eval-run lineage: the id of the caller's job that is `model_or_job_id`, or produced that model."""
+        if model_or_job_id.startswith("ftjob_"):
+            with contextlib.suppress(NotFound):
+                return (await self._read_visible(model_or_job_id, owner))[0].id
+            return None
+        for name in await self.blobs.names(""):
+            with contextlib.suppress(NotFound):
+                record, _ = await self._read(name.removesuffix(".json"))
+                if record.fine_tuned_model == model_or_job_id and record.visible_to(owner):
+                    return record.id
+        return None
+
+    # The queue: prepare the files and create the upstream job.
+
+    async def handle(self, body: bytes, *, delivery_count: int) -> None:
+        message = FineTuningMessage.model_validate_json(body)
+        try:
+            await self._prepare(message)
+        except Superseded:
+            log.info("Fine-tuning job %s changed under this delivery; it stops", message.job_id)
+        except FineTuningUpstreamError as exc:
+            if exc.upstream_status in (429, 500, 502, 503, 504) and delivery_count < self._max_delivery_count:
+                raise
+            what, hint = explain(exc)
+            await self._fail(
+                message.job_id, FineTuningError(code=exc.code or "upstream_error", message=what, hint=hint)
+            )
+        except InvalidRequest as exc:
+            await self._fail(message.job_id, FineTuningError(code=exc.code or "invalid_file", message=exc.message))
+        except Exception as exc:
+            if delivery_count >= self._max_delivery_count:
+                reason = exc.message if isinstance(exc, DistilleryError) else f"unexpected {type(exc).__name__}"
+                error = FineTuningError(code="preparation_failed", message=f"Failed {delivery_count} times: {reason}")
+                await self._fail(message.job_id, error)
+            raise
+
+    async def _prepare(self, message: FineTuningMessage) -> None:
+        assert self.api is not None
+        record, etag = await self._read(message.job_id)
+        if record.finished or record.upstream_job_id:
+            return
+        names = [formats.TRAIN_FILE] + (
+            [formats.VALIDATION_FILE]
+            if record.params.validation and formats.VALIDATION_FILE in await self._dataset_files(record)
+            else []
+        )
+        if not record.files:
+            record, etag = await self._stage(record, etag, "validating_files")
+            for name in names:
+                await self._check_file(record.dataset_id, name)
+        for name in names:
+            if name not in record.files:
+                record, etag = await self._stage(record, etag, "uploading")
+                uploaded = await self.api.upload(name, functools.partial(self._chunks, record.dataset_id, name))
+                record.files[name] = str(uploaded["id"])
+                etag = await self._save(record, etag)
+        record, etag = await self._stage(record, etag, "waiting_for_files")
+        deadline = time.monotonic() + self._file_wait_seconds
+        pending = set(record.files.values())
+        while pending:
+            for file_id in list(pending):
+                upstream_file = await self.api.file(file_id)
+                status = upstream_file.get("status")
+                if status == "processed":
+                    pending.discard(file_id)
+                elif status in ("error", "deleted"):
+                    details = upstream_file.get("status_details") or "no details given"
+                    raise InvalidRequest(
+                        f"The upstream could not process file {file_id}: {details}", code="invalid_file"
+                    )
+            if pending and time.monotonic() > deadline:
+                await self._send(message.model_copy(update={"part": message.part + 1}))  # wait on in a new delivery
+                return
+            if pending:
+                await asyncio.sleep(1.0)
+        record, etag = await self._stage(record, etag, "creating_job")
+        upstream_job = await self._adopt_or_create(record)
+        record.upstream_job_id, record.stage = str(upstream_job["id"]), None
+        await self._refresh(record, await self._save(record, etag), upstream_job)
+
+    async def _adopt_or_create(self, record: FineTuningRecord) -> dict[str, Any]:
+        """The upstream job for this record: one an earlier delivery created, or a new one."""
+        assert self.api is not None
+        for upstream_job in await self.api.jobs():
+            if (upstream_job.get("metadata") or {}).get("distillery_job") == record.id:
+                return upstream_job
+        params = record.params
+        body: dict[str, Any] = {
+            "model": params.model,
+            "training_file": record.files[formats.TRAIN_FILE],
+            "metadata": {"distillery_job": record.id, "distillery_dataset": record.dataset_id},
+        }
+        if formats.VALIDATION_FILE in record.files:
+            body["validation_file"] = record.files[formats.VALIDATION_FILE]
+        for key in ("suffix", "seed", "hyperparameters", "method"):
+            if getattr(params, key) is not None:
+                body[key] = getattr(params, key)
+        if self.api.azure and params.training_type is not None:
+            body["trainingType"] = params.training_type
+        return await self.api.create_job(body)
+
+    async def _refresh(
+        self, record: FineTuningRecord, etag: str, upstream_job: dict[str, Any] | None = None
+    ) -> FineTuningRecord:
+        assert self.api is not None and record.upstream_job_id is not None
+        upstream_job = upstream_job or await self.api.job(record.upstream_job_id)
+        record.status = str(upstream_job.get("status") or record.status)
+        record.fine_tuned_model = upstream_job.get("fine_tuned_model") or record.fine_tuned_model
+        record.trained_tokens = upstream_job.get("trained_tokens") or record.trained_tokens
+        record.events = await self.api.events(record.upstream_job_id)
+        record.checkpoints = await self.api.checkpoints(record.upstream_job_id)
+        if record.status == "failed" and upstream_job.get("error"):
+            failure = upstream_job["error"]
+            error = FineTuningUpstreamError(
+                str(failure.get("message") or "The job failed."),
+                upstream_status=200,
+                code=str(failure.get("code") or "job_failed"),
+                retry_after=None,
+            )
+            what, hint = explain(error)
+            record.error = FineTuningError(code=error.code or "job_failed", message=what, hint=hint)
+        record.updated_at = int(time.time())
+        await self._save(record, etag)
+        return record
+
+    async def _check_file(self, dataset_id: str, name: str) -> None:
+        problems = []
+        async for problem in _streamed_problems(await self._chunks(dataset_id, name)):
+            problems.append(f"line {problem.line}: {problem.problem.message}")
+            if len(problems) == 5:
+                break
+        if problems:
+            raise InvalidRequest(
+                f"'{name}' would be refused by the fine-tuning service: " + "; ".join(problems),
+                code="invalid_file",
+            )
+
+    async def _chunks(self, dataset_id: str, name: str) -> AsyncIterator[bytes]:
+        _, chunks = await self._datasets.open_file(dataset_id, name)
+        return chunks
+
+    async def _dataset_files(self, record: FineTuningRecord) -> set[str]:
+        job, _ = await self._datasets.read(record.dataset_id)
+        return {file.name for file in job.files}
+
+    async def _manifest(self, dataset_id: str) -> dict[str, Any]:
+        _, chunks = await self._datasets.open_file(dataset_id, MANIFEST_FILE)
+        manifest = json.loads(b"".join([chunk async for chunk in chunks]))
+        keep = ("dataset_id", "name", "created_at", "selection", "source", "counts", "files")
+        return {key: manifest[key] for key in keep if key in manifest}
+
+    async def _stage(self, record: FineTuningRecord, etag: str, stage: str) -> tuple[FineTuningRecord, str]:
+        if record.cancel_requested:
+            raise Superseded(record.id)
+        record.stage = stage
+        return record, await self._save(record, etag)
+
+    async def _save(self, record: FineTuningRecord, etag: str) -> str:
+        record.updated_at = int(time.time())
+        return await self.blobs.put(_name(record.id), record.model_dump_json(), etag=etag)
+
+    async def _fail(self, job_id: str, error: FineTuningError) -> None:
+        with contextlib.suppress(NotFound, Superseded, DistilleryError):
+            record, etag = await self._read(job_id)
+            if not record.finished:
+                record.status, record.stage, record.error = "failed", None, error
+                await self._save(record, etag)
+
+    async def _read(self, job_id: str) -> tuple[FineTuningRecord, str]:
+        raw, etag = await self.blobs.get(_name(job_id), missing=f"No fine-tuning job found with id '{job_id}'.")
+        return FineTuningRecord.model_validate_json(raw), etag
+
+    async def _read_visible(self, job_id: str, owner: str | None) -> tuple[FineTuningRecord, str]:
+        missing = NotFound(f"No fine-tuning job found with id '{job_id}'.", param="fine_tuning_job_id")
+        if not job_id.startswith("ftjob_") or not job_id[6:].isalnum():
+            raise missing
+        record, etag = await self._read(job_id)
+        if not record.visible_to(owner):
+            raise missing
+        return record, etag
+
+    async def _send(self, message: FineTuningMessage) -> None:
+        await self._queue.send(self._queue_name, message.model_dump_json(), message_id=message.message_id)
+
+
+def parse_fine_tuning_params(body: dict[str, Any]) -> FineTuningParams:
+    try:
+        return FineTuningParams.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+async def _streamed_problems(chunks: AsyncIterator[bytes]) -> AsyncIterator[LineProblem]:
+    """`check_lines` over a streamed file, one range in memory (a UTF-8 BOM at the start is accepted)."""
+    buffered, seen, first = b"", 0, True
+    async for chunk in chunks:
+        buffered += chunk
+        if first:
+            buffered, first = buffered.removeprefix(b"\xef\xbb\xbf"), False
+        *lines, buffered = buffered.split(b"\n")
+        for problem in check_lines(lines):
+            yield LineProblem(problem.line + seen, problem.problem)
+        seen += len(lines)
+    if buffered.strip():
+        for problem in check_lines([buffered]):
+            yield LineProblem(problem.line + seen, problem.problem)
+
+
+def _name(job_id: str) -> str:
+    return f"{job_id}.json"
