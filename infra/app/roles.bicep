@@ -28,7 +28,9 @@ var monitoringRoles = [
   '3913510d-42f4-4e42-8a64-420c390055eb' // Monitoring Metrics Publisher: telemetry ingestion with Entra ID (local auth is off)
 ]
 var openAiRoles = [
-  '5e0bd9bd-7b93-4f28-af87-19fc36ad61bd' // Cognitive Services OpenAI User: call deployments, nothing else
+  // Cognitive Services OpenAI Contributor: call deployments, and upload files and run fine-tuning jobs
+  // (Distill); the narrower Cognitive Services OpenAI User (5e0bd9bd-...) cannot fine-tune.
+  'a001fd3d-188f-4b5d-821b-7da978bf7442'
 ]
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = if (!empty(storageAccountName)) {

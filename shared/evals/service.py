@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -73,6 +74,9 @@ log = logging.getLogger(__name__)
 
 EVAL_ID = re.compile(r"eval_[0-9a-f]{32}")
 RUN_ID = re.compile(r"evalrun_[0-9a-f]{32}")
+FINE_TUNING_JOB_METADATA = "fine_tuning_job"
+"""Run metadata key linking a run to the fine-tuning job whose model its deployment serves (Azure
+deploys a fine-tuned model under a deployment name of its own)."""
 STORED_ANSWERS_MODEL = "stored"
 """A run's `model` when it grades the answers its source already holds."""
 
@@ -136,8 +140,10 @@ class EvalService:
         job_queue: JobQueue,
         queue_name: str,
         limits: EvalLimits,
+        fine_tuning_job_of: Callable[[str, str | None], Awaitable[str | None]] | None = None,
     ) -> None:
         self.store = store
+        self._fine_tuning_job_of = fine_tuning_job_of
         self._completions = completions
         self._datasets = datasets
         self._calls = calls
@@ -218,6 +224,14 @@ class EvalService:
         source = params.data_source.source
         model = params.data_source.model if isinstance(params.data_source, CompletionsRunDataSource) else None
         lineage = Lineage(model=model)
+        if model is not None and self._fine_tuning_job_of is not None:
+            named = (params.metadata or {}).get(FINE_TUNING_JOB_METADATA)
+            lineage.fine_tuning_job_id = await self._fine_tuning_job_of(named or model, owner)
+            if named and lineage.fine_tuning_job_id is None:
+                raise InvalidRequest(
+                    f"metadata.{FINE_TUNING_JOB_METADATA} names no fine-tuning job: '{named}'.",
+                    param=f"metadata.{FINE_TUNING_JOB_METADATA}",
+                )
         if isinstance(source, FileIdSource):
             lineage.dataset_id = await self._check_dataset_file(source, owner)
         elif isinstance(source, StoredCompletionsSource):
