@@ -257,7 +257,9 @@ def _query_for(selection: CompletionFilter, *, order: Order, after: str | None) 
 
 def _row_range(selection: CompletionFilter, order: Order) -> tuple[str, str]:
     """Row-key bounds [low, high) for the created range, in the order's key space."""
-    earliest = 0 if selection.created_after is None else selection.created_after * _US
+    # Both bounds are clamped to the key span: an unclamped bound past it has more digits than a
+    # row key and sorts before the keys it should follow (created_after=10**10 selected everything).
+    earliest = 0 if selection.created_after is None else min(selection.created_after * _US, _KEY_SPAN)
     latest = _KEY_SPAN if selection.created_before is None else min(selection.created_before * _US, _KEY_SPAN)
     if order == "asc":
         low, high = earliest, latest
@@ -265,4 +267,9 @@ def _row_range(selection: CompletionFilter, order: Order) -> tuple[str, str]:
         low, high = _KEY_SPAN - latest, _KEY_SPAN - earliest
     prefix = order[0]
     # A row key is prefix + 16 digits + id, so the bare 16-digit bound sorts before every id at it.
-    return f"{prefix}{low:016d}", (f"{prefix}{high:016d}" if high < _KEY_SPAN else f"{prefix}~")
+    return _bound_key(prefix, low), _bound_key(prefix, high)
+
+
+def _bound_key(prefix: str, bound: int) -> str:
+    """A bound at the end of the key span sorts after every row key (16 digits cannot hold it)."""
+    return f"{prefix}{bound:016d}" if bound < _KEY_SPAN else f"{prefix}~"

@@ -108,6 +108,17 @@ class CompletionStore:
         await self._counted(self.index.remove(_entry(completion, 0)), -len(_encode(completion)), -1)
         await self._forget_document(completion_id)
 
+    async def matches(self, completion_id: str, selection: CompletionFilter) -> bool:
+        """Whether the stored document itself (not its index row, which can be stale) is in the selection."""
+        completion = await self._read_if_present(completion_id)
+        return completion is not None and selection.matches(
+            created=completion.created,
+            deployment=completion.deployment,
+            model=completion.model,
+            metadata=completion.metadata,
+            owner=completion.owner,
+        )
+
     async def list(
         self, selection: CompletionFilter, *, order: Order = "asc", after: str | None = None, limit: int = 20
     ) -> CompletionPage:

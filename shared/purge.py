@@ -170,7 +170,8 @@ class PurgeService:
         except AzureError as exc:
             raise StorageUnavailable("Could not read the purge's id list.") from exc
         selection = _scoped(job.filter or CompletionFilter(), job.owner_scope)
-        selected = sorted({entry.id async for entry in self._store.index.walk(selection)})
+        indexed = sorted({entry.id async for entry in self._store.index.walk(selection)})
+        selected = await _confirmed(self._store, indexed, selection)
         try:
             await blob.upload_blob("\n".join(selected).encode(), overwrite=True)
         except AzureError as exc:
@@ -194,6 +195,18 @@ async def delete_completions(store: CompletionStore, completion_ids: list[str]) 
 
     await asyncio.gather(*(delete(completion_id) for completion_id in completion_ids))
     return deleted
+
+
+async def _confirmed(store: CompletionStore, completion_ids: list[str], selection: CompletionFilter) -> list[str]:
+    """The ids whose documents match too: an index row can be stale, and purge never trusts one alone."""
+    semaphore = asyncio.Semaphore(DELETE_CONCURRENCY)
+
+    async def check(completion_id: str) -> bool:
+        async with semaphore:
+            return await store.matches(completion_id, selection)
+
+    verdicts = await asyncio.gather(*(check(completion_id) for completion_id in completion_ids))
+    return [completion_id for completion_id, keep in zip(completion_ids, verdicts, strict=True) if keep]
 
 
 def _scoped(selection: CompletionFilter, owner_scope: str | None) -> CompletionFilter:

@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 
+from shared.completion_index import IndexEntry
 from shared.errors import InvalidRequest, NotFound
 from shared.purge import PurgeStatus, parse_purge_params
 from tests.conftest import ServicesFactory
@@ -76,3 +77,37 @@ async def test_a_scoped_caller_purges_and_sees_only_its_own(make_services: Servi
     assert (await services.purges.get(job.id, owner_scope="alice")).id == job.id
     with pytest.raises(NotFound):
         await services.purges.get(job.id, owner_scope="bob")
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+async def test_a_created_after_beyond_the_key_range_selects_nothing(
+    make_services: ServicesFactory, tag: str, order: str
+) -> None:
+    """`created_after: 10000000000` is later than any row key; it must not wrap around and select everything."""
+    services = await make_services()
+    kept = completion(metadata={"tag": tag})
+    await services.store.put(kept)
+    params = parse_purge_params({"filter": {"metadata": {"tag": tag}, "created_after": 10_000_000_000}})
+
+    listed = [entry.id async for entry in services.store.index.walk(params.selection, order=order)]  # type: ignore[arg-type]
+    assert listed == []
+    assert (await services.purges.count(params)).matched_count == 0
+    done = await services.purges.run((await services.purges.submit(params, requested_by="default")).id)
+
+    assert done.receipt is not None and done.receipt.deleted_count == 0
+    assert (await services.store.get(kept.id)).id == kept.id
+
+
+async def test_a_stale_index_row_is_not_trusted(make_services: ServicesFactory, tag: str) -> None:
+    """An index row left behind by a failed metadata update says `tag`; the document says otherwise: kept."""
+    services = await make_services()
+    stale = completion(metadata={"tag": tag + "-now"})
+    await services.store.put(stale)
+    entry = IndexEntry(id=stale.id, deployment=stale.deployment, model=stale.model, metadata={"tag": tag})
+    await services.store.index.add(entry)
+    params = parse_purge_params({"filter": {"metadata": {"tag": tag}}})
+
+    done = await services.purges.run((await services.purges.submit(params, requested_by="default")).id)
+
+    assert done.receipt is not None and done.receipt.deleted_count == 0
+    assert (await services.store.get(stale.id)).metadata == {"tag": tag + "-now"}
