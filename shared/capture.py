@@ -191,7 +191,10 @@ class ChatCapture:
             return completion_id
         digest = hashlib.sha256(f"{caller.name}\0{idempotency_key}".encode()).hexdigest()
         try:
-            return await self._store.index.claim_idempotency_key(digest, completion_id)
+            claimed = await self._store.index.claim_idempotency_key(digest, completion_id)
+            if claimed == completion_id:
+                return completion_id
+            return await self._store.index.reclaim_forgotten(digest, claimed, completion_id)
         except StorageUnavailable:
             log.warning("Idempotency key not recorded: the completion index is unavailable")
             return completion_id

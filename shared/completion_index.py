@@ -17,7 +17,13 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from azure.core.exceptions import AzureError, ResourceExistsError, ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 from pydantic import BaseModel
@@ -31,6 +37,7 @@ _KEY_SPAN = 10**16
 _US = 1_000_000
 _ALL_PARTITION = "all"
 _IDEMPOTENCY_PARTITION = "idempotency"
+_FORGOTTEN_PARTITION = "forgotten"
 
 
 class IndexEntry(BaseModel):
@@ -176,6 +183,32 @@ class CompletionIndex:
             return str(row["id"])
         except AzureError as exc:
             raise StorageUnavailable("The completion index is unavailable.") from exc
+
+    async def forget(self, completion_id: str) -> None:
+        """Remember that an id was deleted (the id only), so an idempotent retry cannot bring it back."""
+        try:
+            await self._table.upsert_entity({"PartitionKey": _FORGOTTEN_PARTITION, "RowKey": completion_id})
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+
+    async def reclaim_forgotten(self, key_digest: str, claimed_id: str, completion_id: str) -> str:
+        """The id to use for an idempotency key whose claimed completion may have been deleted.
+
+        A deleted id is never reused: the key moves to the new id, so later retries replay the new answer.
+        """
+        try:
+            await self._table.get_entity(_FORGOTTEN_PARTITION, claimed_id)
+        except ResourceNotFoundError:
+            return claimed_id
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+        try:
+            await self._table.upsert_entity(
+                {"PartitionKey": _IDEMPOTENCY_PARTITION, "RowKey": key_digest, "id": completion_id}
+            )
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+        return completion_id
 
     async def _query(
         self, selection: CompletionFilter, *, order: Order, after: str | None, page_size: int

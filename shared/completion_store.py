@@ -105,6 +105,7 @@ class CompletionStore:
 
     async def delete(self, completion_id: str, *, owner: str | None = None) -> None:
         completion, _ = await self._read(ids.require_completion_id(completion_id), owner=owner)
+        await self.index.forget(completion_id)
         await self._counted(self.index.remove(_entry(completion, 0)), -len(_encode(completion)), -1)
         await self._forget_document(completion_id)
 

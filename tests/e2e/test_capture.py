@@ -273,3 +273,20 @@ def test_storage_down_still_answers(upstream: FakeUpstream, tmp_path_factory: py
         chunks = list(client.chat.completions.create(model="gpt-4o", store=True, stream=True, messages=MESSAGES))
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "fake: hello there"
         assert "not stored" in running.log()
+
+
+def test_a_retry_after_delete_does_not_resurrect_the_old_id(
+    host: RunningHost, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    """Right to be forgotten: the idempotency row must not bring a deleted completion back under its id."""
+    client = host.openai_client()
+    options = {"model": "gpt-4o", "store": True, "metadata": {"tag": tag}, "messages": MESSAGES}
+    first = client.chat.completions.create(**options, extra_headers={"Idempotency-Key": tag})
+    client.chat.completions.delete(first.id)
+
+    again = client.chat.completions.create(**options, extra_headers={"Idempotency-Key": tag})
+    replayed = client.chat.completions.create(**options, extra_headers={"Idempotency-Key": tag})
+
+    assert again.id != first.id and replayed.id == again.id
+    assert len(fake_upstream.requests) == 2
+    assert [c.id for c in client.chat.completions.list(metadata={"tag": tag})] == [again.id]
