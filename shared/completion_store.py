@@ -123,21 +123,25 @@ class CompletionStore:
     async def list(
         self, selection: CompletionFilter, *, order: Order = "asc", after: str | None = None, limit: int = 20
     ) -> CompletionPage:
-        entries, has_more = await self.index.page(selection, order=order, after=after, limit=limit)
-        loaded = await asyncio.gather(*(self._read_if_present(entry.id) for entry in entries))
-        data = [
-            completion
-            for completion in loaded
-            if completion is not None
-            and selection.matches(
-                created=completion.created,
-                deployment=completion.deployment,
-                model=completion.model,
-                metadata=completion.metadata,
-                owner=completion.owner,
-            )
-        ]
-        return CompletionPage(data=data, has_more=has_more)
+        """A page is never empty while more exist: pages whose documents are all gone are skipped over."""
+        while True:
+            entries, has_more = await self.index.page(selection, order=order, after=after, limit=limit)
+            loaded = await asyncio.gather(*(self._read_if_present(entry.id) for entry in entries))
+            data = [
+                completion
+                for completion in loaded
+                if completion is not None
+                and selection.matches(
+                    created=completion.created,
+                    deployment=completion.deployment,
+                    model=completion.model,
+                    metadata=completion.metadata,
+                    owner=completion.owner,
+                )
+            ]
+            if data or not has_more:
+                return CompletionPage(data=data, has_more=has_more)
+            after = entries[-1].id
 
     async def _counted(self, index_write: Awaitable[None], bytes_delta: int, count_delta: int) -> None:
         """Run an index write with the usage counter update beside it, so counting adds no latency of its own."""

@@ -123,6 +123,16 @@ async def test_a_stale_index_row_is_never_served(store: CompletionStore) -> None
     assert await listed(store, CompletionFilter(metadata={"tag": "s"})) == [kept.id]
 
 
+async def test_a_page_is_never_empty_while_more_exist(store: CompletionStore) -> None:
+    """Blobs deleted under their rows (the lifecycle rule) must not yield an empty page with has_more."""
+    gone, kept = [completion(i, tag="lc") for i in range(2)], completion(3, tag="lc")
+    await put_all(store, *gone, kept)
+    for item in gone:
+        await store._container.delete_blob(f"{item.id}.json")
+    page = await store.list(CompletionFilter(metadata={"tag": "lc"}), limit=2)
+    assert ([c.id for c in page.data], page.has_more) == ([kept.id], False)
+
+
 async def test_owner_scoped_reads_hide_other_owners(store: CompletionStore) -> None:
     [completion_id] = await put_all(store, completion(0, owner="alice"))
     assert (await store.get(completion_id, owner="alice")).id == completion_id
