@@ -320,6 +320,9 @@ class Services:
             client = self.__dict__.get(name)
             if client is not None:
                 await client.close()
+        job_queue = self.__dict__.get("job_queue")
+        if job_queue is not None:
+            await job_queue.close()
         upstream = self.__dict__.get("upstream")
         if isinstance(upstream, HttpUpstream):
             await upstream.session.close()

@@ -25,6 +25,10 @@ class JobQueue(Protocol):
         """Enqueue one JSON message; `message_id` is the job id, so resends are recognisable."""
         ...
 
+    async def close(self) -> None:
+        """Close the connections (for tests and tools; a worker keeps them for its life)."""
+        ...
+
 
 class ServiceBusJobQueue:
     def __init__(self, client: ServiceBusClient) -> None:
@@ -46,6 +50,9 @@ class ServiceBusJobQueue:
         except ServiceBusError as exc:
             raise StorageUnavailable(f"Could not send to the '{queue_name}' queue.", code="queue_unavailable") from exc
 
+    async def close(self) -> None:
+        await self._client.close()
+
 
 class StorageJobQueue:
     """The local stand-in: an Azurite storage queue per Service Bus queue."""
@@ -64,3 +71,6 @@ class StorageJobQueue:
             await queue.send_message(body)
         except AzureError as exc:
             raise StorageUnavailable(f"Could not send to the '{queue_name}' queue.", code="queue_unavailable") from exc
+
+    async def close(self) -> None:
+        await self._service.close()
