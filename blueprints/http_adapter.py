@@ -66,8 +66,8 @@ def endpoint(
 def limit_body(req: Request, max_bytes: int) -> Request:
     """The request, refusing with 413 a body over `max_bytes`: at once when `Content-Length` says so,
     else as soon as the stream passes the limit, so a large body is never buffered or forwarded."""
-    declared = req.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
+    declared = (req.headers.get("content-length") or "").strip()
+    if declared.isascii() and declared.isdecimal() and (len(declared) > 18 or int(declared) > max_bytes):
         raise _too_large(max_bytes)
     received = 0
 
