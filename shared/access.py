@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError
 
-from shared.errors import AuthenticationFailed, PermissionDenied
+from shared.errors import AuthenticationFailed, ConfigurationError, PermissionDenied
 
 
 class Right(StrEnum):
@@ -96,10 +96,13 @@ class Caller(BaseModel):
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key as the SDKs send it: `api-key` (AzureOpenAI) or `Authorization: Bearer` (OpenAI)."""
-    key = headers.get("api-key")
+    """The key as the SDKs send it: `api-key` (AzureOpenAI) or `Authorization: Bearer` (OpenAI).
+
+    An empty or blank key is no key: it never reaches the digest comparison.
+    """
+    key = (headers.get("api-key") or "").strip()
     if key:
-        return key.strip()
+        return key
     scheme, _, token = (headers.get("authorization") or "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
@@ -109,6 +112,10 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 def key_digest(key: str) -> str:
     """The SHA-256 hex digest configured for a key (`printf %s "$KEY" | sha256sum`)."""
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+EMPTY_KEY_DIGEST = key_digest("")
+"""What `printf %s "$KEY" | sha256sum` prints when `$KEY` is unset: refused as a configured digest."""
 
 
 class Authenticator:
@@ -129,6 +136,10 @@ class Authenticator:
         owner_scoping: bool = False,
     ) -> None:
         keys = list(service_keys)
+        if any(key.sha256 == EMPTY_KEY_DIGEST for key in keys) or (
+            api_key is not None and not api_key.get_secret_value().strip()
+        ):
+            raise ConfigurationError("An empty key cannot be configured (DISTILLERY_API_KEY, DISTILLERY_API_KEYS).")
         if api_key is not None:
             keys.append(
                 ServiceKey(name=DEFAULT_KEY_NAME, sha256=key_digest(api_key.get_secret_value()), rights=ALL_RIGHTS)

@@ -35,7 +35,15 @@ def test_keys_map_to_their_rights() -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"api-key": "wrong"}, {"authorization": "Basic reader-key"}, {"api-key": key_digest("reader-key")}],
+    [
+        {},
+        {"api-key": ""},
+        {"api-key": "  "},
+        {"authorization": "Bearer  "},
+        {"api-key": "wrong"},
+        {"authorization": "Basic reader-key"},
+        {"api-key": key_digest("reader-key")},
+    ],
 )
 def test_missing_or_wrong_keys_are_refused(headers: dict[str, str]) -> None:
     with pytest.raises(AuthenticationFailed):
@@ -128,6 +136,8 @@ def test_owner_scope_applies_without_all_owners() -> None:
             f'[{{"name": "a", "sha256": "{"0" * 64}", "rights": []}}, {{"name": "b", "sha256": "{"0" * 64}", "rights": []}}]',
             "same sha256",
         ),
+        (f'[{{"name": "a", "sha256": "{key_digest("")}", "rights": ["inference"]}}]', "empty string"),
+        (f'[{{"name": "a", "sha256": "{key_digest("").upper()}", "rights": []}}]', "empty string"),
     ],
 )
 def test_bad_key_settings_name_the_setting(monkeypatch: pytest.MonkeyPatch, value: str, problem: str) -> None:
@@ -136,3 +146,19 @@ def test_bad_key_settings_name_the_setting(monkeypatch: pytest.MonkeyPatch, valu
     with pytest.raises(ConfigurationError, match="DISTILLERY_API_KEYS") as raised:
         load_settings()
     assert problem in str(raised.value)
+
+
+def test_an_empty_key_never_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even if a digest of the empty string got past the settings, an empty presented key is no key."""
+    empty = ServiceKey(name="unset", sha256=key_digest(""), rights=frozenset({Right.READ}))
+    with pytest.raises(ConfigurationError, match="empty key"):
+        Authenticator(api_key=None, service_keys=[empty])
+    with pytest.raises(ConfigurationError, match="empty key"):
+        Authenticator(api_key=SecretStr("  "))
+    for headers in ({"api-key": ""}, {"api-key": " "}, {"authorization": "Bearer "}, {"authorization": "Bearer"}):
+        with pytest.raises(AuthenticationFailed, match="Missing API key"):
+            authenticator().authenticate(headers)
+    monkeypatch.setenv("AzureWebJobsStorage", "UseDevelopmentStorage=true")
+    monkeypatch.setenv("DISTILLERY_API_KEY", "   ")
+    with pytest.raises(ConfigurationError, match=r"DISTILLERY_API_KEY: .*blank"):
+        load_settings()
