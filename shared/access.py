@@ -70,6 +70,8 @@ class ServiceKey(BaseModel):
     """Recorded as the owner of what the key stores."""
     sha256: Annotated[str, StringConstraints(to_lower=True, pattern=r"^[0-9a-fA-F]{64}$")]
     rights: frozenset[Right]
+    deployments: frozenset[str] | None = None
+    """If set, the only deployments (or `model` names) this key may call chat completions on."""
 
 
 class Identity(BaseModel):
@@ -89,10 +91,18 @@ class Caller(BaseModel):
     rights: frozenset[Right]
     scope: str | None = None
     """The only owner whose completions this caller may see (owner scoping); None: every owner's."""
+    deployments: frozenset[str] | None = None
+    """The deployments this caller may call (a key's allow-list); None: any."""
 
     def require(self, right: Right) -> None:
         if right not in self.rights:
             raise PermissionDenied(f"The caller '{self.name}' lacks the '{right.value}' right for this operation.")
+
+    def require_deployment(self, deployment: str) -> None:
+        if self.deployments is not None and deployment not in self.deployments:
+            raise PermissionDenied(
+                f"The caller '{self.name}' may not call this deployment.", param="model", code="deployment_not_allowed"
+            )
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -162,12 +172,14 @@ class Authenticator:
         if principal is not None:
             # Behind App Service Authentication an Entra caller's bearer token is the platform's, not a key.
             name, rights = _principal_identity(principal, headers.get(PRINCIPAL_NAME_HEADER))
+            deployments = None
         else:
-            name, rights = self._key_identity(headers)
+            key = self._key_identity(headers)
+            name, rights, deployments = key.name, key.rights, key.deployments
         scoped = self._owner_scoping and Right.ALL_OWNERS not in rights
-        return Caller(name=name, rights=rights, scope=name if scoped else None)
+        return Caller(name=name, rights=rights, scope=name if scoped else None, deployments=deployments)
 
-    def _key_identity(self, headers: Mapping[str, str]) -> tuple[str, frozenset[Right]]:
+    def _key_identity(self, headers: Mapping[str, str]) -> ServiceKey:
         key = presented_key(headers)
         if key is None:
             raise AuthenticationFailed(
@@ -181,7 +193,7 @@ class Authenticator:
                 match = candidate
         if match is None:
             raise AuthenticationFailed("Incorrect API key provided.")
-        return match.name, match.rights
+        return match
 
 
 def _principal_identity(header: str, name_header: str | None) -> tuple[str, frozenset[Right]]:

@@ -162,3 +162,16 @@ def test_an_empty_key_never_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISTILLERY_API_KEY", "   ")
     with pytest.raises(ConfigurationError, match=r"DISTILLERY_API_KEY: .*blank"):
         load_settings()
+
+
+def test_a_key_may_be_limited_to_some_deployments() -> None:
+    limited = ServiceKey(
+        name="batch", sha256=key_digest("batch-key"), rights=frozenset({Right.INFERENCE}), deployments={"gpt-4o"}
+    )
+    auth = Authenticator(api_key=SecretStr("full-key"), service_keys=[limited])
+    batch = auth.authenticate({"api-key": "batch-key"})
+    batch.require_deployment("gpt-4o")
+    with pytest.raises(PermissionDenied) as refused:
+        batch.require_deployment("gpt-4o-mini")
+    assert refused.value.code == "deployment_not_allowed"
+    auth.authenticate({"api-key": "full-key"}).require_deployment("anything")
