@@ -72,6 +72,11 @@ class PayloadTooLarge(DistilleryError):
     default_code = "request_too_large"
 
 
+class UnsupportedMediaType(DistilleryError):
+    status = 415
+    default_code = "unsupported_media_type"
+
+
 class QuotaExceeded(DistilleryError):
     status = 429
     type = "insufficient_quota"

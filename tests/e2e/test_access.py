@@ -21,6 +21,7 @@ from tests.fakes import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 MAX_BODY = 4096
+JSON_TYPE = {"content-type": "application/json"}
 
 
 MATRIX_RIGHTS = {"inference": {Right.INFERENCE}, "read": {Right.READ}, "action": {Right.ACTION}}
@@ -174,9 +175,13 @@ def test_body_over_the_limit_is_413_before_the_upstream(
             for start in range(0, len(data), 1000):
                 yield data[start : start + 1000]
 
-        streamed = http.post("/openai/v1/chat/completions", content=chunks())
+        streamed = http.post("/openai/v1/chat/completions", content=chunks(), headers=JSON_TYPE)
         assert streamed.status_code == 413
-        deep = http.post("/openai/v1/chat/completions", content=b'{"messages":' + b"[" * 100 + b"]" * 100 + b"}")
+        deep = http.post(
+            "/openai/v1/chat/completions",
+            content=b'{"messages":' + b"[" * 100 + b"]" * 100 + b"}",
+            headers=JSON_TYPE,
+        )
         assert deep.status_code == 400 and deep.json()["error"]["code"] == "invalid_json"
     assert fake_upstream.requests == []
 

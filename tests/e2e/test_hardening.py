@@ -98,3 +98,41 @@ def test_limit_out_of_range_names_the_range(host: RunningHost, value: str) -> No
         response = http.get("/api/datasets", params={"limit": value})
     assert response.status_code == 400
     assert response.json()["error"]["message"] == "'limit' must be an integer from 1 to 100."
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "text/json"],
+)
+def test_post_bodies_must_be_declared_json(
+    host: RunningHost, fake_upstream: FakeUpstream, content_type: str | None
+) -> None:
+    """A browser sends these cross-site without a CORS preflight (CSRF); only application/json is accepted."""
+    chat = b'{"model": "m", "store": true, "messages": [{"role": "user", "content": "hi"}]}'
+    headers = {} if content_type is None else {"content-type": content_type}
+    with host.http() as http:
+        stored = http.post("/openai/v1/chat/completions", json={"model": "m", "store": True, "messages": MESSAGES})
+        completion_id = stored.json()["id"]
+        for path, body in [
+            ("/openai/v1/chat/completions", chat),
+            ("/openai/deployments/m/chat/completions", chat),
+            (f"/openai/v1/chat/completions/{completion_id}", b'{"metadata": {"stolen": "yes"}}'),
+            ("/api/purges", b'{"filter": {"model": "m"}}'),
+            ("/api/datasets", b'{"kind": "distillation"}'),
+            ("/api/fine_tuning_jobs/ftjob-unknown/cancel", b""),
+        ]:
+            response = http.post(path, content=body, headers=headers)
+            assert response.status_code == 415, (path, response.text)
+            assert response.json()["error"]["code"] == "unsupported_media_type"
+        assert http.get(f"/openai/v1/chat/completions/{completion_id}").json()["metadata"] == {}
+    assert len(fake_upstream.requests) == 1  # only the JSON call that stored the completion
+
+
+def test_json_with_parameters_is_accepted(host: RunningHost, fake_upstream: FakeUpstream) -> None:
+    with host.http() as http:
+        response = http.post(
+            "/openai/v1/chat/completions",
+            content=b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}',
+            headers={"content-type": "Application/JSON; charset=utf-8"},
+        )
+    assert response.status_code == 200, response.text
