@@ -278,3 +278,26 @@ def test_unreachable_managed_identity_stops_start_up(azurite: Azurite, tmp_path:
             IDENTITY_HEADER="local-test",
         )
     assert "cognitiveservices" in str(failed.value)
+
+
+def test_a_principal_named_like_a_key_or_reusing_a_upn_is_another_owner(
+    scoped_host: tuple[RunningHost, dict[str, str]], fake_upstream: FakeUpstream, tag: str
+) -> None:
+    host, keys = scoped_host
+    keys_own = store_one(host, keys["alice"], tag=tag)
+
+    def as_principal(oid: str) -> httpx.Client:
+        header = principal("Inference.User", "StoredCompletions.Contributor", name="alice", oid=oid)
+        return httpx.Client(base_url=host.url, headers={"x-ms-client-principal": header}, timeout=30)
+
+    chat = {"model": "gpt-4o", "store": True, "metadata": {"tag": tag}, "messages": MESSAGES}
+    with as_principal("00000000-0000-0000-0000-00000000a11c") as named_like_the_key:
+        assert named_like_the_key.get("/openai/v1/chat/completions", params={"metadata[tag]": tag}).json()["data"] == []
+        assert named_like_the_key.get(f"/openai/v1/chat/completions/{keys_own}").status_code == 404
+        principals_own = named_like_the_key.post("/openai/v1/chat/completions", json=chat).json()["id"]
+    with as_principal("00000000-0000-0000-0000-0000000b0b00") as reusing_the_upn:
+        assert reusing_the_upn.get("/openai/v1/chat/completions", params={"metadata[tag]": tag}).json()["data"] == []
+        assert reusing_the_upn.get(f"/openai/v1/chat/completions/{principals_own}").status_code == 404
+    with host.http(keys["alice"]) as key:
+        listed = key.get("/openai/v1/chat/completions", params={"metadata[tag]": tag}).json()["data"]
+        assert [c["id"] for c in listed] == [keys_own]
