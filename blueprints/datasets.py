@@ -43,9 +43,8 @@ async def list_datasets(req: Request, caller: Caller | None) -> Response:
         else:
             raise InvalidRequest(f"Unrecognized query parameter: '{name}'.", param=name)
     assert caller is not None
-    jobs, has_more = await get_services().dataset_jobs.records.list(after=after, limit=limit)
-    visible = [job.view() for job in jobs if job.visible_to(caller.scope)]
-    return json_response(list_object(visible, has_more=has_more))
+    jobs, has_more = await get_services().dataset_jobs.records.list(after=after, limit=limit, owner_scope=caller.scope)
+    return json_response(list_object([job.view() for job in jobs], has_more=has_more))
 
 
 @bp.route(route="api/datasets/{dataset_id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
