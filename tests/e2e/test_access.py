@@ -301,3 +301,33 @@ def test_a_principal_named_like_a_key_or_reusing_a_upn_is_another_owner(
     with host.http(keys["alice"]) as key:
         listed = key.get("/openai/v1/chat/completions", params={"metadata[tag]": tag}).json()["data"]
         assert [c["id"] for c in listed] == [keys_own]
+
+
+def test_reports_show_a_scoped_caller_no_other_owners_models_metadata_or_identities(
+    scoped_host: tuple[RunningHost, dict[str, str]], fake_upstream: FakeUpstream, tag: str
+) -> None:
+    host, keys = scoped_host
+    secret = f"{tag}-alices-project"
+    with host.http(keys["alice"]) as alice:
+        stored = alice.post(
+            "/openai/v1/chat/completions",
+            json={"model": "alices-model", "store": True, "metadata": {"project": secret}, "messages": MESSAGES},
+        )
+        assert stored.status_code == 200
+    with host.http() as admin:  # all-owners: the whole report (built now, so it holds alice's completion)
+        full = admin.post("/admin/functions/quota_report", json={"input": ""})
+        assert full.status_code == 202
+        report = admin.get("/api/quota").json()
+        assert secret in {value["value"] for value in report["by_metadata"]["project"]}
+        assert report["withheld"] == []
+        assert "alice" in {identity["name"] for identity in admin.get("/api/health/permissions").json()["identities"]}
+    with host.http(keys["bob"]) as bob:
+        quota = bob.get("/api/quota")
+        assert quota.status_code == 200
+        view = quota.json()
+        assert (view["by_model"], view["by_metadata"], view["withheld"]) == ([], {}, ["by_model", "by_metadata"])
+        assert view["used_bytes"] == report["used_bytes"] and view["level"] == report["level"]
+        assert secret not in quota.text and "alices-model" not in quota.text
+        permissions = bob.get("/api/health/permissions")
+        assert permissions.status_code == 403 and permissions.json()["error"]["code"] == "all_owners_required"
+        assert "alice" not in permissions.text
