@@ -39,6 +39,7 @@ async def _create(req: Request, caller: Caller | None, *, deployment: str | None
         if not request.model:
             raise InvalidRequest("Missing required parameter: 'model'.", param="model")
         deployment = request.model
+    caller.require_deployment(deployment)
     reply = await get_services().capture.complete(
         request, deployment=deployment, caller=caller, idempotency_key=req.headers.get("idempotency-key")
     )

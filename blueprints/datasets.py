@@ -10,7 +10,7 @@ from blueprints.http_adapter import endpoint, json_response
 from shared.access import Caller, Right
 from shared.chat_request import parse_json_object
 from shared.clients import get_services
-from shared.completion_params import MAX_PAGE, list_object
+from shared.completion_params import MAX_PAGE, list_object, query_integer
 from shared.datasets.builder import MANIFEST_FILE
 from shared.datasets.job import DatasetJob, DatasetStatus, is_dataset_id, parse_dataset_params, require_dataset_id
 from shared.errors import InvalidRequest, NotFound
@@ -35,9 +35,7 @@ async def list_datasets(req: Request, caller: Caller | None) -> Response:
     limit, after = 20, None
     for name, value in req.query_params.multi_items():
         if name == "limit":
-            if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
-                raise InvalidRequest(f"'limit' must be an integer from 1 to {MAX_PAGE}.", param="limit")
-            limit = int(value)
+            limit = query_integer(name, value, low=1, high=MAX_PAGE)
         elif name == "after":
             if not is_dataset_id(value):
                 raise InvalidRequest("'after' must be a dataset id such as 'dataset-…'.", param="after")
@@ -45,9 +43,8 @@ async def list_datasets(req: Request, caller: Caller | None) -> Response:
         else:
             raise InvalidRequest(f"Unrecognized query parameter: '{name}'.", param=name)
     assert caller is not None
-    jobs, has_more = await get_services().dataset_jobs.records.list(after=after, limit=limit)
-    visible = [job.view() for job in jobs if job.visible_to(caller.scope)]
-    return json_response(list_object(visible, has_more=has_more))
+    jobs, has_more = await get_services().dataset_jobs.records.list(after=after, limit=limit, owner_scope=caller.scope)
+    return json_response(list_object([job.view() for job in jobs], has_more=has_more))
 
 
 @bp.route(route="api/datasets/{dataset_id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -16,7 +16,7 @@ from blueprints.http_adapter import endpoint, json_response
 from shared.access import Caller, Right
 from shared.chat_request import parse_json_object
 from shared.clients import get_services
-from shared.completion_params import IGNORED_QUERY, MAX_PAGE, list_object
+from shared.completion_params import IGNORED_QUERY, MAX_PAGE, list_object, query_integer
 from shared.errors import InvalidRequest
 from shared.evals.params import EvalCreateParams, EvalUpdateParams, RunCreateParams, parse
 
@@ -153,9 +153,7 @@ def _list_query(
     query: dict[str, Any] = {"after": None, "limit": 20, "order": default_order, "status": None}
     for name, value in req.query_params.multi_items():
         if name == "limit":
-            if not (value.isascii() and value.isdecimal()) or not 1 <= int(value) <= MAX_PAGE:
-                raise InvalidRequest(f"'limit' must be an integer from 1 to {MAX_PAGE}.", param="limit")
-            query["limit"] = int(value)
+            query["limit"] = query_integer(name, value, low=1, high=MAX_PAGE)
         elif name == "order" and value in ("asc", "desc"):
             query["order"] = value
         elif name == "after" and value:

@@ -11,7 +11,7 @@ from blueprints.http_adapter import endpoint, json_response
 from shared.access import Caller, Right
 from shared.chat_request import parse_json_object
 from shared.clients import get_services
-from shared.completion_params import IGNORED_QUERY, MAX_PAGE, list_object
+from shared.completion_params import IGNORED_QUERY, MAX_PAGE, list_object, query_integer
 from shared.datasets.job import require_dataset_id
 from shared.errors import InvalidRequest
 from shared.fine_tuning.jobs import FineTuningParams, parse_fine_tuning_params
@@ -80,9 +80,7 @@ async def _list(req: Request, caller: Caller | None, dataset_id: str | None) -> 
     limit, after = 20, None
     for name, value in req.query_params.multi_items():
         if name == "limit":
-            if not (value.isascii() and value.isdecimal()) or not 1 <= int(value) <= MAX_PAGE:
-                raise InvalidRequest(f"'limit' must be an integer from 1 to {MAX_PAGE}.", param="limit")
-            limit = int(value)
+            limit = query_integer(name, value, low=1, high=MAX_PAGE)
         elif name == "after":
             after = value
         elif name not in IGNORED_QUERY:

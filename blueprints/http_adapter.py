@@ -17,7 +17,7 @@ from starlette.types import Message
 
 from shared.access import Caller, Right
 from shared.clients import get_services
-from shared.errors import DistilleryError, PayloadTooLarge
+from shared.errors import DistilleryError, PayloadTooLarge, UnsupportedMediaType
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ def endpoint(
                 if right is not None:
                     caller = services.authenticator.authenticate(req.headers)
                     caller.require(right)
+                if req.method in _BODY_METHODS:
+                    require_json_media_type(req.headers.get("content-type"))
                 return await handler(limit_body(req, services.settings.max_body_bytes), caller)
             except DistilleryError as error:
                 return error_response(error)
@@ -63,11 +65,28 @@ def endpoint(
     return decorate
 
 
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def require_json_media_type(content_type: str | None) -> None:
+    """Refuse with 415 a body not declared `application/json` (an empty body too: the SDKs declare it).
+
+    A browser sends a cross-site form or `text/plain` POST without asking first (no CORS preflight),
+    with any cookies App Service Authentication set; `application/json` it must ask for, so requiring
+    it is what keeps such a page from acting as a signed-in user (CSRF).
+    """
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(
+            "Send the request body as JSON with 'Content-Type: application/json'.", param="content-type"
+        )
+
+
 def limit_body(req: Request, max_bytes: int) -> Request:
     """The request, refusing with 413 a body over `max_bytes`: at once when `Content-Length` says so,
     else as soon as the stream passes the limit, so a large body is never buffered or forwarded."""
-    declared = req.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
+    declared = (req.headers.get("content-length") or "").strip()
+    if declared.isascii() and declared.isdecimal() and (len(declared) > 18 or int(declared) > max_bytes):
         raise _too_large(max_bytes)
     received = 0
 

@@ -45,6 +45,7 @@ _ERRORS = {
     "413": "Request body too large",
 }
 _AUTH_ERRORS = {"401": "No valid key or identity", "403": "The identity lacks the route's right"}
+_BODY_ERRORS = {"415": "The body is not sent as application/json"}
 
 
 @bp.route(route="api/openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -75,9 +76,10 @@ def build_document(functions: Iterable[Any]) -> dict[str, Any]:
         route = "/" + str(trigger.route)
         path = _PATH_PARAMETER.sub(lambda match: "{" + match.group(1) + "}", route)
         for method in trigger.methods or ["GET"]:
-            paths.setdefault(path, {})[str(getattr(method, "value", method)).lower()] = _operation(
-                function.get_function_name(), user_function, route, refs
-            )
+            verb = str(getattr(method, "value", method)).lower()
+            paths.setdefault(path, {})[verb] = _operation(function.get_function_name(), user_function, route, refs)
+            if verb in ("post", "put", "patch"):
+                paths[path][verb]["responses"] |= _error_responses(_BODY_ERRORS)
     return {
         "openapi": "3.1.0",
         "info": {

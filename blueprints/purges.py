@@ -26,7 +26,7 @@ async def create_purge(req: Request, caller: Caller | None) -> Response:
     purges = get_services().purges
     if params.dry_run:
         return json_response((await purges.count(params, owner_scope=caller.scope)).model_dump(mode="json"))
-    job = await purges.submit(params, requested_by=caller.name, owner_scope=caller.scope)
+    job = await purges.submit(params, requested_by=caller.owner, owner_scope=caller.scope)
     return json_response(job.model_dump(mode="json"), status=202, headers={"location": f"/api/purges/{job.id}"})
 
 

@@ -12,6 +12,7 @@ from azurefunctions.extensions.http.fastapi import Request, Response
 from blueprints.http_adapter import endpoint, json_response
 from shared.access import Caller, Right
 from shared.clients import get_services
+from shared.errors import PermissionDenied
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,11 @@ async def retention_sweep(timer: func.TimerRequest) -> None:
 @endpoint(Right.READ)
 async def get_quota_report(req: Request, caller: Caller | None) -> Response:
     """The latest quota report; the first call builds one when the timer has not run yet."""
+    assert caller is not None
     reporter = get_services().quota_reporter
     report = await reporter.latest() or await reporter.run()
+    if caller.scope is not None:
+        report = report.for_owner_scoped_caller()
     return json_response(report.model_dump(mode="json"))
 
 
@@ -60,6 +64,14 @@ async def get_quota_report(req: Request, caller: Caller | None) -> Response:
 @endpoint(Right.READ)
 async def get_permission_report(req: Request, caller: Caller | None) -> Response:
     """The latest permission report; the first call builds one when the timer has not run yet."""
+    assert caller is not None
+    if caller.scope is not None:
+        # It lists every caller identity and its rights, and the app's resources: not one owner's data.
+        raise PermissionDenied(
+            f"The caller '{caller.name}' sees only its own completions (owner scoping); the permission report "
+            f"describes every caller and needs the '{Right.ALL_OWNERS.value}' right.",
+            code="all_owners_required",
+        )
     checker = get_services().permission_checker
     report = await checker.latest() or await checker.run()
     return json_response(report.model_dump(mode="json"))

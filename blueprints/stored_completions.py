@@ -58,8 +58,9 @@ async def delete_chat_completion(req: Request, caller: Caller | None) -> Respons
 
 async def list_chat_completion_messages(req: Request, caller: Caller | None) -> Response:
     """List the input messages of a stored chat completion."""
-    completion = await get_services().store.get(req.path_params["completion_id"], owner=_caller(caller).scope)
-    params = parse_message_list_params(req.query_params.multi_items(), completion_id=completion.id)
+    completion_id = ids.require_completion_id(req.path_params["completion_id"])
+    params = parse_message_list_params(req.query_params.multi_items(), completion_id=completion_id)
+    completion = await get_services().store.get(completion_id, owner=_caller(caller).scope)
     messages: list[dict[str, Any]] = completion.input_messages()
     if params.order == "desc":
         messages.reverse()

@@ -11,13 +11,14 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, StringConstraints, ValidationError
 
-from shared.errors import AuthenticationFailed, PermissionDenied
+from shared.errors import AuthenticationFailed, ConfigurationError, PermissionDenied
 
 
 class Right(StrEnum):
@@ -61,6 +62,53 @@ _NAME_CLAIM_TYPES = (
 _MAX_PRINCIPAL_CHARS = 16_384
 
 
+KEY_OWNER_PREFIX = "key:"
+ENTRA_OWNER_PREFIX = "entra:"
+_TENANT_CLAIM_TYPES = ("http://schemas.microsoft.com/identity/claims/tenantid", "tid")
+_OBJECT_ID_CLAIM_TYPES = ("http://schemas.microsoft.com/identity/claims/objectidentifier", "oid")
+_DIRECTORY_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
+
+
+def key_owner(name: str) -> str:
+    """The owner id of what a service key stores: `key:<name>`."""
+    return KEY_OWNER_PREFIX + name
+
+
+def entra_owner(tenant_id: str, object_id: str) -> str:
+    """The owner id of what an Entra principal stores: `entra:<tenant id>/<object id>`, never its name.
+
+    Display names and UPNs change and are reused; the object id within its tenant does not.
+    """
+    return f"{ENTRA_OWNER_PREFIX}{tenant_id.lower()}/{object_id.lower()}"
+
+
+def stable_owner(stored: str | None) -> str | None:
+    """An owner as recorded, read as a stable owner id: the lazy migration of rows written before them.
+
+    Owners used to be display strings: a key's name, or an Entra principal's name. An unprefixed
+    owner is read as the key of that name (`alice` -> `key:alice`), so a key keeps its data. An Entra
+    principal's old rows become no Entra identity's (no name is trusted to prove who wrote them):
+    only `stored-completions/all-owners` callers reach them, and a key only if it is named exactly so.
+    """
+    if not stored or stored.startswith((KEY_OWNER_PREFIX, ENTRA_OWNER_PREFIX)):
+        return stored
+    return key_owner(stored)
+
+
+def same_owner(recorded: str | None, scope: str | None) -> bool:
+    """Whether a recorded owner is this owner, either written as a stable id or before them."""
+    return stable_owner(recorded) == stable_owner(scope)
+
+
+def legacy_owner(owner: str) -> str | None:
+    """The display-string owner that rows written before stable ids hold for this owner, if any."""
+    return owner.removeprefix(KEY_OWNER_PREFIX) if owner.startswith(KEY_OWNER_PREFIX) else None
+
+
+OwnerId = Annotated[str | None, BeforeValidator(stable_owner)]
+"""An owner field of a stored record: validated through `stable_owner`, so old records read migrated."""
+
+
 class ServiceKey(BaseModel):
     """One entry of `DISTILLERY_API_KEYS`: a named key known only by the SHA-256 hex digest of its text."""
 
@@ -70,6 +118,8 @@ class ServiceKey(BaseModel):
     """Recorded as the owner of what the key stores."""
     sha256: Annotated[str, StringConstraints(to_lower=True, pattern=r"^[0-9a-fA-F]{64}$")]
     rights: frozenset[Right]
+    deployments: frozenset[str] | None = None
+    """If set, the only deployments (or `model` names) this key may call chat completions on."""
 
 
 class Identity(BaseModel):
@@ -81,25 +131,39 @@ class Identity(BaseModel):
 
 
 class Caller(BaseModel):
-    """An authenticated identity; `name` is recorded as the owner of what it stores."""
+    """An authenticated identity; `owner` is recorded as the owner of what it stores."""
 
     model_config = ConfigDict(frozen=True)
 
     name: str
+    """For messages and logs only: a key's name, or an Entra principal's display name."""
+    owner: str
+    """The stable owner id: `key:<name>` or `entra:<tenant id>/<object id>`."""
     rights: frozenset[Right]
     scope: str | None = None
     """The only owner whose completions this caller may see (owner scoping); None: every owner's."""
+    deployments: frozenset[str] | None = None
+    """The deployments this caller may call (a key's allow-list); None: any."""
 
     def require(self, right: Right) -> None:
         if right not in self.rights:
             raise PermissionDenied(f"The caller '{self.name}' lacks the '{right.value}' right for this operation.")
 
+    def require_deployment(self, deployment: str) -> None:
+        if self.deployments is not None and deployment not in self.deployments:
+            raise PermissionDenied(
+                f"The caller '{self.name}' may not call this deployment.", param="model", code="deployment_not_allowed"
+            )
+
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key as the SDKs send it: `api-key` (AzureOpenAI) or `Authorization: Bearer` (OpenAI)."""
-    key = headers.get("api-key")
+    """The key as the SDKs send it: `api-key` (AzureOpenAI) or `Authorization: Bearer` (OpenAI).
+
+    An empty or blank key is no key: it never reaches the digest comparison.
+    """
+    key = (headers.get("api-key") or "").strip()
     if key:
-        return key.strip()
+        return key
     scheme, _, token = (headers.get("authorization") or "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
@@ -109,6 +173,10 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 def key_digest(key: str) -> str:
     """The SHA-256 hex digest configured for a key (`printf %s "$KEY" | sha256sum`)."""
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+EMPTY_KEY_DIGEST = key_digest("")
+"""What `printf %s "$KEY" | sha256sum` prints when `$KEY` is unset: refused as a configured digest."""
 
 
 class Authenticator:
@@ -129,6 +197,10 @@ class Authenticator:
         owner_scoping: bool = False,
     ) -> None:
         keys = list(service_keys)
+        if any(key.sha256 == EMPTY_KEY_DIGEST for key in keys) or (
+            api_key is not None and not api_key.get_secret_value().strip()
+        ):
+            raise ConfigurationError("An empty key cannot be configured (DISTILLERY_API_KEY, DISTILLERY_API_KEYS).")
         if api_key is not None:
             keys.append(
                 ServiceKey(name=DEFAULT_KEY_NAME, sha256=key_digest(api_key.get_secret_value()), rights=ALL_RIGHTS)
@@ -150,13 +222,15 @@ class Authenticator:
         principal = headers.get(PRINCIPAL_HEADER) if self._trust_app_service_auth else None
         if principal is not None:
             # Behind App Service Authentication an Entra caller's bearer token is the platform's, not a key.
-            name, rights = _principal_identity(principal, headers.get(PRINCIPAL_NAME_HEADER))
+            name, owner, rights = _principal_identity(principal, headers.get(PRINCIPAL_NAME_HEADER))
+            deployments = None
         else:
-            name, rights = self._key_identity(headers)
+            key = self._key_identity(headers)
+            name, owner, rights, deployments = key.name, key_owner(key.name), key.rights, key.deployments
         scoped = self._owner_scoping and Right.ALL_OWNERS not in rights
-        return Caller(name=name, rights=rights, scope=name if scoped else None)
+        return Caller(name=name, owner=owner, rights=rights, scope=owner if scoped else None, deployments=deployments)
 
-    def _key_identity(self, headers: Mapping[str, str]) -> tuple[str, frozenset[Right]]:
+    def _key_identity(self, headers: Mapping[str, str]) -> ServiceKey:
         key = presented_key(headers)
         if key is None:
             raise AuthenticationFailed(
@@ -170,11 +244,11 @@ class Authenticator:
                 match = candidate
         if match is None:
             raise AuthenticationFailed("Incorrect API key provided.")
-        return match.name, match.rights
+        return match
 
 
-def _principal_identity(header: str, name_header: str | None) -> tuple[str, frozenset[Right]]:
-    """Name and rights from an `X-MS-CLIENT-PRINCIPAL` header; anything malformed is a 401."""
+def _principal_identity(header: str, name_header: str | None) -> tuple[str, str, frozenset[Right]]:
+    """Name, owner id and rights from an `X-MS-CLIENT-PRINCIPAL` header; anything malformed is a 401."""
     principal = _decode_principal(header)
     role_types = _ROLE_CLAIM_TYPES | {principal.role_typ} if principal.role_typ else _ROLE_CLAIM_TYPES
     claims: dict[str, list[str]] = {}
@@ -189,7 +263,14 @@ def _principal_identity(header: str, name_header: str | None) -> tuple[str, froz
     name = next((n.strip() for n in names if n and n.strip()), None)
     if name is None:
         raise AuthenticationFailed("The client principal names no user or application.", code="invalid_principal")
-    return name, frozenset(rights)
+    tenant = next((claims[t][0].strip() for t in _TENANT_CLAIM_TYPES if claims.get(t)), "")
+    object_id = next((claims[t][0].strip() for t in _OBJECT_ID_CLAIM_TYPES if claims.get(t)), "")
+    if not (_DIRECTORY_ID.fullmatch(tenant) and _DIRECTORY_ID.fullmatch(object_id)):
+        raise AuthenticationFailed(
+            "The client principal has no tenant id and object id (tid, oid) to own what it stores.",
+            code="invalid_principal",
+        )
+    return name, entra_owner(tenant, object_id), frozenset(rights)
 
 
 class _Claim(BaseModel):

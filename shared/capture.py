@@ -170,7 +170,7 @@ class ChatCapture:
                 deployment=deployment,
                 model=str(completion.get("model") or deployment),
                 metadata=request.metadata or {},
-                owner=caller.name,
+                owner=caller.owner,
                 streamed=streamed,
                 request=request.model_dump(mode="json", exclude_unset=True),
                 response=completion,
@@ -189,7 +189,7 @@ class ChatCapture:
         completion_id = ids.new_completion_id()
         if not idempotency_key:
             return completion_id
-        digest = hashlib.sha256(f"{caller.name}\0{idempotency_key}".encode()).hexdigest()
+        digest = hashlib.sha256(f"{caller.owner}\0{idempotency_key}".encode()).hexdigest()
         try:
             claimed = await self._store.index.claim_idempotency_key(digest, completion_id)
             if claimed == completion_id:

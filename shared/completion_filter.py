@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.access import OwnerId, same_owner
 from shared.chat_request import Metadata
 
 Order = Literal["asc", "desc"]
@@ -24,8 +25,8 @@ class CompletionFilter(BaseModel):
     """Unix seconds, inclusive: `created >= created_after`."""
     created_before: int | None = Field(None, ge=0)
     """Unix seconds, exclusive: `created < created_before`."""
-    owner: str | None = None
-    """Set by the service (owner scoping), never by callers."""
+    owner: OwnerId = None
+    """Set by the service (owner scoping), never by callers: a stable owner id."""
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> CompletionFilter:
@@ -49,5 +50,5 @@ class CompletionFilter(BaseModel):
             and (self.model is None or self.model in (deployment, model))
             and (self.created_after is None or created >= self.created_after)
             and (self.created_before is None or created < self.created_before)
-            and (self.owner is None or owner == self.owner)
+            and (self.owner is None or same_owner(owner, self.owner))
         )

@@ -29,6 +29,7 @@ from azure.data.tables.aio import TableClient
 from pydantic import BaseModel
 
 from shared import ids
+from shared.access import OwnerId, legacy_owner, stable_owner
 from shared.completion_filter import CompletionFilter, Order
 from shared.errors import StorageUnavailable
 
@@ -47,7 +48,7 @@ class IndexEntry(BaseModel):
     deployment: str
     model: str
     metadata: dict[str, str]
-    owner: str | None = None
+    owner: OwnerId = None
     size_bytes: int = 0
 
     @property
@@ -283,8 +284,14 @@ def _query_for(selection: CompletionFilter, *, order: Order, after: str | None) 
         parameters["model"] = selection.model
         clauses.append("( deployment eq @model or model eq @model )")  # the SDK substitutes space-separated @words
     if selection.owner is not None:
-        parameters["owner"] = selection.owner
-        clauses.append("owner eq @owner")
+        owner = stable_owner(selection.owner) or ""
+        parameters["owner"] = owner
+        legacy = legacy_owner(owner)
+        if legacy is None:
+            clauses.append("owner eq @owner")
+        else:  # rows written before stable owner ids hold the key's bare name (read as `key:<name>`)
+            parameters["legacy_owner"] = legacy
+            clauses.append("( owner eq @owner or owner eq @legacy_owner )")
     return " and ".join(clauses), parameters
 
 

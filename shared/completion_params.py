@@ -14,6 +14,8 @@ from shared.errors import InvalidRequest
 
 MAX_PAGE = 100
 IGNORED_QUERY = frozenset({"api-version"})
+MAX_CREATED = 10**12
+"""The largest `created_after` / `created_before` (Unix seconds) a query may name; the index clamps it further."""
 
 
 class CompletionListParams(BaseModel):
@@ -48,9 +50,13 @@ def parse_completion_list_params(query: Iterable[tuple[str, str]]) -> Completion
     for name, value in query:
         if name.startswith("metadata[") and name.endswith("]"):
             metadata[name[len("metadata[") : -1]] = value
-        elif name in ("model", "created_after", "created_before"):
+        elif name in ("created_after", "created_before"):
+            filter_fields[name] = query_integer(name, value, low=0, high=MAX_CREATED)
+        elif name == "model":
             filter_fields[name] = value
-        elif name in ("after", "limit", "order"):
+        elif name == "limit":
+            fields[name] = query_integer(name, value, low=1, high=MAX_PAGE)
+        elif name in ("after", "order"):
             fields[name] = value
         elif name not in IGNORED_QUERY:
             raise InvalidRequest(f"Unrecognized query parameter: '{name}'.", param=name)
@@ -65,9 +71,11 @@ def parse_completion_list_params(query: Iterable[tuple[str, str]]) -> Completion
 
 
 def parse_message_list_params(query: Iterable[tuple[str, str]], *, completion_id: str) -> MessageListParams:
-    fields = {}
+    fields: dict[str, Any] = {}
     for name, value in query:
-        if name in ("after", "limit", "order"):
+        if name == "limit":
+            fields[name] = query_integer(name, value, low=1, high=MAX_PAGE)
+        elif name in ("after", "order"):
             fields[name] = value
         elif name not in IGNORED_QUERY:
             raise InvalidRequest(f"Unrecognized query parameter: '{name}'.", param=name)
@@ -85,6 +93,17 @@ def parse_update_params(body: dict[str, Any]) -> CompletionUpdateParams:
         return CompletionUpdateParams.model_validate(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
+
+
+def query_integer(name: str, value: str, *, low: int, high: int) -> int:
+    """A numeric query parameter: plain ASCII digits within [low, high], else a 400 naming it.
+
+    `str.isdigit` and `int` accept `²`, `٣`, `+5`, ` 5` and `1_0` (or raise on some of them, a 500);
+    only what a client means as a number passes, and the length check keeps `int` off huge strings.
+    """
+    if not (value.isascii() and value.isdecimal()) or len(value) > len(str(high)) or not low <= int(value) <= high:
+        raise InvalidRequest(f"'{name}' must be an integer from {low} to {high}.", param=name, code="invalid_value")
+    return int(value)
 
 
 def list_object(data: list[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:

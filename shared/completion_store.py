@@ -16,6 +16,7 @@ from azure.storage.blob.aio import ContainerClient
 from pydantic import BaseModel
 
 from shared import ids
+from shared.access import same_owner
 from shared.completion_filter import CompletionFilter, Order
 from shared.completion_index import CompletionIndex, IndexEntry
 from shared.errors import Conflict, NotFound, StorageUnavailable
@@ -163,7 +164,7 @@ class CompletionStore:
         except AzureError as exc:
             raise StorageUnavailable("The completion store is unavailable.") from exc
         completion = StoredCompletion.model_validate_json(raw)
-        if owner is not None and completion.owner != owner:
+        if owner is not None and not same_owner(completion.owner, owner):
             raise _not_found(completion_id)
         return completion, download.properties.etag
 

@@ -72,6 +72,11 @@ class PayloadTooLarge(DistilleryError):
     default_code = "request_too_large"
 
 
+class UnsupportedMediaType(DistilleryError):
+    status = 415
+    default_code = "unsupported_media_type"
+
+
 class QuotaExceeded(DistilleryError):
     status = 429
     type = "insufficient_quota"
@@ -94,6 +99,23 @@ class UpstreamUnavailable(DistilleryError):
     type = "server_error"
     default_code = "upstream_unavailable"
     retryable = True
+
+
+class UpstreamRedirected(DistilleryError):
+    """The upstream answered with a redirect, which is never followed: it would carry the upstream key
+    (`api-key` or the bearer token) to wherever the redirect points."""
+
+    status = 502
+    type = "server_error"
+    default_code = "upstream_redirect"
+
+    def __init__(self, upstream_status: int) -> None:
+        super().__init__(
+            f"The upstream answered HTTP {upstream_status} (a redirect). Upstream redirects are not followed, so "
+            "the upstream credentials never leave the configured endpoint: set AZURE_OPENAI_ENDPOINT or "
+            "OPENAI_BASE_URL to the address the upstream redirects to."
+        )
+        self.upstream_status = upstream_status
 
 
 class UpstreamTimeout(UpstreamUnavailable):

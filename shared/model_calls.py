@@ -18,7 +18,7 @@ from typing import Any
 from openai.types.chat import ChatCompletion
 from pydantic import ValidationError
 
-from shared.errors import DistilleryError, UpstreamUnavailable
+from shared.errors import DistilleryError, UpstreamRedirected, UpstreamUnavailable
 from shared.upstream import CHAT_COMPLETIONS, EMBEDDINGS, Upstream
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ class ModelCalls:
                 async with self.upstream.open(deployment=deployment, body=body, operation=operation) as response:
                     raw = await response.read()
                     status, headers = response.status, response.headers
+            except UpstreamRedirected as exc:  # never followed, never retried: it is a configuration fault
+                raise UpstreamCallFailed(exc.message, upstream_status=exc.upstream_status, code=exc.code) from exc
             except UpstreamUnavailable as exc:  # not reached, or cut off: no answer to honour
                 if attempt == self.max_attempts:
                     raise UpstreamCallFailed(exc.message, upstream_status=exc.status, code=exc.code) from exc

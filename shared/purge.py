@@ -13,11 +13,12 @@ import logging
 import secrets
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
+from shared.access import OwnerId, same_owner, stable_owner
 from shared.completion_filter import CompletionFilter
 from shared.completion_store import CompletionStore
 from shared.errors import InvalidRequest, NotFound, StorageUnavailable
@@ -90,8 +91,9 @@ class PurgeJob(BaseModel):
     status: PurgeStatus
     filter: CompletionFilter | None
     all: bool
-    requested_by: str
-    owner_scope: str | None = None
+    requested_by: Annotated[str, BeforeValidator(stable_owner)]
+    """The requester's stable owner id."""
+    owner_scope: OwnerId = None
     """Set when the requester sees only its own completions (owner scoping): only those are purged."""
     created_at: datetime
     started_at: datetime | None = None
@@ -138,7 +140,7 @@ class PurgeService:
     async def get(self, purge_id: str, *, owner_scope: str | None = None) -> PurgeJob:
         """A purge record; a scoped caller sees only its own purges (another's answers 404)."""
         job = await self._reports.load(_record(purge_id), PurgeJob) if _is_purge_id(purge_id) else None
-        if job is None or (owner_scope is not None and job.requested_by != owner_scope):
+        if job is None or (owner_scope is not None and not same_owner(job.requested_by, owner_scope)):
             raise NotFound(f"No purge found with id '{purge_id[:80]}'.", param="purge_id")
         return job
 

@@ -136,6 +136,17 @@ class QuotaReport(BaseModel):
     projected_full_date: date | None
     """When the cap is reached at `trend_bytes_per_day`; today once it is; null with no growth."""
     counters: CounterCheck
+    withheld: list[str] = Field(default_factory=list)
+    """Breakdowns left out of this view: `by_model` and `by_metadata` for a caller that sees only its own
+    completions (owner scoping), as they name other owners' models and metadata values."""
+
+    def for_owner_scoped_caller(self) -> QuotaReport:
+        """The store-wide figures every caller needs (how full, when full) without other owners' models
+        and metadata values."""
+        return self.model_copy(update={"by_model": [], "by_metadata": {}, "withheld": list(OWNER_BREAKDOWNS)})
+
+
+OWNER_BREAKDOWNS = ("by_model", "by_metadata")
 
 
 class QuotaReporter:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.access import DEFAULT_KEY_NAME, ServiceKey
+from shared.access import DEFAULT_KEY_NAME, EMPTY_KEY_DIGEST, ServiceKey
 from shared.errors import ConfigurationError
 
 
@@ -163,7 +163,20 @@ class Settings(BaseSettings):
             raise ValueError("key names must be unique")
         if len({key.sha256 for key in keys}) != len(keys):
             raise ValueError("two keys have the same sha256")
+        for key in keys:
+            if key.sha256 == EMPTY_KEY_DIGEST:
+                raise ValueError(
+                    f"the key '{key.name}' has the sha256 of the empty string (was $KEY unset when it was computed?); "
+                    "an empty key would match it"
+                )
         return keys
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_is_not_blank(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and not key.get_secret_value().strip():
+            raise ValueError("must not be blank: an empty key would match it")
+        return key
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from shared.access import OwnerId
+
 FORMAT_VERSION: Literal[1] = 1
 
 
@@ -21,8 +23,8 @@ class StoredCompletion(BaseModel):
     model: str
     """The model the upstream says answered."""
     metadata: dict[str, str] = Field(default_factory=dict)
-    owner: str | None = None
-    """Name of the caller identity that created it."""
+    owner: OwnerId = None
+    """Stable id of the caller identity that created it (`key:<name>`, `entra:<tenant>/<object id>`)."""
     streamed: bool = False
     request: dict[str, Any]
     """The request body as received (messages, tools and every parameter)."""

@@ -7,6 +7,7 @@ an upstream error reaches the caller with its own status, body and retry headers
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from shared.errors import UpstreamTimeout, UpstreamUnavailable
+from shared.errors import InvalidRequest, UpstreamRedirected, UpstreamTimeout, UpstreamUnavailable
 
 PASSED_THROUGH_HEADERS = frozenset(
     {
@@ -96,13 +97,20 @@ class HttpUpstream:
         payload = body if model is None else {**body, "model": model}
         headers = {"content-type": "application/json", **await self.auth_headers()}
         try:
+            # Never follow a redirect: aiohttp would resend `api-key` (and the body) to wherever it points.
             response = await self.session.post(
-                self.url_for(deployment, operation), data=json.dumps(payload, separators=(",", ":")), headers=headers
+                self.url_for(deployment, operation),
+                data=json.dumps(payload, separators=(",", ":")),
+                headers=headers,
+                allow_redirects=False,
             )
         except TimeoutError as exc:
             raise UpstreamTimeout("The upstream model did not answer in time.") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable("The upstream model could not be reached.") from exc
+        if 300 <= response.status < 400:
+            response.release()
+            raise UpstreamRedirected(response.status)
         try:
             yield UpstreamResponse(
                 status=response.status,
@@ -133,11 +141,30 @@ async def _guarded_lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]
         raise UpstreamUnavailable("The upstream connection broke during the answer.") from exc
 
 
+_DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:-]{0,255}")
+"""A deployment name that is one path segment and nothing else: no `/`, `\\`, `%`, `?`, `#`, no `.`/`..`."""
+
+
+def require_deployment_segment(deployment: str) -> str:
+    """A deployment name safe to put in an upstream path; anything else is a 400 and never sent."""
+    if not _DEPLOYMENT_NAME.fullmatch(deployment):
+        raise InvalidRequest(
+            "Invalid deployment name: use letters, digits, '_', '-', '.' and ':' (at most 256 characters, "
+            "not starting with '.' or '-').",
+            param="model",
+            code="invalid_deployment",
+        )
+    return deployment
+
+
 def azure_openai_url(endpoint: str, api_version: str) -> Callable[[str, str], str]:
     base = endpoint.rstrip("/")
-    return lambda deployment, operation: (
-        f"{base}/openai/deployments/{quote(deployment, safe='')}/{operation}?api-version={api_version}"
-    )
+
+    def url_for(deployment: str, operation: str) -> str:
+        segment = quote(require_deployment_segment(deployment), safe="")
+        return f"{base}/openai/deployments/{segment}/{operation}?api-version={api_version}"
+
+    return url_for
 
 
 def openai_compatible_url(base_url: str) -> Callable[[str, str], str]:

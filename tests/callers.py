@@ -6,12 +6,16 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import uuid
 from pathlib import Path
 
 from shared.access import Right, key_digest
 from tests.conftest import RunningHost, start_host
 
 ROLE_TYPE = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"
+OBJECT_ID_TYPE = "http://schemas.microsoft.com/identity/claims/objectidentifier"
+TENANT_TYPE = "http://schemas.microsoft.com/identity/claims/tenantid"
+TENANT_ID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 
 
 def service_keys(rights: dict[str, set[Right]]) -> tuple[dict[str, str], str]:
@@ -24,11 +28,26 @@ def service_keys(rights: dict[str, set[Right]]) -> tuple[dict[str, str], str]:
     return keys, json.dumps(setting)
 
 
-def principal(*roles: str, name: str | None = "alice@contoso.com", role_typ: str = ROLE_TYPE) -> str:
-    """An `X-MS-CLIENT-PRINCIPAL` header value as App Service Authentication builds it."""
+def principal(
+    *roles: str,
+    name: str | None = "alice@contoso.com",
+    role_typ: str = ROLE_TYPE,
+    oid: str | None = None,
+    tid: str | None = TENANT_ID,
+) -> str:
+    """An `X-MS-CLIENT-PRINCIPAL` header value as App Service Authentication builds it.
+
+    The object id defaults to one derived from the name, so one name is one person unless a test
+    says otherwise (`oid=`, e.g. a UPN reused by someone else); `oid=""` leaves the claim out.
+    """
     claims = [{"typ": role_typ, "val": role} for role in roles]
     if name is not None:
         claims.append({"typ": "name", "val": name})
+    object_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"principal:{name}")) if oid is None else oid
+    if object_id:
+        claims.append({"typ": OBJECT_ID_TYPE, "val": object_id})
+    if tid:
+        claims.append({"typ": TENANT_TYPE, "val": tid})
     document = {"auth_typ": "aad", "claims": claims, "name_typ": "name", "role_typ": role_typ}
     return base64.b64encode(json.dumps(document).encode()).decode()
 

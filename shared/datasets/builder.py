@@ -27,6 +27,7 @@ from azure.core.exceptions import AzureError
 from azure.storage.blob import BlobBlock, ContentSettings
 from pydantic import ValidationError
 
+from shared.access import same_owner
 from shared.completion_store import CompletionStore
 from shared.datasets import formats
 from shared.datasets.check import check_example
@@ -378,7 +379,7 @@ class _Chunk:
         checkpoint.walked += 1
         checkpoint.after = completion_id
         job.counts.selected += 1
-        if completion is None or (request.owner is not None and completion.owner != request.owner):
+        if completion is None or (request.owner is not None and not same_owner(completion.owner, request.owner)):
             return self._skip(formats.SkipReason.NOT_FOUND)
         if request.filter is not None and not request.filter.matches(
             created=completion.created,

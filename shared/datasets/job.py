@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from shared import ids
+from shared.access import OwnerId, same_owner
 from shared.chat_request import MetadataKey, validation_error
 from shared.completion_filter import CompletionFilter
 from shared.errors import InvalidRequest, NotFound
@@ -82,7 +83,7 @@ class DatasetParams(BaseModel):
     group_by: MetadataKey | None = None
     """Distillation only: metadata key whose value keeps a group in one file (default: each completion)."""
     name: str | None = Field(None, max_length=256)
-    owner: str | None = None
+    owner: OwnerId = None
     """Set by the service under owner scoping (never by callers): only this owner's completions are used."""
 
     def scoped_to(self, owner: str | None) -> DatasetParams:
@@ -216,7 +217,7 @@ class DatasetJob(BaseModel):
 
     def visible_to(self, owner_scope: str | None) -> bool:
         """A scoped caller sees only the datasets it requested (they hold its completions only)."""
-        return owner_scope is None or (self.request is not None and self.request.owner == owner_scope)
+        return owner_scope is None or (self.request is not None and same_owner(self.request.owner, owner_scope))
 
     def view(self) -> dict[str, Any]:
         """The API shape: no checkpoint, and explicit ids only counted."""

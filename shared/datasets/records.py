@@ -73,21 +73,38 @@ class DatasetRecords:
             raise StorageUnavailable("The dataset store is unavailable.") from exc
         return str(result["etag"])
 
-    async def list(self, *, after: str | None, limit: int) -> tuple[list[DatasetJob], bool]:
-        """Up to `limit` records, newest first, after the cursor id; and whether more exist."""
-        names: list[str] = []
+    async def list(
+        self, *, after: str | None, limit: int, owner_scope: str | None = None
+    ) -> tuple[list[DatasetJob], bool]:
+        """Up to `limit` records visible to `owner_scope`, newest first, after the cursor id; and
+        whether more exist.
+
+        Records are read `limit + 1` at a time and others' (or vanished ones) skipped over until the
+        page is full, so a scoped caller pages through to its own datasets however many other owners'
+        come first: a page is never empty while more of its own exist.
+        """
+        found: list[DatasetJob] = []
+        batch: list[str] = []
+
+        async def read_batch() -> None:
+            records = await asyncio.gather(*(self._read_if_present(name) for name in batch))
+            found.extend(job for job in records if job is not None and job.visible_to(owner_scope))
+            batch.clear()
+
         try:
             async for prefix in self.container.walk_blobs(delimiter="/"):
                 job_id = prefix.name.rstrip("/")
                 if after is not None and job_id <= after:
                     continue
-                names.append(job_id)
-                if len(names) > limit:
-                    break
+                batch.append(job_id)
+                if len(batch) > limit - len(found):
+                    await read_batch()
+                    if len(found) > limit:
+                        break
+            await read_batch()
         except AzureError as exc:
             raise StorageUnavailable("The dataset store is unavailable.") from exc
-        records = await asyncio.gather(*(self._read_if_present(name) for name in names[:limit]))
-        return [record for record in records if record is not None], len(names) > limit
+        return found[:limit], len(found) > limit
 
     async def delete(self, job_id: str) -> None:
         """Remove files first and the record last, so an interrupted delete can be repeated.

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from azure.storage.blob.aio import ContainerClient
 from pydantic import BaseModel, Field
 
+from shared.access import OwnerId, same_owner
 from shared.evals.graders import GradeResult, TestingCriterion
 from shared.evals.params import RunCreateParams
 from shared.json_blobs import JsonBlobs, Superseded
@@ -55,7 +56,7 @@ class EvalRecord(BaseModel):
     item_schema: dict[str, Any] | None
     sample_in_schema: bool
     testing_criteria: list[TestingCriterion]
-    owner: str | None = None
+    owner: OwnerId = None
 
     def view(self) -> dict[str, Any]:
         return {
@@ -69,7 +70,7 @@ class EvalRecord(BaseModel):
         }
 
     def visible_to(self, owner: str | None) -> bool:
-        return owner is None or self.owner == owner
+        return owner is None or same_owner(self.owner, owner)
 
 
 class RunError(BaseModel):
@@ -119,7 +120,7 @@ class RunRecord(BaseModel):
     model: str
     """The candidate deployment, or `stored` when the source's own answers are graded."""
     metadata: dict[str, str] = Field(default_factory=dict)
-    owner: str | None = None
+    owner: OwnerId = None
     report_url: str
     error: RunError | None = None
     result_counts: ResultCounts = Field(default_factory=ResultCounts)

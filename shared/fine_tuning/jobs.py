@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from shared.access import OwnerId, same_owner
 from shared.chat_request import validation_error
 from shared.datasets import formats
 from shared.datasets.builder import MANIFEST_FILE
@@ -75,7 +76,7 @@ class FineTuningRecord(BaseModel):
 
     id: str
     dataset_id: str
-    owner: str | None = None
+    owner: OwnerId = None
     created_at: int
     updated_at: int
     params: FineTuningParams
@@ -100,7 +101,7 @@ class FineTuningRecord(BaseModel):
         return self.status in TERMINAL
 
     def visible_to(self, owner: str | None) -> bool:
-        return owner is None or self.owner == owner
+        return owner is None or same_owner(self.owner, owner)
 
     def view(self) -> dict[str, Any]:
         return {

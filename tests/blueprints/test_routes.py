@@ -67,3 +67,10 @@ def test_openapi_document_describes_every_route(function_app: ModuleType) -> Non
         {"name": "completion_id", "in": "path", "required": True, "schema": {"type": "string"}}
     ]
     assert registered_functions(function_app.app), "reading the functions again must keep working"
+
+
+def test_openapi_document_says_bodies_are_json_only(function_app: ModuleType) -> None:
+    document = build_document(http_functions(function_app))
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            assert ("415" in operation["responses"]) == (method in ("post", "put", "patch")), (method, path)

@@ -21,6 +21,7 @@ from tests.fakes import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 MAX_BODY = 4096
+JSON_TYPE = {"content-type": "application/json"}
 
 
 MATRIX_RIGHTS = {"inference": {Right.INFERENCE}, "read": {Right.READ}, "action": {Right.ACTION}}
@@ -174,9 +175,13 @@ def test_body_over_the_limit_is_413_before_the_upstream(
             for start in range(0, len(data), 1000):
                 yield data[start : start + 1000]
 
-        streamed = http.post("/openai/v1/chat/completions", content=chunks())
+        streamed = http.post("/openai/v1/chat/completions", content=chunks(), headers=JSON_TYPE)
         assert streamed.status_code == 413
-        deep = http.post("/openai/v1/chat/completions", content=b'{"messages":' + b"[" * 100 + b"]" * 100 + b"}")
+        deep = http.post(
+            "/openai/v1/chat/completions",
+            content=b'{"messages":' + b"[" * 100 + b"]" * 100 + b"}",
+            headers=JSON_TYPE,
+        )
         assert deep.status_code == 400 and deep.json()["error"]["code"] == "invalid_json"
     assert fake_upstream.requests == []
 
@@ -273,3 +278,56 @@ def test_unreachable_managed_identity_stops_start_up(azurite: Azurite, tmp_path:
             IDENTITY_HEADER="local-test",
         )
     assert "cognitiveservices" in str(failed.value)
+
+
+def test_a_principal_named_like_a_key_or_reusing_a_upn_is_another_owner(
+    scoped_host: tuple[RunningHost, dict[str, str]], fake_upstream: FakeUpstream, tag: str
+) -> None:
+    host, keys = scoped_host
+    keys_own = store_one(host, keys["alice"], tag=tag)
+
+    def as_principal(oid: str) -> httpx.Client:
+        header = principal("Inference.User", "StoredCompletions.Contributor", name="alice", oid=oid)
+        return httpx.Client(base_url=host.url, headers={"x-ms-client-principal": header}, timeout=30)
+
+    chat = {"model": "gpt-4o", "store": True, "metadata": {"tag": tag}, "messages": MESSAGES}
+    with as_principal("00000000-0000-0000-0000-00000000a11c") as named_like_the_key:
+        assert named_like_the_key.get("/openai/v1/chat/completions", params={"metadata[tag]": tag}).json()["data"] == []
+        assert named_like_the_key.get(f"/openai/v1/chat/completions/{keys_own}").status_code == 404
+        principals_own = named_like_the_key.post("/openai/v1/chat/completions", json=chat).json()["id"]
+    with as_principal("00000000-0000-0000-0000-0000000b0b00") as reusing_the_upn:
+        assert reusing_the_upn.get("/openai/v1/chat/completions", params={"metadata[tag]": tag}).json()["data"] == []
+        assert reusing_the_upn.get(f"/openai/v1/chat/completions/{principals_own}").status_code == 404
+    with host.http(keys["alice"]) as key:
+        listed = key.get("/openai/v1/chat/completions", params={"metadata[tag]": tag}).json()["data"]
+        assert [c["id"] for c in listed] == [keys_own]
+
+
+def test_reports_show_a_scoped_caller_no_other_owners_models_metadata_or_identities(
+    scoped_host: tuple[RunningHost, dict[str, str]], fake_upstream: FakeUpstream, tag: str
+) -> None:
+    host, keys = scoped_host
+    secret = f"{tag}-alices-project"
+    with host.http(keys["alice"]) as alice:
+        stored = alice.post(
+            "/openai/v1/chat/completions",
+            json={"model": "alices-model", "store": True, "metadata": {"project": secret}, "messages": MESSAGES},
+        )
+        assert stored.status_code == 200
+    with host.http() as admin:  # all-owners: the whole report (built now, so it holds alice's completion)
+        full = admin.post("/admin/functions/quota_report", json={"input": ""})
+        assert full.status_code == 202
+        report = admin.get("/api/quota").json()
+        assert secret in {value["value"] for value in report["by_metadata"]["project"]}
+        assert report["withheld"] == []
+        assert "alice" in {identity["name"] for identity in admin.get("/api/health/permissions").json()["identities"]}
+    with host.http(keys["bob"]) as bob:
+        quota = bob.get("/api/quota")
+        assert quota.status_code == 200
+        view = quota.json()
+        assert (view["by_model"], view["by_metadata"], view["withheld"]) == ([], {}, ["by_model", "by_metadata"])
+        assert view["used_bytes"] == report["used_bytes"] and view["level"] == report["level"]
+        assert secret not in quota.text and "alices-model" not in quota.text
+        permissions = bob.get("/api/health/permissions")
+        assert permissions.status_code == 403 and permissions.json()["error"]["code"] == "all_owners_required"
+        assert "alice" not in permissions.text

@@ -219,7 +219,11 @@ def test_missing_or_wrong_key_is_401(host: RunningHost) -> None:
 
 def test_malformed_json_is_400(host: RunningHost) -> None:
     with host.http() as http:
-        response = http.post("/openai/deployments/gpt-4o/chat/completions", content=b"{not json")
+        response = http.post(
+            "/openai/deployments/gpt-4o/chat/completions",
+            content=b"{not json",
+            headers={"content-type": "application/json"},
+        )
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "invalid_json"
         assert (

@@ -30,6 +30,8 @@ from tests.conftest import RunningHost
 from tests.fakes import FakeUpstream
 
 FUZZER = "fuzzer"
+JSON_TYPE = {"content-type": "application/json"}
+"""Declared on every fuzzed request, so bodies reach validation (without it a POST is a 415)."""
 HOSTILE_TEXT = st.sampled_from(["'", '"', "/", "\\", "%", " eq ", "..", "\x00", "é", "🙂", "\u2028"])
 TEXT = st.one_of(st.text(max_size=12), HOSTILE_TEXT)
 JSON = st.recursive(
@@ -182,7 +184,7 @@ def test_fuzz_reads_and_inference_change_nothing(
         ) -> None:
             method, path, _ = route
             url = fill(path, values)
-            response = http.request(method, url, params=query, headers=headers, content=body)
+            response = http.request(method, url, params=query, headers={**JSON_TYPE, **headers}, content=body)
             check(response, f"{method} {url}?{query} {body!r:.200}")
 
         request_anything()
@@ -210,7 +212,7 @@ def test_fuzz_invalid_actions_change_nothing(fuzz_host: tuple[RunningHost, dict[
     missing_id = st.one_of(
         TEXT, st.from_regex(r"chatcmpl-[0-9a-f]{32}", fullmatch=True).filter(lambda i: i not in seeded)
     )
-    headers = {"api-key": keys["actor"]}
+    headers = {"api-key": keys["actor"], **JSON_TYPE}
 
     with httpx.Client(base_url=host.url, timeout=30, headers=headers) as http:
 

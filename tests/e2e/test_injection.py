@@ -52,7 +52,9 @@ def test_malformed_ids_are_404_on_every_method(host: RunningHost, bad_id: str) -
 def test_bad_json_bodies_are_400(host: RunningHost, fake_upstream: FakeUpstream) -> None:
     with host.http() as http:
         for raw in [b"{", b"[]", b'{"messages": NaN}', b'{"n": ' + b"9" * 5000 + b"}", b'{"a": "\\ud800"}', b"\xff"]:
-            response = http.post("/openai/v1/chat/completions", content=raw)
+            response = http.post(
+                "/openai/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+            )
             assert response.status_code == 400, (raw[:20], response.text)
             assert response.json()["error"]["code"] == "invalid_json"
     assert fake_upstream.requests == []

@@ -91,3 +91,30 @@ def test_offline_model_serves_and_says_so(azurite: Azurite, tmp_path_factory: py
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "[offline-echo] hello there"
         assert chunks[-1].usage is not None
         assert client.chat.completions.retrieve(answer.id).model == "offline-echo"
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_upstream_redirect_is_a_502_and_never_followed(
+    azure_host: RunningHost, fake_upstream: FakeUpstream, status: int
+) -> None:
+    """Following it would send the upstream `api-key` to wherever the redirect points."""
+    fake_upstream.script(Reply(status=status, headers={"location": f"{fake_upstream.base_url}/chat/completions"}))
+    with pytest.raises(openai.APIStatusError) as caught:
+        azure_host.azure_client(max_retries=0).chat.completions.create(model="my-gpt", store=True, messages=MESSAGES)
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "upstream_redirect"
+    assert "AZURE_OPENAI_ENDPOINT" in caught.value.body["message"]
+    assert [request["url"].split("?")[0] for request in fake_upstream.requests] == [
+        f"{fake_upstream.root_url}/openai/deployments/my-gpt/chat/completions"
+    ]
+
+
+@pytest.mark.parametrize("deployment", ["..", ".", "a/b", "../../v1/files", "a\\b", "a%2Fb", "a?b", "a#b", "x" * 257])
+def test_deployment_names_cannot_reach_other_upstream_paths(
+    azure_host: RunningHost, fake_upstream: FakeUpstream, deployment: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        azure_host.openai_client(max_retries=0).chat.completions.create(model=deployment, messages=MESSAGES)
+    assert caught.value.body["code"] == "invalid_deployment"
+    assert caught.value.body["param"] == "model"
+    assert fake_upstream.requests == []

@@ -150,3 +150,30 @@ async def test_bulk_loaded_rows_list_like_added_ones(store: CompletionStore) -> 
     page = await store.list(CompletionFilter(metadata={"tag": "bulk", "user": "u1"}), order="desc", limit=100)
     assert [c.id for c in page.data] == [i.id for i in items if i.metadata["user"] == "u1"][::-1][:100]
     assert page.has_more
+
+
+async def test_owners_written_before_stable_ids_are_migrated_on_read(store: CompletionStore) -> None:
+    """A document and index rows holding the bare key name `alice` belong to `key:alice` (and only to it);
+    the next write stores the stable id."""
+    legacy = completion(1, tag="legacy").model_copy(update={"owner": "alice"})  # model_copy: as written back then
+    document = legacy.model_dump_json().encode()
+    assert b'"owner":"alice"' in document
+    await store._container.upload_blob(f"{legacy.id}.json", document)
+    entry = IndexEntry.model_construct(
+        id=legacy.id, deployment="dep", model="m1", metadata={"tag": "legacy"}, owner="alice", size_bytes=len(document)
+    )
+    await store.index.add(entry)
+    for selection in (CompletionFilter(metadata={"tag": "legacy"}), CompletionFilter()):
+        mine = await store.list(selection.model_copy(update={"owner": "key:alice"}))
+        assert [(c.id, c.owner) for c in mine.data] == [(legacy.id, "key:alice")]
+        for other in ("entra:72f988bf-86f1-41af-91ab-2d7cd011db47/alice", "key:bob"):
+            assert (await store.list(selection.model_copy(update={"owner": other}))).data == []
+    assert (await store.get(legacy.id, owner="key:alice")).owner == "key:alice"
+    with pytest.raises(NotFound):
+        await store.get(legacy.id, owner="entra:72f988bf-86f1-41af-91ab-2d7cd011db47/alice")
+
+    await store.update_metadata(legacy.id, {"tag": "legacy", "checked": "yes"}, owner="key:alice")
+    stored = json.loads(await (await store._container.download_blob(f"{legacy.id}.json")).readall())
+    assert stored["owner"] == "key:alice"
+    rows = [row async for row in store.index._table.query_entities("id eq @id", parameters={"id": legacy.id})]
+    assert rows and {row["owner"] for row in rows} == {"key:alice"}

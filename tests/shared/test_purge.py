@@ -73,7 +73,7 @@ async def test_a_scoped_caller_purges_and_sees_only_its_own(make_services: Servi
     done = await services.purges.run(job.id)
 
     assert done.receipt is not None and done.receipt.deleted_count == 2
-    assert (await services.store.get(theirs.id)).owner == "bob"
+    assert (await services.store.get(theirs.id)).owner == "key:bob"
     assert (await services.purges.get(job.id, owner_scope="alice")).id == job.id
     with pytest.raises(NotFound):
         await services.purges.get(job.id, owner_scope="bob")

@@ -12,7 +12,7 @@ from local_host.azurite import Azurite
 from shared.clients import Services
 from shared.datasets.builder import BuildLimits, DatasetJobs, InvalidJobMessage, source_digest
 from shared.datasets.check import check_lines
-from shared.datasets.job import DatasetJobMessage, DatasetParams, DatasetStatus, new_dataset_id
+from shared.datasets.job import DatasetJob, DatasetJobMessage, DatasetParams, DatasetStatus, new_dataset_id
 from shared.datasets.records import DatasetRecords
 from shared.errors import NotFound
 from tests.shared.datasets.conftest import download, drain, read_job, receive, seed, stored
@@ -250,3 +250,30 @@ async def test_owner_scoped_dataset_uses_only_the_owners_completions(services: S
     job = await read_job(services, await build(services, by_ids))
     assert (job.counts.selected, job.counts.written) == (13, 10)
     assert job.visible_to("alice") and not job.visible_to("bob") and job.visible_to(None)
+
+
+async def test_a_scoped_caller_pages_through_to_its_own_datasets(services: Services) -> None:
+    """Other owners' newer datasets come first in storage order; a scoped list skips them, page after page."""
+    records: DatasetRecords = services.dataset_jobs.records
+    alices = [await _record(records, "key:alice") for _ in range(3)]
+    others = [await _record(records, owner) for owner in ["key:bob"] * 5 + [None] * 2]
+    assert len(others) == 7
+    pages, after = [], None
+    while True:
+        page, more = await records.list(after=after, limit=2, owner_scope="key:alice")
+        assert page, "a page is never empty while has_more is true"
+        pages.append([job.id for job in page])
+        if not more:
+            break
+        after = page[-1].id
+    assert pages == [alices[::-1][:2], alices[::-1][2:]]
+    assert [job.id for job in (await records.list(after=None, limit=20, owner_scope="key:carol"))[0]] == []
+    everyone, more = await records.list(after=None, limit=20)
+    assert len(everyone) == 10 and not more
+
+
+async def _record(records: DatasetRecords, owner: str | None) -> str:
+    params = DatasetParams.model_validate({"kind": "evaluation", "ids": ["chatcmpl-" + "0" * 32]})
+    job = DatasetJob.queued(new_dataset_id(), params.model_copy(update={"owner": owner}))
+    await records.create(job)
+    return job.id

@@ -379,3 +379,13 @@ def test_sample_from_a_completion() -> None:
     assert sample["output_text"] == '{"a": 1}' and sample["output_json"] == {"a": 1}
     assert sample["usage"]["total_tokens"] == 5 and sample["model"] == "gpt-x"
     assert sample["input"] == [{"role": "user", "content": "hi"}]
+
+
+async def test_a_redirecting_upstream_is_neither_followed_nor_retried(
+    calls: ModelCalls, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.script(Reply(status=307, headers={"location": f"{fake_upstream.base_url}/chat/completions"}))
+    with pytest.raises(UpstreamCallFailed) as raised:
+        await calls.chat(deployment="x", body={"messages": [{"role": "user", "content": "hi"}]})
+    assert (raised.value.upstream_status, raised.value.code) == (307, "upstream_redirect")
+    assert len(fake_upstream.requests) == 1
