@@ -103,11 +103,55 @@ class CompletionStore:
         )
         return updated
 
-    async def delete(self, completion_id: str, *, owner: str | None = None) -> None:
-        completion, _ = await self._read(ids.require_completion_id(completion_id), owner=owner)
+    async def delete(self, completion_id: str, *, owner: str | None = None) -> bool:
+        """Delete a completion: its index rows first, then its document. True when a document was removed.
+
+        A document already gone (a crash, an old lifecycle rule) still has its index rows removed, found
+        from the index entry itself, so metadata and owner never outlive the document.
+        """
+        completion = await self._read_if_present(ids.require_completion_id(completion_id))
+        if completion is None:
+            entry = await self.index.lookup(completion_id)
+            if entry is None or (owner is not None and entry.owner != owner):
+                raise _not_found(completion_id)
+            await self.index.forget(completion_id)
+            await self.index.remove(entry)
+            return False
+        if owner is not None and completion.owner != owner:
+            raise _not_found(completion_id)
         await self.index.forget(completion_id)
         await self._counted(self.index.remove(_entry(completion, 0)), -len(_encode(completion)), -1)
         await self._forget_document(completion_id)
+        return True
+
+    async def delete_if_matching(self, row: IndexEntry, selection: CompletionFilter) -> bool:
+        """Delete the completion a walk's index row names if its document (never the row alone) matches.
+
+        Rows the document no longer backs (a failed metadata update, a document already gone) are
+        removed on sight; True only when a matching document was deleted.
+        """
+        completion = await self._read_if_present(row.id)
+        if completion is None:
+            entry = await self.index.lookup(row.id)
+            await self.index.remove_stale(row, None)
+            if entry is not None:
+                await self.index.forget(row.id)
+                await self.index.remove(entry)
+            return False
+        current = _entry(completion, 0)
+        await self.index.remove_stale(row, current)
+        if not selection.matches(
+            created=completion.created,
+            deployment=completion.deployment,
+            model=completion.model,
+            metadata=completion.metadata,
+            owner=completion.owner,
+        ):
+            return False
+        await self.index.forget(row.id)
+        await self._counted(self.index.remove(current), -len(_encode(completion)), -1)
+        await self._forget_document(row.id)
+        return True
 
     async def matches(self, completion_id: str, selection: CompletionFilter) -> bool:
         """Whether the stored document itself (not its index row, which can be stale) is in the selection."""

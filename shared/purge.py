@@ -188,8 +188,8 @@ async def delete_completions(store: CompletionStore, completion_ids: list[str]) 
         nonlocal deleted
         async with semaphore:
             try:
-                await store.delete(completion_id)
-                deleted += 1
+                removed = await store.delete(completion_id)  # read before adding: others add meanwhile
+                deleted += removed
             except NotFound:
                 pass
 

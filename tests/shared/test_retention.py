@@ -36,9 +36,15 @@ async def test_retention_is_off_by_default(make_services: ServicesFactory) -> No
     assert (await services.store.get(item.id)).id == item.id
 
 
-async def test_a_document_already_gone_is_skipped(make_services: ServicesFactory) -> None:
+async def test_a_document_already_gone_still_loses_its_index_rows(make_services: ServicesFactory) -> None:
+    """Blob gone first (lifecycle rule, crash): the sweep removes the rows from the index entry itself."""
     services = await make_services(RETENTION_DAYS="1")
-    item = completion(days_ago=2)
+    item = completion(days_ago=2, metadata={"user": "ann"}, owner="alice")
     await services.store.put(item)
     await services.completions_container.delete_blob(f"{item.id}.json")
-    assert (await services.retention.run()).deleted_count == 0
+
+    assert (await services.retention.run()).deleted_count == 0  # no document was left to delete
+
+    for selection in (CompletionFilter(), CompletionFilter(metadata={"user": "ann"}), CompletionFilter(model="gpt-4o")):
+        assert [entry.id async for entry in services.store.index.walk(selection)] == []
+    assert await services.store.index.lookup(item.id) is None
