@@ -311,7 +311,10 @@ class Services:
     @cached_property
     def purges(self) -> PurgeService:
         return PurgeService(
-            store=self.store, reports=self.report_store, queue=self.job_queue, queue_name=self.settings.purge_jobs_queue
+            store=self.store,
+            records=JsonBlobs(container=self.reports_container, label="purge"),
+            queue=self.job_queue,
+            queue_name=self.settings.purge_jobs_queue,
         )
 
     async def close(self) -> None:

@@ -124,11 +124,11 @@ class CompletionStore:
         await self._forget_document(completion_id)
         return True
 
-    async def delete_if_matching(self, row: IndexEntry, selection: CompletionFilter) -> bool:
-        """Delete the completion a walk's index row names if its document (never the row alone) matches.
+    async def confirm(self, row: IndexEntry, selection: CompletionFilter) -> StoredCompletion | None:
+        """The completion a walk's index row names, if its document (never the row alone) is in the selection.
 
         Rows the document no longer backs (a failed metadata update, a document already gone) are
-        removed on sight; True only when a matching document was deleted.
+        removed on sight, so no stale row is ever trusted and none outlives its document.
         """
         completion = await self._read_if_present(row.id)
         if completion is None:
@@ -137,32 +137,16 @@ class CompletionStore:
             if entry is not None:
                 await self.index.forget(row.id)
                 await self.index.remove(entry)
-            return False
-        current = _entry(completion, 0)
-        await self.index.remove_stale(row, current)
-        if not selection.matches(
-            created=completion.created,
-            deployment=completion.deployment,
-            model=completion.model,
-            metadata=completion.metadata,
-            owner=completion.owner,
-        ):
-            return False
-        await self.index.forget(row.id)
-        await self._counted(self.index.remove(current), -len(_encode(completion)), -1)
-        await self._forget_document(row.id)
-        return True
-
-    async def matches(self, completion_id: str, selection: CompletionFilter) -> bool:
-        """Whether the stored document itself (not its index row, which can be stale) is in the selection."""
-        completion = await self._read_if_present(completion_id)
-        return completion is not None and selection.matches(
+            return None
+        await self.index.remove_stale(row, _entry(completion, 0))
+        matched = selection.matches(
             created=completion.created,
             deployment=completion.deployment,
             model=completion.model,
             metadata=completion.metadata,
             owner=completion.owner,
         )
+        return completion if matched else None
 
     async def list(
         self, selection: CompletionFilter, *, order: Order = "asc", after: str | None = None, limit: int = 20

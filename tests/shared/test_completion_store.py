@@ -139,7 +139,7 @@ async def test_a_walk_removes_rows_no_document_backs(store: CompletionStore) -> 
     await store.index.add(stale)
     [row] = [entry async for entry in store.index.walk(CompletionFilter(metadata={"stage": "draft"}))]
 
-    assert await store.delete_if_matching(row, CompletionFilter(metadata={"stage": "draft"})) is False
+    assert await store.confirm(row, CompletionFilter(metadata={"stage": "draft"})) is None
 
     assert (await store.get(item.id)).metadata == {"stage": "final"}
     assert [e.id async for e in store.index.walk(CompletionFilter(metadata={"stage": "draft"}))] == []
