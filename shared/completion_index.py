@@ -207,6 +207,16 @@ class CompletionIndex:
         except AzureError as exc:
             raise StorageUnavailable("The completion index is unavailable.") from exc
 
+    async def is_forgotten(self, completion_id: str) -> bool:
+        """Whether this id was deleted (its `forgotten` row exists)."""
+        try:
+            await self._table.get_entity(_FORGOTTEN_PARTITION, completion_id)
+        except ResourceNotFoundError:
+            return False
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+        return True
+
     async def reclaim_forgotten(self, key_digest: str, claimed_id: str, completion_id: str) -> str:
         """The id to use for an idempotency key whose claimed completion may have been deleted.
 

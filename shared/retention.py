@@ -1,5 +1,5 @@
 """Retention: stored completions captured longer ago than `RETENTION_DAYS` are deleted, document and
-index rows together, by the same deletion loop purges use."""
+index rows together, by the same deletion loop purges use; datasets holding them are rebuilt."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from shared.completion_filter import CompletionFilter
 from shared.completion_store import CompletionStore
-from shared.purge import delete_completions
+from shared.purge import DeletedHook, delete_completions
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,10 @@ class RetentionResult(BaseModel):
 
 
 class RetentionSweep:
-    def __init__(self, *, store: CompletionStore, retention_days: int) -> None:
+    def __init__(self, *, store: CompletionStore, retention_days: int, on_deleted: DeletedHook | None = None) -> None:
         self._store = store
         self._retention_days = retention_days
+        self._on_deleted = on_deleted
 
     async def run(self, *, now: datetime | None = None) -> RetentionResult:
         if self._retention_days == 0:
@@ -41,8 +42,8 @@ class RetentionSweep:
         async for entry in self._store.index.walk(selection, page_size=_BATCH):
             batch.append(entry.id)
             if len(batch) == _BATCH:
-                deleted += await delete_completions(self._store, batch)
+                deleted += await delete_completions(self._store, batch, on_deleted=self._on_deleted)
                 batch = []
-        deleted += await delete_completions(self._store, batch)
+        deleted += await delete_completions(self._store, batch, on_deleted=self._on_deleted)
         log.info("Retention deleted %s stored completions captured before %s", deleted, cutoff.isoformat())
         return RetentionResult(retention_days=self._retention_days, cutoff=cutoff, deleted_count=deleted)
