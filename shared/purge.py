@@ -18,7 +18,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal, TypeVar
 
@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shared.completion_filter import CompletionFilter
 from shared.completion_index import IndexEntry
-from shared.completion_store import CompletionStore
+from shared.completion_store import CompletionStore, in_selection
 from shared.errors import DistilleryError, InvalidRequest, NotFound, StorageUnavailable
 from shared.job_queue import JobQueue
 from shared.json_blobs import JsonBlobs, Superseded
@@ -36,6 +36,8 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 DELETE_CONCURRENCY = 16
+ORPHAN_GRACE = timedelta(hours=1)
+"""A document younger than this with no index row may be a store still writing its rows: not an orphan yet."""
 MAX_DELIVERY_COUNT = 5
 """The purge queue's `maxDeliveryCount` (infra/app/servicebus.bicep): the last delivery marks a failure."""
 _ID_PREFIX = "purge_"
@@ -53,6 +55,7 @@ class PurgeLimits:
     chunk_rows: int = 50_000
     """Index rows one delivery walks before it hands over to a continuation."""
     chunk_seconds: float = 240.0
+    orphan_grace: timedelta = ORPHAN_GRACE
 
 
 class PurgeParams(BaseModel):
@@ -286,7 +289,27 @@ class PurgeService:
             walked += len(rows)
             if walked >= self.limits.chunk_rows or time.monotonic() >= deadline:
                 return job, etag, False
-        return job, etag, True
+        return job, await self._orphans(job, etag, selection), True
+
+    async def _orphans(self, job: PurgeJob, etag: str, selection: CompletionFilter) -> str:
+        """Documents with no index row (a delete that died halfway) that match: the walk cannot see them.
+
+        One streamed pass over the container merged with the index; those written in the last
+        ORPHAN_GRACE may be stores still writing their rows, and are left to the daily sweep.
+        """
+        older_than = min(job.created_at, datetime.now(UTC) - self.limits.orphan_grace)
+        batch: list[str] = []
+        async for orphan_id in self._store.orphans(older_than=older_than):
+            completion = await self._store.read_orphan(orphan_id)
+            if completion is not None and in_selection(completion, selection):
+                batch.append(orphan_id)
+            if len(batch) == self.limits.batch:
+                job.progress.pending, batch = batch, []
+                etag = await self._settle_pending(job, await self._save(job, etag))
+        if batch:
+            job.progress.pending = batch
+            etag = await self._settle_pending(job, await self._save(job, etag))
+        return etag
 
     async def _settle_pending(self, job: PurgeJob, etag: str, *, confirmed: bool = False) -> str:
         """Delete the pending batch (an id already gone was deleted by an earlier delivery) and count it."""

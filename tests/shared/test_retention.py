@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from shared.completion_filter import CompletionFilter
 from tests.conftest import ServicesFactory
 from tests.shared.seed import completion, listed
@@ -48,3 +50,21 @@ async def test_a_document_already_gone_still_loses_its_index_rows(make_services:
     for selection in (CompletionFilter(), CompletionFilter(metadata={"user": "ann"}), CompletionFilter(model="gpt-4o")):
         assert [entry.id async for entry in services.store.index.walk(selection)] == []
     assert await services.store.index.lookup(item.id) is None
+
+
+async def test_the_sweep_removes_orphan_documents_even_with_retention_off(make_services: ServicesFactory) -> None:
+    """A document whose index rows are gone is invisible to lists and purges: the daily sweep deletes it."""
+    services = await make_services()
+    kept, orphan = completion(metadata={"user": "ann"}), completion(metadata={"user": "ann"})
+    for item in (kept, orphan):
+        await services.store.put(item)
+    await services.store.index.remove(await services.store.index.lookup(orphan.id))  # type: ignore[arg-type]
+
+    young = await services.retention.run()
+    assert young.orphans_deleted == 0 and await services.store.exists(orphan.id)  # may be a store still writing
+
+    later = await services.retention.run(now=datetime.now(UTC) + timedelta(hours=2))
+
+    assert (later.orphans_deleted, later.deleted_count) == (1, 0)
+    assert not await services.store.exists(orphan.id)
+    assert (await services.store.get(kept.id)).id == kept.id
