@@ -26,6 +26,7 @@ from shared.completion_filter import CompletionFilter
 from shared.completion_index import CompletionIndex, IndexEntry
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.job import DatasetJob, DatasetJobMessage, DatasetParams, DatasetStatus, new_dataset_id
+from shared.datasets.membership import DatasetMembership
 from shared.datasets.records import DatasetRecords
 from shared.settings import Settings
 from shared.stored_completion import StoredCompletion
@@ -142,6 +143,7 @@ async def main(sizes: list[int]) -> None:
         jobs = DatasetJobs(
             records=DatasetRecords(container=services.datasets_container),
             store=services.store,
+            membership=DatasetMembership(services.index_table),
             job_queue=services.job_queue,
             queue_name="unused",
             limits=BuildLimits(chunk_seconds=1e9, chunk_completions=10**9, read_concurrency=IN_FLIGHT),

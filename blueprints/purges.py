@@ -1,6 +1,5 @@
 """Bulk purge by filter: count or queue a purge over HTTP, run it from the purge queue."""
 
-import json
 import logging
 
 import azure.functions as func
@@ -27,7 +26,7 @@ async def create_purge(req: Request, caller: Caller | None) -> Response:
     if params.dry_run:
         return json_response((await purges.count(params, owner_scope=caller.scope)).model_dump(mode="json"))
     job = await purges.submit(params, requested_by=caller.owner, owner_scope=caller.scope)
-    return json_response(job.model_dump(mode="json"), status=202, headers={"location": f"/api/purges/{job.id}"})
+    return json_response(job.view(), status=202, headers={"location": f"/api/purges/{job.id}"})
 
 
 @bp.route(route="api/purges/{purge_id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -36,13 +35,12 @@ async def get_purge(req: Request, caller: Caller | None) -> Response:
     """A purge's status and, once it is done, its receipt."""
     assert caller is not None
     job = await get_services().purges.get(req.path_params["purge_id"], owner_scope=caller.scope)
-    return json_response(job.model_dump(mode="json"))
+    return json_response(job.view())
 
 
 @bp.function_name("purge_job")
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%PURGE_JOBS_QUEUE%", connection="ServiceBusConnection")
 async def purge_job(msg: func.ServiceBusMessage) -> None:
-    """Run one queued purge; a failure raises, so Service Bus retries and finally dead-letters it."""
-    purge_id = json.loads(msg.get_body())["id"]
-    log.info("Purge %s delivered (delivery %s)", purge_id, msg.delivery_count)
-    await get_services().purges.run(purge_id)
+    """Run one chunk of a queued purge; a failure raises, so Service Bus retries (the last delivery marks it failed)."""
+    log.info("Purge message %s delivered (delivery %s)", msg.message_id, msg.delivery_count)
+    await get_services().purges.handle(msg.get_body(), delivery_count=msg.delivery_count or 1)

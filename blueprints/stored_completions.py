@@ -50,9 +50,9 @@ async def update_chat_completion(req: Request, caller: Caller | None) -> Respons
 
 
 async def delete_chat_completion(req: Request, caller: Caller | None) -> Response:
-    """Delete a stored chat completion."""
+    """Delete a stored chat completion, and rebuild the datasets that held it."""
     completion_id = req.path_params["completion_id"]
-    await get_services().store.delete(completion_id, owner=_caller(caller).scope)
+    await get_services().forgetting.delete(completion_id, owner=_caller(caller).scope)
     return json_response({"id": completion_id, "object": "chat.completion.deleted", "deleted": True})
 
 

@@ -39,7 +39,7 @@ param deploymentModels string = '{}'
 param storeEnabled bool = true
 
 @minValue(0)
-@description('Days a stored completion is kept before Storage lifecycle management deletes it; 0 keeps them until deleted.')
+@description('Days a stored completion is kept before retention_sweep deletes it (document and index rows); 0 keeps them until deleted.')
 param retentionDays int = 0
 
 @minValue(1)
@@ -166,8 +166,6 @@ module storage 'app/storage.bicep' = {
     tags: tags
     containerNames: [containers.completions, containers.datasets, containers.reports, containers.evals, containers.fineTuning, containers.deployment]
     tableNames: [completionIndexTable]
-    completionsContainerName: containers.completions
-    retentionDays: retentionDays
     recoveryDays: recoveryDays
   }
 }

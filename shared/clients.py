@@ -26,12 +26,14 @@ from shared.capture import ChatCapture
 from shared.completion_index import CompletionIndex
 from shared.completion_store import CompletionStore
 from shared.datasets.builder import BuildLimits, DatasetJobs
+from shared.datasets.membership import DatasetMembership
 from shared.datasets.records import DatasetRecords
 from shared.errors import ConfigurationError, UpstreamUnavailable
 from shared.evals.records import EvalStore
 from shared.evals.service import EvalLimits, EvalService
 from shared.fine_tuning.api import FineTuningApi
 from shared.fine_tuning.jobs import FineTuningJobs
+from shared.forgetting import Forgetting
 from shared.job_queue import JobQueue, ServiceBusJobQueue, StorageJobQueue
 from shared.json_blobs import JsonBlobs
 from shared.model_calls import ModelCalls
@@ -306,12 +308,22 @@ class Services:
 
     @cached_property
     def retention(self) -> RetentionSweep:
-        return RetentionSweep(store=self.store, retention_days=self.settings.retention_days)
+        return RetentionSweep(
+            store=self.store, retention_days=self.settings.retention_days, on_deleted=self.forgetting.deleted
+        )
+
+    @cached_property
+    def forgetting(self) -> Forgetting:
+        return Forgetting(store=self.store, datasets=self.dataset_jobs)
 
     @cached_property
     def purges(self) -> PurgeService:
         return PurgeService(
-            store=self.store, reports=self.report_store, queue=self.job_queue, queue_name=self.settings.purge_jobs_queue
+            store=self.store,
+            records=JsonBlobs(container=self.reports_container, label="purge"),
+            queue=self.job_queue,
+            queue_name=self.settings.purge_jobs_queue,
+            on_deleted=self.forgetting.deleted,
         )
 
     async def close(self) -> None:
@@ -336,6 +348,7 @@ class Services:
         return DatasetJobs(
             records=DatasetRecords(container=self.datasets_container),
             store=self.store,
+            membership=DatasetMembership(self.index_table),
             job_queue=self.job_queue,
             queue_name=settings.dataset_jobs_queue,
             limits=BuildLimits(

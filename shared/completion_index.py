@@ -144,6 +144,22 @@ class CompletionIndex:
     async def remove(self, entry: IndexEntry) -> None:
         await self._delete(entry, _partitions(entry))
 
+    async def lookup(self, completion_id: str) -> IndexEntry | None:
+        """The index's own entry for an id (its `all` row), found from the id alone: no document needed."""
+        row_key = _row_key("asc", ids.captured_at_us(completion_id), completion_id)
+        try:
+            return _entry(await self._table.get_entity(_ALL_PARTITION, row_key))
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+
+    async def remove_stale(self, row: IndexEntry, current: IndexEntry | None) -> None:
+        """Drop the rows a walk found for `row` that the document (`current`, None when gone) no longer backs."""
+        stale = _partitions(row) - (set() if current is None else _partitions(current))
+        if stale:
+            await self._delete(row, stale)
+
     async def replace(self, old: IndexEntry, new: IndexEntry) -> None:
         """Move an entry to its new terms: write the new rows first, then drop the stale ones."""
         await self._write(new, _partitions(new))
@@ -191,6 +207,16 @@ class CompletionIndex:
             await self._table.upsert_entity({"PartitionKey": _FORGOTTEN_PARTITION, "RowKey": completion_id})
         except AzureError as exc:
             raise StorageUnavailable("The completion index is unavailable.") from exc
+
+    async def is_forgotten(self, completion_id: str) -> bool:
+        """Whether this id was deleted (its `forgotten` row exists)."""
+        try:
+            await self._table.get_entity(_FORGOTTEN_PARTITION, completion_id)
+        except ResourceNotFoundError:
+            return False
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+        return True
 
     async def reclaim_forgotten(self, key_digest: str, claimed_id: str, completion_id: str) -> str:
         """The id to use for an idempotency key whose claimed completion may have been deleted.

@@ -8,7 +8,8 @@ write its document and its index rows concurrently, and a delete remove rows bef
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from datetime import datetime
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
@@ -104,22 +105,69 @@ class CompletionStore:
         )
         return updated
 
-    async def delete(self, completion_id: str, *, owner: str | None = None) -> None:
-        completion, _ = await self._read(ids.require_completion_id(completion_id), owner=owner)
+    async def delete(self, completion_id: str, *, owner: str | None = None) -> bool:
+        """Delete a completion: its index rows first, then its document. True when a document was removed.
+
+        A document already gone (a crash, an old lifecycle rule) still has its index rows removed, found
+        from the index entry itself, so metadata and owner never outlive the document.
+        """
+        completion = await self._read_if_present(ids.require_completion_id(completion_id))
+        if completion is None:
+            entry = await self.index.lookup(completion_id)
+            if entry is None or (owner is not None and entry.owner != owner):
+                raise _not_found(completion_id)
+            await self.index.forget(completion_id)
+            await self.index.remove(entry)
+            return False
+        if owner is not None and completion.owner != owner:
+            raise _not_found(completion_id)
         await self.index.forget(completion_id)
         await self._counted(self.index.remove(_entry(completion, 0)), -len(_encode(completion)), -1)
         await self._forget_document(completion_id)
+        return True
 
-    async def matches(self, completion_id: str, selection: CompletionFilter) -> bool:
-        """Whether the stored document itself (not its index row, which can be stale) is in the selection."""
-        completion = await self._read_if_present(completion_id)
-        return completion is not None and selection.matches(
-            created=completion.created,
-            deployment=completion.deployment,
-            model=completion.model,
-            metadata=completion.metadata,
-            owner=completion.owner,
-        )
+    async def confirm(self, row: IndexEntry, selection: CompletionFilter) -> StoredCompletion | None:
+        """The completion a walk's index row names, if its document (never the row alone) is in the selection.
+
+        Rows the document no longer backs (a failed metadata update, a document already gone) are
+        removed on sight, so no stale row is ever trusted and none outlives its document.
+        """
+        completion = await self._read_if_present(row.id)
+        if completion is None:
+            entry = await self.index.lookup(row.id)
+            await self.index.remove_stale(row, None)
+            if entry is not None:
+                await self.index.forget(row.id)
+                await self.index.remove(entry)
+            return None
+        await self.index.remove_stale(row, _entry(completion, 0))
+        return completion if in_selection(completion, selection) else None
+
+    async def orphans(self, *, older_than: datetime) -> AsyncIterator[str]:
+        """Ids of documents with no index row, last written before `older_than` (a delete that died
+        between its two steps leaves one). Both listings are in id order, so they are merged as they
+        stream: no look-up per document, and memory stays one page of each."""
+        indexed = aiter(self.index.walk(CompletionFilter(), page_size=1000))
+        current = await anext(indexed, None)
+        try:
+            async for blob in self._container.list_blobs():
+                completion_id = str(blob.name).removesuffix(".json")
+                if not ids.is_completion_id(completion_id):
+                    continue
+                while current is not None and current.id < completion_id:
+                    current = await anext(indexed, None)
+                if (current is None or current.id != completion_id) and blob.last_modified < older_than:
+                    yield completion_id
+        except ResourceNotFoundError:
+            return
+        except AzureError as exc:
+            raise StorageUnavailable("The completion store is unavailable.") from exc
+
+    async def read_orphan(self, completion_id: str) -> StoredCompletion | None:
+        """An orphan's document, unless it has an index row by now (a store that was still writing)."""
+        if await self.index.lookup(completion_id) is not None:
+            return None
+        return await self._read_if_present(completion_id)
 
     async def list(
         self, selection: CompletionFilter, *, order: Order = "asc", after: str | None = None, limit: int = 20
@@ -129,16 +177,7 @@ class CompletionStore:
             entries, has_more = await self.index.page(selection, order=order, after=after, limit=limit)
             loaded = await asyncio.gather(*(self._read_if_present(entry.id) for entry in entries))
             data = [
-                completion
-                for completion in loaded
-                if completion is not None
-                and selection.matches(
-                    created=completion.created,
-                    deployment=completion.deployment,
-                    model=completion.model,
-                    metadata=completion.metadata,
-                    owner=completion.owner,
-                )
+                completion for completion in loaded if completion is not None and in_selection(completion, selection)
             ]
             if data or not has_more:
                 return CompletionPage(data=data, has_more=has_more)
@@ -182,6 +221,17 @@ class CompletionStore:
             pass
         except AzureError as exc:
             raise StorageUnavailable("The completion store is unavailable.") from exc
+
+
+def in_selection(completion: StoredCompletion, selection: CompletionFilter) -> bool:
+    """The authoritative check: the selection applied to the document itself, never to an index row."""
+    return selection.matches(
+        created=completion.created,
+        deployment=completion.deployment,
+        model=completion.model,
+        metadata=completion.metadata,
+        owner=completion.owner,
+    )
 
 
 def _blob_name(completion_id: str) -> str:

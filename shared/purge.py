@@ -1,34 +1,62 @@
 """Bulk purge by filter (the right to be forgotten), and the deletion loop retention shares.
 
-A purge is recorded, queued, then run by a Service Bus-triggered function. The first run writes the
-sorted list of matching ids next to the record, so a redelivered message deletes the same set again
-(deleting what is already gone is a no-op) and produces the same receipt: safe to run twice.
+A purge is recorded, queued, then run by a Service Bus-triggered function in chunks, like dataset
+jobs: a delivery walks the index from the record's checkpoint, a batch at a time, and stops after a
+time or row budget, saves the checkpoint and queues a continuation. Memory is one batch, whatever
+the number of matches. Before a batch is deleted its confirmed ids are saved as `pending` (ETag
+condition), so a delivery that dies mid-batch is finished by the next one with the same count and
+digest: safe to run twice, and the receipt is exact.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
-from datetime import UTC, datetime
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from azure.core.exceptions import AzureError, ResourceNotFoundError
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from shared.access import OwnerId, same_owner, stable_owner
 from shared.completion_filter import CompletionFilter
-from shared.completion_store import CompletionStore
-from shared.errors import InvalidRequest, NotFound, StorageUnavailable
+from shared.completion_index import IndexEntry
+from shared.completion_store import CompletionStore, in_selection
+from shared.errors import DistilleryError, InvalidRequest, NotFound, StorageUnavailable
 from shared.job_queue import JobQueue
-from shared.report_store import ReportStore
+from shared.json_blobs import JsonBlobs, Superseded
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 DELETE_CONCURRENCY = 16
+ORPHAN_GRACE = timedelta(hours=1)
+"""A document younger than this with no index row may be a store still writing its rows: not an orphan yet."""
+MAX_DELIVERY_COUNT = 5
+"""The purge queue's `maxDeliveryCount` (infra/app/servicebus.bicep): the last delivery marks a failure."""
 _ID_PREFIX = "purge_"
+_DIGEST_MODULUS = 2**256
+DIGEST_METHOD = "sum of sha256(completion id) over deleted completions, mod 2**256"
+
+DeletedHook = Callable[[list[str]], Awaitable[None]]
+"""Called with each batch of deleted ids (the datasets that hold them are rebuilt)."""
+
+
+@dataclass(frozen=True)
+class PurgeLimits:
+    batch: int = 200
+    """Index rows checked and deleted together; also the most ids a record keeps as `pending`."""
+    chunk_rows: int = 50_000
+    """Index rows one delivery walks before it hands over to a continuation."""
+    chunk_seconds: float = 240.0
+    orphan_grace: timedelta = ORPHAN_GRACE
 
 
 class PurgeParams(BaseModel):
@@ -74,15 +102,37 @@ class PurgeStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
+    FAILED = "failed"
 
 
 class PurgeReceipt(BaseModel):
-    """Proof of what a purge removed, without keeping what it removed."""
+    """Proof of what a purge removed, without keeping what it removed (no content, no id list)."""
 
     deleted_count: int
-    ids_sha256: str
-    """sha256 of the sorted deleted ids joined by newlines."""
+    ids_digest: str
+    """Sum of sha256(id) over the deleted ids, mod 2**256, in hex: order- and chunk-independent."""
+    ids_digest_method: str = DIGEST_METHOD
     completed_at: datetime
+
+
+class PurgeError(BaseModel):
+    code: str
+    message: str
+
+
+class PurgeProgress(BaseModel):
+    """The checkpoint a continuation resumes from (the record's own; never ids beyond one batch)."""
+
+    part: int = 0
+    """The message part that runs next."""
+    walked: int = 0
+    """Index rows read so far."""
+    deleted: int = 0
+    ids_digest: str = "0" * 64
+    after: str | None = None
+    """The last id walked: the index walk's cursor."""
+    pending: list[str] = Field(default_factory=list)
+    """Confirmed matches of the batch being deleted; counted once they are gone."""
 
 
 class PurgeJob(BaseModel):
@@ -90,6 +140,7 @@ class PurgeJob(BaseModel):
     object: Literal["purge"] = "purge"
     status: PurgeStatus
     filter: CompletionFilter | None
+    """Once the purge has succeeded, metadata values are kept only as `sha256:<hex>` of the value."""
     all: bool
     requested_by: Annotated[str, BeforeValidator(stable_owner)]
     """The requester's stable owner id."""
@@ -97,7 +148,30 @@ class PurgeJob(BaseModel):
     """Set when the requester sees only its own completions (owner scoping): only those are purged."""
     created_at: datetime
     started_at: datetime | None = None
+    runs: int = 0
+    progress: PurgeProgress = Field(default_factory=PurgeProgress)
     receipt: PurgeReceipt | None = None
+    error: PurgeError | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (PurgeStatus.SUCCEEDED, PurgeStatus.FAILED)
+
+    def view(self) -> dict[str, Any]:
+        """The API shape: progress without the cursor and pending ids."""
+        return self.model_dump(mode="json", exclude={"progress": {"after", "pending", "part"}})
+
+
+class PurgeMessage(BaseModel):
+    """The purge queue's message body."""
+
+    id: str
+    part: int = Field(0, ge=0)
+
+    @property
+    def message_id(self) -> str:
+        """Service Bus drops a resend of the same part as a duplicate."""
+        return self.id if self.part == 0 else f"{self.id}-part{self.part}"
 
 
 class PurgeCount(BaseModel):
@@ -110,11 +184,22 @@ class PurgeCount(BaseModel):
 class PurgeService:
     """Counts, records, queues and runs purges."""
 
-    def __init__(self, *, store: CompletionStore, reports: ReportStore, queue: JobQueue, queue_name: str) -> None:
+    def __init__(
+        self,
+        *,
+        store: CompletionStore,
+        records: JsonBlobs,
+        queue: JobQueue,
+        queue_name: str,
+        limits: PurgeLimits | None = None,
+        on_deleted: DeletedHook | None = None,
+    ) -> None:
         self._store = store
-        self._reports = reports
+        self._records = records
         self._queue = queue
         self._queue_name = queue_name
+        self.limits = limits or PurgeLimits()
+        self._on_deleted = on_deleted
 
     async def count(self, params: PurgeParams, *, owner_scope: str | None = None) -> PurgeCount:
         matched = 0
@@ -123,6 +208,7 @@ class PurgeService:
         return PurgeCount(filter=params.filter, all=params.all, matched_count=matched)
 
     async def submit(self, params: PurgeParams, *, requested_by: str, owner_scope: str | None = None) -> PurgeJob:
+        """Record and queue a purge; when the queue refuses, the record says `failed` (never `queued` forever)."""
         job = PurgeJob(
             id=_ID_PREFIX + secrets.token_hex(12),
             status=PurgeStatus.QUEUED,
@@ -132,83 +218,217 @@ class PurgeService:
             owner_scope=owner_scope,
             created_at=datetime.now(UTC),
         )
-        await self._reports.save(_record(job.id), job)
-        await self._queue.send(self._queue_name, job.model_dump_json(include={"id"}), message_id=job.id)
+        etag = await self._records.put(_record(job.id), job.model_dump_json(), create=True)
+        try:
+            await self._send(PurgeMessage(id=job.id))
+        except StorageUnavailable:
+            error = PurgeError(code="queue_unavailable", message="The purge could not be queued; nothing was deleted.")
+            failed = job.model_copy(update={"status": PurgeStatus.FAILED, "error": error})
+            with contextlib.suppress(Superseded, StorageUnavailable):
+                await self._records.put(_record(job.id), failed.model_dump_json(), etag=etag)
+            raise
         log.info("Purge %s queued by %s", job.id, requested_by)
         return job
 
     async def get(self, purge_id: str, *, owner_scope: str | None = None) -> PurgeJob:
         """A purge record; a scoped caller sees only its own purges (another's answers 404)."""
-        job = await self._reports.load(_record(purge_id), PurgeJob) if _is_purge_id(purge_id) else None
-        if job is None or (owner_scope is not None and not same_owner(job.requested_by, owner_scope)):
-            raise NotFound(f"No purge found with id '{purge_id[:80]}'.", param="purge_id")
+        job, _ = await self._read(purge_id)
+        if owner_scope is not None and not same_owner(job.requested_by, owner_scope):
+            raise _not_found(purge_id)
         return job
 
-    async def run(self, purge_id: str) -> PurgeJob:
-        """Delete the purge's matches and write its receipt; a second run finds it done or redoes the same set."""
-        job = await self.get(purge_id)
-        if job.status is PurgeStatus.SUCCEEDED:
-            log.info("Purge %s already done; nothing to do", purge_id)
+    async def handle(self, body: bytes, *, delivery_count: int) -> None:
+        """One queue delivery; raises so the queue retries, and on the last delivery marks the purge failed."""
+        message = PurgeMessage.model_validate_json(body)
+        try:
+            await self.run(message.id, part=message.part)
+        except Exception as exc:
+            if delivery_count >= MAX_DELIVERY_COUNT:
+                reason = exc.message if isinstance(exc, DistilleryError) else f"unexpected {type(exc).__name__}"
+                await self._fail(message.id, f"The purge failed {delivery_count} times ({reason}); submit it again.")
+            raise
+
+    async def run(self, purge_id: str, *, part: int = 0) -> PurgeJob:
+        """Advance the purge by one chunk, or finish it; a stale or repeated message changes nothing."""
+        job, etag = await self._read(purge_id)
+        if job.finished:
+            log.info("Purge %s is already %s; part %s ignored", purge_id, job.status, part)
             return job
-        selected = await self._selected_ids(job)
-        job = job.model_copy(update={"status": PurgeStatus.RUNNING, "started_at": datetime.now(UTC)})
-        await self._reports.save(_record(purge_id), job)
-        await delete_completions(self._store, selected)
-        digest = hashlib.sha256("\n".join(selected).encode()).hexdigest()
-        receipt = PurgeReceipt(deleted_count=len(selected), ids_sha256=digest, completed_at=datetime.now(UTC))
-        job = job.model_copy(update={"status": PurgeStatus.SUCCEEDED, "receipt": receipt})
-        await self._reports.save(_record(purge_id), job)
-        log.info("Purge %s deleted %s stored completions (ids sha256 %s)", purge_id, len(selected), digest)
+        if part < job.progress.part:
+            await self._send(PurgeMessage(id=purge_id, part=job.progress.part))  # its continuation may be lost
+            return job
+        if part > job.progress.part:
+            log.warning("Purge %s: part %s is ahead of the record (%s); ignored", purge_id, part, job.progress.part)
+            return job
+        job.status, job.runs, job.error = PurgeStatus.RUNNING, job.runs + 1, None
+        job.started_at = job.started_at or datetime.now(UTC)
+        try:
+            etag = await self._save(job, etag)
+            job, etag, walk_done = await self._chunk(job, etag)
+            if not walk_done:
+                job.progress.part += 1
+                etag = await self._save(job, etag)
+                await self._send(PurgeMessage(id=purge_id, part=job.progress.part))
+                return job
+            return await self._finish(job, etag)
+        except Superseded:
+            log.info("Purge %s: another delivery advanced the record; this one stops", purge_id)
+            return (await self._read(purge_id))[0]
+
+    async def _chunk(self, job: PurgeJob, etag: str) -> tuple[PurgeJob, str, bool]:
+        progress = job.progress
+        selection = _scoped(job.filter or CompletionFilter(), job.owner_scope)
+        etag = await self._settle_pending(job, etag)
+        deadline = time.monotonic() + self.limits.chunk_seconds
+        walked = 0
+        async for rows in _batches(self._store.index.walk(selection, after=progress.after), self.limits.batch):
+            confirmed = await _bounded(rows, lambda row: self._store.confirm(row, selection))
+            progress.walked += len(rows)
+            progress.after = rows[-1].id
+            progress.pending = [completion.id for completion in confirmed if completion is not None]
+            etag = await self._save(job, etag)
+            etag = await self._settle_pending(job, etag, confirmed=True)
+            walked += len(rows)
+            if walked >= self.limits.chunk_rows or time.monotonic() >= deadline:
+                return job, etag, False
+        return job, await self._orphans(job, etag, selection), True
+
+    async def _orphans(self, job: PurgeJob, etag: str, selection: CompletionFilter) -> str:
+        """Documents with no index row (a delete that died halfway) that match: the walk cannot see them.
+
+        One streamed pass over the container merged with the index; those written in the last
+        ORPHAN_GRACE may be stores still writing their rows, and are left to the daily sweep.
+        """
+        older_than = min(job.created_at, datetime.now(UTC) - self.limits.orphan_grace)
+        batch: list[str] = []
+        async for orphan_id in self._store.orphans(older_than=older_than):
+            completion = await self._store.read_orphan(orphan_id)
+            if completion is not None and in_selection(completion, selection):
+                batch.append(orphan_id)
+            if len(batch) == self.limits.batch:
+                job.progress.pending, batch = batch, []
+                etag = await self._settle_pending(job, await self._save(job, etag))
+        if batch:
+            job.progress.pending = batch
+            etag = await self._settle_pending(job, await self._save(job, etag))
+        return etag
+
+    async def _settle_pending(self, job: PurgeJob, etag: str, *, confirmed: bool = False) -> str:
+        """Delete the pending batch (an id already gone was deleted by an earlier delivery) and count it."""
+        pending = job.progress.pending
+        if not pending:
+            return etag
+        await delete_completions(self._store, pending, on_deleted=self._on_deleted)
+        digest = int(job.progress.ids_digest, 16)
+        for completion_id in pending:
+            digest = (digest + _id_digest(completion_id)) % _DIGEST_MODULUS
+        job.progress.ids_digest = f"{digest:064x}"
+        job.progress.deleted += len(pending)
+        job.progress.pending = []
+        if confirmed:
+            return etag  # the next batch's save (or the finish) records it with the new cursor
+        return await self._save(job, etag)
+
+    async def _finish(self, job: PurgeJob, etag: str) -> PurgeJob:
+        progress = job.progress
+        job.receipt = PurgeReceipt(
+            deleted_count=progress.deleted, ids_digest=progress.ids_digest, completed_at=datetime.now(UTC)
+        )
+        job.status = PurgeStatus.SUCCEEDED
+        job.filter = _redacted(job.filter)
+        progress.after = None
+        await self._save(job, etag)
+        log.info(
+            "Purge %s deleted %s stored completions (ids digest %s)", job.id, progress.deleted, progress.ids_digest
+        )
         return job
 
-    async def _selected_ids(self, job: PurgeJob) -> list[str]:
-        """The ids chosen on the first run, kept so every later run works on exactly the same set."""
-        blob = self._reports.container.get_blob_client(_ids(job.id))
-        try:
-            download = await blob.download_blob()
-            return (await download.readall()).decode().split()
-        except ResourceNotFoundError:
-            pass
-        except AzureError as exc:
-            raise StorageUnavailable("Could not read the purge's id list.") from exc
-        selection = _scoped(job.filter or CompletionFilter(), job.owner_scope)
-        indexed = sorted({entry.id async for entry in self._store.index.walk(selection)})
-        selected = await _confirmed(self._store, indexed, selection)
-        try:
-            await blob.upload_blob("\n".join(selected).encode(), overwrite=True)
-        except AzureError as exc:
-            raise StorageUnavailable("Could not write the purge's id list.") from exc
-        return selected
-
-
-async def delete_completions(store: CompletionStore, completion_ids: list[str]) -> int:
-    """Delete documents and their index rows, a few at a time; an id already gone is skipped."""
-    deleted = 0
-    semaphore = asyncio.Semaphore(DELETE_CONCURRENCY)
-
-    async def delete(completion_id: str) -> None:
-        nonlocal deleted
-        async with semaphore:
+    async def _fail(self, purge_id: str, message: str) -> None:
+        """Mark the purge failed with its reason, unless it finished meanwhile (re-read on a conflict)."""
+        for _ in range(3):
+            job, etag = await self._read(purge_id)
+            if job.finished:
+                return
+            job.status, job.error = PurgeStatus.FAILED, PurgeError(code="purge_failed", message=message)
             try:
-                await store.delete(completion_id)
-                deleted += 1
-            except NotFound:
-                pass
+                await self._save(job, etag)
+                return
+            except Superseded:
+                continue
 
-    await asyncio.gather(*(delete(completion_id) for completion_id in completion_ids))
-    return deleted
+    async def _read(self, purge_id: str) -> tuple[PurgeJob, str]:
+        if not _is_purge_id(purge_id):
+            raise _not_found(purge_id)
+        raw, etag = await self._records.get(_record(purge_id), missing=_not_found(purge_id).message)
+        return PurgeJob.model_validate_json(raw), etag
+
+    async def _save(self, job: PurgeJob, etag: str) -> str:
+        return await self._records.put(_record(job.id), job.model_dump_json(), etag=etag)
+
+    async def _send(self, message: PurgeMessage) -> None:
+        await self._queue.send(self._queue_name, message.model_dump_json(), message_id=message.message_id)
 
 
-async def _confirmed(store: CompletionStore, completion_ids: list[str], selection: CompletionFilter) -> list[str]:
-    """The ids whose documents match too: an index row can be stale, and purge never trusts one alone."""
+async def delete_completions(
+    store: CompletionStore, completion_ids: list[str], *, on_deleted: DeletedHook | None = None
+) -> int:
+    """Delete documents and their index rows, a few at a time; returns how many documents were removed.
+
+    An id whose document is already gone still loses its index rows; an id unknown everywhere is skipped.
+    """
+
+    async def delete(completion_id: str) -> bool:
+        try:
+            return await store.delete(completion_id)
+        except NotFound:
+            return False
+
+    removed = await _bounded(completion_ids, delete)
+    if on_deleted is not None and completion_ids:
+        await on_deleted(sorted(completion_ids))
+    return sum(removed)
+
+
+async def _bounded(items: list[_T], work: Callable[[_T], Awaitable[_R]]) -> list[_R]:
+    """`work` over one batch, DELETE_CONCURRENCY at a time, results in order (tasks for this batch only)."""
     semaphore = asyncio.Semaphore(DELETE_CONCURRENCY)
 
-    async def check(completion_id: str) -> bool:
+    async def one(item: _T) -> _R:
         async with semaphore:
-            return await store.matches(completion_id, selection)
+            return await work(item)
 
-    verdicts = await asyncio.gather(*(check(completion_id) for completion_id in completion_ids))
-    return [completion_id for completion_id, keep in zip(completion_ids, verdicts, strict=True) if keep]
+    return await asyncio.gather(*(one(item) for item in items))
+
+
+async def _batches(rows: AsyncIterator[IndexEntry], size: int) -> AsyncIterator[list[IndexEntry]]:
+    batch: list[IndexEntry] = []
+    async for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _id_digest(completion_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(completion_id.encode()).digest(), "big")
+
+
+def ids_digest(completion_ids: list[str]) -> str:
+    """A receipt's `ids_digest` for these ids, to check a purge against a list of ids."""
+    return f"{sum(_id_digest(completion_id) for completion_id in completion_ids) % _DIGEST_MODULUS:064x}"
+
+
+def _redacted(selection: CompletionFilter | None) -> CompletionFilter | None:
+    """The filter without its metadata values (often a person's id): `sha256:<hex>` of each instead."""
+    if selection is None:
+        return None
+    hashed = {
+        key: value if value.startswith("sha256:") else "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+        for key, value in selection.metadata.items()
+    }
+    return selection.model_copy(update={"metadata": hashed})
 
 
 def _scoped(selection: CompletionFilter, owner_scope: str | None) -> CompletionFilter:
@@ -220,9 +440,9 @@ def _is_purge_id(value: str) -> bool:
     return value.startswith(_ID_PREFIX) and len(suffix) == 24 and all(c in "0123456789abcdef" for c in suffix)
 
 
+def _not_found(purge_id: str) -> NotFound:
+    return NotFound(f"No purge found with id '{purge_id[:80]}'.", param="purge_id")
+
+
 def _record(purge_id: str) -> str:
     return f"purges/{purge_id}.json"
-
-
-def _ids(purge_id: str) -> str:
-    return f"purges/{purge_id}.ids.txt"

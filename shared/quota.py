@@ -102,6 +102,7 @@ class CounterCheck(BaseModel):
     """Counted minus stored: positive when the counters ran ahead of storage."""
     drift_count: int
     corrected: bool
+    """False when another report, running at the same time, made the correction (never both)."""
 
 
 class QuotaReport(BaseModel):
@@ -176,6 +177,7 @@ class QuotaReporter:
 
     async def run(self, *, now: datetime | None = None) -> QuotaReport:
         now = now or datetime.now(UTC)
+        ticket = await self._usage.correction_ticket()
         counted = await self._usage.totals(max_age_seconds=0)
         completions = await _listed(self._completions)
         datasets = await _listed(self._datasets)
@@ -183,13 +185,15 @@ class QuotaReporter:
 
         drift_bytes = counted.completion_bytes - completions.bytes
         drift_count = counted.completion_count - completions.count
+        corrected = False
         if drift_bytes or drift_count:
+            corrected = await self._usage.correct(ticket, -drift_bytes, -drift_count)
             log.warning(
-                "Usage counters drifted by %s bytes and %s completions from what is stored; correcting them",
+                "Usage counters drifted by %s bytes and %s completions from what is stored; %s",
                 drift_bytes,
                 drift_count,
+                "corrected" if corrected else "another report corrected them meanwhile, so this one does not",
             )
-            await self._usage.add(-drift_bytes, -drift_count)
         await self._usage.record_datasets(bytes_total=datasets.bytes, count=datasets.count)
 
         used = completions.bytes + datasets.bytes
@@ -225,7 +229,7 @@ class QuotaReporter:
                 counted_count=counted.completion_count,
                 drift_bytes=drift_bytes,
                 drift_count=drift_count,
-                corrected=bool(drift_bytes or drift_count),
+                corrected=corrected,
             ),
         )
         await self._reports.save(LATEST, report)

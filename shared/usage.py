@@ -5,7 +5,9 @@ Completion bytes and counts live in a few *shard* rows of the index table's `usa
 worker adds to one shard, chosen at random, with an ETag-guarded merge: one round trip while no
 other worker touched that shard, and a re-read plus retry when one did, so no update is lost and
 workers rarely contend. Concurrent adds within a worker are folded into one write. Dataset bytes
-have one row, set by the quota report, which also reconciles the shards against what is stored.
+have one row, set by the quota report, which also reconciles the shards against what is stored:
+its correction goes to one `correction` row (counted like a shard) written only if that row is
+unchanged since the report began, so two reports running at once never both correct one drift.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 SHARDS = 8
 PARTITION = "usage"
 _DATASETS_ROW = "datasets"
+_CORRECTION_ROW = "correction"
 _SHARD_PREFIX = "shard-"
 _MAX_ATTEMPTS = 8
 
@@ -46,6 +49,15 @@ class Usage:
     @property
     def used_bytes(self) -> int:
         return self.completion_bytes + self.dataset_bytes
+
+
+@dataclass(frozen=True)
+class CorrectionTicket:
+    """The correction row as a report found it before reading the counters: its values and ETag."""
+
+    bytes: int
+    count: int
+    etag: str | None
 
 
 @dataclass
@@ -110,6 +122,36 @@ class UsageCounter:
             dataset_bytes=self._snapshot.dataset_bytes,
             dataset_count=self._snapshot.dataset_count,
         )
+
+    async def correction_ticket(self) -> CorrectionTicket:
+        """Read before the totals: a correction made after this read makes `correct` refuse."""
+        try:
+            row = await self._table.get_entity(PARTITION, _CORRECTION_ROW)
+        except ResourceNotFoundError:
+            return CorrectionTicket(bytes=0, count=0, etag=None)
+        except AzureError as exc:
+            raise StorageUnavailable("The usage counters are unavailable.") from exc
+        return CorrectionTicket(
+            bytes=_number(row.get("bytes", 0)), count=_number(row.get("count", 0)), etag=row.metadata["etag"]
+        )
+
+    async def correct(self, ticket: CorrectionTicket, bytes_delta: int, count_delta: int) -> bool:
+        """Add a drift correction unless another report corrected since `ticket` was read (then False)."""
+        values = {"bytes": _int64(ticket.bytes + bytes_delta), "count": ticket.count + count_delta}
+        row: dict[str, Any] = {"PartitionKey": PARTITION, "RowKey": _CORRECTION_ROW, **values}
+        try:
+            if ticket.etag is None:
+                await self._table.create_entity(row)
+            else:
+                await self._table.update_entity(
+                    row, mode=UpdateMode.REPLACE, etag=ticket.etag, match_condition=MatchConditions.IfNotModified
+                )
+        except (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError):
+            return False
+        except AzureError as exc:
+            raise StorageUnavailable("The usage counters are unavailable.") from exc
+        self._snapshot = None
+        return True
 
     async def record_datasets(self, *, bytes_total: int, count: int) -> None:
         """Set the dataset totals (the quota report lists the datasets container; it is their only writer)."""

@@ -5,9 +5,6 @@ param location string
 param tags object
 param containerNames array
 param tableNames array
-param completionsContainerName string
-@description('Days after creation a stored completion is deleted; 0 turns the rule off.')
-param retentionDays int
 param recoveryDays int
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
@@ -66,7 +63,9 @@ resource tables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-
 ]
 
 // Versioning keeps every overwritten or deleted blob as a previous version; without this rule a
-// deleted completion would never really go away.
+// deleted completion would never really go away. No rule deletes current completions: retention is
+// the app's retention_sweep alone, which removes index rows with the document (a lifecycle rule
+// deleting the blob underneath would leave metadata and owner in the index).
 var expirePreviousVersions = {
   name: 'expire-previous-versions'
   enabled: true
@@ -78,29 +77,12 @@ var expirePreviousVersions = {
     }
   }
 }
-var completionsRetention = {
-  name: 'completions-retention'
-  enabled: true
-  type: 'Lifecycle'
-  definition: {
-    filters: {
-      blobTypes: ['blockBlob']
-      prefixMatch: ['${completionsContainerName}/']
-    }
-    actions: {
-      baseBlob: { delete: { daysAfterCreationGreaterThan: retentionDays } }
-      snapshot: { delete: { daysAfterCreationGreaterThan: retentionDays } }
-      version: { delete: { daysAfterCreationGreaterThan: retentionDays } }
-    }
-  }
-}
-
 resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
   parent: account
   name: 'default'
   properties: {
     policy: {
-      rules: concat([expirePreviousVersions], retentionDays > 0 ? [completionsRetention] : [])
+      rules: [expirePreviousVersions]
     }
   }
   dependsOn: [blobs]

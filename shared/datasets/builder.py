@@ -34,6 +34,8 @@ from shared.datasets.check import check_example
 from shared.datasets.job import (
     MESSAGE_VERSION,
     MIN_DISTILLATION_EXAMPLES,
+    Checkpoint,
+    DatasetCounts,
     DatasetFile,
     DatasetJob,
     DatasetJobMessage,
@@ -45,6 +47,7 @@ from shared.datasets.job import (
     is_dataset_id,
     new_dataset_id,
 )
+from shared.datasets.membership import DatasetMembership
 from shared.datasets.records import WORK_PREFIX, DatasetRecords, JobSuperseded
 from shared.datasets.tokens import TOKEN_COUNT_METHOD, count_messages
 from shared.errors import DistilleryError, NotFound, StorageUnavailable
@@ -59,6 +62,8 @@ _DIGEST_MODULUS = 2**256
 _JSONL = ContentSettings(content_type="application/jsonl")
 _WALK_PAGE = 1000
 """Index rows per query page: the most Table Storage returns at once."""
+_MEMBERSHIP_PAGE = 100
+"""Selected ids recorded as members (one table transaction) before their documents are read."""
 
 
 class InvalidJobMessage(Exception):
@@ -85,12 +90,14 @@ class DatasetJobs:
         *,
         records: DatasetRecords,
         store: CompletionStore,
+        membership: DatasetMembership,
         job_queue: JobQueue,
         queue_name: str,
         limits: BuildLimits,
     ) -> None:
         self.records = records
         self._store = store
+        self.membership = membership
         self._queue = job_queue
         self._queue_name = queue_name
         self.limits = limits
@@ -113,11 +120,15 @@ class DatasetJobs:
         try:
             await self.run(message)
         except JobSuperseded:
-            log.info("Dataset %s: another delivery advanced or deleted the job; this one stops", message.job_id)
+            log.info(
+                "Dataset %s: another delivery advanced, rebuilt or deleted the job; this one stops", message.job_id
+            )
             with contextlib.suppress(NotFound):
                 job, _ = await self.records.read(message.job_id, include_deleted=True)
                 if job.status is DatasetStatus.DELETED:
                     await self.records.delete_files(job.id)  # what this delivery wrote after the delete
+                else:
+                    await self.records.delete_other_generations(job)  # what it wrote for a replaced generation
         except Exception as exc:
             final = delivery_count >= self.limits.max_delivery_count
             log.warning("Dataset %s: delivery %s failed (final: %s)", message.job_id, delivery_count, final)
@@ -193,6 +204,58 @@ class DatasetJobs:
         with contextlib.suppress(JobSuperseded, DistilleryError):
             await (self.records.save(job, etag) if etag else self.records.create(job))
 
+    async def forget_completions(self, completion_ids: list[str]) -> list[str]:
+        """Rebuild every dataset that holds (or is reading) any of these deleted completions; their ids."""
+        holders = sorted(await self.membership.holders(completion_ids))
+        rebuilt = [dataset_id for dataset_id in holders if await self.rebuild(dataset_id)]
+        if rebuilt:
+            log.info("Deleted completions were in %s dataset(s); rebuilding %s", len(rebuilt), ", ".join(rebuilt))
+        return rebuilt
+
+    async def rebuild(self, dataset_id: str) -> bool:
+        """Start the dataset over as a new generation: its files go at once, the build runs again.
+
+        A delivery still building the old generation is superseded at its next save (ETag), and what it
+        wrote lives under the old generation's names, which are deleted. False when there is no such job.
+        """
+        for _ in range(5):
+            try:
+                job, etag = await self.records.read(dataset_id, include_deleted=True)
+            except NotFound:
+                return False
+            if job.status is DatasetStatus.DELETED or job.request is None:
+                return False
+            reset = job.model_copy(
+                update={
+                    "status": DatasetStatus.QUEUED,
+                    "generation": job.generation + 1,
+                    "rebuilds": job.rebuilds + 1,
+                    "checkpoint": Checkpoint(part=job.checkpoint.part + 1),
+                    "counts": DatasetCounts(),
+                    "files": [],
+                    "error": None,
+                    "started_at": None,
+                    "finished_at": None,
+                    "token_count_method": None,
+                }
+            )
+            try:
+                await self.records.save(reset, etag)
+            except JobSuperseded:
+                continue
+            await self.records.delete_other_generations(reset)
+            message = DatasetJobMessage(
+                version=MESSAGE_VERSION, job_id=reset.id, part=reset.checkpoint.part, request=job.request
+            )
+            try:
+                await self._send(message)
+            except StorageUnavailable:
+                error = JobError(code="queue_unavailable", message="The rebuild could not be queued; create it again.")
+                await self._settle_failure(reset.id, error, final=True)
+                raise
+            return True
+        raise StorageUnavailable("The dataset kept changing; its rebuild was not started.")
+
     async def _send(self, message: DatasetJobMessage) -> None:
         await self._queue.send(self._queue_name, message.model_dump_json(), message_id=message.message_id)
 
@@ -223,7 +286,7 @@ class DatasetJobs:
     async def _commit(self, job: DatasetJob, name: str) -> DatasetFile:
         blocks = job.checkpoint.blocks[name]
         try:
-            await self.records.blob(job.id, name).commit_block_list(
+            await self.records.blob(job.id, job.file_path(name)).commit_block_list(
                 [BlobBlock(block_id=b.id) for b in blocks], content_settings=_JSONL
             )
         except AzureError as exc:
@@ -260,7 +323,7 @@ class DatasetJobs:
             "token_count_method": TOKEN_COUNT_METHOD,
         }
         try:
-            await self.records.blob(job.id, MANIFEST_FILE).upload_blob(
+            await self.records.blob(job.id, job.file_path(MANIFEST_FILE)).upload_blob(
                 json.dumps(manifest, indent=2), overwrite=True, content_settings=ContentSettings("application/json")
             )
         except AzureError as exc:
@@ -478,6 +541,20 @@ class _Chunk:
             await asyncio.gather(filler, return_exceptions=True)
 
     async def _selection(self) -> AsyncIterator[str]:
+        """Selected ids, each recorded as a member of the dataset before its document is read."""
+        page: list[str] = []
+        async for completion_id in self._selected():
+            page.append(completion_id)
+            if len(page) == _MEMBERSHIP_PAGE:
+                await self._jobs.membership.record(self._job.id, page)
+                for member in page:
+                    yield member
+                page = []
+        await self._jobs.membership.record(self._job.id, page)
+        for member in page:
+            yield member
+
+    async def _selected(self) -> AsyncIterator[str]:
         checkpoint = self._job.checkpoint
         if self._request.ids is not None:
             for completion_id in self._request.ids[checkpoint.walked :]:
@@ -504,7 +581,8 @@ class _Chunk:
         buffer = self._buffers.pop(name)
         block_id = f"{self._run_id}{self._blocks_staged:06d}"
         try:
-            await self._jobs.records.blob(self._job.id, name).stage_block(block_id, b"".join(buffer.lines))
+            blob = self._jobs.records.blob(self._job.id, self._job.file_path(name))
+            await blob.stage_block(block_id, b"".join(buffer.lines))
         except AzureError as exc:
             raise StorageUnavailable("The dataset store is unavailable.") from exc
         self._blocks_staged += 1

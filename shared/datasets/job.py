@@ -206,6 +206,14 @@ class DatasetJob(BaseModel):
     error: JobError | None = None
     token_count_method: str | None = None
     checkpoint: Checkpoint = Field(default_factory=Checkpoint)
+    generation: int = 0
+    """Bumped by each rebuild; the files of generation n > 0 live under `<id>/r<n>/`."""
+    rebuilds: int = 0
+    """Times the dataset was rebuilt because a completion it held was deleted (right to be forgotten)."""
+
+    def file_path(self, name: str) -> str:
+        """Where this generation's file `name` lives below `<id>/`: a stale build never writes over a rebuild."""
+        return name if self.generation == 0 else f"r{self.generation}/{name}"
 
     @classmethod
     def queued(cls, job_id: str, request: DatasetParams) -> DatasetJob:
@@ -244,6 +252,7 @@ class DatasetJob(BaseModel):
             "counts": self.counts.model_dump(),
             "files": [file.model_dump() for file in self.files],
             "token_count_method": self.token_count_method,
+            "rebuilds": self.rebuilds,
             "error": self.error.model_dump() if self.error else None,
         }
 

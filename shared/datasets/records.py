@@ -128,9 +128,24 @@ class DatasetRecords:
         names = [name async for name in self.container.list_blob_names(name_starts_with=f"{job_id}/{under}")]
         await asyncio.gather(*(self._delete_blob(name) for name in names if name != f"{job_id}/{JOB_BLOB}"))
 
+    async def delete_other_generations(self, job: DatasetJob) -> None:
+        """Every file but the record, the work area and the current generation's (what a rebuild replaced)."""
+        current = f"{job.id}/{job.file_path('')}"
+        keep = (f"{job.id}/{JOB_BLOB}", f"{job.id}/{WORK_PREFIX}")
+        names = [name async for name in self.container.list_blob_names(name_starts_with=f"{job.id}/")]
+        doomed = [
+            name
+            for name in names
+            if not name.startswith(keep)
+            and not (job.generation > 0 and name.startswith(current))
+            and not (job.generation == 0 and "/" not in name.removeprefix(f"{job.id}/"))
+        ]
+        await asyncio.gather(*(self._delete_blob(name) for name in doomed))
+
     async def open_file(self, job_id: str, name: str) -> tuple[int, AsyncIterator[bytes]]:
         """A committed file's size and its bytes, read in ranges so memory stays one range whatever the size."""
-        blob = self.blob(job_id, name)
+        job, _ = await self.read(job_id, include_deleted=True)
+        blob = self.blob(job_id, job.file_path(name))
         try:
             size = int((await blob.get_blob_properties()).size)
         except ResourceNotFoundError:

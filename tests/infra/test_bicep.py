@@ -196,6 +196,13 @@ def test_no_setting_flex_consumption_refuses() -> None:
     assert "name: 'ftp'" not in api, "Flex Consumption has no FTP publishing credentials policy"
 
 
+def test_one_retention_mechanism_the_sweep() -> None:
+    """A lifecycle rule deleting current completion blobs would leave their index rows (metadata, owner) behind."""
+    storage = (INFRA / "app" / "storage.bicep").read_text()
+    assert "baseBlob" not in storage, "retention is retention_sweep's job, not a lifecycle rule's"
+    assert "daysAfterCreationGreaterThan: recoveryDays" in storage  # previous versions still expire
+
+
 def test_every_job_queue_grants_what_target_based_scaling_needs(parser: BicepParser) -> None:
     """The scale controller reads queue length with the app's identity: Azure Service Bus Data Owner on each queue."""
     main = parser.parse(file_path=INFRA / "main.bicep")

@@ -115,6 +115,37 @@ async def test_update_moves_rows_and_delete_removes_everything(store: Completion
     assert rows == [{"PartitionKey": "forgotten", "RowKey": completion_id}]  # the id only, so it is never reused
 
 
+async def test_delete_removes_the_index_rows_of_a_document_already_gone(store: CompletionStore) -> None:
+    """The lifecycle rule (or a crash) removed the blob: metadata and owner must not outlive it in the index."""
+    gone = completion(0, owner="alice", user="u-1", team="t")
+    await put_all(store, gone)
+    await store._container.delete_blob(f"{gone.id}.json")
+
+    with pytest.raises(NotFound):
+        await store.delete(gone.id, owner="bob")  # another owner still learns nothing
+    assert await store.delete(gone.id, owner="alice") is False
+
+    rows = [row async for row in store.index._table.list_entities()]
+    assert rows == [{"PartitionKey": "forgotten", "RowKey": gone.id}]
+    with pytest.raises(NotFound):
+        await store.delete(gone.id)
+
+
+async def test_a_walk_removes_rows_no_document_backs(store: CompletionStore) -> None:
+    """A failed metadata update leaves rows under the old value; a purge walk drops them, never trusts them."""
+    item = completion(0, stage="final")
+    await put_all(store, item)
+    stale = IndexEntry(id=item.id, deployment=item.deployment, model=item.model, metadata={"stage": "draft"})
+    await store.index.add(stale)
+    [row] = [entry async for entry in store.index.walk(CompletionFilter(metadata={"stage": "draft"}))]
+
+    assert await store.confirm(row, CompletionFilter(metadata={"stage": "draft"})) is None
+
+    assert (await store.get(item.id)).metadata == {"stage": "final"}
+    assert [e.id async for e in store.index.walk(CompletionFilter(metadata={"stage": "draft"}))] == []
+    assert [e.id async for e in store.index.walk(CompletionFilter(metadata={"stage": "final"}))] == [item.id]
+
+
 async def test_a_stale_index_row_is_never_served(store: CompletionStore) -> None:
     """A crash between index and document writes leaves a row; lists re-check the document."""
     kept, orphan = completion(0, tag="s"), completion(1, tag="s")

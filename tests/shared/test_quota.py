@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
 import pytest
 
 from shared.errors import QuotaExceeded
-from shared.quota import QuotaGate
+from shared.quota import QuotaGate, QuotaReporter
 from shared.settings import QuotaMode
+from shared.usage import UsageCounter
 from tests.conftest import ServicesFactory
 from tests.shared.seed import completion, listed
 
@@ -79,6 +81,33 @@ async def test_drift_is_reported_and_corrected(
     assert (second.counters.drift_bytes, second.counters.drift_count, second.counters.corrected) == (0, 0, False)
     usage = await services.usage.totals(max_age_seconds=0)
     assert (usage.completion_bytes, usage.completion_count) == await listed(services.completions_container)
+
+
+async def test_concurrent_reports_correct_a_drift_once(make_services: ServicesFactory) -> None:
+    """Reports on several workers see the same drift; only one may correct it, or the counters overshoot."""
+    services = await make_services()
+    await services.store.put(completion())
+    stray = completion()
+    await services.completions_container.upload_blob(f"{stray.id}.json", stray.model_dump_json().encode())
+    reporters = [
+        QuotaReporter(
+            completions=services.completions_container,
+            datasets=services.datasets_container,
+            index=services.store.index,
+            usage=UsageCounter(table=services.index_table),
+            reports=services.report_store,
+            cap_bytes=10**9,
+            mode=QuotaMode.REJECT,
+        )
+        for _ in range(4)
+    ]
+
+    reports = await asyncio.gather(*(reporter.run() for reporter in reporters))
+
+    assert sum(report.counters.corrected for report in reports) == 1
+    usage = await services.usage.totals(max_age_seconds=0)
+    assert (usage.completion_bytes, usage.completion_count) == await listed(services.completions_container)
+    assert not (await services.quota_reporter.run()).counters.corrected
 
 
 async def test_levels_are_logged_at_80_95_and_100_percent(

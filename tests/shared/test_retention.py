@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from shared.completion_filter import CompletionFilter
 from tests.conftest import ServicesFactory
 from tests.shared.seed import completion, listed
@@ -36,9 +38,33 @@ async def test_retention_is_off_by_default(make_services: ServicesFactory) -> No
     assert (await services.store.get(item.id)).id == item.id
 
 
-async def test_a_document_already_gone_is_skipped(make_services: ServicesFactory) -> None:
+async def test_a_document_already_gone_still_loses_its_index_rows(make_services: ServicesFactory) -> None:
+    """Blob gone first (lifecycle rule, crash): the sweep removes the rows from the index entry itself."""
     services = await make_services(RETENTION_DAYS="1")
-    item = completion(days_ago=2)
+    item = completion(days_ago=2, metadata={"user": "ann"}, owner="alice")
     await services.store.put(item)
     await services.completions_container.delete_blob(f"{item.id}.json")
-    assert (await services.retention.run()).deleted_count == 0
+
+    assert (await services.retention.run()).deleted_count == 0  # no document was left to delete
+
+    for selection in (CompletionFilter(), CompletionFilter(metadata={"user": "ann"}), CompletionFilter(model="gpt-4o")):
+        assert [entry.id async for entry in services.store.index.walk(selection)] == []
+    assert await services.store.index.lookup(item.id) is None
+
+
+async def test_the_sweep_removes_orphan_documents_even_with_retention_off(make_services: ServicesFactory) -> None:
+    """A document whose index rows are gone is invisible to lists and purges: the daily sweep deletes it."""
+    services = await make_services()
+    kept, orphan = completion(metadata={"user": "ann"}), completion(metadata={"user": "ann"})
+    for item in (kept, orphan):
+        await services.store.put(item)
+    await services.store.index.remove(await services.store.index.lookup(orphan.id))  # type: ignore[arg-type]
+
+    young = await services.retention.run()
+    assert young.orphans_deleted == 0 and await services.store.exists(orphan.id)  # may be a store still writing
+
+    later = await services.retention.run(now=datetime.now(UTC) + timedelta(hours=2))
+
+    assert (later.orphans_deleted, later.deleted_count) == (1, 0)
+    assert not await services.store.exists(orphan.id)
+    assert (await services.store.get(kept.id)).id == kept.id

@@ -87,6 +87,7 @@ async def test_unusable_skipped_by_reason_and_duplicates_written_once(services: 
     dataset_jobs = DatasetJobs(
         records=services.dataset_jobs.records,
         store=services.store,
+        membership=services.dataset_jobs.membership,
         job_queue=services.job_queue,
         queue_name=services.settings.dataset_jobs_queue,
         limits=BuildLimits(max_example_tokens=100),
@@ -142,6 +143,7 @@ async def test_killed_delivery_resumes_without_duplicate_or_missing_lines(servic
     chunked = DatasetJobs(
         records=services.dataset_jobs.records,
         store=services.store,
+        membership=services.dataset_jobs.membership,
         job_queue=services.job_queue,
         queue_name=services.settings.dataset_jobs_queue,
         limits=BuildLimits(chunk_completions=15, block_bytes=300, read_concurrency=4),
