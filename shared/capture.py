@@ -22,7 +22,7 @@ from shared import ids
 from shared.access import Caller
 from shared.chat_request import ChatRequest, StreamOptions
 from shared.completion_store import CompletionStore
-from shared.errors import NotFound, StorageUnavailable
+from shared.errors import DocumentTooLarge, NotFound, StorageUnavailable
 from shared.quota import QuotaGate
 from shared.stored_completion import StoredCompletion
 from shared.stream_assembly import CompletionAssembler
@@ -40,6 +40,7 @@ class NotStoredReason(StrEnum):
     STORAGE_UNAVAILABLE = "storage_unavailable"
     UPSTREAM_ERROR = "upstream_error"
     QUOTA_EXCEEDED = "quota_exceeded"
+    DOCUMENT_TOO_LARGE = "document_too_large"
 
 
 @dataclass
@@ -176,6 +177,13 @@ class ChatCapture:
                 response=completion,
             )
             await self._store.put(stored)
+        except DocumentTooLarge:
+            log.warning(
+                "Completion %s served but not stored: larger than MAX_STORED_DOCUMENT_BYTES (%s)",
+                completion_id,
+                self._store.max_document_bytes,
+            )
+            return NotStoredReason.DOCUMENT_TOO_LARGE
         except StorageUnavailable as exc:
             log.warning("Completion %s served but not stored: %s (%r)", completion_id, exc, exc.__cause__)
             return NotStoredReason.STORAGE_UNAVAILABLE

@@ -72,6 +72,12 @@ class PayloadTooLarge(DistilleryError):
     default_code = "request_too_large"
 
 
+class DocumentTooLarge(PayloadTooLarge):
+    """A completion whose stored document would pass MAX_STORED_DOCUMENT_BYTES."""
+
+    default_code = "document_too_large"
+
+
 class QuotaExceeded(DistilleryError):
     status = 429
     type = "insufficient_quota"

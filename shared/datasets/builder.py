@@ -58,6 +58,8 @@ _DIGEST_MODULUS = 2**256
 _JSONL = ContentSettings(content_type="application/jsonl")
 _WALK_PAGE = 1000
 """Index rows per query page: the most Table Storage returns at once."""
+_SIZE_LOOKUPS = 64
+"""Index point reads in flight for the sizes of an `ids` selection."""
 
 
 class InvalidJobMessage(Exception):
@@ -429,39 +431,53 @@ class _Chunk:
         """Stored completions in selection order, `read_concurrency` reads in flight.
 
         Reads run ahead of the consumer by a window of several times the concurrency, so one slow
-        read at the head does not idle the other slots.
+        read at the head does not idle the other slots. The window is bounded by bytes too: each
+        read holds its document's (index) size from the store's read budget until it is consumed,
+        taken in selection order; when the budget is full the head is consumed first, so the
+        build never waits on bytes it holds itself.
         """
+        store = self._jobs._store
+        budget = store.budget
         limit = asyncio.Semaphore(self._jobs.limits.read_concurrency)
         window = 4 * self._jobs.limits.read_concurrency
-        pending: deque[tuple[str, asyncio.Task[StoredCompletion | None]]] = deque()
+        pending: deque[tuple[str, int, asyncio.Task[StoredCompletion | None]]] = deque()
 
-        async def read(completion_id: str) -> StoredCompletion | None:
+        async def read(completion_id: str, reserved: int) -> StoredCompletion | None:
             async with limit:
-                return await self._read(completion_id)
+                return await store.read_reserved(completion_id, reserved=reserved)
 
         try:
             async with contextlib.aclosing(self._selection_ahead()) as selection:
-                async for completion_id in selection:
-                    pending.append((completion_id, asyncio.create_task(read(completion_id))))
-                    if len(pending) >= window:
-                        first_id, first = pending.popleft()
-                        yield first_id, await first
+                async for completion_id, size in selection:
+                    while pending and (len(pending) >= window or not budget.fits(size)):
+                        first_id, reserved, first = pending.popleft()
+                        try:
+                            yield first_id, await first
+                        finally:
+                            budget.release(reserved)
+                    reserved = await budget.acquire(size)
+                    pending.append((completion_id, reserved, asyncio.create_task(read(completion_id, reserved))))
             while pending:
-                first_id, first = pending.popleft()
-                yield first_id, await first
+                first_id, reserved, first = pending.popleft()
+                try:
+                    yield first_id, await first
+                finally:
+                    budget.release(reserved)
         finally:
-            for _, task in pending:
+            for _, _, task in pending:
                 task.cancel()
-            await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
+            await asyncio.gather(*(task for _, _, task in pending), return_exceptions=True)
+            for _, reserved, _ in pending:
+                budget.release(reserved)
 
-    async def _selection_ahead(self) -> AsyncGenerator[str]:
+    async def _selection_ahead(self) -> AsyncGenerator[tuple[str, int]]:
         """The selection, with the next index page fetched while the current one is read."""
-        ahead: asyncio.Queue[str | Exception | None] = asyncio.Queue(maxsize=_WALK_PAGE)
+        ahead: asyncio.Queue[tuple[str, int] | Exception | None] = asyncio.Queue(maxsize=_WALK_PAGE)
 
         async def fill() -> None:
             try:
-                async for completion_id in self._selection():
-                    await ahead.put(completion_id)
+                async for item in self._selection():
+                    await ahead.put(item)
                 await ahead.put(None)
             except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
                 await ahead.put(exc)
@@ -476,23 +492,21 @@ class _Chunk:
             filler.cancel()
             await asyncio.gather(filler, return_exceptions=True)
 
-    async def _selection(self) -> AsyncIterator[str]:
+    async def _selection(self) -> AsyncIterator[tuple[str, int]]:
+        """Selected ids with their document sizes as the index recorded them (0 when it has no row)."""
         checkpoint = self._job.checkpoint
+        index = self._jobs._store.index
         if self._request.ids is not None:
-            for completion_id in self._request.ids[checkpoint.walked :]:
-                yield completion_id
+            remaining = self._request.ids[checkpoint.walked :]
+            for start in range(0, len(remaining), _SIZE_LOOKUPS):
+                batch = remaining[start : start + _SIZE_LOOKUPS]
+                sizes = await asyncio.gather(*(index.size_of(completion_id) for completion_id in batch))
+                for completion_id, size in zip(batch, sizes, strict=True):
+                    yield completion_id, size or 0
         else:
             assert self._request.filter is not None
-            async for entry in self._jobs._store.index.walk(
-                self._request.filter, after=checkpoint.after, page_size=_WALK_PAGE
-            ):
-                yield entry.id
-
-    async def _read(self, completion_id: str) -> StoredCompletion | None:
-        try:
-            return await self._jobs._store.get(completion_id)
-        except NotFound:
-            return None
+            async for entry in index.walk(self._request.filter, after=checkpoint.after, page_size=_WALK_PAGE):
+                yield entry.id, entry.size_bytes
 
     async def _stage_full_buffers(self) -> None:
         for name, buffer in list(self._buffers.items()):
