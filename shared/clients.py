@@ -269,6 +269,7 @@ class Services:
             reports=self.report_store,
             cap_bytes=self.settings.storage_quota_bytes,
             mode=self.settings.storage_quota_mode,
+            top_values=self.settings.quota_top_values,
         )
 
     @cached_property
