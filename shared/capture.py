@@ -40,6 +40,7 @@ class NotStoredReason(StrEnum):
     STORAGE_UNAVAILABLE = "storage_unavailable"
     UPSTREAM_ERROR = "upstream_error"
     QUOTA_EXCEEDED = "quota_exceeded"
+    OWNER_QUOTA_EXCEEDED = "owner_quota_exceeded"
     DOCUMENT_TOO_LARGE = "document_too_large"
 
 
@@ -72,9 +73,10 @@ class ChatCapture:
         if storing and not self._store_enabled:
             storing = False
             _mark_not_stored(headers, NotStoredReason.STORE_DISABLED)
-        if storing and self._quota is not None and not await self._quota.allows_storing():
+        refusal = await self._quota.refusal(owner=caller.name) if storing and self._quota is not None else None
+        if refusal is not None:
             storing = False
-            _mark_not_stored(headers, NotStoredReason.QUOTA_EXCEEDED)
+            _mark_not_stored(headers, NotStoredReason(refusal))
         completion_id = await self._completion_id(caller, idempotency_key) if storing else None
         if completion_id is not None:
             earlier = await self._stored(completion_id)

@@ -194,12 +194,15 @@ class Services:
 
     @cached_property
     def usage(self) -> UsageCounter:
-        return UsageCounter(table=self.index_table)
+        return UsageCounter(table=self.index_table, per_owner=self.settings.owner_quota_bytes > 0)
 
     @cached_property
     def quota_gate(self) -> QuotaGate:
         return QuotaGate(
-            usage=self.usage, cap_bytes=self.settings.storage_quota_bytes, mode=self.settings.storage_quota_mode
+            usage=self.usage,
+            cap_bytes=self.settings.storage_quota_bytes,
+            mode=self.settings.storage_quota_mode,
+            owner_cap_bytes=self.settings.owner_quota_bytes,
         )
 
     @cached_property
@@ -353,6 +356,7 @@ class Services:
                 max_example_tokens=settings.dataset_max_example_tokens,
                 max_delivery_count=settings.dataset_max_delivery_count,
             ),
+            quota=self.quota_gate,
         )
 
     async def ensure_storage(self) -> None:

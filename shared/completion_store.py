@@ -62,7 +62,9 @@ class CompletionStore:
         """
         document = self._sized(completion)
         upload = self._upload(completion.id, document)
-        indexing = self._counted(self.index.add(_entry(completion, len(document))), len(document), 1)
+        indexing = self._counted(
+            self.index.add(_entry(completion, len(document))), len(document), 1, owner=completion.owner
+        )
         results = await asyncio.gather(upload, indexing, return_exceptions=True)
         failures = [result for result in results if isinstance(result, BaseException)]
         if failures:
@@ -70,7 +72,7 @@ class CompletionStore:
                 self.index.remove(_entry(completion, 0)), self._forget_document(completion.id), return_exceptions=True
             )
             if self._usage is not None:
-                await self._usage.add(-len(document), -1)
+                await self._usage.add(-len(document), -1, owner=completion.owner)
             raise failures[0]
         return len(document)
 
@@ -113,13 +115,16 @@ class CompletionStore:
             self.index.replace(_entry(completion, 0), _entry(updated, len(document))),
             len(document) - len(_encode(completion)),
             0,
+            owner=completion.owner,
         )
         return updated
 
     async def delete(self, completion_id: str, *, owner: str | None = None) -> None:
         completion, _ = await self._read(ids.require_completion_id(completion_id), owner=owner)
         await self.index.forget(completion_id)
-        await self._counted(self.index.remove(_entry(completion, 0)), -len(_encode(completion)), -1)
+        await self._counted(
+            self.index.remove(_entry(completion, 0)), -len(_encode(completion)), -1, owner=completion.owner
+        )
         await self._forget_document(completion_id)
 
     async def matches(self, completion_id: str, selection: CompletionFilter) -> bool:
@@ -167,13 +172,15 @@ class CompletionStore:
                 return CompletionPage(data=data, has_more=has_more)
             after = entries[-1].id
 
-    async def _counted(self, index_write: Awaitable[None], bytes_delta: int, count_delta: int) -> None:
+    async def _counted(
+        self, index_write: Awaitable[None], bytes_delta: int, count_delta: int, *, owner: str | None
+    ) -> None:
         """Run an index write with the usage counter update beside it, so counting adds no latency of its own."""
         if self._usage is None:
             await index_write
             return
         written, _ = await asyncio.gather(
-            index_write, self._usage.add(bytes_delta, count_delta), return_exceptions=True
+            index_write, self._usage.add(bytes_delta, count_delta, owner=owner), return_exceptions=True
         )
         if isinstance(written, BaseException):
             raise written

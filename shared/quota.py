@@ -39,40 +39,82 @@ Level = Literal["ok", "warning", "critical", "exceeded"]
 
 
 class QuotaGate:
-    """Consulted before a `store: true` call: is there room left under the cap?"""
+    """Consulted before anything is stored: is there room left under the cap, and under the owner's?"""
 
-    def __init__(self, *, usage: UsageCounter, cap_bytes: int, mode: QuotaMode) -> None:
+    def __init__(self, *, usage: UsageCounter, cap_bytes: int, mode: QuotaMode, owner_cap_bytes: int = 0) -> None:
         self._usage = usage
         self._cap_bytes = cap_bytes
         self._mode = mode
+        self._owner_cap_bytes = owner_cap_bytes
 
-    async def allows_storing(self) -> bool:
-        """False when the store is at its cap; in `reject` mode that raises `QuotaExceeded` instead.
+    async def allows_storing(self, owner: str | None = None) -> bool:
+        """False when the store is at its cap; in `reject` mode that raises `QuotaExceeded` instead."""
+        return await self.refusal(owner=owner) is None
 
-        The totals are cached for a few seconds (plus this worker's own writes), so the check costs
-        no round trip on most calls and the cap may be overshot by what other workers store meanwhile.
+    async def refusal(self, *, owner: str | None) -> str | None:
+        """Why a `store: true` call is not stored (`quota_exceeded`, `owner_quota_exceeded`), or None.
+
+        In `reject` mode a full store (or owner) raises `QuotaExceeded` instead. The totals are cached
+        for a few seconds (plus this worker's own writes), so the check costs no round trip on most
+        calls and the cap may be overshot by what other workers store meanwhile.
         """
+        refused = await self._exceeded(
+            owner=owner, action="this request, which asks for `store: true`, was not sent", param="store"
+        )
+        if refused is None:
+            return None
+        if self._mode is QuotaMode.REJECT:
+            raise refused
+        log.warning("%s: serving without storing (STORAGE_QUOTA_MODE=serve_unstored)", refused.summary)
+        return refused.reason
+
+    async def require_room(self, *, owner: str | None, what: str) -> None:
+        """Refuse (`QuotaExceeded`, whatever the mode) to start `what` when the store or the owner is full."""
+        refused = await self._exceeded(owner=owner, action=f"{what} was not started", param=None)
+        if refused is not None:
+            log.warning("%s: %s refused", refused.summary, what)
+            raise refused
+
+    async def _exceeded(self, *, owner: str | None, action: str, param: str | None) -> _Refusal | None:
         try:
             used_bytes = (await self._usage.totals()).used_bytes
-        except StorageUnavailable as exc:
-            log.warning("Quota not checked, storing anyway: %s", exc)
-            return True
-        if used_bytes < self._cap_bytes:
-            return True
-        if self._mode is QuotaMode.REJECT:
-            raise QuotaExceeded(
-                f"The store holds {used_bytes} of its {self._cap_bytes} byte quota, so this request, which asks "
-                "for `store: true`, was not sent. Delete stored completions, raise STORAGE_QUOTA_BYTES, or "
-                "send the request without `store`.",
-                param="store",
-                headers={"x-should-retry": "false"},
+            owner_bytes = (
+                await self._usage.owner_bytes(owner)
+                if owner is not None and self._owner_cap_bytes and self._usage.per_owner
+                else 0
             )
-        log.warning(
-            "Storage quota reached (%s of %s bytes): serving without storing (STORAGE_QUOTA_MODE=serve_unstored)",
-            used_bytes,
-            self._cap_bytes,
-        )
-        return False
+        except StorageUnavailable as exc:
+            log.warning("Quota not checked, going ahead: %s", exc)
+            return None
+        if used_bytes >= self._cap_bytes:
+            return _Refusal(
+                f"The store holds {used_bytes} of its {self._cap_bytes} byte quota, so {action}. Delete stored "
+                "completions or datasets, raise STORAGE_QUOTA_BYTES, or send the request without `store`.",
+                param=param,
+                headers={"x-should-retry": "false"},
+                summary=f"Storage quota reached ({used_bytes} of {self._cap_bytes} bytes)",
+                reason="quota_exceeded",
+            )
+        if self._owner_cap_bytes and owner_bytes >= self._owner_cap_bytes:
+            return _Refusal(
+                f"Your stored completions hold {owner_bytes} of your {self._owner_cap_bytes} byte quota, so {action}. "
+                "Delete some of them, ask for a higher OWNER_QUOTA_BYTES, or send the request without `store`.",
+                param=param,
+                code="owner_quota_exceeded",
+                headers={"x-should-retry": "false"},
+                summary=f"Owner quota reached ({owner_bytes} of {self._owner_cap_bytes} bytes)",
+                reason="owner_quota_exceeded",
+            )
+        return None
+
+
+class _Refusal(QuotaExceeded):
+    """A refusal, with the log line and the `x-distillery-not-stored-reason` it goes with."""
+
+    def __init__(self, message: str, *, summary: str, reason: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.summary = summary
+        self.reason = reason
 
 
 class Tally(BaseModel):
@@ -193,6 +235,8 @@ class QuotaReporter:
             )
             await self._usage.add(-drift_bytes, -drift_count)
         await self._usage.record_datasets(bytes_total=datasets.bytes, count=datasets.count)
+        if self._usage.per_owner:
+            await self._usage.record_owners({owner: (t.bytes, t.count) for owner, t in breakdown.owners.items()})
 
         used = completions.bytes + datasets.bytes
         percent = round(100 * used / self._cap_bytes, 3)
@@ -306,6 +350,7 @@ class _Breakdown:
         self.models: dict[str, Tally] = defaultdict(Tally)
         self.days: dict[date, Tally] = defaultdict(Tally)
         self.metadata = MetadataTallies(top_values=top_values)
+        self.owners: dict[str, Tally] = defaultdict(Tally)
 
 
 async def _breakdown(index: CompletionIndex, *, top_values: int = TOP_VALUES) -> _Breakdown:
@@ -315,6 +360,8 @@ async def _breakdown(index: CompletionIndex, *, top_values: int = TOP_VALUES) ->
         found.total.add(entry.size_bytes)
         found.models[entry.model].add(entry.size_bytes)
         found.days[datetime.fromtimestamp(entry.created, UTC).date()].add(entry.size_bytes)
+        if entry.owner is not None:
+            found.owners[entry.owner].add(entry.size_bytes)
         for key, value in entry.metadata.items():
             found.metadata.add(key, value, entry.size_bytes)
     return found

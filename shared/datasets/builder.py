@@ -48,6 +48,7 @@ from shared.datasets.records import WORK_PREFIX, DatasetRecords, JobSuperseded
 from shared.datasets.tokens import TOKEN_COUNT_METHOD, count_messages
 from shared.errors import DistilleryError, NotFound, StorageUnavailable
 from shared.job_queue import JobQueue
+from shared.quota import QuotaGate
 from shared.stored_completion import StoredCompletion
 
 log = logging.getLogger(__name__)
@@ -89,15 +90,20 @@ class DatasetJobs:
         job_queue: JobQueue,
         queue_name: str,
         limits: BuildLimits,
+        quota: QuotaGate | None = None,
     ) -> None:
+        self._quota = quota
         self.records = records
         self._store = store
         self._queue = job_queue
         self._queue_name = queue_name
         self.limits = limits
 
-    async def submit(self, request: DatasetParams) -> DatasetJob:
-        """Record a queued job and send its message (message id = job id)."""
+    async def submit(self, request: DatasetParams, *, requested_by: str | None = None) -> DatasetJob:
+        """Record a queued job and send its message (message id = job id); refused while the store, or the
+        requester's own quota, is full (a dataset adds files to the store)."""
+        if self._quota is not None:
+            await self._quota.require_room(owner=requested_by, what="the dataset")
         job = DatasetJob.queued(new_dataset_id(), request)
         await self.records.create(job)
         try:
