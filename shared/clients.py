@@ -46,6 +46,7 @@ from shared.permission_health import (
 from shared.purge import PurgeService
 from shared.quota import QuotaGate, QuotaReporter
 from shared.read_budget import ByteBudget
+from shared.report_requests import ReportKind, ReportRequests
 from shared.report_store import ReportStore
 from shared.retention import RetentionSweep
 from shared.settings import CredentialKind, Settings, get_settings
@@ -316,6 +317,21 @@ class Services:
             probe_deployment=settings.permission_probe_deployment,
             identities=self.authenticator.identities(),
             reports=self.report_store,
+        )
+
+    @cached_property
+    def report_requests(self) -> ReportRequests:
+        async def quota() -> object:
+            return await self.quota_reporter.run()
+
+        async def permissions() -> object:
+            return await self.permission_checker.run()
+
+        return ReportRequests(
+            reports=self.report_store,
+            queue=self.job_queue,
+            queue_name=self.settings.purge_jobs_queue,
+            builders={ReportKind.QUOTA: quota, ReportKind.PERMISSIONS: permissions},
         )
 
     @cached_property
