@@ -25,7 +25,7 @@ _MEDIA_TYPES = {".jsonl": "application/jsonl", ".json": "application/json"}
 async def create_dataset(req: Request, caller: Caller | None) -> Response:
     assert caller is not None
     params = parse_dataset_params(parse_json_object(await req.body())).scoped_to(caller.scope)
-    job = await get_services().dataset_jobs.submit(params)
+    job = await get_services().dataset_jobs.submit(params, requested_by=caller.name)
     return json_response(job.view(), status=202)
 
 

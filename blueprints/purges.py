@@ -10,6 +10,7 @@ from shared.access import Caller, Right
 from shared.chat_request import parse_json_object
 from shared.clients import get_services
 from shared.purge import parse_purge_params
+from shared.report_requests import report_request
 
 log = logging.getLogger(__name__)
 
@@ -19,13 +20,10 @@ bp = func.Blueprint()
 @bp.route(route="api/purges", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 @endpoint(Right.ACTION)
 async def create_purge(req: Request, caller: Caller | None) -> Response:
-    """`dry_run`: how many stored completions match. Otherwise queue the purge and answer 202 with its id."""
+    """Queue the purge (or, with `dry_run`, the count of its matches) and answer 202 with its id to poll."""
     assert caller is not None
     params = parse_purge_params(parse_json_object(await req.body()))
-    purges = get_services().purges
-    if params.dry_run:
-        return json_response((await purges.count(params, owner_scope=caller.scope)).model_dump(mode="json"))
-    job = await purges.submit(params, requested_by=caller.owner, owner_scope=caller.scope)
+    job = await get_services().purges.submit(params, requested_by=caller.owner, owner_scope=caller.scope)
     return json_response(job.view(), status=202, headers={"location": f"/api/purges/{job.id}"})
 
 
@@ -41,6 +39,12 @@ async def get_purge(req: Request, caller: Caller | None) -> Response:
 @bp.function_name("purge_job")
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%PURGE_JOBS_QUEUE%", connection="ServiceBusConnection")
 async def purge_job(msg: func.ServiceBusMessage) -> None:
-    """Run one chunk of a queued purge; a failure raises, so Service Bus retries (the last delivery marks it failed)."""
+    """Run one chunk of a queued purge or dry run, or a report asked for before it existed; a failure
+    raises, so Service Bus retries (a purge's last delivery marks it failed)."""
+    report = report_request(msg.get_body())
+    if report is not None:
+        log.info("Report %s requested (delivery %s)", report.value, msg.delivery_count)
+        await get_services().report_requests.run(report)
+        return
     log.info("Purge message %s delivered (delivery %s)", msg.message_id, msg.delivery_count)
     await get_services().purges.handle(msg.get_body(), delivery_count=msg.delivery_count or 1)

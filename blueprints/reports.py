@@ -5,6 +5,8 @@ Each timer can be run at once through the host's admin API: `POST /admin/functio
 """
 
 import logging
+from datetime import UTC, datetime
+from typing import Any
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
@@ -13,6 +15,7 @@ from blueprints.http_adapter import endpoint, json_response
 from shared.access import Caller, Right
 from shared.clients import get_services
 from shared.errors import PermissionDenied
+from shared.report_requests import ReportKind
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +54,21 @@ async def retention_sweep(timer: func.TimerRequest) -> None:
 @bp.route(route="api/quota", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 @endpoint(Right.READ)
 async def get_quota_report(req: Request, caller: Caller | None) -> Response:
-    """The latest quota report; the first call builds one when the timer has not run yet."""
+    """The latest quota report with its age (a scoped caller sees only its own share); before the first
+    one exists, 202 while it is built on the queue."""
     assert caller is not None
-    reporter = get_services().quota_reporter
-    report = await reporter.latest() or await reporter.run()
+    report = await get_services().quota_reporter.latest()
+    if report is None:
+        return await _pending(ReportKind.QUOTA)
     if caller.scope is not None:
         report = report.for_owner_scoped_caller()
-    return json_response(report.model_dump(mode="json"))
+    return _with_age(report.model_dump(mode="json"), report.generated_at)
 
 
 @bp.route(route="api/health/permissions", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 @endpoint(Right.READ)
 async def get_permission_report(req: Request, caller: Caller | None) -> Response:
-    """The latest permission report; the first call builds one when the timer has not run yet."""
+    """The latest permission report with its age; before the first one exists, 202 while it is built on the queue."""
     assert caller is not None
     if caller.scope is not None:
         # It lists every caller identity and its rights, and the app's resources: not one owner's data.
@@ -72,6 +77,20 @@ async def get_permission_report(req: Request, caller: Caller | None) -> Response
             f"describes every caller and needs the '{Right.ALL_OWNERS.value}' right.",
             code="all_owners_required",
         )
-    checker = get_services().permission_checker
-    report = await checker.latest() or await checker.run()
-    return json_response(report.model_dump(mode="json"))
+    report = await get_services().permission_checker.latest()
+    if report is None:
+        return await _pending(ReportKind.PERMISSIONS)
+    return _with_age(report.model_dump(mode="json"), report.generated_at)
+
+
+async def _pending(kind: ReportKind) -> Response:
+    pending = await get_services().report_requests.request(kind)
+    return json_response(
+        pending.model_dump(mode="json"), status=202, headers={"retry-after": str(pending.retry_after_seconds)}
+    )
+
+
+def _with_age(body: dict[str, Any], generated_at: datetime) -> Response:
+    """The report as stored, its age in the standard `age` header (seconds) and in `age_seconds`."""
+    age = max(0, int((datetime.now(UTC) - generated_at).total_seconds()))
+    return json_response({**body, "age_seconds": age}, headers={"age": str(age)})

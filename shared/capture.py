@@ -22,7 +22,7 @@ from shared import ids
 from shared.access import Caller
 from shared.chat_request import ChatRequest, StreamOptions
 from shared.completion_store import CompletionStore
-from shared.errors import NotFound, StorageUnavailable
+from shared.errors import DocumentTooLarge, NotFound, StorageUnavailable
 from shared.quota import QuotaGate
 from shared.stored_completion import StoredCompletion
 from shared.stream_assembly import CompletionAssembler
@@ -40,6 +40,8 @@ class NotStoredReason(StrEnum):
     STORAGE_UNAVAILABLE = "storage_unavailable"
     UPSTREAM_ERROR = "upstream_error"
     QUOTA_EXCEEDED = "quota_exceeded"
+    OWNER_QUOTA_EXCEEDED = "owner_quota_exceeded"
+    DOCUMENT_TOO_LARGE = "document_too_large"
 
 
 @dataclass
@@ -71,9 +73,10 @@ class ChatCapture:
         if storing and not self._store_enabled:
             storing = False
             _mark_not_stored(headers, NotStoredReason.STORE_DISABLED)
-        if storing and self._quota is not None and not await self._quota.allows_storing():
+        refusal = await self._quota.refusal(owner=caller.name) if storing and self._quota is not None else None
+        if refusal is not None:
             storing = False
-            _mark_not_stored(headers, NotStoredReason.QUOTA_EXCEEDED)
+            _mark_not_stored(headers, NotStoredReason(refusal))
         completion_id = await self._completion_id(caller, idempotency_key) if storing else None
         if completion_id is not None:
             earlier = await self._stored(completion_id)
@@ -176,6 +179,13 @@ class ChatCapture:
                 response=completion,
             )
             await self._store.put(stored)
+        except DocumentTooLarge:
+            log.warning(
+                "Completion %s served but not stored: larger than MAX_STORED_DOCUMENT_BYTES (%s)",
+                completion_id,
+                self._store.max_document_bytes,
+            )
+            return NotStoredReason.DOCUMENT_TOO_LARGE
         except StorageUnavailable as exc:
             log.warning("Completion %s served but not stored: %s (%r)", completion_id, exc, exc.__cause__)
             return NotStoredReason.STORAGE_UNAVAILABLE

@@ -47,6 +47,8 @@ from shared.permission_health import (
 )
 from shared.purge import PurgeService
 from shared.quota import QuotaGate, QuotaReporter
+from shared.read_budget import ByteBudget
+from shared.report_requests import ReportKind, ReportRequests
 from shared.report_store import ReportStore
 from shared.retention import RetentionSweep
 from shared.settings import CredentialKind, Settings, get_settings
@@ -61,6 +63,9 @@ SERVICE_BUS_SCOPE = "https://servicebus.azure.net/.default"
 
 # Storage calls fail fast: a caller waiting on a proxied completion must not wait out long retries.
 _STORAGE_TIMEOUTS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 30}
+_BLOB_FIRST_GET: dict[str, Any] = {"max_single_get_size": 256 * 1024}
+"""A download's first response is at most this big: it tells a document's size before the rest is
+fetched, so the read budget is taken before a large document is in memory (default: 32 MiB)."""
 _BLOB_RETRY = LinearRetry(backoff=0.2, random_jitter_range=0.1, retry_total=2)  # type: ignore[arg-type]  # sub-second works: it feeds random.uniform
 _SSE_LINE_LIMIT = 8 * 1024 * 1024
 """Longest server-sent event line read from an upstream (a chunk carrying a large tool call)."""
@@ -91,12 +96,14 @@ class Services:
                 self.settings.storage_connection_string.get_secret_value(),
                 retry_policy=_BLOB_RETRY,
                 **_STORAGE_TIMEOUTS,
+                **_BLOB_FIRST_GET,
             )
         return BlobServiceClient(
             f"https://{self.settings.storage_account_name}.blob.core.windows.net",
             credential=self.credential,
             retry_policy=_BLOB_RETRY,
             **_STORAGE_TIMEOUTS,
+            **_BLOB_FIRST_GET,
         )
 
     @cached_property
@@ -125,7 +132,11 @@ class Services:
     @cached_property
     def store(self) -> CompletionStore:
         return CompletionStore(
-            container=self.completions_container, index=CompletionIndex(self.index_table), usage=self.usage
+            container=self.completions_container,
+            index=CompletionIndex(self.index_table),
+            usage=self.usage,
+            max_document_bytes=self.settings.max_stored_document_bytes,
+            budget=ByteBudget(self.settings.document_read_budget_bytes),
         )
 
     @cached_property
@@ -186,12 +197,15 @@ class Services:
 
     @cached_property
     def usage(self) -> UsageCounter:
-        return UsageCounter(table=self.index_table)
+        return UsageCounter(table=self.index_table, per_owner=self.settings.owner_quota_bytes > 0)
 
     @cached_property
     def quota_gate(self) -> QuotaGate:
         return QuotaGate(
-            usage=self.usage, cap_bytes=self.settings.storage_quota_bytes, mode=self.settings.storage_quota_mode
+            usage=self.usage,
+            cap_bytes=self.settings.storage_quota_bytes,
+            mode=self.settings.storage_quota_mode,
+            owner_cap_bytes=self.settings.owner_quota_bytes,
         )
 
     @cached_property
@@ -261,6 +275,7 @@ class Services:
             reports=self.report_store,
             cap_bytes=self.settings.storage_quota_bytes,
             mode=self.settings.storage_quota_mode,
+            top_values=self.settings.quota_top_values,
         )
 
     @cached_property
@@ -304,6 +319,21 @@ class Services:
             probe_deployment=settings.permission_probe_deployment,
             identities=self.authenticator.identities(),
             reports=self.report_store,
+        )
+
+    @cached_property
+    def report_requests(self) -> ReportRequests:
+        async def quota() -> object:
+            return await self.quota_reporter.run()
+
+        async def permissions() -> object:
+            return await self.permission_checker.run()
+
+        return ReportRequests(
+            reports=self.report_store,
+            queue=self.job_queue,
+            queue_name=self.settings.purge_jobs_queue,
+            builders={ReportKind.QUOTA: quota, ReportKind.PERMISSIONS: permissions},
         )
 
     @cached_property
@@ -358,6 +388,7 @@ class Services:
                 max_example_tokens=settings.dataset_max_example_tokens,
                 max_delivery_count=settings.dataset_max_delivery_count,
             ),
+            quota=self.quota_gate,
         )
 
     async def ensure_storage(self) -> None:

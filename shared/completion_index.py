@@ -188,6 +188,17 @@ class CompletionIndex:
         async for entry in self._query(selection, order=order, after=after, page_size=page_size):
             yield entry
 
+    async def size_of(self, completion_id: str) -> int | None:
+        """The document size the index recorded for a completion (one point read), None without a row."""
+        row_key = _row_key("asc", ids.captured_at_us(completion_id), completion_id)
+        try:
+            row = await self._table.get_entity(_ALL_PARTITION, row_key, select=["size_bytes"])
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+        return int(row.get("size_bytes") or 0)
+
     async def claim_idempotency_key(self, key_digest: str, completion_id: str) -> str:
         """The id first claimed for this key: ours when we are first, the earlier one otherwise."""
         try:

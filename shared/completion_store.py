@@ -20,9 +20,13 @@ from shared import ids
 from shared.access import same_owner
 from shared.completion_filter import CompletionFilter, Order
 from shared.completion_index import CompletionIndex, IndexEntry
-from shared.errors import Conflict, NotFound, StorageUnavailable
+from shared.errors import Conflict, DocumentTooLarge, NotFound, StorageUnavailable
+from shared.read_budget import ByteBudget
 from shared.stored_completion import StoredCompletion
 from shared.usage import UsageCounter
+
+DEFAULT_MAX_DOCUMENT_BYTES = 6 * 1024 * 1024
+DEFAULT_READ_BUDGET_BYTES = 16 * 1024 * 1024
 
 
 class CompletionPage(BaseModel):
@@ -36,11 +40,20 @@ class CompletionStore:
     """Create, read, update, delete and list stored completions."""
 
     def __init__(
-        self, *, container: ContainerClient, index: CompletionIndex, usage: UsageCounter | None = None
+        self,
+        *,
+        container: ContainerClient,
+        index: CompletionIndex,
+        usage: UsageCounter | None = None,
+        max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+        budget: ByteBudget | None = None,
     ) -> None:
         self._container = container
         self.index = index
         self._usage = usage
+        self.max_document_bytes = max_document_bytes
+        self.budget = budget or ByteBudget(DEFAULT_READ_BUDGET_BYTES)
+        """Bytes of documents read at once, shared by every reader of this store in the worker."""
 
     async def put(self, completion: StoredCompletion) -> int:
         """Store (or overwrite, for a retried call) a completion; returns the document's size in bytes.
@@ -49,9 +62,11 @@ class CompletionStore:
         is missing (it re-checks documents), so the order of the two writes does not matter, and
         the caller waits for the slower write instead of both.
         """
-        document = _encode(completion)
+        document = self._sized(completion)
         upload = self._upload(completion.id, document)
-        indexing = self._counted(self.index.add(_entry(completion, len(document))), len(document), 1)
+        indexing = self._counted(
+            self.index.add(_entry(completion, len(document))), len(document), 1, owner=completion.owner
+        )
         results = await asyncio.gather(upload, indexing, return_exceptions=True)
         failures = [result for result in results if isinstance(result, BaseException)]
         if failures:
@@ -59,7 +74,7 @@ class CompletionStore:
                 self.index.remove(_entry(completion, 0)), self._forget_document(completion.id), return_exceptions=True
             )
             if self._usage is not None:
-                await self._usage.add(-len(document), -1)
+                await self._usage.add(-len(document), -1, owner=completion.owner)
             raise failures[0]
         return len(document)
 
@@ -85,7 +100,7 @@ class CompletionStore:
         """Replace a completion's metadata; the document's ETag guards against a concurrent writer."""
         completion, etag = await self._read(ids.require_completion_id(completion_id), owner=owner)
         updated = completion.model_copy(update={"metadata": dict(metadata)})
-        document = _encode(updated)
+        document = self._sized(updated)
         try:
             await self._container.upload_blob(
                 _blob_name(completion_id),
@@ -102,6 +117,7 @@ class CompletionStore:
             self.index.replace(_entry(completion, 0), _entry(updated, len(document))),
             len(document) - len(_encode(completion)),
             0,
+            owner=completion.owner,
         )
         return updated
 
@@ -114,15 +130,17 @@ class CompletionStore:
         completion = await self._read_if_present(ids.require_completion_id(completion_id))
         if completion is None:
             entry = await self.index.lookup(completion_id)
-            if entry is None or (owner is not None and entry.owner != owner):
+            if entry is None or (owner is not None and not same_owner(entry.owner, owner)):
                 raise _not_found(completion_id)
             await self.index.forget(completion_id)
             await self.index.remove(entry)
             return False
-        if owner is not None and completion.owner != owner:
+        if owner is not None and not same_owner(completion.owner, owner):
             raise _not_found(completion_id)
         await self.index.forget(completion_id)
-        await self._counted(self.index.remove(_entry(completion, 0)), -len(_encode(completion)), -1)
+        await self._counted(
+            self.index.remove(_entry(completion, 0)), -len(_encode(completion)), -1, owner=completion.owner
+        )
         await self._forget_document(completion_id)
         return True
 
@@ -172,10 +190,21 @@ class CompletionStore:
     async def list(
         self, selection: CompletionFilter, *, order: Order = "asc", after: str | None = None, limit: int = 20
     ) -> CompletionPage:
-        """A page is never empty while more exist: pages whose documents are all gone are skipped over."""
+        """A page is never empty while more exist: pages whose documents are all gone are skipped over.
+
+        A page also ends early (with `has_more`) once its documents' sizes fill the read budget, so
+        a page of 100 large documents never sits in memory at once; its bytes are held from the
+        budget, as one reservation, while it is read.
+        """
         while True:
             entries, has_more = await self.index.page(selection, order=order, after=after, limit=limit)
-            loaded = await asyncio.gather(*(self._read_if_present(entry.id) for entry in entries))
+            kept = _within(entries, self.budget.capacity)
+            has_more = has_more or len(kept) < len(entries)
+            entries = kept
+            async with self.budget.hold(sum(entry.size_bytes for entry in entries)):
+                loaded = await asyncio.gather(
+                    *(self._read_if_present(entry.id, reserved=entry.size_bytes) for entry in entries)
+                )
             data = [
                 completion for completion in loaded if completion is not None and in_selection(completion, selection)
             ]
@@ -183,36 +212,72 @@ class CompletionStore:
                 return CompletionPage(data=data, has_more=has_more)
             after = entries[-1].id
 
-    async def _counted(self, index_write: Awaitable[None], bytes_delta: int, count_delta: int) -> None:
+    async def _counted(
+        self, index_write: Awaitable[None], bytes_delta: int, count_delta: int, *, owner: str | None
+    ) -> None:
         """Run an index write with the usage counter update beside it, so counting adds no latency of its own."""
         if self._usage is None:
             await index_write
             return
         written, _ = await asyncio.gather(
-            index_write, self._usage.add(bytes_delta, count_delta), return_exceptions=True
+            index_write, self._usage.add(bytes_delta, count_delta, owner=owner), return_exceptions=True
         )
         if isinstance(written, BaseException):
             raise written
 
-    async def _read(self, completion_id: str, *, owner: str | None) -> tuple[StoredCompletion, str]:
+    async def read_reserved(self, completion_id: str, *, reserved: int) -> StoredCompletion | None:
+        """A document whose (index) size the caller already holds from `budget`; None when it is gone."""
+        return await self._read_if_present(completion_id, reserved=reserved)
+
+    async def _read(
+        self, completion_id: str, *, owner: str | None, reserved: int | None = None
+    ) -> tuple[StoredCompletion, str]:
+        """Read and parse a document, its bytes held from the budget while it is parsed.
+
+        The first response (at most the client's `max_single_get_size`) tells the size; the rest is
+        only downloaded once the budget has room. A caller that `reserved` the size it expected
+        already holds it: only what the document has beyond that is added, without waiting (a
+        reader holding part of the budget must not wait for more).
+        """
         try:
             download = await self._container.download_blob(_blob_name(completion_id))
-            raw = await download.readall()
         except ResourceNotFoundError:
             raise _not_found(completion_id) from None
         except AzureError as exc:
             raise StorageUnavailable("The completion store is unavailable.") from exc
-        completion = StoredCompletion.model_validate_json(raw)
+        extra = download.size - (reserved or 0)
+        held = 0
+        if extra > 0:
+            held = self.budget.force(extra) if reserved is not None else await self.budget.acquire(extra)
+        try:
+            try:
+                raw = await download.readall()
+            except AzureError as exc:
+                raise StorageUnavailable("The completion store is unavailable.") from exc
+            completion = StoredCompletion.model_validate_json(raw)
+        finally:
+            self.budget.release(held)
         if owner is not None and not same_owner(completion.owner, owner):
             raise _not_found(completion_id)
         return completion, download.properties.etag
 
-    async def _read_if_present(self, completion_id: str) -> StoredCompletion | None:
+    async def _read_if_present(self, completion_id: str, *, reserved: int | None = None) -> StoredCompletion | None:
         try:
-            completion, _ = await self._read(completion_id, owner=None)
+            completion, _ = await self._read(completion_id, owner=None, reserved=reserved)
         except NotFound:
             return None
         return completion
+
+    def _sized(self, completion: StoredCompletion) -> bytes:
+        """The document, refused when it is larger than the store keeps (it would cost ~20x that to read back)."""
+        document = _encode(completion)
+        if len(document) > self.max_document_bytes:
+            raise DocumentTooLarge(
+                f"The stored completion would be {len(document)} bytes, more than the "
+                f"{self.max_document_bytes} bytes a stored document may hold (MAX_STORED_DOCUMENT_BYTES).",
+                param="metadata",
+            )
+        return document
 
     async def _forget_document(self, completion_id: str) -> None:
         try:
@@ -232,6 +297,16 @@ def in_selection(completion: StoredCompletion, selection: CompletionFilter) -> b
         metadata=completion.metadata,
         owner=completion.owner,
     )
+
+
+def _within(entries: list[IndexEntry], budget_bytes: int) -> list[IndexEntry]:
+    """The longest prefix whose sizes fit in the budget (never less than one entry)."""
+    total = 0
+    for position, entry in enumerate(entries):
+        total += entry.size_bytes
+        if total > budget_bytes and position > 0:
+            return entries[:position]
+    return entries
 
 
 def _blob_name(completion_id: str) -> str:

@@ -77,6 +77,12 @@ class UnsupportedMediaType(DistilleryError):
     default_code = "unsupported_media_type"
 
 
+class DocumentTooLarge(PayloadTooLarge):
+    """A completion whose stored document would pass MAX_STORED_DOCUMENT_BYTES."""
+
+    default_code = "document_too_large"
+
+
 class QuotaExceeded(DistilleryError):
     status = 429
     type = "insufficient_quota"

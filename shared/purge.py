@@ -146,6 +146,10 @@ class PurgeJob(BaseModel):
     """The requester's stable owner id."""
     owner_scope: OwnerId = None
     """Set when the requester sees only its own completions (owner scoping): only those are purged."""
+    dry_run: bool = False
+    """Only count the matches (run on the queue like a purge, so no scan runs inside a request)."""
+    matched_count: int | None = None
+    """A dry run's answer, once it has succeeded."""
     created_at: datetime
     started_at: datetime | None = None
     runs: int = 0
@@ -202,6 +206,7 @@ class PurgeService:
         self._on_deleted = on_deleted
 
     async def count(self, params: PurgeParams, *, owner_scope: str | None = None) -> PurgeCount:
+        """Walk the index for the matches (a full scan for a wide filter: run it from the queue, see `submit`)."""
         matched = 0
         async for _ in self._store.index.walk(_scoped(params.selection, owner_scope)):
             matched += 1
@@ -216,6 +221,7 @@ class PurgeService:
             all=params.all,
             requested_by=requested_by,
             owner_scope=owner_scope,
+            dry_run=params.dry_run,
             created_at=datetime.now(UTC),
         )
         etag = await self._records.put(_record(job.id), job.model_dump_json(), create=True)
@@ -227,7 +233,7 @@ class PurgeService:
             with contextlib.suppress(Superseded, StorageUnavailable):
                 await self._records.put(_record(job.id), failed.model_dump_json(), etag=etag)
             raise
-        log.info("Purge %s queued by %s", job.id, requested_by)
+        log.info("Purge %s%s queued by %s", job.id, " (dry run)" if job.dry_run else "", requested_by)
         return job
 
     async def get(self, purge_id: str, *, owner_scope: str | None = None) -> PurgeJob:
@@ -254,6 +260,8 @@ class PurgeService:
         if job.finished:
             log.info("Purge %s is already %s; part %s ignored", purge_id, job.status, part)
             return job
+        if job.dry_run:
+            return await self._count_for(job, etag)
         if part < job.progress.part:
             await self._send(PurgeMessage(id=purge_id, part=job.progress.part))  # its continuation may be lost
             return job
@@ -341,6 +349,19 @@ class PurgeService:
         log.info(
             "Purge %s deleted %s stored completions (ids digest %s)", job.id, progress.deleted, progress.ids_digest
         )
+        return job
+
+    async def _count_for(self, job: PurgeJob, etag: str) -> PurgeJob:
+        """A dry run: count the matches on the queue (a wide filter is a full scan, never run in a request)."""
+        counted = await self.count(
+            PurgeParams(filter=job.filter, all=job.all, dry_run=True), owner_scope=job.owner_scope
+        )
+        job.status, job.matched_count = PurgeStatus.SUCCEEDED, counted.matched_count
+        job.started_at = job.started_at or datetime.now(UTC)
+        job.filter = _redacted(job.filter)
+        with contextlib.suppress(Superseded):  # a redelivery counted it already
+            await self._save(job, etag)
+        log.info("Purge dry run %s matched %s stored completions", job.id, counted.matched_count)
         return job
 
     async def _fail(self, purge_id: str, message: str) -> None:

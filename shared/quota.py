@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.storage.blob.aio import ContainerClient
@@ -29,46 +29,92 @@ log = logging.getLogger(__name__)
 GIB = 1024**3
 TREND_DAYS = 7
 TOP_VALUES = 10
+TRACKED_KEYS = 64
+"""Metadata keys the report tracks at once (past twice this, the smallest are dropped)."""
+TRACKED_VALUES_PER_TOP = 10
+"""Values tracked per key, per value listed (at least 100; past twice that, the smallest are dropped)."""
 LATEST = "quota/latest.json"
 
 Level = Literal["ok", "warning", "critical", "exceeded"]
 
 
 class QuotaGate:
-    """Consulted before a `store: true` call: is there room left under the cap?"""
+    """Consulted before anything is stored: is there room left under the cap, and under the owner's?"""
 
-    def __init__(self, *, usage: UsageCounter, cap_bytes: int, mode: QuotaMode) -> None:
+    def __init__(self, *, usage: UsageCounter, cap_bytes: int, mode: QuotaMode, owner_cap_bytes: int = 0) -> None:
         self._usage = usage
         self._cap_bytes = cap_bytes
         self._mode = mode
+        self._owner_cap_bytes = owner_cap_bytes
 
-    async def allows_storing(self) -> bool:
-        """False when the store is at its cap; in `reject` mode that raises `QuotaExceeded` instead.
+    async def allows_storing(self, owner: str | None = None) -> bool:
+        """False when the store is at its cap; in `reject` mode that raises `QuotaExceeded` instead."""
+        return await self.refusal(owner=owner) is None
 
-        The totals are cached for a few seconds (plus this worker's own writes), so the check costs
-        no round trip on most calls and the cap may be overshot by what other workers store meanwhile.
+    async def refusal(self, *, owner: str | None) -> str | None:
+        """Why a `store: true` call is not stored (`quota_exceeded`, `owner_quota_exceeded`), or None.
+
+        In `reject` mode a full store (or owner) raises `QuotaExceeded` instead. The totals are cached
+        for a few seconds (plus this worker's own writes), so the check costs no round trip on most
+        calls and the cap may be overshot by what other workers store meanwhile.
         """
+        refused = await self._exceeded(
+            owner=owner, action="this request, which asks for `store: true`, was not sent", param="store"
+        )
+        if refused is None:
+            return None
+        if self._mode is QuotaMode.REJECT:
+            raise refused
+        log.warning("%s: serving without storing (STORAGE_QUOTA_MODE=serve_unstored)", refused.summary)
+        return refused.reason
+
+    async def require_room(self, *, owner: str | None, what: str) -> None:
+        """Refuse (`QuotaExceeded`, whatever the mode) to start `what` when the store or the owner is full."""
+        refused = await self._exceeded(owner=owner, action=f"{what} was not started", param=None)
+        if refused is not None:
+            log.warning("%s: %s refused", refused.summary, what)
+            raise refused
+
+    async def _exceeded(self, *, owner: str | None, action: str, param: str | None) -> _Refusal | None:
         try:
             used_bytes = (await self._usage.totals()).used_bytes
-        except StorageUnavailable as exc:
-            log.warning("Quota not checked, storing anyway: %s", exc)
-            return True
-        if used_bytes < self._cap_bytes:
-            return True
-        if self._mode is QuotaMode.REJECT:
-            raise QuotaExceeded(
-                f"The store holds {used_bytes} of its {self._cap_bytes} byte quota, so this request, which asks "
-                "for `store: true`, was not sent. Delete stored completions, raise STORAGE_QUOTA_BYTES, or "
-                "send the request without `store`.",
-                param="store",
-                headers={"x-should-retry": "false"},
+            owner_bytes = (
+                await self._usage.owner_bytes(owner)
+                if owner is not None and self._owner_cap_bytes and self._usage.per_owner
+                else 0
             )
-        log.warning(
-            "Storage quota reached (%s of %s bytes): serving without storing (STORAGE_QUOTA_MODE=serve_unstored)",
-            used_bytes,
-            self._cap_bytes,
-        )
-        return False
+        except StorageUnavailable as exc:
+            log.warning("Quota not checked, going ahead: %s", exc)
+            return None
+        if used_bytes >= self._cap_bytes:
+            return _Refusal(
+                f"The store holds {used_bytes} of its {self._cap_bytes} byte quota, so {action}. Delete stored "
+                "completions or datasets, raise STORAGE_QUOTA_BYTES, or send the request without `store`.",
+                param=param,
+                headers={"x-should-retry": "false"},
+                summary=f"Storage quota reached ({used_bytes} of {self._cap_bytes} bytes)",
+                reason="quota_exceeded",
+            )
+        if self._owner_cap_bytes and owner_bytes >= self._owner_cap_bytes:
+            return _Refusal(
+                f"Your stored completions hold {owner_bytes} of your {self._owner_cap_bytes} byte quota, so {action}. "
+                "Delete some of them, ask for a higher OWNER_QUOTA_BYTES, or send the request without `store`.",
+                param=param,
+                code="owner_quota_exceeded",
+                headers={"x-should-retry": "false"},
+                summary=f"Owner quota reached ({owner_bytes} of {self._owner_cap_bytes} bytes)",
+                reason="owner_quota_exceeded",
+            )
+        return None
+
+
+class _Refusal(QuotaExceeded):
+    """A refusal, with the log line and the `x-distillery-not-stored-reason` it goes with."""
+
+    def __init__(self, message: str, *, summary: str, reason: str, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.summary = summary
+        self.reason = reason
 
 
 class Tally(BaseModel):
@@ -129,7 +175,14 @@ class QuotaReport(BaseModel):
     by_model: list[ModelTally]
     by_day: list[DayTally]
     by_metadata: dict[str, list[ValueTally]]
-    """Per metadata key, its top values by bytes."""
+    """Per metadata key, its top `QUOTA_TOP_VALUES` values by bytes."""
+    by_metadata_other: dict[str, Tally] = Field(default_factory=dict)
+    """Per metadata key whose list left values out: their bytes and count together."""
+    by_metadata_truncated: bool = False
+    """True when some key has more values than are listed (see `by_metadata_other`)."""
+    by_metadata_exact: bool = True
+    """False when the walk saw more distinct keys or values than it tracks: listed figures are then
+    lower bounds (a value's bytes before it was first dropped are in `other`), totals stay exact."""
     trend_window_days: int = TREND_DAYS
     trend_bytes_per_day: float
     """Bytes captured per day over the last `trend_window_days` days (of what is still stored)."""
@@ -163,7 +216,9 @@ class QuotaReporter:
         reports: ReportStore,
         cap_bytes: int,
         mode: QuotaMode,
+        top_values: int = TOP_VALUES,
     ) -> None:
+        self._top_values = top_values
         self._completions = completions
         self._datasets = datasets
         self._index = index
@@ -181,7 +236,7 @@ class QuotaReporter:
         counted = await self._usage.totals(max_age_seconds=0)
         completions = await _listed(self._completions)
         datasets = await _listed(self._datasets)
-        breakdown = await _breakdown(self._index)
+        breakdown = await _breakdown(self._index, top_values=self._top_values)
 
         drift_bytes = counted.completion_bytes - completions.bytes
         drift_count = counted.completion_count - completions.count
@@ -195,6 +250,8 @@ class QuotaReporter:
                 "corrected" if corrected else "another report corrected them meanwhile, so this one does not",
             )
         await self._usage.record_datasets(bytes_total=datasets.bytes, count=datasets.count)
+        if self._usage.per_owner:
+            await self._usage.record_owners({owner: (t.bytes, t.count) for owner, t in breakdown.owners.items()})
 
         used = completions.bytes + datasets.bytes
         percent = round(100 * used / self._cap_bytes, 3)
@@ -220,7 +277,7 @@ class QuotaReporter:
                 key=lambda item: (-item.bytes, item.model),
             ),
             by_day=[DayTally(day=day, **usage.model_dump()) for day, usage in sorted(breakdown.days.items())],
-            by_metadata={key: _top(values) for key, values in sorted(breakdown.metadata.items())},
+            **_metadata_fields(breakdown, self._top_values),
             trend_bytes_per_day=round(rate, 1),
             last_days=recent,
             projected_full_date=_projected(now.date(), used, self._cap_bytes, rate),
@@ -238,24 +295,107 @@ class QuotaReporter:
         return report
 
 
+class TopTallies:
+    """Tallies of many names in bounded memory: at most `2 * tracked` names are kept; when a new name
+    would pass that, only the `tracked` largest by bytes stay (the others' figures live on in `total`).
+
+    A name with a large share is never dropped (it stays among the largest), so the top of the list
+    is right; a name dropped and seen again restarts from zero, so its figure is a lower bound.
+    """
+
+    def __init__(self, tracked: int) -> None:
+        self.tracked = tracked
+        self.tallies: dict[str, Tally] = {}
+        self.total = Tally()
+        self.dropped = False
+
+    def add(self, name: str, size_bytes: int) -> None:
+        self.total.add(size_bytes)
+        self._tally(name).add(size_bytes)
+
+    def _tally(self, name: str) -> Tally:
+        tally = self.tallies.get(name)
+        if tally is None:
+            if len(self.tallies) >= 2 * self.tracked:
+                self._drop_smallest()
+            tally = self.tallies[name] = Tally()
+        return tally
+
+    def _drop_smallest(self) -> None:
+        ranked = sorted(self.tallies.items(), key=lambda item: (-item[1].bytes, item[0]))
+        self.tallies = dict(ranked[: self.tracked])
+        self.dropped = True
+
+    def top(self, count: int) -> tuple[list[tuple[str, Tally]], Tally]:
+        """The `count` largest by bytes, and what the others (listed or dropped) add up to."""
+        ranked = sorted(self.tallies.items(), key=lambda item: (-item[1].bytes, item[0]))[:count]
+        other = Tally(
+            bytes=self.total.bytes - sum(tally.bytes for _, tally in ranked),
+            count=self.total.count - sum(tally.count for _, tally in ranked),
+        )
+        return ranked, other
+
+
+class MetadataTallies:
+    """Per metadata key, its values' tallies; keys and values both bounded (see `TopTallies`)."""
+
+    def __init__(self, *, top_values: int) -> None:
+        self._values_tracked = max(100, TRACKED_VALUES_PER_TOP * top_values)
+        self.keys: dict[str, TopTallies] = {}
+        self.dropped = False
+
+    def add(self, key: str, value: str, size_bytes: int) -> None:
+        values = self.keys.get(key)
+        if values is None:
+            if len(self.keys) >= 2 * TRACKED_KEYS:
+                ranked = sorted(self.keys.items(), key=lambda item: (-item[1].total.bytes, item[0]))
+                self.keys = dict(ranked[:TRACKED_KEYS])
+                self.dropped = True
+            values = self.keys[key] = TopTallies(self._values_tracked)
+        values.add(value, size_bytes)
+
+    @property
+    def exact(self) -> bool:
+        return not self.dropped and not any(values.dropped for values in self.keys.values())
+
+
 class _Breakdown:
-    def __init__(self) -> None:
+    def __init__(self, *, top_values: int) -> None:
         self.total = Tally()
         self.models: dict[str, Tally] = defaultdict(Tally)
         self.days: dict[date, Tally] = defaultdict(Tally)
-        self.metadata: dict[str, dict[str, Tally]] = defaultdict(lambda: defaultdict(Tally))
+        self.metadata = MetadataTallies(top_values=top_values)
+        self.owners: dict[str, Tally] = defaultdict(Tally)
 
 
-async def _breakdown(index: CompletionIndex) -> _Breakdown:
+async def _breakdown(index: CompletionIndex, *, top_values: int = TOP_VALUES) -> _Breakdown:
     """One walk of the index's `all` partition, one row per stored completion."""
-    found = _Breakdown()
+    found = _Breakdown(top_values=top_values)
     async for entry in index.walk(CompletionFilter()):
         found.total.add(entry.size_bytes)
         found.models[entry.model].add(entry.size_bytes)
         found.days[datetime.fromtimestamp(entry.created, UTC).date()].add(entry.size_bytes)
+        if entry.owner is not None:
+            found.owners[entry.owner].add(entry.size_bytes)
         for key, value in entry.metadata.items():
-            found.metadata[key][value].add(entry.size_bytes)
+            found.metadata.add(key, value, entry.size_bytes)
     return found
+
+
+def _metadata_fields(breakdown: _Breakdown, top_values: int) -> dict[str, Any]:
+    listed: dict[str, list[ValueTally]] = {}
+    others: dict[str, Tally] = {}
+    for key, values in sorted(breakdown.metadata.keys.items()):
+        top, other = values.top(top_values)
+        listed[key] = [ValueTally(value=value, bytes=tally.bytes, count=tally.count) for value, tally in top]
+        if other.count:
+            others[key] = other
+    return {
+        "by_metadata": listed,
+        "by_metadata_other": others,
+        "by_metadata_truncated": bool(others) or breakdown.metadata.dropped,
+        "by_metadata_exact": breakdown.metadata.exact,
+    }
 
 
 async def _listed(container: ContainerClient) -> Tally:
@@ -269,11 +409,6 @@ async def _listed(container: ContainerClient) -> Tally:
     except AzureError as exc:
         raise StorageUnavailable(f"Could not list the '{container.container_name}' container.") from exc
     return listed
-
-
-def _top(values: dict[str, Tally]) -> list[ValueTally]:
-    ranked = sorted(values.items(), key=lambda item: (-item[1].bytes, item[0]))[:TOP_VALUES]
-    return [ValueTally(value=value, **usage.model_dump()) for value, usage in ranked]
 
 
 def _last_days(days: dict[date, Tally], today: date) -> list[DayTally]:

@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     storage_quota_bytes: int = Field(10 * 1024**3, ge=1, alias="STORAGE_QUOTA_BYTES")
     """The store's cap in bytes: completions plus dataset files (default 10 GiB = 10 * 1024**3)."""
     storage_quota_mode: QuotaMode = Field(QuotaMode.SERVE_UNSTORED, alias="STORAGE_QUOTA_MODE")
+    owner_quota_bytes: int = Field(0, ge=0, alias="OWNER_QUOTA_BYTES")
+    """Cap on the completion bytes one owner (caller identity) stores; 0 turns per-owner quotas off."""
+    max_stored_document_bytes: int = Field(6 * 1024 * 1024, ge=1024, alias="MAX_STORED_DOCUMENT_BYTES")
+    """Larger serialized completions are answered but not stored (`document_too_large`)."""
+    document_read_budget_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024, alias="DOCUMENT_READ_BUDGET_BYTES")
+    """Bytes of stored documents one worker reads and holds at once (lists, builds, purges, retention, evals)."""
+    quota_top_values: int = Field(10, ge=1, le=100, alias="QUOTA_TOP_VALUES")
+    """Values listed per metadata key in the quota report; the rest are summed into `other`."""
     retention_days: int = Field(0, ge=0, alias="RETENTION_DAYS")
     """Completions captured longer ago than this are deleted by the retention sweep; 0 keeps them all."""
     permission_probe_deployment: str | None = Field(None, alias="PERMISSION_PROBE_DEPLOYMENT")

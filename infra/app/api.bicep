@@ -130,6 +130,11 @@ var appSettings = {
   RETENTION_SCHEDULE: retentionSchedule
   STORAGE_QUOTA_BYTES: storageQuotaBytes
   STORAGE_QUOTA_MODE: storageQuotaMode
+  // Memory and abuse limits (README "Limits"): 0 = no per-owner quota.
+  OWNER_QUOTA_BYTES: '0'
+  MAX_STORED_DOCUMENT_BYTES: '6291456'
+  DOCUMENT_READ_BUDGET_BYTES: '16777216'
+  QUOTA_TOP_VALUES: '10'
   QUOTA_REPORT_SCHEDULE: quotaReportSchedule
   PERMISSION_REPORT_SCHEDULE: permissionReportSchedule
 }

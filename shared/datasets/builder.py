@@ -52,6 +52,7 @@ from shared.datasets.records import WORK_PREFIX, DatasetRecords, JobSuperseded
 from shared.datasets.tokens import TOKEN_COUNT_METHOD, count_messages
 from shared.errors import DistilleryError, NotFound, StorageUnavailable
 from shared.job_queue import JobQueue
+from shared.quota import QuotaGate
 from shared.stored_completion import StoredCompletion
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ _WALK_PAGE = 1000
 """Index rows per query page: the most Table Storage returns at once."""
 _MEMBERSHIP_PAGE = 100
 """Selected ids recorded as members (one table transaction) before their documents are read."""
+_SIZE_LOOKUPS = 64
+"""Index point reads in flight for the sizes of an `ids` selection."""
 
 
 class InvalidJobMessage(Exception):
@@ -94,7 +97,9 @@ class DatasetJobs:
         job_queue: JobQueue,
         queue_name: str,
         limits: BuildLimits,
+        quota: QuotaGate | None = None,
     ) -> None:
+        self._quota = quota
         self.records = records
         self._store = store
         self.membership = membership
@@ -102,8 +107,11 @@ class DatasetJobs:
         self._queue_name = queue_name
         self.limits = limits
 
-    async def submit(self, request: DatasetParams) -> DatasetJob:
-        """Record a queued job and send its message (message id = job id)."""
+    async def submit(self, request: DatasetParams, *, requested_by: str | None = None) -> DatasetJob:
+        """Record a queued job and send its message (message id = job id); refused while the store, or the
+        requester's own quota, is full (a dataset adds files to the store)."""
+        if self._quota is not None:
+            await self._quota.require_room(owner=requested_by, what="the dataset")
         job = DatasetJob.queued(new_dataset_id(), request)
         await self.records.create(job)
         try:
@@ -493,39 +501,53 @@ class _Chunk:
         """Stored completions in selection order, `read_concurrency` reads in flight.
 
         Reads run ahead of the consumer by a window of several times the concurrency, so one slow
-        read at the head does not idle the other slots.
+        read at the head does not idle the other slots. The window is bounded by bytes too: each
+        read holds its document's (index) size from the store's read budget until it is consumed,
+        taken in selection order; when the budget is full the head is consumed first, so the
+        build never waits on bytes it holds itself.
         """
+        store = self._jobs._store
+        budget = store.budget
         limit = asyncio.Semaphore(self._jobs.limits.read_concurrency)
         window = 4 * self._jobs.limits.read_concurrency
-        pending: deque[tuple[str, asyncio.Task[StoredCompletion | None]]] = deque()
+        pending: deque[tuple[str, int, asyncio.Task[StoredCompletion | None]]] = deque()
 
-        async def read(completion_id: str) -> StoredCompletion | None:
+        async def read(completion_id: str, reserved: int) -> StoredCompletion | None:
             async with limit:
-                return await self._read(completion_id)
+                return await store.read_reserved(completion_id, reserved=reserved)
 
         try:
             async with contextlib.aclosing(self._selection_ahead()) as selection:
-                async for completion_id in selection:
-                    pending.append((completion_id, asyncio.create_task(read(completion_id))))
-                    if len(pending) >= window:
-                        first_id, first = pending.popleft()
-                        yield first_id, await first
+                async for completion_id, size in selection:
+                    while pending and (len(pending) >= window or not budget.fits(size)):
+                        first_id, reserved, first = pending.popleft()
+                        try:
+                            yield first_id, await first
+                        finally:
+                            budget.release(reserved)
+                    reserved = await budget.acquire(size)
+                    pending.append((completion_id, reserved, asyncio.create_task(read(completion_id, reserved))))
             while pending:
-                first_id, first = pending.popleft()
-                yield first_id, await first
+                first_id, reserved, first = pending.popleft()
+                try:
+                    yield first_id, await first
+                finally:
+                    budget.release(reserved)
         finally:
-            for _, task in pending:
+            for _, _, task in pending:
                 task.cancel()
-            await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
+            await asyncio.gather(*(task for _, _, task in pending), return_exceptions=True)
+            for _, reserved, _ in pending:
+                budget.release(reserved)
 
-    async def _selection_ahead(self) -> AsyncGenerator[str]:
+    async def _selection_ahead(self) -> AsyncGenerator[tuple[str, int]]:
         """The selection, with the next index page fetched while the current one is read."""
-        ahead: asyncio.Queue[str | Exception | None] = asyncio.Queue(maxsize=_WALK_PAGE)
+        ahead: asyncio.Queue[tuple[str, int] | Exception | None] = asyncio.Queue(maxsize=_WALK_PAGE)
 
         async def fill() -> None:
             try:
-                async for completion_id in self._selection():
-                    await ahead.put(completion_id)
+                async for item in self._selection():
+                    await ahead.put(item)
                 await ahead.put(None)
             except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it
                 await ahead.put(exc)
@@ -540,37 +562,35 @@ class _Chunk:
             filler.cancel()
             await asyncio.gather(filler, return_exceptions=True)
 
-    async def _selection(self) -> AsyncIterator[str]:
-        """Selected ids, each recorded as a member of the dataset before its document is read."""
-        page: list[str] = []
-        async for completion_id in self._selected():
-            page.append(completion_id)
+    async def _selection(self) -> AsyncIterator[tuple[str, int]]:
+        """Selected ids with their sizes, each recorded as a member of the dataset before its document is read."""
+        page: list[tuple[str, int]] = []
+        async for selected in self._selected():
+            page.append(selected)
             if len(page) == _MEMBERSHIP_PAGE:
-                await self._jobs.membership.record(self._job.id, page)
+                await self._jobs.membership.record(self._job.id, [completion_id for completion_id, _ in page])
                 for member in page:
                     yield member
                 page = []
-        await self._jobs.membership.record(self._job.id, page)
+        await self._jobs.membership.record(self._job.id, [completion_id for completion_id, _ in page])
         for member in page:
             yield member
 
-    async def _selected(self) -> AsyncIterator[str]:
+    async def _selected(self) -> AsyncIterator[tuple[str, int]]:
+        """Selected ids with their document sizes as the index recorded them (0 when it has no row)."""
         checkpoint = self._job.checkpoint
+        index = self._jobs._store.index
         if self._request.ids is not None:
-            for completion_id in self._request.ids[checkpoint.walked :]:
-                yield completion_id
+            remaining = self._request.ids[checkpoint.walked :]
+            for start in range(0, len(remaining), _SIZE_LOOKUPS):
+                batch = remaining[start : start + _SIZE_LOOKUPS]
+                sizes = await asyncio.gather(*(index.size_of(completion_id) for completion_id in batch))
+                for completion_id, size in zip(batch, sizes, strict=True):
+                    yield completion_id, size or 0
         else:
             assert self._request.filter is not None
-            async for entry in self._jobs._store.index.walk(
-                self._request.filter, after=checkpoint.after, page_size=_WALK_PAGE
-            ):
-                yield entry.id
-
-    async def _read(self, completion_id: str) -> StoredCompletion | None:
-        try:
-            return await self._jobs._store.get(completion_id)
-        except NotFound:
-            return None
+            async for entry in index.walk(self._request.filter, after=checkpoint.after, page_size=_WALK_PAGE):
+                yield entry.id, entry.size_bytes
 
     async def _stage_full_buffers(self) -> None:
         for name, buffer in list(self._buffers.items()):

@@ -18,6 +18,8 @@ from shared.evals.graders import GraderMessage
 
 MAX_RUN_ITEMS = 10_000
 """Items one run grades at most (a stored-completions `limit`, a file's rows)."""
+MAX_RUN_ITEM_BYTES = 64 * 1024 * 1024
+"""JSONL bytes of one run's items at most: they are held in memory while the run is prepared."""
 DATASET_FILE_ID = re.compile(r"(dataset-[0-9a-f]{32})/([A-Za-z0-9_.-]+\.jsonl)")
 
 

@@ -41,6 +41,7 @@ from shared.evals.graders import (
 )
 from shared.evals.params import (
     DATASET_FILE_ID,
+    MAX_RUN_ITEM_BYTES,
     MAX_RUN_ITEMS,
     CompletionsRunDataSource,
     CustomDataSourceConfig,
@@ -511,6 +512,8 @@ class EvalService:
             return await self._dataset_rows(source)
         selection = _completion_filter(source, record, owner)
         lines: list[bytes] = []
+        size = 0
+        # One document at a time, its bytes held from the store's read budget while it is parsed.
         async for entry in self._completions.index.walk(selection):
             if len(lines) == (source.limit or MAX_RUN_ITEMS):
                 break
@@ -526,13 +529,24 @@ class EvalService:
                 metadata=completion.metadata,
                 owner=completion.owner,
             ):
-                lines.append(formats.jsonl_line(formats.evaluation_line(completion, output)))
+                line = formats.jsonl_line(formats.evaluation_line(completion, output))
+                size += len(line)
+                if size > MAX_RUN_ITEM_BYTES:
+                    log.warning(
+                        "Eval items stop at %s completions: more would pass %s bytes", len(lines), MAX_RUN_ITEM_BYTES
+                    )
+                    break
+                lines.append(line)
         return lines
 
     async def _dataset_rows(self, source: FileIdSource) -> list[bytes]:
         match = DATASET_FILE_ID.fullmatch(source.id)
         assert match is not None
-        _, chunks = await self._datasets.open_file(match.group(1), match.group(2))
+        size, chunks = await self._datasets.open_file(match.group(1), match.group(2))
+        if size > MAX_RUN_ITEM_BYTES:
+            raise InvalidRequest(
+                f"'{source.id}' holds {size} bytes, more than the {MAX_RUN_ITEM_BYTES} bytes of items one run grades."
+            )
         content = b"".join([chunk async for chunk in chunks])
         rows = []
         for number, line in enumerate(content.removeprefix(b"\xef\xbb\xbf").splitlines(), start=1):

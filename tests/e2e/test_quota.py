@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -50,9 +52,18 @@ def test_at_the_cap_requests_are_served_but_not_stored(
     assert "Storage quota reached" in tiny_host.log()
 
     with tiny_host.http() as http:
-        report = http.get("/api/quota").json()
+        first = http.get("/api/quota")
+        assert first.status_code == 202, first.text  # never built inside the request: queued
+        assert first.json()["object"] == "report.pending" and int(first.headers["retry-after"]) > 0
+        assert http.get("/api/quota").json()["requested_at"] == first.json()["requested_at"]  # queued once
+        ready = wait_for_report(tiny_host, "/api/quota")
+        report = ready.json()
+    assert int(ready.headers["age"]) == report["age_seconds"] >= 0
     assert report["cap_bytes"] == 2000 and report["level"] == "exceeded" and report["percent_used"] >= 100
     assert report["completion_count"] == len(stored)
+    with tiny_host.http() as http:
+        assert http.get("/api/health/permissions").status_code == 202
+    assert wait_for_report(tiny_host, "/api/health/permissions").json()["object"] == "permission.report"
 
 
 @pytest.mark.parametrize("tiny_host", [{"STORAGE_QUOTA_MODE": "reject"}], indirect=True)
@@ -76,10 +87,23 @@ def test_reject_mode_answers_429_before_calling_upstream(
     assert len(fake_upstream.requests) == calls + 1
 
 
+def wait_for_report(host: RunningHost, route: str, timeout: float = 60) -> httpx.Response:
+    """Poll a report route until the report exists (the first call queues it)."""
+    deadline = time.monotonic() + timeout
+    with host.http() as http:
+        while time.monotonic() < deadline:
+            answer = http.get(route)
+            if answer.status_code == 200:
+                return answer
+            assert answer.status_code == 202, answer.text
+            time.sleep(0.1)
+    raise AssertionError(f"{route} never became ready\n{host.log()[-3000:]}")
+
+
 def test_timers_run_now_through_the_admin_api(host: RunningHost) -> None:
+    before = wait_for_report(host, "/api/quota").json()["generated_at"]
     with host.http() as http:
         listed = {f["name"]: f for f in http.get("/admin/functions").json()}
-        before = http.get("/api/quota").json()["generated_at"]
         assert http.post("/admin/functions/quota_report", json={"input": ""}).status_code == 202
         after = http.get("/api/quota").json()
         assert http.post("/admin/functions/permission_report", json={"input": ""}).status_code == 202

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
 import pytest
 
+from shared import ids
+from shared.completion_index import IndexEntry
 from shared.errors import QuotaExceeded
-from shared.quota import QuotaGate, QuotaReporter
+from shared.quota import TRACKED_KEYS, QuotaGate, QuotaReporter, _breakdown
 from shared.settings import QuotaMode
 from shared.usage import UsageCounter
 from tests.conftest import ServicesFactory
@@ -136,3 +139,41 @@ async def test_gate_at_the_cap(make_services: ServicesFactory) -> None:
     with pytest.raises(QuotaExceeded) as refused:
         await QuotaGate(usage=services.usage, cap_bytes=size, mode=QuotaMode.REJECT).allows_storing()
     assert refused.value.status == 429 and refused.value.code == "storage_quota_exceeded"
+
+
+async def test_metadata_breakdown_is_bounded_top_values_with_an_other_bucket(make_services: ServicesFactory) -> None:
+    services = await make_services(QUOTA_TOP_VALUES="3")
+    start_us = int(time.time() * 1_000_000)
+    clock = iter(range(start_us, start_us + 10_000))
+
+    def entry(size: int, **metadata: str) -> IndexEntry:
+        return IndexEntry(
+            id=ids.new_completion_id(now_us=next(clock)), deployment="d", model="m", metadata=metadata, size_bytes=size
+        )
+
+    entries = [entry(10, user=f"u{n}", team="a") for n in range(450)]
+    entries[300:300] = [entry(5000, user="heavy") for _ in range(3)]
+    entries += [entry(1, **{f"key{n}": "v"}) for n in range(300)]
+    await services.store.index.add_many(entries)
+
+    walked = await _breakdown(services.store.index, top_values=3)
+    assert len(walked.metadata.keys) <= 2 * TRACKED_KEYS
+    assert all(len(values.tallies) <= 2 * 100 for values in walked.metadata.keys.values())
+
+    report = await services.quota_reporter.run()
+    users = report.by_metadata["user"]
+    assert (users[0].value, users[0].bytes, users[0].count) == ("heavy", 15000, 3) and len(users) == 3
+    other = report.by_metadata_other["user"]
+    assert sum(v.bytes for v in users) + other.bytes == 450 * 10 + 3 * 5000
+    assert sum(v.count for v in users) + other.count == 453
+    assert [(v.value, v.bytes, v.count) for v in report.by_metadata["team"]] == [("a", 4500, 450)]
+    assert "team" not in report.by_metadata_other
+    assert report.by_metadata_truncated and not report.by_metadata_exact
+    assert len(report.by_metadata) <= 2 * TRACKED_KEYS
+
+
+async def test_a_small_store_reports_metadata_exactly(make_services: ServicesFactory) -> None:
+    services = await make_services()
+    await services.store.put(completion(metadata={"user": "ann"}))
+    report = await services.quota_reporter.run()
+    assert report.by_metadata_exact and not report.by_metadata_truncated and report.by_metadata_other == {}
