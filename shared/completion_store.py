@@ -8,6 +8,7 @@ write its document and its index rows concurrently, and a delete remove rows bef
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from datetime import datetime
 
@@ -97,13 +98,16 @@ class CompletionStore:
     async def update_metadata(
         self, completion_id: str, metadata: dict[str, str], *, owner: str | None = None
     ) -> StoredCompletion:
-        """Replace a completion's metadata; the document's ETag guards against a concurrent writer."""
+        """Replace a completion's metadata; the document's ETag guards against a concurrent writer.
+
+        When the index cannot follow, the document is put back (if still ours) and the old rows
+        restored, so a failed update leaves no row disagreeing with its document.
+        """
         completion, etag = await self._read(ids.require_completion_id(completion_id), owner=owner)
         updated = completion.model_copy(update={"metadata": dict(metadata)})
         document = self._sized(updated)
         try:
-            await self._container.upload_blob(
-                _blob_name(completion_id),
+            written = await self._container.get_blob_client(_blob_name(completion_id)).upload_blob(
                 document,
                 overwrite=True,
                 etag=etag,
@@ -113,13 +117,30 @@ class CompletionStore:
             raise Conflict("The chat completion was changed by another request; retry the update.") from None
         except AzureError as exc:
             raise StorageUnavailable("The completion store is unavailable.") from exc
-        await self._counted(
-            self.index.replace(_entry(completion, 0), _entry(updated, len(document))),
-            len(document) - len(_encode(completion)),
-            0,
-            owner=completion.owner,
-        )
+        try:
+            await self._counted(
+                self.index.replace(_entry(completion, 0), _entry(updated, len(document))),
+                len(document) - len(_encode(completion)),
+                0,
+                owner=completion.owner,
+            )
+        except StorageUnavailable:
+            await self._undo_update(completion, updated, etag=str(written["etag"]))
+            raise
         return updated
+
+    async def _undo_update(self, old: StoredCompletion, new: StoredCompletion, *, etag: str) -> None:
+        """Best effort: the old document back unless another writer changed it since, then the old rows."""
+        with contextlib.suppress(AzureError):
+            await self._container.upload_blob(
+                _blob_name(old.id),
+                _encode(old),
+                overwrite=True,
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+            with contextlib.suppress(StorageUnavailable):
+                await self.index.replace(_entry(new, 0), _entry(old, len(_encode(old))))
 
     async def delete(self, completion_id: str, *, owner: str | None = None) -> bool:
         """Delete a completion: its index rows first, then its document. True when a document was removed.
@@ -166,12 +187,15 @@ class CompletionStore:
         between its two steps leaves one). Both listings are in id order, so they are merged as they
         stream: no look-up per document, and memory stays one page of each."""
         indexed = aiter(self.index.walk(CompletionFilter(), page_size=1000))
-        current = await anext(indexed, None)
+        current: IndexEntry | None = None
+        started = False
         try:
             async for blob in self._container.list_blobs():
                 completion_id = str(blob.name).removesuffix(".json")
                 if not ids.is_completion_id(completion_id):
                     continue
+                if not started:  # no index read at all for an empty or missing container
+                    current, started = await anext(indexed, None), True
                 while current is not None and current.id < completion_id:
                     current = await anext(indexed, None)
                 if (current is None or current.id != completion_id) and blob.last_modified < older_than:

@@ -44,6 +44,7 @@ MAX_DELIVERY_COUNT = 5
 _ID_PREFIX = "purge_"
 _DIGEST_MODULUS = 2**256
 DIGEST_METHOD = "sum of sha256(completion id) over deleted completions, mod 2**256"
+LEGACY_DIGEST_METHOD = "sha256 of the sorted deleted ids joined by newlines"
 
 DeletedHook = Callable[[list[str]], Awaitable[None]]
 """Called with each batch of deleted ids (the datasets that hold them are rebuilt)."""
@@ -113,6 +114,16 @@ class PurgeReceipt(BaseModel):
     """Sum of sha256(id) over the deleted ids, mod 2**256, in hex: order- and chunk-independent."""
     ids_digest_method: str = DIGEST_METHOD
     completed_at: datetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, value: Any) -> Any:
+        """Receipts written before chunked purges hold `ids_sha256` (of the sorted ids joined by newlines)."""
+        if isinstance(value, dict) and "ids_sha256" in value and "ids_digest" not in value:
+            legacy = dict(value)
+            legacy.update(ids_digest=legacy.pop("ids_sha256"), ids_digest_method=LEGACY_DIGEST_METHOD)
+            return legacy
+        return value
 
 
 class PurgeError(BaseModel):

@@ -1,8 +1,8 @@
 """Retention: stored completions captured longer ago than `RETENTION_DAYS` are deleted, document and
 index rows together, by the same deletion loop purges use; datasets holding them are rebuilt.
 
-The same daily sweep removes orphans, documents with no index row (a delete that died between its
-two steps), whatever `RETENTION_DAYS` says: they are already deleted as far as the API knows.
+The same daily sweep removes orphans, documents with no index row left by a delete that died between
+its two steps, whatever `RETENTION_DAYS` says: they are already deleted as far as the API knows.
 """
 
 from __future__ import annotations
@@ -59,14 +59,26 @@ class RetentionSweep:
         )
 
     async def _delete_orphans(self, *, older_than: datetime) -> int:
-        deleted = 0
+        """Orphans whose deletion was recorded (`forgotten` row): a delete that died halfway.
+
+        An orphan with no such record is left and counted in a warning: deleting documents only
+        because rows are missing would empty the store if the index table were ever lost.
+        """
+        deleted = unexplained = 0
         batch: list[str] = []
         async for orphan_id in self._store.orphans(older_than=older_than):
+            if not await self._store.index.is_forgotten(orphan_id):
+                unexplained += 1
+                continue
             batch.append(orphan_id)
             if len(batch) == _BATCH:
                 deleted += await delete_completions(self._store, batch, on_deleted=self._on_deleted)
                 batch = []
         deleted += await delete_completions(self._store, batch, on_deleted=self._on_deleted)
         if deleted:
-            log.warning("Retention sweep deleted %s orphan documents (no index row)", deleted)
+            log.warning("Retention sweep deleted %s orphan documents (deleted, but their delete died halfway)", deleted)
+        if unexplained:
+            log.warning(
+                "%s documents have no index row and no deletion record: left in place; check the index", unexplained
+            )
         return deleted

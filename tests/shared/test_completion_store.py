@@ -13,7 +13,7 @@ from shared import ids
 from shared.completion_filter import CompletionFilter
 from shared.completion_index import CompletionIndex, IndexEntry
 from shared.completion_store import CompletionStore
-from shared.errors import NotFound
+from shared.errors import NotFound, StorageUnavailable
 from shared.stored_completion import StoredCompletion
 
 BASE_US = 1_750_000_000 * 1_000_000
@@ -144,6 +144,21 @@ async def test_a_walk_removes_rows_no_document_backs(store: CompletionStore) -> 
     assert (await store.get(item.id)).metadata == {"stage": "final"}
     assert [e.id async for e in store.index.walk(CompletionFilter(metadata={"stage": "draft"}))] == []
     assert [e.id async for e in store.index.walk(CompletionFilter(metadata={"stage": "final"}))] == [item.id]
+
+
+async def test_a_failed_metadata_update_leaves_no_row_disagreeing_with_its_document(
+    store: CompletionStore, azurite: Azurite
+) -> None:
+    """The document was rewritten but the index could not follow: the document goes back, so rows stay true."""
+    [completion_id] = await put_all(store, completion(0, user="u-1"))
+    async with TableClient.from_connection_string(azurite.connection_string, "missing" + completion_id[-12:]) as gone:
+        broken = CompletionStore(container=store._container, index=CompletionIndex(gone))
+        with pytest.raises(StorageUnavailable):
+            await broken.update_metadata(completion_id, {"user": "u-2"})
+
+    assert (await store.get(completion_id)).metadata == {"user": "u-1"}
+    assert await listed(store, CompletionFilter(metadata={"user": "u-1"})) == [completion_id]
+    assert await listed(store, CompletionFilter(metadata={"user": "u-2"})) == []
 
 
 async def test_a_stale_index_row_is_never_served(store: CompletionStore) -> None:

@@ -12,7 +12,16 @@ from shared.clients import Services
 from shared.completion_index import IndexEntry
 from shared.errors import InvalidRequest, NotFound, StorageUnavailable
 from shared.json_blobs import JsonBlobs
-from shared.purge import PurgeJob, PurgeLimits, PurgeService, PurgeStatus, ids_digest, parse_purge_params
+from shared.purge import (
+    LEGACY_DIGEST_METHOD,
+    PurgeJob,
+    PurgeLimits,
+    PurgeReceipt,
+    PurgeService,
+    PurgeStatus,
+    ids_digest,
+    parse_purge_params,
+)
 from shared.stored_completion import StoredCompletion
 from tests.conftest import ServicesFactory
 from tests.shared.seed import completion
@@ -245,3 +254,9 @@ async def test_a_purge_finds_orphan_documents_the_index_lost(make_services: Serv
     assert (done.receipt.deleted_count, done.receipt.ids_digest) == (2, ids_digest([indexed.id, orphan.id]))
     assert not await services.store.exists(orphan.id)
     assert await services.store.exists(other.id)  # an orphan outside the filter is the sweep's, not this purge's
+
+
+def test_a_receipt_from_before_chunked_purges_still_reads() -> None:
+    legacy = {"deleted_count": 2, "ids_sha256": "ab" * 32, "completed_at": "2026-11-23T21:40:02Z"}
+    receipt = PurgeReceipt.model_validate(legacy)
+    assert (receipt.ids_digest, receipt.ids_digest_method) == ("ab" * 32, LEGACY_DIGEST_METHOD)

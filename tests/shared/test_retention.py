@@ -53,12 +53,16 @@ async def test_a_document_already_gone_still_loses_its_index_rows(make_services:
 
 
 async def test_the_sweep_removes_orphan_documents_even_with_retention_off(make_services: ServicesFactory) -> None:
-    """A document whose index rows are gone is invisible to lists and purges: the daily sweep deletes it."""
+    """A delete that died after removing the rows leaves a document lists cannot see: the daily sweep finishes it."""
     services = await make_services()
     kept, orphan = completion(metadata={"user": "ann"}), completion(metadata={"user": "ann"})
     for item in (kept, orphan):
         await services.store.put(item)
-    await services.store.index.remove(await services.store.index.lookup(orphan.id))  # type: ignore[arg-type]
+    unexplained = completion()
+    await services.store.put(unexplained)
+    for lost in (orphan, unexplained):
+        await services.store.index.remove(await services.store.index.lookup(lost.id))  # type: ignore[arg-type]
+    await services.store.index.forget(orphan.id)  # a delete that died after removing the rows
 
     young = await services.retention.run()
     assert young.orphans_deleted == 0 and await services.store.exists(orphan.id)  # may be a store still writing
@@ -68,3 +72,4 @@ async def test_the_sweep_removes_orphan_documents_even_with_retention_off(make_s
     assert (later.orphans_deleted, later.deleted_count) == (1, 0)
     assert not await services.store.exists(orphan.id)
     assert (await services.store.get(kept.id)).id == kept.id
+    assert await services.store.exists(unexplained.id)  # no deletion record: a lost index never empties the store

@@ -4,6 +4,7 @@ dataset file, even when the delete races the build."""
 from __future__ import annotations
 
 from shared.clients import Services
+from shared.completion_index import IndexEntry
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.job import DatasetParams, DatasetStatus
 from shared.purge import parse_purge_params
@@ -100,3 +101,17 @@ async def test_a_delete_racing_a_build_is_not_in_the_finished_dataset(services: 
     done = await read_job(services, job.id)
     assert done.status is DatasetStatus.SUCCEEDED and done.counts.written == 4, done
     assert b"forget me" not in await download(services, job.id, "eval.jsonl")
+
+
+async def test_a_stale_index_row_is_never_trusted_by_a_build(services: Services) -> None:
+    """A failed metadata update once left a row under the old value; the build re-reads the document."""
+    await seed(services, [stored(f"keep {n}", metadata=TAG) for n in range(2)])
+    moved = stored("moved away", metadata={"category": "elsewhere"})
+    await seed(services, [moved])
+    stale = IndexEntry(id=moved.id, deployment=moved.deployment, model=moved.model, metadata=TAG)
+    await services.store.index.add(stale)
+
+    job = await read_job(services, await built(services))
+
+    assert job.counts.written == 2 and job.counts.skipped == {"no_longer_matches": 1}
+    assert b"moved away" not in await download(services, job.id, "eval.jsonl")
