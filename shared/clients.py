@@ -143,7 +143,11 @@ class Services:
     @cached_property
     def capture(self) -> ChatCapture:
         return ChatCapture(
-            upstream=self.upstream, store=self.store, store_enabled=self.settings.store_enabled, quota=self.quota_gate
+            upstream=self.upstream,
+            store=self.store,
+            store_enabled=self.settings.store_enabled,
+            quota=self.quota_gate,
+            log_content=self.settings.log_content,
         )
 
     @cached_property

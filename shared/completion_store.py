@@ -20,6 +20,7 @@ from shared.completion_filter import CompletionFilter, Order
 from shared.completion_index import CompletionIndex, IndexEntry
 from shared.errors import Conflict, NotFound, StorageUnavailable
 from shared.stored_completion import StoredCompletion
+from shared.telemetry import COMPLETION_ID, span
 from shared.usage import UsageCounter
 
 
@@ -47,7 +48,12 @@ class CompletionStore:
         is missing (it re-checks documents), so the order of the two writes does not matter, and
         the caller waits for the slower write instead of both.
         """
-        document = _encode(completion)
+        with span("completion_store.put", {COMPLETION_ID: completion.id}) as current:
+            document = _encode(completion)
+            current.set_attribute("distillery.document_bytes", len(document))
+            return await self._put(completion, document)
+
+    async def _put(self, completion: StoredCompletion, document: bytes) -> int:
         upload = self._upload(completion.id, document)
         indexing = self._counted(self.index.add(_entry(completion, len(document))), len(document), 1)
         results = await asyncio.gather(upload, indexing, return_exceptions=True)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
@@ -50,6 +50,7 @@ JOB_PART = "distillery.job.part"
 JOB_ITEMS = "distillery.job.items"
 UPSTREAM = "distillery.upstream"
 HTTP_STATUS = "http.response.status_code"
+ERROR_TYPE = "error.type"
 MESSAGING_SYSTEM = "messaging.system"
 MESSAGING_DESTINATION = "messaging.destination.name"
 MESSAGING_MESSAGE_ID = "messaging.message.id"
@@ -106,6 +107,36 @@ def elapsed_ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000
 
 
+@contextmanager
+def span(
+    name: str,
+    attributes: Mapping[str, Any] | None = None,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    context: Context | None = None,
+) -> Iterator[Span]:
+    """A current span that records a failure by its type only (`error.type`): an exception's message
+    may quote what a caller sent, and telemetry never carries contents."""
+    with tracer.start_as_current_span(
+        name, context=context, kind=kind, attributes=attributes, record_exception=False, set_status_on_exception=False
+    ) as current:
+        try:
+            yield current
+        except BaseException as exc:
+            mark_failed(current, exc)
+            raise
+
+
+def mark_failed(target: Span, exc: BaseException) -> None:
+    target.set_attribute(ERROR_TYPE, type(exc).__name__)
+    target.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+
+
+def server_span(name: str, attributes: Mapping[str, Any], headers: Mapping[str, str]) -> Any:
+    """The span of one HTTP request, continuing the trace its `traceparent` header names, if any."""
+    return span(name, attributes, kind=SpanKind.SERVER, context=propagate.extract(headers))
+
+
 # Trace context across queues.
 
 
@@ -129,7 +160,7 @@ def _text(value: Any) -> str:
 def enqueue_span(system: str, queue_name: str, message_id: str) -> Iterator[dict[str, str]]:
     """A producer span around one send; yields the properties (trace context) to send with the message."""
     attributes = {MESSAGING_SYSTEM: system, MESSAGING_DESTINATION: queue_name, MESSAGING_MESSAGE_ID: message_id}
-    with tracer.start_as_current_span(f"send {queue_name}", kind=SpanKind.PRODUCER, attributes=attributes):
+    with span(f"send {queue_name}", attributes, kind=SpanKind.PRODUCER):
         yield dict(inject_trace_context({}))
 
 
@@ -140,10 +171,8 @@ def delivery_span(queue_name: str, message_id: str | None, properties: Mapping[s
     if message_id:
         attributes[MESSAGING_MESSAGE_ID] = message_id
     context = extract_trace_context(properties)
-    with tracer.start_as_current_span(
-        f"process {queue_name}", context=context, kind=SpanKind.CONSUMER, attributes=attributes
-    ) as span:
-        yield span
+    with span(f"process {queue_name}", attributes, context=context, kind=SpanKind.CONSUMER) as current:
+        yield current
 
 
 @dataclass
@@ -161,13 +190,13 @@ def job_chunk(job_type: str, job_id: str, *, part: int | None = None) -> Iterato
     if part is not None:
         attributes[JOB_PART] = part
     started = time.perf_counter()
-    with tracer.start_as_current_span(f"{job_type} chunk", attributes=attributes) as span:
-        chunk = JobChunk(span)
+    with span(f"{job_type} chunk", attributes) as current:
+        chunk = JobChunk(current)
         try:
             yield chunk
         finally:
             seconds = time.perf_counter() - started
-            span.set_attribute(JOB_ITEMS, chunk.items)
+            current.set_attribute(JOB_ITEMS, chunk.items)
             kind = {JOB_TYPE: job_type}
             job_duration.record(seconds, kind)
             if chunk.items:
