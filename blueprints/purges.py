@@ -11,6 +11,7 @@ from shared.access import Caller, Right
 from shared.chat_request import parse_json_object
 from shared.clients import get_services
 from shared.purge import parse_purge_params
+from shared.telemetry import delivery_span
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ async def get_purge(req: Request, caller: Caller | None) -> Response:
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%PURGE_JOBS_QUEUE%", connection="ServiceBusConnection")
 async def purge_job(msg: func.ServiceBusMessage) -> None:
     """Run one queued purge; a failure raises, so Service Bus retries and finally dead-letters it."""
-    purge_id = json.loads(msg.get_body())["id"]
-    log.info("Purge %s delivered (delivery %s)", purge_id, msg.delivery_count)
-    await get_services().purges.run(purge_id)
+    services = get_services()
+    with delivery_span(services.settings.purge_jobs_queue, msg.message_id, msg.application_properties):
+        purge_id = json.loads(msg.get_body())["id"]
+        log.info("Purge %s delivered (delivery %s)", purge_id, msg.delivery_count)
+        await services.purges.run(purge_id)

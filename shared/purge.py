@@ -23,6 +23,7 @@ from shared.completion_store import CompletionStore
 from shared.errors import InvalidRequest, NotFound, StorageUnavailable
 from shared.job_queue import JobQueue
 from shared.report_store import ReportStore
+from shared.telemetry import job_chunk
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +149,12 @@ class PurgeService:
         if job.status is PurgeStatus.SUCCEEDED:
             log.info("Purge %s already done; nothing to do", purge_id)
             return job
-        selected = await self._selected_ids(job)
-        job = job.model_copy(update={"status": PurgeStatus.RUNNING, "started_at": datetime.now(UTC)})
-        await self._reports.save(_record(purge_id), job)
-        await delete_completions(self._store, selected)
+        with job_chunk("purge", purge_id) as chunk:
+            selected = await self._selected_ids(job)
+            job = job.model_copy(update={"status": PurgeStatus.RUNNING, "started_at": datetime.now(UTC)})
+            await self._reports.save(_record(purge_id), job)
+            await delete_completions(self._store, selected)
+            chunk.items = len(selected)
         digest = hashlib.sha256("\n".join(selected).encode()).hexdigest()
         receipt = PurgeReceipt(deleted_count=len(selected), ids_sha256=digest, completed_at=datetime.now(UTC))
         job = job.model_copy(update={"status": PurgeStatus.SUCCEEDED, "receipt": receipt})
