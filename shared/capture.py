@@ -266,8 +266,12 @@ class ChatCapture:
         except StorageUnavailable as exc:
             log.warning("Completion %s served but not stored: %s (%r)", completion_id, exc, exc.__cause__)
             return NotStoredReason.STORAGE_UNAVAILABLE
-        except ValidationError:
-            log.exception("Completion %s served but not stored: the upstream answer was malformed", completion_id)
+        except ValidationError as exc:
+            # Where, not what: the error's own text quotes the answer's content.
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+            log.error(
+                "Completion %s served but not stored: the upstream answer was malformed (%s)", completion_id, problems
+            )
             return NotStoredReason.UPSTREAM_ERROR
         return None
 

@@ -353,7 +353,7 @@ class EvalService:
         try:
             message = EvalJobMessage.model_validate_json(body)
         except ValidationError as exc:
-            log.error("Invalid eval job message: %s", exc.errors()[:3])
+            log.error("Invalid eval job message: %s", exc.errors(include_input=False, include_url=False)[:3])
             raise
         try:
             with job_chunk("eval_run", message.run_id, part=message.part) as chunk:
