@@ -25,9 +25,11 @@ from shared.chat_request import parse_chat_request
 from shared.clients import Services
 from shared.datasets.job import parse_dataset_params
 from shared.job_queue import read_local_message
+from shared.purge import parse_purge_params
 from shared.settings import Settings, TelemetryExporter
 from tests.conftest import ServicesFactory
 from tests.fakes import FakeUpstream
+from tests.shared.seed import completion
 
 CALLER = Caller(name="tester", rights=frozenset(Right))
 
@@ -244,3 +246,20 @@ async def test_log_content_logs_what_was_asked(
     request = parse_chat_request({"messages": [{"role": "user", "content": marker}]})
     await services.capture.complete(request, deployment="gpt-4o-mini", caller=CALLER)
     assert marker in caplog.text
+
+
+async def test_a_purge_chunk_reports_its_job_id_items_and_throughput(
+    otel: Telemetry, make_services: ServicesFactory, tag: str
+) -> None:
+    services = await make_services()
+    for item in [completion(metadata={"tag": tag}) for _ in range(3)]:
+        await services.store.put(item)
+    kind = {telemetry.JOB_TYPE: "purge"}
+    items, throughput = otel.total("distillery.job.items", **kind), otel.total("distillery.job.throughput", **kind)
+    job = await services.purges.submit(parse_purge_params({"filter": {"metadata": {"tag": tag}}}), requested_by="t")
+    await services.purges.run(job.id)
+    chunk = otel.one("purge chunk")
+    assert chunk.attributes is not None
+    assert (chunk.attributes[telemetry.JOB_ID], chunk.attributes[telemetry.JOB_ITEMS]) == (job.id, 3)
+    assert otel.total("distillery.job.items", **kind) == items + 3
+    assert otel.total("distillery.job.throughput", **kind) == throughput + 1
