@@ -41,7 +41,7 @@ def endpoint(
     def decorate(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def function(req: Request) -> Response:
             # A caller's (or the Functions host's) `traceparent` header makes this request part of its trace.
-            attributes = {"http.request.method": req.method, "http.route": handler.__name__}
+            attributes = {"http.request.method": req.method, "code.function": handler.__name__}
             with server_span(f"{req.method} {handler.__name__}", attributes, req.headers) as span:
                 response = await _respond(req)
                 span.set_attribute(HTTP_STATUS, response.status_code)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from azure.functions.servicebus import ServiceBusMessage
+from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.queue.aio import QueueClient
 from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -22,7 +23,7 @@ from shared import telemetry
 from shared.access import Caller, Right
 from shared.capture import OVERHEAD_HEADER, ChatCapture
 from shared.chat_request import parse_chat_request
-from shared.clients import Services
+from shared.clients import Services, build_sync_credential
 from shared.datasets.job import parse_dataset_params
 from shared.job_queue import read_local_message
 from shared.purge import parse_purge_params
@@ -263,3 +264,11 @@ async def test_a_purge_chunk_reports_its_job_id_items_and_throughput(
     assert (chunk.attributes[telemetry.JOB_ID], chunk.attributes[telemetry.JOB_ITEMS]) == (job.id, 3)
     assert otel.total("distillery.job.items", **kind) == items + 3
     assert otel.total("distillery.job.throughput", **kind) == throughput + 1
+
+
+def test_application_insights_signs_in_as_the_apps_identity() -> None:
+    storage = {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+    managed = Settings(**storage, DISTILLERY_CREDENTIAL="managed_identity", AZURE_CLIENT_ID="client-id")  # type: ignore[arg-type]
+    assert isinstance(build_sync_credential(managed), ManagedIdentityCredential)
+    assert isinstance(build_sync_credential(Settings(**storage)), DefaultAzureCredential)  # type: ignore[arg-type]
+    assert telemetry.configure_telemetry(Settings(**storage)) == "off"  # type: ignore[arg-type]
