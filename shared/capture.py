@@ -32,6 +32,7 @@ from shared.stream_assembly import CompletionAssembler
 from shared.telemetry import (
     COMPLETION_ID,
     DEPLOYMENT,
+    HTTP_STATUS,
     NOT_STORED_REASON,
     OVERHEAD_MS,
     STORED,
@@ -113,7 +114,7 @@ class ChatCapture:
         reply.headers[OVERHEAD_HEADER] = f"{overhead:.1f}"
         proxy_overhead.record(overhead, {STREAMED: streamed})
         span.set_attribute(OVERHEAD_MS, overhead)
-        span.set_attribute("http.response.status_code", reply.status)
+        span.set_attribute(HTTP_STATUS, reply.status)
         if STORED_HEADER in reply.headers:
             span.set_attribute(STORED, reply.headers[STORED_HEADER])
         if NOT_STORED_REASON_HEADER in reply.headers:
