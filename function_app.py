@@ -16,9 +16,11 @@ from blueprints import (
     stored_completions,
 )
 from shared.settings import get_settings
+from shared.telemetry import configure_telemetry
 
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
-get_settings()  # fail start-up with one message naming the bad setting, not on the first request
+# Fail start-up with one message naming the bad setting, not on the first request; then pick the exporter.
+configure_telemetry(get_settings())
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 for blueprint in (

@@ -1,9 +1,10 @@
 """`python -m bench.capture`: the proxy's overhead and the cost of a filtered list.
 
-Part 1 sends the same chat completion, interleaved round by round so machine noise hits all three
+Part 1 sends the same chat completion, interleaved round by round so machine noise hits all targets
 alike, to: the zero-latency upstream directly, the proxy with store=false, and the proxy with
-store=true (durable: the answer returns after the blob and index rows are written). It prints
-p50/p99 latency at one request in flight, requests/s at 16 in flight, and the p50 overhead.
+store=true (durable: the answer returns after the blob and index rows are written), then both again
+on a host with telemetry on (`TELEMETRY_EXPORTER=console`, to its log file). It prints p50/p99
+latency at one request in flight, requests/s at 16 in flight, and the p50 overhead.
 
 Part 2 grows the store to each size and times a metadata-filtered list (limit 20) through
 `CompletionStore.list`, counting the index rows storage returned, beside a bare one-page partition
@@ -80,17 +81,26 @@ def proxy_overhead(azurite: Azurite, requests: int, rounds: int) -> None:
         with tempfile.TemporaryDirectory() as logs:
             asyncio.run(_wait_ready(f"{upstream_url}/chat/completions"))
             host = start_host(azurite.connection_string, Path(logs), OPENAI_BASE_URL=upstream_url)
+            # The same with telemetry on: spans and metrics through the SDK, exported as JSON lines to its log file.
+            traced = start_host(
+                azurite.connection_string, Path(logs), OPENAI_BASE_URL=upstream_url, TELEMETRY_EXPORTER="console"
+            )
             try:
                 key = {"api-key": host.key}
                 proxy = f"{host.url}/openai/v1/chat/completions"
+                traced_proxy, traced_key = f"{traced.url}/openai/v1/chat/completions", {"api-key": traced.key}
+                stored = {**BODY, "store": True, "metadata": {"bench": "capture"}}
                 targets = {
                     "direct to upstream": (f"{upstream_url}/chat/completions", {}, BODY),
                     "proxy, store=false": (proxy, key, BODY),
-                    "proxy, store=true": (proxy, key, {**BODY, "store": True, "metadata": {"bench": "capture"}}),
+                    "proxy, store=true": (proxy, key, stored),
+                    "+ telemetry, false": (traced_proxy, traced_key, BODY),
+                    "+ telemetry, true": (traced_proxy, traced_key, stored),
                 }
                 asyncio.run(_measure_targets(targets, requests, rounds))
             finally:
                 host.stop()
+                traced.stop()
     finally:
         upstream.terminate()
         upstream.wait()

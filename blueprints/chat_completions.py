@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
@@ -33,6 +35,7 @@ async def create_chat_completion(req: Request, caller: Caller | None) -> Respons
 
 
 async def _create(req: Request, caller: Caller | None, *, deployment: str | None) -> Response:
+    started = time.perf_counter()  # x-distillery-overhead-ms counts from here, body parsing included
     assert caller is not None
     request = parse_chat_request(parse_json_object(await req.body()))
     if deployment is None:
@@ -41,7 +44,11 @@ async def _create(req: Request, caller: Caller | None, *, deployment: str | None
         deployment = request.model
     caller.require_deployment(deployment)
     reply = await get_services().capture.complete(
-        request, deployment=deployment, caller=caller, idempotency_key=req.headers.get("idempotency-key")
+        request,
+        deployment=deployment,
+        caller=caller,
+        idempotency_key=req.headers.get("idempotency-key"),
+        started=started,
     )
     if reply.events is not None:
         return event_stream(reply.events, status=reply.status, headers=reply.headers)

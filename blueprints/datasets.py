@@ -14,6 +14,7 @@ from shared.completion_params import MAX_PAGE, list_object, query_integer
 from shared.datasets.builder import MANIFEST_FILE
 from shared.datasets.job import DatasetJob, DatasetStatus, is_dataset_id, parse_dataset_params, require_dataset_id
 from shared.errors import InvalidRequest, NotFound
+from shared.telemetry import delivery_span
 
 bp = func.Blueprint()
 
@@ -25,7 +26,7 @@ _MEDIA_TYPES = {".jsonl": "application/jsonl", ".json": "application/json"}
 async def create_dataset(req: Request, caller: Caller | None) -> Response:
     assert caller is not None
     params = parse_dataset_params(parse_json_object(await req.body())).scoped_to(caller.scope)
-    job = await get_services().dataset_jobs.submit(params, requested_by=caller.name)
+    job = await get_services().dataset_jobs.submit(params, requested_by=caller.owner)
     return json_response(job.view(), status=202)
 
 
@@ -92,4 +93,6 @@ async def _visible_job(dataset_id: str, caller: Caller) -> DatasetJob:
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%DATASET_JOBS_QUEUE%", connection="ServiceBusConnection")
 async def run_dataset_job(msg: func.ServiceBusMessage) -> None:
     """One delivery of a dataset job message; raising makes Service Bus retry, then dead-letter it."""
-    await get_services().dataset_jobs.handle(msg.get_body(), delivery_count=msg.delivery_count or 1)
+    services = get_services()
+    with delivery_span(services.settings.dataset_jobs_queue, msg.message_id, msg.application_properties):
+        await services.dataset_jobs.handle(msg.get_body(), delivery_count=msg.delivery_count or 1)

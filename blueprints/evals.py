@@ -19,6 +19,7 @@ from shared.clients import get_services
 from shared.completion_params import IGNORED_QUERY, MAX_PAGE, list_object, query_integer
 from shared.errors import InvalidRequest
 from shared.evals.params import EvalCreateParams, EvalUpdateParams, RunCreateParams, parse
+from shared.telemetry import delivery_span
 
 RUN_STATUSES = frozenset({"queued", "in_progress", "completed", "canceled", "failed"})
 ITEM_STATUSES = frozenset({"pass", "fail"})
@@ -209,4 +210,6 @@ for _prefix, _suffix in ROUTE_SHAPES:
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%EVAL_JOBS_QUEUE%", connection="ServiceBusConnection")
 async def run_eval_job(msg: func.ServiceBusMessage) -> None:
     """One delivery of an eval run message; raising makes Service Bus retry, then dead-letter it."""
-    await get_services().evals.handle(msg.get_body(), delivery_count=msg.delivery_count or 1)
+    services = get_services()
+    with delivery_span(services.settings.eval_jobs_queue, msg.message_id, msg.application_properties):
+        await services.evals.handle(msg.get_body(), delivery_count=msg.delivery_count or 1)

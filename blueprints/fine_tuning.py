@@ -15,6 +15,7 @@ from shared.completion_params import IGNORED_QUERY, MAX_PAGE, list_object, query
 from shared.datasets.job import require_dataset_id
 from shared.errors import InvalidRequest
 from shared.fine_tuning.jobs import FineTuningParams, parse_fine_tuning_params
+from shared.telemetry import delivery_span
 
 log = logging.getLogger(__name__)
 bp = func.Blueprint()
@@ -64,7 +65,9 @@ async def cancel_fine_tuning_job(req: Request, caller: Caller | None) -> Respons
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%FINE_TUNING_JOBS_QUEUE%", connection="ServiceBusConnection")
 async def run_fine_tuning_job(msg: func.ServiceBusMessage) -> None:
     """Check, upload and create one job's upstream job; raising makes Service Bus retry, then dead-letter it."""
-    await get_services().fine_tuning.handle(msg.get_body(), delivery_count=msg.delivery_count or 1)
+    services = get_services()
+    with delivery_span(services.settings.fine_tuning_jobs_queue, msg.message_id, msg.application_properties):
+        await services.fine_tuning.handle(msg.get_body(), delivery_count=msg.delivery_count or 1)
 
 
 @bp.timer_trigger(arg_name="timer", schedule="%FINE_TUNING_TRACK_SCHEDULE%", run_on_startup=False)

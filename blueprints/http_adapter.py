@@ -18,6 +18,7 @@ from starlette.types import Message
 from shared.access import Caller, Right
 from shared.clients import get_services
 from shared.errors import DistilleryError, PayloadTooLarge, UnsupportedMediaType
+from shared.telemetry import HTTP_STATUS, server_span
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,14 @@ def endpoint(
 
     def decorate(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def function(req: Request) -> Response:
+            # A caller's (or the Functions host's) `traceparent` header makes this request part of its trace.
+            attributes = {"http.request.method": req.method, "code.function": handler.__name__}
+            with server_span(f"{req.method} {handler.__name__}", attributes, req.headers) as span:
+                response = await _respond(req)
+                span.set_attribute(HTTP_STATUS, response.status_code)
+                return response
+
+        async def _respond(req: Request) -> Response:
             try:
                 services = get_services()
                 caller = None

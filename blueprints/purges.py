@@ -11,6 +11,7 @@ from shared.chat_request import parse_json_object
 from shared.clients import get_services
 from shared.purge import parse_purge_params
 from shared.report_requests import report_request
+from shared.telemetry import delivery_span
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,12 @@ async def get_purge(req: Request, caller: Caller | None) -> Response:
 async def purge_job(msg: func.ServiceBusMessage) -> None:
     """Run one chunk of a queued purge or dry run, or a report asked for before it existed; a failure
     raises, so Service Bus retries (a purge's last delivery marks it failed)."""
-    report = report_request(msg.get_body())
-    if report is not None:
-        log.info("Report %s requested (delivery %s)", report.value, msg.delivery_count)
-        await get_services().report_requests.run(report)
-        return
-    log.info("Purge message %s delivered (delivery %s)", msg.message_id, msg.delivery_count)
-    await get_services().purges.handle(msg.get_body(), delivery_count=msg.delivery_count or 1)
+    services = get_services()
+    with delivery_span(services.settings.purge_jobs_queue, msg.message_id, msg.application_properties):
+        report = report_request(msg.get_body())
+        if report is not None:
+            log.info("Report %s requested (delivery %s)", report.value, msg.delivery_count)
+            await services.report_requests.run(report)
+            return
+        log.info("Purge message %s delivered (delivery %s)", msg.message_id, msg.delivery_count)
+        await services.purges.handle(msg.get_body(), delivery_count=msg.delivery_count or 1)

@@ -59,6 +59,8 @@ def _serve(args: argparse.Namespace) -> int:
     if not key:
         key = os.environ["DISTILLERY_API_KEY"] = secrets.token_urlsafe(32)
         _remember_key(args.settings, key)
+    # Shown to a person at a terminal; output going to a file or a log collector never holds the key.
+    shown = key if sys.stdout.isatty() else "DISTILLERY_API_KEY (printed only to a terminal)"
     function_app = importlib.import_module("function_app")
     from shared.clients import get_services, upstream_label  # after the settings are in the environment
 
@@ -74,7 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
     endpoint = f"http://{args.host}:{args.port}"
     print(
         f"Distillery is listening on {endpoint}\n"
-        f"  API key:   {key}\n"
+        f"  API key:   {shown}\n"
         f"  upstream:  {label}"
         + ("  (offline model: answers are echoes, not a real model)" if label == "offline" else "")
         + f"\n  AzureOpenAI(azure_endpoint='{endpoint}', api_key=KEY, api_version='2024-10-21')"

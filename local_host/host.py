@@ -34,6 +34,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from shared.job_queue import read_local_message
+
 log = logging.getLogger("local_host")
 
 _SETTING_REFERENCE = re.compile(r"%([^%]+)%")
@@ -98,13 +100,14 @@ class QueueWorker:
             await asyncio.gather(*(self.deliver(message) for message in messages))
 
     async def deliver(self, message: Any) -> None:
+        body, properties = read_local_message(message.content or "")
         delivery = ServiceBusMessage(
-            body=(message.content or "").encode(),
+            body=body.encode(),
             message_id=message.id,
             delivery_count=message.dequeue_count,
             enqueued_time_utc=message.inserted_on,
             content_type="application/json",
-            application_properties={},
+            application_properties=properties,
             user_properties={},
         )
         try:
@@ -127,7 +130,7 @@ class QueueWorker:
             await self.deadletter.send_message(
                 json.dumps(
                     {
-                        "body": message.content,
+                        "body": read_local_message(message.content or "")[0],
                         "message_id": message.id,
                         "delivery_count": message.dequeue_count,
                         "dead_letter_reason": "MaxDeliveryCountExceeded",

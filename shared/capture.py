@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import Span
 from pydantic import ValidationError
 
 from shared import ids
@@ -26,6 +29,20 @@ from shared.errors import DocumentTooLarge, NotFound, StorageUnavailable
 from shared.quota import QuotaGate
 from shared.stored_completion import StoredCompletion
 from shared.stream_assembly import CompletionAssembler
+from shared.telemetry import (
+    COMPLETION_ID,
+    DEPLOYMENT,
+    HTTP_STATUS,
+    NOT_STORED_REASON,
+    OVERHEAD_MS,
+    STORED,
+    STREAMED,
+    captured_completions,
+    mark_failed,
+    not_stored,
+    proxy_overhead,
+    tracer,
+)
 from shared.upstream import Upstream, UpstreamResponse
 
 log = logging.getLogger(__name__)
@@ -33,6 +50,8 @@ log = logging.getLogger(__name__)
 STORED_HEADER = "x-distillery-stored"
 NOT_STORED_REASON_HEADER = "x-distillery-not-stored-reason"
 REPLAYED_HEADER = "x-distillery-replayed"
+OVERHEAD_HEADER = "x-distillery-overhead-ms"
+"""Time the proxy added to this answer: request time minus upstream time (streams: up to the first byte)."""
 
 
 class NotStoredReason(StrEnum):
@@ -58,49 +77,108 @@ class ChatCapture:
     """The chat-completions proxy with optional storing."""
 
     def __init__(
-        self, *, upstream: Upstream, store: CompletionStore, store_enabled: bool, quota: QuotaGate | None = None
+        self,
+        *,
+        upstream: Upstream,
+        store: CompletionStore,
+        store_enabled: bool,
+        quota: QuotaGate | None = None,
+        log_content: bool = False,
     ) -> None:
         self._upstream = upstream
         self._store = store
         self._store_enabled = store_enabled
         self._quota = quota
+        self._log_content = log_content
 
     async def complete(
-        self, request: ChatRequest, *, deployment: str, caller: Caller, idempotency_key: str | None = None
+        self,
+        request: ChatRequest,
+        *,
+        deployment: str,
+        caller: Caller,
+        idempotency_key: str | None = None,
+        started: float | None = None,
     ) -> ProxyReply:
+        """Proxy one call. `started` (a `time.perf_counter()` reading) is when the HTTP request arrived;
+        the reply's `x-distillery-overhead-ms` counts from then."""
+        timing = _Timing(time.perf_counter() if started is None else started)
+        streamed = bool(request.stream)
+        span = tracer.start_span("chat.completions proxy", attributes={DEPLOYMENT: deployment, STREAMED: streamed})
+        try:
+            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                reply = await self._complete(request, deployment, caller, idempotency_key, timing, span)
+        except BaseException as exc:
+            mark_failed(span, exc)
+            span.end()
+            raise
+        overhead = timing.overhead_ms()
+        reply.headers[OVERHEAD_HEADER] = f"{overhead:.1f}"
+        proxy_overhead.record(overhead, {STREAMED: streamed})
+        span.set_attribute(OVERHEAD_MS, overhead)
+        span.set_attribute(HTTP_STATUS, reply.status)
+        if STORED_HEADER in reply.headers:
+            span.set_attribute(STORED, reply.headers[STORED_HEADER])
+        if NOT_STORED_REASON_HEADER in reply.headers:
+            span.set_attribute(NOT_STORED_REASON, reply.headers[NOT_STORED_REASON_HEADER])
+        if reply.events is None:
+            span.end()
+        else:
+            reply.events = _ending(reply.events, span)
+        return reply
+
+    async def _complete(
+        self,
+        request: ChatRequest,
+        deployment: str,
+        caller: Caller,
+        idempotency_key: str | None,
+        timing: _Timing,
+        span: Span,
+    ) -> ProxyReply:
+        if self._log_content:
+            log.info("Proxied request to %s (LOG_CONTENT): %s", deployment, _dumps(request.messages).decode())
         storing = bool(request.store)
         headers: dict[str, str] = {}
         if storing and not self._store_enabled:
             storing = False
             _mark_not_stored(headers, NotStoredReason.STORE_DISABLED)
-        refusal = await self._quota.refusal(owner=caller.name) if storing and self._quota is not None else None
+        refusal = await self._quota.refusal(owner=caller.owner) if storing and self._quota is not None else None
         if refusal is not None:
             storing = False
             _mark_not_stored(headers, NotStoredReason(refusal))
         completion_id = await self._completion_id(caller, idempotency_key) if storing else None
         if completion_id is not None:
+            span.set_attribute(COMPLETION_ID, completion_id)
             earlier = await self._stored(completion_id)
             if earlier is not None:
                 return _replay(earlier, stream=bool(request.stream), options=request.stream_options)
 
         stack = AsyncExitStack()
+        upstream_started = time.perf_counter()
         response: UpstreamResponse = await stack.enter_async_context(
             self._upstream.open(deployment=deployment, body=request.upstream_body(model=request.model))
         )
         headers.update(response.headers)
         if not response.ok:
             async with stack:
-                return _upstream_error(response.status, await response.read(), headers)
+                body = await response.read()
+            timing.upstream_seconds += time.perf_counter() - upstream_started
+            return _upstream_error(response.status, body, headers)
         if request.stream:
+            timing.upstream_seconds += time.perf_counter() - upstream_started
             headers.update({"content-type": "text/event-stream", "cache-control": "no-cache"})
             if storing:
                 headers[STORED_HEADER] = "pending"
-            events = self._relay(stack, response, request, deployment, caller, completion_id)
+            events = self._relay(stack, response, request, deployment, caller, completion_id, span)
             return ProxyReply(status=response.status, headers=headers, events=events)
 
         async with stack:
             body = await response.read()
+        timing.upstream_seconds += time.perf_counter() - upstream_started
         headers["content-type"] = "application/json"
+        if self._log_content:
+            log.info("Upstream answer from %s (LOG_CONTENT): %s", deployment, body.decode("utf-8", "replace"))
         if completion_id is None:
             return ProxyReply(status=response.status, headers=headers, body=body)
         completion = json.loads(body)
@@ -121,6 +199,7 @@ class ChatCapture:
         deployment: str,
         caller: Caller,
         completion_id: str | None,
+        span: Span,
     ) -> AsyncIterator[bytes]:
         """Forward SSE events as they come; store the assembled completion just before `[DONE]`."""
         assembler = CompletionAssembler()
@@ -134,8 +213,14 @@ class ChatCapture:
                     continue
                 data = _event_data(event)
                 if data == "[DONE]" and completion_id is not None:
-                    reason = await self._store_stream(assembler, completion_id, request, deployment, caller)
+                    with trace.use_span(
+                        span, record_exception=False, set_status_on_exception=False
+                    ):  # the store write is the proxy span's child; nothing yields here
+                        reason = await self._store_stream(assembler, completion_id, request, deployment, caller)
+                    span.set_attribute(STORED, "true" if reason is None else "false")
                     if reason is not None:
+                        span.set_attribute(NOT_STORED_REASON, reason.value)
+                        not_stored.add(1, {"reason": reason.value})
                         yield f": distillery-stored=false reason={reason.value}\n\n".encode()
                 elif data is not None and completion_id is not None:
                     event = _rewrite_chunk(event, data, completion_id, assembler)
@@ -179,6 +264,9 @@ class ChatCapture:
                 response=completion,
             )
             await self._store.put(stored)
+            captured_completions.add(1, {STREAMED: streamed})
+            if self._log_content and streamed:
+                log.info("Upstream answer for %s (LOG_CONTENT): %s", completion_id, _dumps(completion).decode())
         except DocumentTooLarge:
             log.warning(
                 "Completion %s served but not stored: larger than MAX_STORED_DOCUMENT_BYTES (%s)",
@@ -189,8 +277,12 @@ class ChatCapture:
         except StorageUnavailable as exc:
             log.warning("Completion %s served but not stored: %s (%r)", completion_id, exc, exc.__cause__)
             return NotStoredReason.STORAGE_UNAVAILABLE
-        except ValidationError:
-            log.exception("Completion %s served but not stored: the upstream answer was malformed", completion_id)
+        except ValidationError as exc:
+            # Where, not what: the error's own text quotes the answer's content.
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+            log.error(
+                "Completion %s served but not stored: the upstream answer was malformed (%s)", completion_id, problems
+            )
             return NotStoredReason.UPSTREAM_ERROR
         return None
 
@@ -282,6 +374,30 @@ def _upstream_error(status: int, body: bytes, headers: dict[str, str]) -> ProxyR
 def _mark_not_stored(headers: dict[str, str], reason: NotStoredReason) -> None:
     headers[STORED_HEADER] = "false"
     headers[NOT_STORED_REASON_HEADER] = reason.value
+    not_stored.add(1, {"reason": reason.value})
+
+
+@dataclass
+class _Timing:
+    """Where a proxied call's time went: the rest of the request's time is the proxy's overhead."""
+
+    started: float
+    upstream_seconds: float = 0.0
+
+    def overhead_ms(self) -> float:
+        return max(0.0, (time.perf_counter() - self.started - self.upstream_seconds) * 1000)
+
+
+async def _ending(events: AsyncIterator[bytes], span: Span) -> AsyncIterator[bytes]:
+    """The events, ending the proxy span once the stream is done (or the client went away)."""
+    try:
+        async for event in events:
+            yield event
+    except BaseException as exc:
+        mark_failed(span, exc)
+        raise
+    finally:
+        span.end()
 
 
 def _dumps(value: Any) -> bytes:

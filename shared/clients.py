@@ -13,9 +13,12 @@ from functools import cached_property
 from typing import Any
 
 import aiohttp
+from azure.core.credentials import TokenCredential
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.data.tables.aio import TableClient, TableServiceClient
+from azure.identity import DefaultAzureCredential as SyncDefaultAzureCredential
+from azure.identity import ManagedIdentityCredential as SyncManagedIdentityCredential
 from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential, get_bearer_token_provider
 from azure.servicebus.aio import ServiceBusClient
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRetry
@@ -77,6 +80,13 @@ def build_credential(settings: Settings) -> AsyncTokenCredential:
     if settings.credential is CredentialKind.MANAGED_IDENTITY:
         return ManagedIdentityCredential(client_id=settings.azure_client_id)
     return DefaultAzureCredential(exclude_managed_identity_credential=True)
+
+
+def build_sync_credential(settings: Settings) -> TokenCredential:
+    """The same credential as `build_credential`, synchronous: the Azure Monitor exporter needs one."""
+    if settings.credential is CredentialKind.MANAGED_IDENTITY:
+        return SyncManagedIdentityCredential(client_id=settings.azure_client_id)
+    return SyncDefaultAzureCredential(exclude_managed_identity_credential=True)
 
 
 @dataclass
@@ -146,7 +156,11 @@ class Services:
     @cached_property
     def capture(self) -> ChatCapture:
         return ChatCapture(
-            upstream=self.upstream, store=self.store, store_enabled=self.settings.store_enabled, quota=self.quota_gate
+            upstream=self.upstream,
+            store=self.store,
+            store_enabled=self.settings.store_enabled,
+            quota=self.quota_gate,
+            log_content=self.settings.log_content,
         )
 
     @cached_property

@@ -24,6 +24,7 @@ from shared.completion_index import CompletionIndex, IndexEntry
 from shared.errors import Conflict, DocumentTooLarge, NotFound, StorageUnavailable
 from shared.read_budget import ByteBudget
 from shared.stored_completion import StoredCompletion
+from shared.telemetry import COMPLETION_ID, span
 from shared.usage import UsageCounter
 
 DEFAULT_MAX_DOCUMENT_BYTES = 6 * 1024 * 1024
@@ -63,7 +64,12 @@ class CompletionStore:
         is missing (it re-checks documents), so the order of the two writes does not matter, and
         the caller waits for the slower write instead of both.
         """
-        document = self._sized(completion)
+        with span("completion_store.put", {COMPLETION_ID: completion.id}) as current:
+            document = self._sized(completion)
+            current.set_attribute("distillery.document_bytes", len(document))
+            return await self._put(completion, document)
+
+    async def _put(self, completion: StoredCompletion, document: bytes) -> int:
         upload = self._upload(completion.id, document)
         indexing = self._counted(
             self.index.add(_entry(completion, len(document))), len(document), 1, owner=completion.owner

@@ -31,6 +31,7 @@ from shared.completion_store import CompletionStore, in_selection
 from shared.errors import DistilleryError, InvalidRequest, NotFound, StorageUnavailable
 from shared.job_queue import JobQueue
 from shared.json_blobs import JsonBlobs, Superseded
+from shared.telemetry import job_chunk
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -283,7 +284,10 @@ class PurgeService:
         job.started_at = job.started_at or datetime.now(UTC)
         try:
             etag = await self._save(job, etag)
-            job, etag, walk_done = await self._chunk(job, etag)
+            with job_chunk("purge", purge_id, part=part) as chunk:
+                deleted_before = job.progress.deleted
+                job, etag, walk_done = await self._chunk(job, etag)
+                chunk.items = job.progress.deleted - deleted_before
             if not walk_done:
                 job.progress.part += 1
                 etag = await self._save(job, etag)

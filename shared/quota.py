@@ -22,6 +22,7 @@ from shared.completion_index import CompletionIndex
 from shared.errors import QuotaExceeded, StorageUnavailable
 from shared.report_store import ReportStore
 from shared.settings import QuotaMode
+from shared.telemetry import record_quota_percent
 from shared.usage import UsageCounter
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class QuotaGate:
         except StorageUnavailable as exc:
             log.warning("Quota not checked, going ahead: %s", exc)
             return None
+        record_quota_percent(round(100 * used_bytes / self._cap_bytes, 3))
         if used_bytes >= self._cap_bytes:
             return _Refusal(
                 f"The store holds {used_bytes} of its {self._cap_bytes} byte quota, so {action}. Delete stored "
@@ -255,6 +257,7 @@ class QuotaReporter:
 
         used = completions.bytes + datasets.bytes
         percent = round(100 * used / self._cap_bytes, 3)
+        record_quota_percent(percent)
         recent = _last_days(breakdown.days, now.date())
         rate = sum(day.bytes for day in recent) / TREND_DAYS
         report = QuotaReport(

@@ -34,6 +34,18 @@ class QuotaMode(StrEnum):
     """Refuse it with 429 `storage_quota_exceeded` before any upstream call."""
 
 
+class TelemetryExporter(StrEnum):
+    """Where traces and metrics go (shared/telemetry.py)."""
+
+    OFF = "off"
+    CONSOLE = "console"
+    """One JSON object a line on stdout."""
+    OTLP = "otlp"
+    """OTLP over HTTP to `OTEL_EXPORTER_OTLP_ENDPOINT` (a collector, the Aspire dashboard, Jaeger)."""
+    AZURE_MONITOR = "azure_monitor"
+    """Application Insights, with the app's credential (needs APPLICATIONINSIGHTS_CONNECTION_STRING)."""
+
+
 class Settings(BaseSettings):
     """Validated configuration; see the README's configuration table for each setting's purpose."""
 
@@ -137,6 +149,21 @@ class Settings(BaseSettings):
     fine_tuning_max_delivery_count: int = Field(5, ge=1, alias="FINE_TUNING_MAX_DELIVERY_COUNT")
     """The fine-tuning queue's max delivery count: on that delivery a failing preparation is marked failed."""
 
+    # Telemetry (shared/telemetry.py).
+    telemetry_exporter: TelemetryExporter | None = Field(None, alias="TELEMETRY_EXPORTER")
+    """Unset: `azure_monitor` when APPLICATIONINSIGHTS_CONNECTION_STRING is set, else `off`."""
+    applicationinsights_connection_string: SecretStr | None = Field(None, alias="APPLICATIONINSIGHTS_CONNECTION_STRING")
+    log_content: bool = Field(False, alias="LOG_CONTENT")
+    """Debugging only: log the messages and answers of proxied calls (never on in production)."""
+
+    @property
+    def effective_telemetry_exporter(self) -> TelemetryExporter:
+        if self.telemetry_exporter is not None:
+            return self.telemetry_exporter
+        if self.applicationinsights_connection_string is not None:
+            return TelemetryExporter.AZURE_MONITOR
+        return TelemetryExporter.OFF
+
     @field_validator("deployment_models", mode="before")
     @classmethod
     def _parse_json_object(cls, value: Any) -> Any:
@@ -195,6 +222,11 @@ class Settings(BaseSettings):
             )
         if self.azure_openai_endpoint is not None and self.openai_base_url is not None:
             raise ValueError("set AZURE_OPENAI_ENDPOINT or OPENAI_BASE_URL, not both")
+        if (
+            self.telemetry_exporter is TelemetryExporter.AZURE_MONITOR
+            and self.applicationinsights_connection_string is None
+        ):
+            raise ValueError("TELEMETRY_EXPORTER=azure_monitor needs APPLICATIONINSIGHTS_CONNECTION_STRING")
         return self
 
 

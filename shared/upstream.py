@@ -15,8 +15,10 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from shared.errors import InvalidRequest, UpstreamRedirected, UpstreamTimeout, UpstreamUnavailable
+from shared.telemetry import DEPLOYMENT, HTTP_STATUS, UPSTREAM, mark_failed, tracer
 
 PASSED_THROUGH_HEADERS = frozenset(
     {
@@ -93,33 +95,46 @@ class HttpUpstream:
     async def open(
         self, *, deployment: str, body: dict[str, Any], operation: str = CHAT_COMPLETIONS
     ) -> AsyncIterator[UpstreamResponse]:
-        model = self.model_for(deployment)
-        payload = body if model is None else {**body, "model": model}
-        headers = {"content-type": "application/json", **await self.auth_headers()}
+        # Not the current span: a streamed answer is read after this context's caller has returned.
+        span = tracer.start_span(
+            f"upstream {operation}", kind=SpanKind.CLIENT, attributes={DEPLOYMENT: deployment, UPSTREAM: self.label}
+        )
         try:
-            # Never follow a redirect: aiohttp would resend `api-key` (and the body) to wherever it points.
-            response = await self.session.post(
-                self.url_for(deployment, operation),
-                data=json.dumps(payload, separators=(",", ":")),
-                headers=headers,
-                allow_redirects=False,
-            )
-        except TimeoutError as exc:
-            raise UpstreamTimeout("The upstream model did not answer in time.") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable("The upstream model could not be reached.") from exc
-        if 300 <= response.status < 400:
-            response.release()
-            raise UpstreamRedirected(response.status)
-        try:
-            yield UpstreamResponse(
-                status=response.status,
-                headers=passed_through(response.headers),
-                _read=lambda: _guarded_read(response),
-                _lines=lambda: _guarded_lines(response),
-            )
+            model = self.model_for(deployment)
+            payload = body if model is None else {**body, "model": model}
+            headers = {"content-type": "application/json", **await self.auth_headers()}
+            try:
+                # Never follow a redirect: aiohttp would resend `api-key` (and the body) to wherever it points.
+                response = await self.session.post(
+                    self.url_for(deployment, operation),
+                    data=json.dumps(payload, separators=(",", ":")),
+                    headers=headers,
+                    allow_redirects=False,
+                )
+            except TimeoutError as exc:
+                raise UpstreamTimeout("The upstream model did not answer in time.") from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamUnavailable("The upstream model could not be reached.") from exc
+            span.set_attribute(HTTP_STATUS, response.status)
+            if 300 <= response.status < 400:
+                response.release()
+                raise UpstreamRedirected(response.status)
+            if response.status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            try:
+                yield UpstreamResponse(
+                    status=response.status,
+                    headers=passed_through(response.headers),
+                    _read=lambda: _guarded_read(response),
+                    _lines=lambda: _guarded_lines(response),
+                )
+            finally:
+                response.release()
+        except Exception as exc:
+            mark_failed(span, exc)
+            raise
         finally:
-            response.release()
+            span.end()
 
 
 async def _guarded_read(response: aiohttp.ClientResponse) -> bytes:

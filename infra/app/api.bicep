@@ -137,6 +137,10 @@ var appSettings = {
   QUOTA_TOP_VALUES: '10'
   QUOTA_REPORT_SCHEDULE: quotaReportSchedule
   PERMISSION_REPORT_SCHEDULE: permissionReportSchedule
+  // Traces and metrics to the Application Insights above, signed in as the identity (Monitoring
+  // Metrics Publisher, roles.bicep); message contents are never logged in Azure.
+  TELEMETRY_EXPORTER: 'azure_monitor'
+  LOG_CONTENT: 'false'
 }
 var upstreamSettings = union(
   empty(azureOpenAiEndpoint) ? {} : { AZURE_OPENAI_ENDPOINT: azureOpenAiEndpoint },

@@ -54,6 +54,7 @@ from shared.errors import DistilleryError, NotFound, StorageUnavailable
 from shared.job_queue import JobQueue
 from shared.quota import QuotaGate
 from shared.stored_completion import StoredCompletion
+from shared.telemetry import job_chunk
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,12 @@ class DatasetJobs:
         job.error = None
         etag = await self.records.save(job, etag)
         if not checkpoint.walk_done:
-            await _Chunk(self, job).run()
+            walked = checkpoint.walked
+            with job_chunk("dataset", job.id, part=checkpoint.part) as chunk:
+                try:
+                    await _Chunk(self, job).run()
+                finally:
+                    chunk.items = checkpoint.walked - walked
             if not checkpoint.walk_done:
                 checkpoint.part += 1
             etag = await self.records.save(job, etag)

@@ -70,6 +70,7 @@ from shared.evals.templates import check_variables, content_text, render_message
 from shared.job_queue import JobQueue
 from shared.json_blobs import Superseded
 from shared.model_calls import ModelCalls, UpstreamCallFailed
+from shared.telemetry import JobChunk, job_chunk
 
 log = logging.getLogger(__name__)
 
@@ -353,10 +354,12 @@ class EvalService:
         try:
             message = EvalJobMessage.model_validate_json(body)
         except ValidationError as exc:
-            log.error("Invalid eval job message: %s", exc.errors()[:3])
+            log.error("Invalid eval job message: %s", exc.errors(include_input=False, include_url=False)[:3])
             raise
         try:
-            await self._run(message)
+            with job_chunk("eval_run", message.run_id, part=message.part) as chunk:
+                chunk.span.set_attribute("distillery.eval_id", message.eval_id)
+                await self._run(message, chunk)
         except Superseded:
             log.info("Eval run %s: another delivery advanced, cancelled or deleted it", message.run_id)
         except Exception as exc:
@@ -370,7 +373,7 @@ class EvalService:
                 await self._settle_failure(message.eval_id, message.run_id, error)
             raise
 
-    async def _run(self, message: EvalJobMessage) -> None:
+    async def _run(self, message: EvalJobMessage, chunk: JobChunk) -> None:
         try:
             run, etag = await self.store.read_run(message.eval_id, message.run_id)
         except NotFound:
@@ -393,7 +396,7 @@ class EvalService:
             run.lineage.completion_ids_digest = _ids_digest(items) if run.lineage.completion_filter else None
             etag = await self.store.save_run(run, etag)
         graded = set(await self.store.output_indexes(run.eval_id, run.id))  # by deliveries cut off before counting
-        started = time.monotonic()
+        started, first = time.monotonic(), run.next_index
         while run.next_index < len(items):
             if run.cancel_requested:
                 return await self._finish(run, etag, RunStatus.CANCELED)
@@ -409,6 +412,7 @@ class EvalService:
                 *(self._output(run, record, request, index, items[index], index in graded) for index in batch)
             )
             run, etag = await self._advance(run, etag, batch, outputs)
+            chunk.items = run.next_index - first
             if run.next_index < len(items) and time.monotonic() - started > self.limits.chunk_seconds:
                 run.part += 1
                 await self.store.save_run(run, etag)

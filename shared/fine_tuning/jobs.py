@@ -34,6 +34,7 @@ from shared.evals.records import new_id
 from shared.fine_tuning.api import FineTuningApi, FineTuningUpstreamError, explain
 from shared.job_queue import JobQueue
 from shared.json_blobs import JsonBlobs, Superseded
+from shared.telemetry import job_chunk
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,8 @@ class FineTuningJobs:
     async def handle(self, body: bytes, *, delivery_count: int) -> None:
         message = FineTuningMessage.model_validate_json(body)
         try:
-            await self._prepare(message)
+            with job_chunk("fine_tuning", message.job_id):
+                await self._prepare(message)
         except Superseded:
             log.info("Fine-tuning job %s changed under this delivery; it stops", message.job_id)
         except FineTuningUpstreamError as exc:

@@ -40,9 +40,8 @@ BICEP_ONLY = {
     "AzureWebJobsStorage__clientId": "host: identity-based storage connection",
     "ServiceBusConnection__credential": "Service Bus extension: identity-based trigger connection",
     "ServiceBusConnection__clientId": "Service Bus extension: identity-based trigger connection",
-    "APPLICATIONINSIGHTS_CONNECTION_STRING": "host: telemetry",
     "PYTHON_ENABLE_INIT_INDEXING": "worker: the HTTP streams extension needs init indexing",
-    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "host: telemetry with Entra ID",
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "host: telemetry with Entra ID (the app passes its credential)",
 }
 
 _SETTING_REFERENCE = re.compile(r"%([A-Za-z0-9_]+)%")

@@ -16,6 +16,7 @@ from shared.datasets.job import DatasetParams
 from shared.errors import InvalidRequest
 from shared.evals.params import EvalCreateParams, RunCreateParams
 from shared.fine_tuning.jobs import FineTuningParams, FineTuningRecord
+from shared.job_queue import read_local_message
 from tests.conftest import ServicesFactory
 from tests.fakes import FakeUpstream, Reply
 from tests.shared.datasets.conftest import seed, stored
@@ -38,7 +39,7 @@ async def receive(services: Services, queue_name: str) -> bytes | None:
         if not messages:
             return None
         await queue.delete_message(messages[0])
-        return messages[0].content.encode()
+        return read_local_message(messages[0].content)[0].encode()
 
 
 async def dataset(services: Services, *, kind: str = "distillation", count: int = 24) -> str:

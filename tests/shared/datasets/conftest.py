@@ -14,6 +14,7 @@ from shared import ids
 from shared.clients import Services
 from shared.datasets.builder import DatasetJobs
 from shared.datasets.job import DatasetJob
+from shared.job_queue import read_local_message
 from shared.stored_completion import StoredCompletion
 from tests.conftest import ServicesFactory
 
@@ -78,7 +79,7 @@ async def receive(services: Services) -> bytes | None:
         if not messages:
             return None
         await queue.delete_message(messages[0])
-        return messages[0].content.encode()
+        return read_local_message(messages[0].content)[0].encode()
 
 
 async def drain(services: Services, jobs: DatasetJobs | None = None) -> None:

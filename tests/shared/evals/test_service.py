@@ -16,6 +16,7 @@ from shared.clients import Services
 from shared.evals.params import EvalCreateParams, RunCreateParams
 from shared.evals.records import EvalRecord, RunRecord, RunStatus
 from shared.evals.service import EvalJobMessage, EvalService
+from shared.job_queue import read_local_message
 from tests.conftest import ServicesFactory
 from tests.fakes import FakeUpstream, Reply
 
@@ -51,7 +52,7 @@ async def receive(services: Services) -> bytes | None:
         if not messages:
             return None
         await queue.delete_message(messages[0])
-        return messages[0].content.encode()
+        return read_local_message(messages[0].content)[0].encode()
 
 
 async def drain(services: Services, evals: EvalService | None = None) -> int:
