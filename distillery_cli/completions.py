@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from distillery_cli.client import COMPLETIONS_PATH, PAGE_LIMIT
 from distillery_cli.common import (
@@ -78,7 +78,13 @@ def list_completions(
     if json_output:
         print_json({"object": "list", "data": found, "has_more": more})
         return
-    table = Table("id", "created (UTC)", "model", "metadata", "answer")
+    table = Table(
+        Column("id", no_wrap=True, min_width=max((len(c["id"]) for c in found), default=2)),
+        Column("created (UTC)", min_width=10),
+        "model",
+        "metadata",
+        "answer",
+    )
     for completion in found:
         table.add_row(
             completion["id"],
