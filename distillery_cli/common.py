@@ -9,8 +9,10 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Column, Table
 
 from distillery_cli.client import Connection, DistilleryClient
 
@@ -48,12 +50,27 @@ def client(ctx: typer.Context) -> DistilleryClient:
     return made
 
 
+# Markup is off: completions, metadata and error messages are the callers' text ("[offline-echo] …"),
+# never rich markup. Colour goes through `style=` instead.
 def stdout() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, markup=False)
 
 
 def stderr() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+
+def table(*columns: str | Column) -> Table:
+    """A compact table: header rule only, so ids and hashes keep their width."""
+    return Table(*columns, box=box.SIMPLE_HEAD, pad_edge=False)
+
+
+def fact_grid() -> Table:
+    """A two-column grid of names and values."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    return grid
 
 
 def print_json(value: Any) -> None:
@@ -115,7 +132,7 @@ def when(unix: int | float | None) -> str:
 
 def problems(message: str) -> typer.Exit:
     """Print why the command found problems and the exit that says so."""
-    stderr().print(f"[red]{message}[/red]")
+    stderr().print(message, style="red")
     return typer.Exit(EXIT_PROBLEMS)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Column, Table
+from rich.table import Column
 
 from distillery_cli.client import COMPLETIONS_PATH, PAGE_LIMIT
 from distillery_cli.common import (
@@ -18,9 +18,11 @@ from distillery_cli.common import (
     client,
     completion_filter,
     completion_query,
+    fact_grid,
     print_json,
     stderr,
     stdout,
+    table,
     when,
 )
 
@@ -46,8 +48,8 @@ def _short(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _pairs(metadata: dict[str, str] | None) -> str:
-    return ", ".join(f"{key}={value}" for key, value in (metadata or {}).items())
+def _pairs(metadata: dict[str, str] | None, separator: str = ", ") -> str:
+    return separator.join(f"{key}={value}" for key, value in (metadata or {}).items())
 
 
 @app.command("list")
@@ -78,22 +80,23 @@ def list_completions(
     if json_output:
         print_json({"object": "list", "data": found, "has_more": more})
         return
-    table = Table(
+    pairs = [f"{key}={value}" for c in found for key, value in (c.get("metadata") or {}).items()]
+    listing = table(
         Column("id", no_wrap=True, min_width=max((len(c["id"]) for c in found), default=2)),
-        Column("created (UTC)", min_width=10),
-        "model",
-        "metadata",
-        "answer",
+        Column("created (UTC)", no_wrap=True),
+        Column("model", overflow="fold"),
+        Column("metadata", overflow="fold", min_width=min(40, max(map(len, pairs), default=8))),
+        Column("answer", ratio=1, min_width=24),
     )
     for completion in found:
-        table.add_row(
+        listing.add_row(
             completion["id"],
             when(completion.get("created")),
             completion.get("model", ""),
-            _pairs(completion.get("metadata")),
+            _pairs(completion.get("metadata"), "\n"),
             _short(answer_text(completion)),
         )
-    stdout().print(table)
+    stdout().print(listing)
     note = f"{len(found)} completion(s)"
     if found and more:
         note += f"; more: --after {found[-1]['id']}"
@@ -113,9 +116,7 @@ def show_completion(
         print_json({**completion, "input_messages": messages})
         return
     usage = completion.get("usage") or {}
-    facts = Table.grid(padding=(0, 2))
-    facts.add_column(style="bold")
-    facts.add_column()
+    facts = fact_grid()
     facts.add_row("id", completion["id"])
     facts.add_row("created (UTC)", when(completion.get("created")))
     facts.add_row("model", str(completion.get("model", "")))
@@ -125,7 +126,7 @@ def show_completion(
     )
     console = stdout()
     console.print(facts)
-    conversation = Table("role", "content", show_lines=True)
+    conversation = table("role", "content")
     for message in messages:
         conversation.add_row(str(message.get("role")), str(message.get("content") or ""))
     finish = ((completion.get("choices") or [{}])[0]).get("finish_reason")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.table import Table
 
 from distillery_cli.client import DistilleryClient
 from distillery_cli.common import (
@@ -21,10 +21,12 @@ from distillery_cli.common import (
     Wait,
     client,
     completion_filter,
+    fact_grid,
     print_json,
     problems,
     stderr,
     stdout,
+    table,
     wait_until,
     when,
 )
@@ -52,9 +54,7 @@ def wait_for_dataset(api: DistilleryClient, dataset_id: str) -> dict[str, Any]:
 
 
 def _show(job: dict[str, Any]) -> None:
-    facts = Table.grid(padding=(0, 2))
-    facts.add_column(style="bold")
-    facts.add_column()
+    facts = fact_grid()
     counts = job.get("counts") or {}
     skipped = counts.get("skipped") or {}
     rows = {
@@ -62,7 +62,7 @@ def _show(job: dict[str, Any]) -> None:
         "kind": job.get("kind"),
         "name": job.get("name") or "-",
         "status": job.get("status"),
-        "selection": str(job.get("filter") or f"{job.get('ids_count')} ids"),
+        "selection": json.dumps(job["filter"]) if job.get("filter") else f"{job.get('ids_count')} ids",
         "created (UTC)": when(job.get("created_at")),
         "finished (UTC)": when(job.get("finished_at")),
         "selected / written": f"{counts.get('selected', 0)} / {counts.get('written', 0)}",
@@ -75,7 +75,7 @@ def _show(job: dict[str, Any]) -> None:
     console = stdout()
     console.print(facts)
     if job.get("files"):
-        files = Table("file", "lines", "bytes", "tokens", "sha256")
+        files = table("file", "lines", "bytes", "tokens", "sha256")
         for file in job["files"]:
             files.add_row(
                 file["name"],
@@ -163,7 +163,7 @@ def download_dataset(
     if job["status"] == "failed":
         raise problems(f"dataset {dataset_id} failed: {(job.get('error') or {}).get('message')}")
     if job["status"] != "succeeded":
-        stderr().print(f"[red]dataset {dataset_id} is {job['status']}, not finished: pass --wait[/red]")
+        stderr().print(f"dataset {dataset_id} is {job['status']}, not finished: pass --wait", style="red")
         raise typer.Exit(EXIT_API_ERROR)
     directory = out or Path(dataset_id)
     directory.mkdir(parents=True, exist_ok=True)
@@ -184,7 +184,7 @@ def download_dataset(
             if name in expected and expected[name].get("sha256") and digest.hexdigest() != expected[name]["sha256"]:
                 partial.unlink()
                 stderr().print(
-                    f"[red]{name}: sha256 {digest.hexdigest()} is not the dataset's {expected[name]['sha256']}[/red]"
+                    f"{name}: sha256 {digest.hexdigest()} is not the dataset's {expected[name]['sha256']}", style="red"
                 )
                 raise typer.Exit(EXIT_API_ERROR)
             partial.replace(target)
@@ -194,7 +194,7 @@ def download_dataset(
     if json_output:
         print_json({"dataset": dataset_id, "files": saved})
         return
-    table = Table("file", "bytes", "sha256")
+    listing = table("file", "bytes", "sha256")
     for file in saved:
-        table.add_row(file["path"], str(file["bytes"]), file["sha256"])
-    stdout().print(table)
+        listing.add_row(file["path"], str(file["bytes"]), file["sha256"])
+    stdout().print(listing)

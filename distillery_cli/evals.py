@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from distillery_cli.client import DistilleryClient
 from distillery_cli.common import (
@@ -24,6 +23,7 @@ from distillery_cli.common import (
     problems,
     stderr,
     stdout,
+    table,
     wait_until,
 )
 
@@ -74,7 +74,7 @@ def _rows(path: Path) -> list[dict[str, Any]]:
         try:
             row = json.loads(line)
         except ValueError:
-            stderr().print(f"[red]{path}:{number}: not JSON[/red]")
+            stderr().print(f"{path}:{number}: not JSON", style="red")
             raise typer.Exit(EXIT_USAGE) from None
         rows.append(row if isinstance(row, dict) and "item" in row else {"item": row})
     return rows
@@ -96,7 +96,7 @@ def _show(run: dict[str, Any]) -> None:
     counts = run.get("result_counts") or {}
     console = stdout()
     console.print(
-        f"run {run['id']} of {run['eval_id']}: [bold]{run['status']}[/bold], model {run.get('model')}; "
+        f"run {run['id']} of {run['eval_id']}: {run['status']}, model {run.get('model')}; "
         f"{counts.get('passed', 0)} passed, {counts.get('failed', 0)} failed, {counts.get('errored', 0)} errored "
         f"of {counts.get('total', 0)}"
     )
@@ -104,10 +104,10 @@ def _show(run: dict[str, Any]) -> None:
         console.print(f"error {run['error']['code']}: {run['error']['message']}")
     criteria = run.get("per_testing_criteria_results") or []
     if criteria:
-        table = Table("criterion", "passed", "failed")
+        results = table("criterion", "passed", "failed")
         for result in criteria:
-            table.add_row(result["testing_criteria"], str(result["passed"]), str(result["failed"]))
-        console.print(table)
+            results.add_row(result["testing_criteria"], str(result["passed"]), str(result["failed"]))
+        console.print(results)
     if run.get("report_url"):
         console.print(f"report: {run['report_url']}")
 

@@ -64,7 +64,7 @@ def resume_point(path: Path) -> str | None:
         completion_id = None
     if not isinstance(completion_id, str):
         stderr().print(
-            f"[red]{path} does not end with an exported completion; choose another --out or pass --restart.[/red]"
+            f"{path} does not end with an exported completion; choose another --out or pass --restart.", style="red"
         )
         raise typer.Exit(EXIT_USAGE)
     return completion_id

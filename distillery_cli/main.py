@@ -12,12 +12,23 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from distillery_cli import completions, datasets, evals
 from distillery_cli.client import DEFAULT_URL, ApiError, Connection
-from distillery_cli.common import EXIT_API_ERROR, EXIT_USAGE, Json, client, print_json, problems, stderr, stdout
+from distillery_cli.common import (
+    EXIT_API_ERROR,
+    EXIT_USAGE,
+    Json,
+    client,
+    fact_grid,
+    print_json,
+    problems,
+    stderr,
+    stdout,
+    table,
+)
 from distillery_cli.export import export
 
 
@@ -28,13 +39,13 @@ class _Commands(TyperGroup):
         try:
             return super().invoke(ctx)
         except ApiError as error:
-            stderr().print(f"[red]Error:[/red] {error.describe()}", markup=True)
+            stderr().print(f"Error: {error.describe()}", style="red")
             raise typer.Exit(EXIT_API_ERROR) from None
         except httpx.HTTPError as error:
-            stderr().print(f"[red]Error:[/red] the request failed ({type(error).__name__}).")
+            stderr().print(f"Error: the request failed ({type(error).__name__}).", style="red")
             raise typer.Exit(EXIT_API_ERROR) from None
         except OSError as error:
-            stderr().print(f"[red]Error:[/red] {error.strerror or type(error).__name__}: {error.filename or ''}")
+            stderr().print(f"Error: {error.strerror or type(error).__name__}: {error.filename or ''}", style="red")
             raise typer.Exit(EXIT_API_ERROR) from None
 
 
@@ -57,7 +68,7 @@ def entra_token_provider(scope: str) -> Callable[[], str]:
     try:
         from azure.identity import DefaultAzureCredential, get_bearer_token_provider
     except ImportError:
-        stderr().print("[red]--entra needs azure-identity: pip install 'distillery[entra]'[/red]")
+        stderr().print("--entra needs azure-identity: pip install 'distillery[entra]'", style="red")
         raise typer.Exit(EXIT_USAGE) from None
     return get_bearer_token_provider(DefaultAzureCredential(), scope)  # type: ignore[no-any-return]
 
@@ -100,9 +111,7 @@ def quota(ctx: typer.Context, json_output: Json = False) -> None:
     if json_output:
         print_json(report)
         return
-    facts = Table.grid(padding=(0, 2))
-    facts.add_column(style="bold")
-    facts.add_column()
+    facts = fact_grid()
     rows = {
         "generated (UTC)": report.get("generated_at"),
         "used": f"{report['used_bytes']:,} of {report['cap_bytes']:,} bytes ({report['percent_used']:.3f}%)",
@@ -117,7 +126,7 @@ def quota(ctx: typer.Context, json_output: Json = False) -> None:
     console = stdout()
     console.print(facts)
     if report.get("by_model"):
-        models = Table("model", "completions", "bytes")
+        models = table("model", "completions", "bytes")
         for row in report["by_model"]:
             models.add_row(row["model"], f"{row['count']:,}", f"{row['bytes']:,}")
         console.print(models)
@@ -136,19 +145,19 @@ def health(ctx: typer.Context, json_output: Json = False) -> None:
         print_json({"status": ready.get("status"), "upstream": ready.get("upstream"), "permissions": report})
     else:
         console = stdout()
-        verdict = "[green]healthy[/green]" if report.get("healthy") else "[red]unhealthy[/red]"
+        verdict = "healthy" if report.get("healthy") else "unhealthy"
         console.print(
             f"service {ready.get('status')}, upstream {ready.get('upstream')}; permissions {verdict} (report {report.get('generated_at')})"
         )
-        probes = Table("probe", "status", "ms", "detail")
+        probes = table("probe", "status", "ms", "detail")
         for probe in report.get("probes", []):
             style = {"ok": "green", "failed": "red"}.get(probe["status"], "yellow")
             detail = " ".join(part for part in (probe.get("error_code"), probe.get("error"), probe.get("fix")) if part)
             probes.add_row(
-                probe["name"], f"[{style}]{probe['status']}[/{style}]", f"{probe.get('elapsed_ms', 0):.0f}", detail
+                probe["name"], Text(probe["status"], style=style), f"{probe.get('elapsed_ms', 0):.0f}", detail
             )
         console.print(probes)
-        callers = Table("identity", "kind", "rights")
+        callers = table("identity", "kind", "rights")
         for identity in report.get("identities", []):
             callers.add_row(identity["name"], identity["kind"], ", ".join(identity["rights"]))
         console.print(callers)
@@ -177,8 +186,8 @@ def check_file(
     else:
         console = stdout()
         for problem in found:
-            console.print(f"{file}:{problem.line}: {problem.problem.rule}: {problem.problem.message}", markup=False)
+            console.print(f"{file}:{problem.line}: {problem.problem.rule}: {problem.problem.message}")
         if not found:
-            console.print(f"ok: every line of {file} is a valid fine-tuning example", markup=False)
+            console.print(f"ok: every line of {file} is a valid fine-tuning example")
     if found:
         raise problems(f"{bad_lines} bad line(s)")

@@ -53,6 +53,10 @@ def test_list_filters_order_limit_and_paging(
 
 def test_show_and_delete(cli: Cli, host: RunningHost, fake_upstream: FakeUpstream, tag: str) -> None:
     (completion_id,) = store(host.openai_client(), 1, tag=tag)
+    (bracketed,) = store(host.openai_client(), 1, tag=tag, note="[red]not markup[/red]")
+    for args in (["completions", "show", bracketed], ["completions", "list", "-m", f"tag={tag}"]):
+        assert "[red]not markup[/red]" in cli(*args).stdout  # callers' text is printed as it is, never as markup
+    assert cli("completions", "delete", bracketed, "--yes").exit_code == 0
 
     shown = cli("completions", "show", completion_id)
     assert shown.exit_code == 0, shown.output
