@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -28,9 +29,16 @@ def cli(host: RunningHost) -> Cli:
 
 
 def store(client: openai.OpenAI, count: int, *, model: str = "gpt-4o", **metadata: str) -> list[str]:
-    return [
-        client.chat.completions.create(
-            model=model, store=True, metadata=dict(metadata), messages=[{"role": "user", "content": f"question {n}"}]
+    """Store `count` completions, four at a time; their ids in capture order (ids are time-ordered)."""
+
+    def create(n: int) -> str:
+        messages = [{"role": "user", "content": f"question {n}"}]
+        return client.chat.completions.create(
+            model=model,
+            store=True,
+            metadata=dict(metadata),
+            messages=messages,  # type: ignore[arg-type]
         ).id
-        for n in range(count)
-    ]
+
+    with ThreadPoolExecutor(4) as pool:
+        return sorted(pool.map(create, range(count)))
