@@ -84,7 +84,7 @@ def list_completions(
     listing = table(
         Column("id", no_wrap=True, min_width=max((len(c["id"]) for c in found), default=2)),
         Column("created (UTC)", no_wrap=True),
-        Column("model", overflow="fold"),
+        Column("model", no_wrap=True),
         Column("metadata", overflow="fold", min_width=min(40, max(map(len, pairs), default=8))),
         Column("answer", ratio=1, min_width=24),
     )
