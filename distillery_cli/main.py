@@ -66,11 +66,24 @@ app.command("export")(export)
 def entra_token_provider(scope: str) -> Callable[[], str]:
     """Bearer tokens from DefaultAzureCredential (az login, azd, managed identity…), cached until near expiry."""
     try:
+        from azure.core.exceptions import ClientAuthenticationError
         from azure.identity import DefaultAzureCredential, get_bearer_token_provider
     except ImportError:
         stderr().print("--entra needs azure-identity: pip install 'distillery[entra]'", style="red")
         raise typer.Exit(EXIT_USAGE) from None
-    return get_bearer_token_provider(DefaultAzureCredential(), scope)  # type: ignore[no-any-return]
+    provider = get_bearer_token_provider(DefaultAzureCredential(), scope)
+
+    def token() -> str:
+        try:
+            return str(provider())
+        except ClientAuthenticationError:
+            # Its message lists every credential tried; the fix is the same whichever failed.
+            raise ApiError(
+                f"No Entra ID token for '{scope}': sign in (az login / azd auth login) or run where a managed "
+                "identity is available, and check the scope names the app registration."
+            ) from None
+
+    return token
 
 
 @app.callback()

@@ -63,6 +63,16 @@ def test_a_bad_key_exits_1_with_the_services_message(cli: Cli) -> None:
     assert "Traceback" not in result.output and result.stdout == ""
 
 
+def test_entra_without_a_credential_exits_1_with_the_fix(host: RunningHost) -> None:
+    # Only the environment credential is tried (none is configured here), so no sign-in or IMDS probe is attempted.
+    env = {"AZURE_TOKEN_CREDENTIALS": "EnvironmentCredential", "AZURE_CLIENT_ID": None, "AZURE_TENANT_ID": None}
+    result = CliRunner().invoke(
+        app, ["--url", host.url, "--entra", "--entra-scope", "api://x/.default", "quota"], env=env
+    )
+    assert result.exit_code == 1, result.output
+    assert "No Entra ID token for 'api://x/.default'" in result.stderr and "Traceback" not in result.output
+
+
 def test_an_unreachable_service_exits_1_without_a_traceback(cli: Cli, host: RunningHost) -> None:
     result = cli("quota", url="http://127.0.0.1:9")
     assert result.exit_code == 1
