@@ -1,0 +1,163 @@
+"""What every command shares: the connection from the root options, option types, output and waiting."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Column, Table
+
+from distillery_cli.client import Connection, DistilleryClient
+
+EXIT_API_ERROR = 1
+"""The service refused or failed the request (its message is printed), or could not be reached."""
+EXIT_USAGE = 2
+"""A bad flag or argument (the same code click gives its own usage errors)."""
+EXIT_PROBLEMS = 3
+"""check-file found bad lines, a waited-for job failed or was cancelled, or health found a failed probe."""
+
+POLL_SECONDS = 0.5
+
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
+Model = Annotated[str | None, typer.Option("--model", help="Deployment or reported model name.")]
+Metadata = Annotated[
+    list[str] | None,
+    typer.Option("--metadata", "-m", metavar="KEY=VALUE", help="Metadata pair that must match (repeatable)."),
+]
+CreatedAfter = Annotated[
+    str | None,
+    typer.Option(help="Captured at or after: Unix seconds or ISO 8601 (2026-11-23, 2026-11-23T21:00:00Z; UTC)."),
+]
+CreatedBefore = Annotated[
+    str | None, typer.Option(help="Captured before (exclusive); same formats as --created-after.")
+]
+Wait = Annotated[bool, typer.Option("--wait", help="Wait until the job finishes, with a progress bar.")]
+
+
+def client(ctx: typer.Context) -> DistilleryClient:
+    """The client for the root options; closed when the command ends."""
+    root = ctx.find_root()
+    connection: Connection = root.obj
+    made = DistilleryClient(connection)
+    root.call_on_close(made.close)
+    return made
+
+
+# Markup is off: completions, metadata and error messages are the callers' text ("[offline-echo] …"),
+# never rich markup. Colour goes through `style=` instead.
+def stdout() -> Console:
+    return Console(highlight=False, soft_wrap=True, markup=False)
+
+
+def stderr() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+
+def table(*columns: str | Column) -> Table:
+    """A compact table: header rule only, so ids and hashes keep their width."""
+    return Table(*columns, box=box.SIMPLE_HEAD, pad_edge=False)
+
+
+def fact_grid() -> Table:
+    """A two-column grid of names and values."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    return grid
+
+
+def print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def parse_pairs(pairs: list[str] | None, option: str = "--metadata") -> dict[str, str]:
+    found: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"'{pair}' is not KEY=VALUE.", param_hint=option)
+        found[key] = value
+    return found
+
+
+def parse_time(value: str | None, option: str) -> int | None:
+    """Unix seconds from seconds or an ISO 8601 date/time (no zone = UTC)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(
+            f"'{value}' is neither Unix seconds nor an ISO 8601 date.", param_hint=option
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+def completion_filter(
+    model: str | None, metadata: list[str] | None, created_after: str | None, created_before: str | None
+) -> dict[str, Any]:
+    """The stored-completions selection as the API's filter object (datasets, evals) — only the set conditions."""
+    selection: dict[str, Any] = {
+        "metadata": parse_pairs(metadata) or None,
+        "model": model,
+        "created_after": parse_time(created_after, "--created-after"),
+        "created_before": parse_time(created_before, "--created-before"),
+    }
+    return {name: value for name, value in selection.items() if value is not None}
+
+
+def completion_query(selection: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The same selection as list query parameters (`metadata[key]=value`)."""
+    query = [(f"metadata[{key}]", value) for key, value in selection.get("metadata", {}).items()]
+    return query + [(name, value) for name, value in selection.items() if name != "metadata"]
+
+
+def when(unix: int | float | None) -> str:
+    if unix is None:
+        return "-"
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def problems(message: str) -> typer.Exit:
+    """Print why the command found problems and the exit that says so."""
+    stderr().print(message, style="red")
+    return typer.Exit(EXIT_PROBLEMS)
+
+
+def wait_until(
+    poll: Callable[[], dict[str, Any]],
+    *,
+    finished: Callable[[dict[str, Any]], bool],
+    progress: Callable[[dict[str, Any]], tuple[str, int, int | None]],
+) -> dict[str, Any]:
+    """Poll a job until `finished`, showing (description, done, total) on stderr; the last state."""
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=stderr()) as bar:
+        task = bar.add_task("queued", total=None)
+        while True:
+            state = poll()
+            description, done, total = progress(state)
+            bar.update(task, description=description, completed=done, total=total)
+            if finished(state):
+                if total is None:
+                    bar.update(task, total=done)
+                return state
+            time.sleep(POLL_SECONDS)

@@ -1,0 +1,152 @@
+"""`distillery completions list|show|delete`: the stored-completions API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Column
+
+from distillery_cli.client import COMPLETIONS_PATH, PAGE_LIMIT
+from distillery_cli.common import (
+    EXIT_API_ERROR,
+    CreatedAfter,
+    CreatedBefore,
+    Json,
+    Metadata,
+    Model,
+    client,
+    completion_filter,
+    completion_query,
+    fact_grid,
+    print_json,
+    stderr,
+    stdout,
+    table,
+    when,
+)
+
+app = typer.Typer(help="List, show and delete stored chat completions.", no_args_is_help=True)
+
+Order = Annotated[str, typer.Option(help="asc (oldest first) or desc (newest first).", case_sensitive=False)]
+
+
+def answer_text(completion: dict[str, Any]) -> str:
+    """The first choice's text, or its tool calls' names."""
+    choices = completion.get("choices") or []
+    if not choices:
+        return ""
+    message = choices[0].get("message") or {}
+    if message.get("content"):
+        return str(message["content"])
+    calls = message.get("tool_calls") or []
+    return ", ".join(f"{call.get('function', {}).get('name')}(…)" for call in calls)
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _pairs(metadata: dict[str, str] | None, separator: str = ", ") -> str:
+    return separator.join(f"{key}={value}" for key, value in (metadata or {}).items())
+
+
+@app.command("list")
+def list_completions(
+    ctx: typer.Context,
+    model: Model = None,
+    metadata: Metadata = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+    limit: Annotated[int, typer.Option(min=1, help="Most completions to show (pages are followed).")] = 20,
+    order: Order = "desc",
+    after: Annotated[str | None, typer.Option(help="Start after this completion id (a cursor).")] = None,
+    json_output: Json = False,
+) -> None:
+    """List stored completions matching every filter, newest first by default."""
+    if order.lower() not in ("asc", "desc"):
+        raise typer.BadParameter("must be asc or desc", param_hint="--order")
+    query = completion_query(completion_filter(model, metadata, created_after, created_before))
+    query += [("order", order.lower()), ("limit", min(limit, PAGE_LIMIT))]
+    found: list[dict[str, Any]] = []
+    more = False
+    for page, more in client(ctx).pages(COMPLETIONS_PATH, query, after=after):
+        found += page
+        if len(found) >= limit:
+            more = more or len(found) > limit
+            break
+    found = found[:limit]
+    if json_output:
+        print_json({"object": "list", "data": found, "has_more": more})
+        return
+    pairs = [f"{key}={value}" for c in found for key, value in (c.get("metadata") or {}).items()]
+    listing = table(
+        Column("id", no_wrap=True, min_width=max((len(c["id"]) for c in found), default=2)),
+        Column("created (UTC)", no_wrap=True),
+        Column("model", no_wrap=True),
+        Column("metadata", overflow="fold", min_width=min(40, max(map(len, pairs), default=8))),
+        Column("answer", ratio=1, min_width=24),
+    )
+    for completion in found:
+        listing.add_row(
+            completion["id"],
+            when(completion.get("created")),
+            completion.get("model", ""),
+            _pairs(completion.get("metadata"), "\n"),
+            _short(answer_text(completion)),
+        )
+    stdout().print(listing)
+    note = f"{len(found)} completion(s)"
+    if found and more:
+        note += f"; more: --after {found[-1]['id']}"
+    stderr().print(note)
+
+
+@app.command("show")
+def show_completion(
+    ctx: typer.Context, completion_id: Annotated[str, typer.Argument(metavar="ID")], json_output: Json = False
+) -> None:
+    """Show one stored completion: its conversation, answer, metadata and usage."""
+    api = client(ctx)
+    completion = api.get(f"{COMPLETIONS_PATH}/{completion_id}")
+    pages = api.pages(f"{COMPLETIONS_PATH}/{completion_id}/messages", [("limit", PAGE_LIMIT)])
+    messages = [message for page, _ in pages for message in page]
+    if json_output:
+        print_json({**completion, "input_messages": messages})
+        return
+    usage = completion.get("usage") or {}
+    facts = fact_grid()
+    facts.add_row("id", completion["id"])
+    facts.add_row("created (UTC)", when(completion.get("created")))
+    facts.add_row("model", str(completion.get("model", "")))
+    facts.add_row("metadata", _pairs(completion.get("metadata")) or "-")
+    facts.add_row(
+        "usage", f"{usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion tokens"
+    )
+    console = stdout()
+    console.print(facts)
+    conversation = table("role", "content")
+    for message in messages:
+        conversation.add_row(str(message.get("role")), str(message.get("content") or ""))
+    finish = ((completion.get("choices") or [{}])[0]).get("finish_reason")
+    conversation.add_row(f"answer ({finish})", answer_text(completion), style="green")
+    console.print(conversation)
+
+
+@app.command("delete")
+def delete_completion(
+    ctx: typer.Context,
+    completion_id: Annotated[str, typer.Argument(metavar="ID")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_output: Json = False,
+) -> None:
+    """Delete a stored completion (its document and index rows)."""
+    if not yes and not typer.confirm(f"Delete {completion_id}?", err=True):
+        stderr().print("Nothing deleted.")
+        raise typer.Exit(EXIT_API_ERROR)
+    deleted = client(ctx).delete(f"{COMPLETIONS_PATH}/{completion_id}")
+    if json_output:
+        print_json(deleted)
+    else:
+        stdout().print(f"deleted {deleted['id']}")

@@ -1,0 +1,166 @@
+"""`distillery eval run`: start a run of an existing eval (the Evals API's run create body)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from distillery_cli.client import DistilleryClient
+from distillery_cli.common import (
+    EXIT_USAGE,
+    CreatedAfter,
+    CreatedBefore,
+    Json,
+    Metadata,
+    Wait,
+    client,
+    completion_filter,
+    print_json,
+    problems,
+    stderr,
+    stdout,
+    table,
+    wait_until,
+)
+
+app = typer.Typer(help="Run evals (OpenAI Evals API) on stored completions or dataset files.", no_args_is_help=True)
+
+FINISHED = ("completed", "failed", "canceled")
+STORED = "stored_completions"
+_DATASET_FILE = re.compile(r"^dataset-[0-9a-f]{32}/[A-Za-z0-9._-]+\.jsonl$")
+
+
+def data_source(
+    data: str,
+    *,
+    model: str | None,
+    input_ref: str,
+    selection: dict[str, Any],
+    limit: int | None,
+) -> dict[str, Any]:
+    """The run's `completions` data source for --data: stored completions, a dataset file id, or a local JSONL file."""
+    source: dict[str, Any]
+    if data == STORED:
+        source = {"type": STORED, **selection, **({"limit": limit} if limit else {})}
+    elif selection or limit:
+        raise typer.BadParameter(f"filters and --limit apply to --data {STORED} only", param_hint="--data")
+    elif _DATASET_FILE.match(data):
+        source = {"type": "file_id", "id": data}
+    elif Path(data).is_file():
+        source = {"type": "file_content", "content": _rows(Path(data))}
+    else:
+        raise typer.BadParameter(
+            f"'{data}' is neither '{STORED}', a dataset file id (dataset-…/eval.jsonl) nor a JSONL file",
+            param_hint="--data",
+        )
+    body: dict[str, Any] = {"type": "completions", "source": source}
+    if model is not None:
+        body["model"] = model
+        if source["type"] != STORED:
+            body["input_messages"] = {"type": "item_reference", "item_reference": input_ref}
+    return body
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    """`{item, sample?}` rows of a JSONL file; a line without `item` is the item itself."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            stderr().print(f"{path}:{number}: not JSON", style="red")
+            raise typer.Exit(EXIT_USAGE) from None
+        rows.append(row if isinstance(row, dict) and "item" in row else {"item": row})
+    return rows
+
+
+def wait_for_run(api: DistilleryClient, eval_id: str, run_id: str) -> dict[str, Any]:
+    def progress(run: dict[str, Any]) -> tuple[str, int, int | None]:
+        extra = run.get("distillery") or {}
+        return f"{run_id} {run['status']}", extra.get("items_graded") or 0, extra.get("items_total")
+
+    return wait_until(
+        lambda: api.get(f"/api/evals/{eval_id}/runs/{run_id}"),
+        finished=lambda run: run["status"] in FINISHED,
+        progress=progress,
+    )
+
+
+def _show(run: dict[str, Any]) -> None:
+    counts = run.get("result_counts") or {}
+    console = stdout()
+    console.print(
+        f"run {run['id']} of {run['eval_id']}: {run['status']}, model {run.get('model')}; "
+        f"{counts.get('passed', 0)} passed, {counts.get('failed', 0)} failed, {counts.get('errored', 0)} errored "
+        f"of {counts.get('total', 0)}"
+    )
+    if (run.get("error") or {}).get("code"):
+        console.print(f"error {run['error']['code']}: {run['error']['message']}")
+    criteria = run.get("per_testing_criteria_results") or []
+    if criteria:
+        results = table("criterion", "passed", "failed")
+        for result in criteria:
+            results.add_row(result["testing_criteria"], str(result["passed"]), str(result["failed"]))
+        console.print(results)
+    if run.get("report_url"):
+        console.print(f"report: {run['report_url']}")
+
+
+@app.command("run")
+def run_eval(
+    ctx: typer.Context,
+    eval_id: Annotated[str, typer.Argument(metavar="EVAL_ID")],
+    data: Annotated[
+        str,
+        typer.Option(
+            help=f"'{STORED}' (with the filters below), a dataset file id 'dataset-…/eval.jsonl', or a local JSONL file of {{item, sample?}} rows."
+        ),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(help="Deployment that answers each item; omitted: grade the answers the data already holds."),
+    ] = None,
+    input_ref: Annotated[
+        str, typer.Option(help="With --model on file data: the item field holding the messages.")
+    ] = "item.input",
+    source_model: Annotated[str | None, typer.Option(help=f"{STORED}: completions of this model only.")] = None,
+    metadata: Metadata = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+    limit: Annotated[int | None, typer.Option(min=1, help=f"{STORED}: at most this many items.")] = None,
+    name: Annotated[str | None, typer.Option(help="The run's name.")] = None,
+    max_total_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Stop the run once its calls used this many tokens.")
+    ] = None,
+    wait: Wait = False,
+    json_output: Json = False,
+) -> None:
+    """Start a run of EVAL_ID; with --wait, follow it to the end (exit 3 when it fails or is cancelled)."""
+    selection = completion_filter(source_model, metadata, created_after, created_before)
+    body: dict[str, Any] = {
+        "data_source": data_source(data, model=model, input_ref=input_ref, selection=selection, limit=limit)
+    }
+    body.update(
+        {
+            field: value
+            for field, value in {"name": name, "max_total_tokens": max_total_tokens}.items()
+            if value is not None
+        }
+    )
+    api = client(ctx)
+    run = api.post(f"/api/evals/{eval_id}/runs", body)
+    if wait:
+        stderr().print(f"queued {run['id']}")
+        run = wait_for_run(api, eval_id, run["id"])
+    if json_output:
+        print_json(run)
+    else:
+        _show(run)
+    if run["status"] in ("failed", "canceled"):
+        raise problems(f"run {run['id']} {run['status']}")

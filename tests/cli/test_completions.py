@@ -1,0 +1,76 @@
+"""`distillery completions list|show|delete` against the local host: filters, order, limit, paging, deletion."""
+
+from __future__ import annotations
+
+import json
+
+from tests.cli.conftest import Cli, store
+from tests.conftest import RunningHost
+from tests.fakes import FakeUpstream
+
+
+def _ids(cli: Cli, *args: str) -> list[str]:
+    result = cli("completions", "list", "--json", *args)
+    assert result.exit_code == 0, result.output
+    return [completion["id"] for completion in json.loads(result.stdout)["data"]]
+
+
+def test_list_filters_order_limit_and_paging(
+    cli: Cli, host: RunningHost, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    client = host.openai_client()
+    docs = store(client, 3, tag=tag, category="docs")
+    chat = store(client, 2, model="other-deployment", tag=tag, category="chat")
+    store(client, 1, tag=tag + "-other")
+
+    assert _ids(cli, "-m", f"tag={tag}", "--order", "asc") == docs + chat
+    assert _ids(cli, "-m", f"tag={tag}") == list(reversed(docs + chat))  # newest first by default
+    assert _ids(cli, "-m", f"tag={tag}", "-m", "category=docs", "--order", "asc") == docs
+    assert _ids(cli, "-m", f"tag={tag}", "--model", "other-deployment", "--order", "asc") == chat
+    assert _ids(cli, "-m", f"tag={tag}", "--after", docs[0], "--order", "asc") == docs[1:] + chat
+
+    created = {c.id: c.created for c in client.chat.completions.list(metadata={"tag": tag})}
+    everything = _ids(
+        cli, "-m", f"tag={tag}", "--created-after", "2020-01-01", "--created-before", "2100-01-01T00:00:00Z"
+    )
+    assert sorted(everything) == sorted(docs + chat)
+    later = max(created.values()) + 1
+    assert _ids(cli, "-m", f"tag={tag}", "--created-after", str(later)) == []
+
+    # --limit is a count of completions, followed across API pages (page size is min(limit, 100)).
+    limited = cli("completions", "list", "--json", "-m", f"tag={tag}", "--order", "asc", "--limit", "4")
+    page = json.loads(limited.stdout)
+    assert [c["id"] for c in page["data"]] == (docs + chat)[:4] and page["has_more"] is True
+    whole = json.loads(cli("completions", "list", "--json", "-m", f"tag={tag}", "--limit", "5").stdout)
+    assert len(whole["data"]) == 5 and whole["has_more"] is False
+
+    table = cli("completions", "list", "-m", f"tag={tag}", "--limit", "2", "--order", "asc")
+    assert table.exit_code == 0
+    assert docs[0] in table.stdout and docs[1] in table.stdout and docs[2] not in table.stdout
+    assert "category=docs" in table.stdout
+    assert f"--after {docs[1]}" in table.stderr  # the cursor to the next page
+
+
+def test_show_and_delete(cli: Cli, host: RunningHost, fake_upstream: FakeUpstream, tag: str) -> None:
+    (completion_id,) = store(host.openai_client(), 1, tag=tag)
+    (bracketed,) = store(host.openai_client(), 1, tag=tag, note="[red]not markup[/red]")
+    for args in (["completions", "show", bracketed], ["completions", "list", "-m", f"tag={tag}"]):
+        assert "[red]not markup[/red]" in cli(*args).stdout  # callers' text is printed as it is, never as markup
+    assert cli("completions", "delete", bracketed, "--yes").exit_code == 0
+
+    shown = cli("completions", "show", completion_id)
+    assert shown.exit_code == 0, shown.output
+    assert completion_id in shown.stdout and "question 0" in shown.stdout and f"tag={tag}" in shown.stdout
+    document = json.loads(cli("completions", "show", completion_id, "--json").stdout)
+    assert document["id"] == completion_id and document["metadata"] == {"tag": tag}
+    assert [m["content"] for m in document["input_messages"]] == ["question 0"]
+
+    declined = cli("completions", "delete", completion_id, input="n\n")
+    assert declined.exit_code == 1 and "Nothing deleted" in declined.stderr
+    assert cli("completions", "show", completion_id).exit_code == 0
+
+    deleted = cli("completions", "delete", completion_id, "--yes", "--json")
+    assert deleted.exit_code == 0 and json.loads(deleted.stdout)["deleted"] is True
+    gone = cli("completions", "show", completion_id)
+    assert gone.exit_code == 1 and "404" in gone.stderr and completion_id in gone.stderr
+    assert _ids(cli, "-m", f"tag={tag}") == []
