@@ -63,3 +63,12 @@ async def get_permission_report(req: Request, caller: Caller | None) -> Response
     checker = get_services().permission_checker
     report = await checker.latest() or await checker.run()
     return json_response(report.model_dump(mode="json"))
+
+
+@bp.route(route="api/caller", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint(Right.READ)
+async def get_caller(req: Request, caller: Caller | None) -> Response:
+    """Who is calling and what it may do: the pane offers only the actions these rights allow."""
+    assert caller is not None
+    body = {"object": "caller", "name": caller.name, "rights": sorted(caller.rights), "owner_scope": caller.scope}
+    return json_response(body)
