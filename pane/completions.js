@@ -16,6 +16,7 @@ const state = {
   allMatching: false,
   openId: null,
 };
+const previews = new Map(); // completion id -> first user message preview (the list API has none)
 
 export function activeFilter() {
   const filter = {};
@@ -56,7 +57,7 @@ function listPath(after) {
 
 export async function renderCompletions(main, ctx) {
   const table = h("div", { class: "table-wrap" });
-  const toolbar = h("div", { class: "toolbar", role: "toolbar", "aria-label": "Selection" });
+  const toolbar = h("div", { class: "toolbar", role: "toolbar", "aria-label": "Selection", hidden: true });
   const pager = h("nav", { class: "pager", "aria-label": "Pages" });
   const status = h("p", { class: "sr-only", "aria-live": "polite" });
   const detail = h("aside", { id: "detail", class: "detail", "aria-label": "Completion detail", hidden: true });
@@ -71,18 +72,25 @@ export async function renderCompletions(main, ctx) {
   replace(main, layout);
 
   let page = null;
+  let latest = 0;
 
   async function load() {
     const cursor = state.cursors[state.cursors.length - 1];
+    const ticket = ++latest; // only the newest request may draw: an older, slower answer is dropped
     replace(table, h("p", { class: "muted loading" }, "Loading…"));
+    let answer;
     try {
-      page = await get(listPath(cursor));
+      answer = await get(listPath(cursor));
     } catch (error) {
+      if (ticket !== latest) return;
       replace(table, h("p", { class: "empty" }, "The stored completions could not be listed."));
       replace(pager);
+      toolbar.hidden = true;
       ctx.showError(error);
       return;
     }
+    if (ticket !== latest) return;
+    page = answer;
     ctx.clearError();
     drawTable();
     drawPager();
@@ -270,7 +278,7 @@ export async function renderCompletions(main, ctx) {
         h("td", { class: "nowrap" }, h("button", { type: "button", class: "link open-detail", onclick: () => openDetail(completion.id) }, when(completion.created))),
         h("td", {}, completion.model),
         h("td", {}, chips(completion.metadata)),
-        h("td", { class: "preview user-preview" }, h("span", { class: "muted" }, "…")),
+        h("td", { class: "preview user-preview" }, previews.get(completion.id) ?? h("span", { class: "muted" }, "…")),
         h("td", { class: "preview" }, clip(output, 90)),
         h("td", { class: "num" }, number(completion.usage?.total_tokens)),
       );
@@ -285,6 +293,10 @@ export async function renderCompletions(main, ctx) {
 
   function drawPager() {
     const pageNumber = state.cursors.length;
+    if (pageNumber === 1 && !page.has_more) {
+      replace(pager);
+      return;
+    }
     replace(
       pager,
       h("button", { type: "button", class: "secondary", disabled: pageNumber === 1, onclick: () => { state.cursors.pop(); load(); } }, "← Newer"),
@@ -307,7 +319,7 @@ export async function renderCompletions(main, ctx) {
 
   // The list API has no input messages; fetch the first few of each row, a few rows at a time.
   async function fillPreviews(completions) {
-    const queue = [...completions];
+    const queue = completions.filter((completion) => !previews.has(completion.id));
     const worker = async () => {
       while (queue.length) {
         const completion = queue.shift();
@@ -319,6 +331,7 @@ export async function renderCompletions(main, ctx) {
         } catch {
           text = "(unavailable)";
         }
+        previews.set(completion.id, text);
         const cell = table.querySelector(`tr[data-id="${CSS.escape(completion.id)}"] .user-preview`);
         if (cell) replace(cell, text);
       }

@@ -280,3 +280,28 @@ def test_health_shows_quota_and_permission_checks(page: Page, pane_host: Host, f
         re.compile("healthy|needs attention")
     )
     screenshot(page, "health", full_page=True)
+
+
+def test_evaluate_the_selection_and_see_pass_rates(
+    page: Page, pane_host: Host, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    host, keys = pane_host
+    store(host, 3, tag=tag)
+    sign_in(page, host, keys["full"])
+    filter_by(page, tag=tag)
+    expect(page.locator("table.completions tbody tr")).to_have_count(3)
+    page.get_by_role("button", name="Select all matching this filter").click()
+    page.get_by_role("button", name="Evaluate…").click()
+    dialog = page.get_by_role("dialog", name="Evaluate")
+    dialog.get_by_label("Eval name").fill(f"support answers {tag}")
+    dialog.get_by_role("button", name="Start evaluating").click()
+    expect(dialog.locator(".badge.status-completed")).to_be_visible(timeout=60_000)
+    expect(dialog.locator(".counts")).to_contain_text("Passed3Failed0Errored0Total3")
+    expect(dialog.get_by_role("img", name=re.compile("close to the stored answer: 3 passed, 0 failed"))).to_be_visible()
+
+    dialog.get_by_role("button", name="Close").click()
+    page.get_by_role("link", name="Eval runs").click()
+    card = page.locator("article", has_text=f"support answers {tag}")
+    expect(card.locator(".badge.status-completed")).to_be_visible()
+    expect(card.locator("svg.chart .chart-value")).to_have_text("100%")
+    screenshot(page, "eval-runs")
