@@ -272,8 +272,8 @@ export function runSummary(run) {
 // One horizontal bar per grader: its pass rate over the items it graded.
 export function passRateChart(results) {
   if (!results.length) return null;
-  const width = 360;
-  const label = 150;
+  const width = 480;
+  const label = 210;
   const bar = 18;
   const gap = 8;
   const height = results.length * (bar + gap);
@@ -283,7 +283,7 @@ export function passRateChart(results) {
     const y = index * (bar + gap);
     const span = width - label - 50;
     return [
-      svg("text", { x: 0, y: y + bar - 5, class: "chart-label" }, result.testing_criteria.length > 22 ? `${result.testing_criteria.slice(0, 21)}…` : result.testing_criteria),
+      svg("text", { x: 0, y: y + bar - 5, class: "chart-label" }, result.testing_criteria.length > 30 ? `${result.testing_criteria.slice(0, 29)}…` : result.testing_criteria),
       svg("rect", { x: label, y, width: span, height: bar, class: "chart-track", rx: 3 }),
       svg("rect", { x: label, y, width: Math.max(0, span * rate), height: bar, class: "chart-bar", rx: 3 }),
       svg("text", { x: width - 44, y: y + bar - 5, class: "chart-value" }, graded ? `${Math.round(rate * 100)}%` : "—"),

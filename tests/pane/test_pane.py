@@ -300,6 +300,18 @@ def test_evaluate_the_selection_and_see_pass_rates(
     expect(dialog.get_by_role("img", name=re.compile("close to the stored answer: 3 passed, 0 failed"))).to_be_visible()
 
     dialog.get_by_role("button", name="Close").click()
+
+    page.get_by_role("button", name="Clear selection").click()
+    for box in page.get_by_role("checkbox").all()[:2]:
+        box.check()
+    expect(page.locator("#selection-summary")).to_have_text("2 selected.")
+    page.get_by_role("button", name="Evaluate…").click()
+    dialog.get_by_label("Eval name").fill(f"two picked {tag}")
+    dialog.get_by_role("button", name="Start evaluating").click()
+    expect(dialog.locator(".badge.status-completed")).to_be_visible(timeout=60_000)
+    expect(dialog.locator(".counts")).to_contain_text("Passed2Failed0Errored0Total2")
+    dialog.get_by_role("button", name="Close").click()
+
     page.get_by_role("link", name="Eval runs").click()
     card = page.locator("article", has_text=f"support answers {tag}")
     expect(card.locator(".badge.status-completed")).to_be_visible()
