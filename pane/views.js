@@ -24,7 +24,7 @@ export async function renderDatasets(main, ctx) {
   const load = async () => {
     const page = await get(`/api/datasets${query([["limit", 20], ["after", after]])}`);
     if (!after && !page.data.length) replace(list, empty("No datasets yet.", "Select completions and press Distill to build one."));
-    for (const dataset of page.data) list.append(datasetCard(dataset, ctx, list));
+    for (const dataset of page.data) list.append(datasetCard(dataset, ctx));
     after = page.data.length ? page.data[page.data.length - 1].id : after;
     replace(more, page.has_more ? moreButton("Load more datasets", () => load().catch(ctx.showError)) : null);
   };
@@ -115,7 +115,7 @@ export async function renderEvals(main, ctx) {
   }
 }
 
-export async function renderFineTuning(main, ctx) {
+export async function renderFineTuning(main) {
   const page = await get("/api/fine_tuning_jobs?limit=50");
   const body = page.data.length
     ? h(
@@ -146,7 +146,6 @@ export async function renderFineTuning(main, ctx) {
       )
     : empty("No fine-tuning jobs yet.", "Start one from a distillation dataset: POST /api/datasets/{id}/fine_tuning_jobs.");
   replace(main, section("Fine-tuning jobs", "ft-title", body));
-  void ctx;
 }
 
 export async function renderHealth(main, ctx) {
