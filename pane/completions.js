@@ -347,6 +347,8 @@ export async function renderCompletions(main, ctx) {
     replace(detail, h("p", { class: "muted loading" }, "Loading…"));
     await renderDetail(detail, id, ctx, {
       close: () => {
+        const row = table.querySelector(`tr[data-id="${CSS.escape(id)}"] button.open-detail`);
+        row?.focus(); // keyboard users continue where they left the table
         state.openId = null;
         detail.hidden = true;
         layout.classList.remove("with-detail");
