@@ -1,5 +1,5 @@
 """Browser fixtures: Debian's Chromium driven by Playwright (never a downloaded browser), one
-browser per session, a fresh context per test, and a local host with keys of each kind."""
+browser for the pane's tests, a fresh context per test, and a local host with keys of each kind."""
 
 from __future__ import annotations
 
@@ -41,8 +41,10 @@ completions, which are none; `batch` may call the model but not read the store."
 expect.set_options(timeout=15_000)  # the stack runs on a shared machine: wait for conditions, generously
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Module-scoped: while Playwright's sync API is open it holds a running event loop on this thread,
+    which the async tests of later modules could not start theirs under."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium package")
     with sync_playwright() as playwright:
