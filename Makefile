@@ -5,9 +5,15 @@ INFRA_VENV := .venv-infra
 PY := $(VENV)/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup run test lint infra-check format bench clean lock
+.PHONY: setup run test lint infra-check format bench clean lock chromium screenshots
 
-setup: $(VENV)/.installed node_modules/.installed
+setup: $(VENV)/.installed node_modules/.installed chromium
+
+# The pane's browser tests drive Debian's chromium through Playwright (never `playwright install`).
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y --no-install-recommends chromium; }
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-worker.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "Distillery needs Python 3.11 (set PYTHON=...)")'
@@ -50,6 +56,10 @@ format: setup
 
 test: lint infra-check
 	$(PY) -m pytest
+
+# PNGs of the pane's main views, written by its browser tests (embedded in the README).
+screenshots: setup
+	DISTILLERY_SCREENSHOTS=docs/screenshots $(PY) -m pytest tests/pane -q
 
 bench: setup
 	$(PY) -m bench.capture

@@ -11,6 +11,7 @@ from blueprints import (
     fine_tuning,
     health,
     openapi,
+    pane,
     purges,
     reports,
     stored_completions,
@@ -33,5 +34,6 @@ for blueprint in (
     reports.bp,
     purges.bp,
     openapi.bp,
+    pane.bp,
 ):
     app.register_functions(blueprint)

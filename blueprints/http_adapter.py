@@ -26,6 +26,15 @@ Handler = Callable[[Request, Caller | None], Awaitable[Response]]
 
 _RETRYABLE_STATUSES = frozenset({408, 409, 429})
 
+ROOT_ROUTE = "{ignored:maxlength(0)?}"
+"""The route of the site root: the Functions host matches `/` only through an optional, empty parameter
+(an empty route would fall back to the function's name)."""
+
+
+def public_path(route: str) -> str:
+    """The URL path template a route serves, as callers see it: `/` for `ROOT_ROUTE`."""
+    return "/" if route == ROOT_ROUTE else "/" + route
+
 
 def endpoint(
     right: Right | None, *, body: type[BaseModel] | None = None

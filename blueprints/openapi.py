@@ -16,7 +16,7 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 from pydantic.json_schema import models_json_schema
 
-from blueprints.http_adapter import endpoint, json_response, registered_functions
+from blueprints.http_adapter import endpoint, json_response, public_path, registered_functions
 from shared.access import Caller
 
 bp = func.Blueprint()
@@ -73,7 +73,7 @@ def build_document(functions: Iterable[Any]) -> dict[str, Any]:
     for function in sorted(http, key=lambda f: str(f.get_trigger().route)):
         trigger = function.get_trigger()
         user_function = function.get_user_function()
-        route = "/" + str(trigger.route)
+        route = public_path(str(trigger.route))
         path = _PATH_PARAMETER.sub(lambda match: "{" + match.group(1) + "}", route)
         for method in trigger.methods or ["GET"]:
             verb = str(getattr(method, "value", method)).lower()

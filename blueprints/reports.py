@@ -94,3 +94,12 @@ def _with_age(body: dict[str, Any], generated_at: datetime) -> Response:
     """The report as stored, its age in the standard `age` header (seconds) and in `age_seconds`."""
     age = max(0, int((datetime.now(UTC) - generated_at).total_seconds()))
     return json_response({**body, "age_seconds": age}, headers={"age": str(age)})
+
+
+@bp.route(route="api/caller", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint(Right.READ)
+async def get_caller(req: Request, caller: Caller | None) -> Response:
+    """Who is calling and what it may do: the pane offers only the actions these rights allow."""
+    assert caller is not None
+    body = {"object": "caller", "name": caller.name, "rights": sorted(caller.rights), "owner_scope": caller.scope}
+    return json_response(body)

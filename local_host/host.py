@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from blueprints.http_adapter import public_path
 from shared.job_queue import read_local_message
 
 log = logging.getLogger("local_host")
@@ -176,7 +177,9 @@ def build_host(
     """An ASGI app serving `app`'s functions; background delivery starts with its lifespan."""
     functions = {function.get_function_name(): function for function in app.get_functions()}
     rules = queue_rules or QueueRules()
-    routes = [Route(f"/{_route(f)}", _http_endpoint(f), methods=_methods(f)) for f in functions.values() if _is_http(f)]
+    routes = [
+        Route(public_path(_route(f)), _http_endpoint(f), methods=_methods(f)) for f in functions.values() if _is_http(f)
+    ]
     routes += [
         Route("/admin/functions", _list_functions(functions), methods=["GET"]),
         Route("/admin/functions/{name}", _run_function(functions), methods=["POST"]),

@@ -11,11 +11,14 @@ def _http(function: Any) -> tuple[str, tuple[str, ...]]:
     return trigger.route, tuple(str(getattr(m, "value", m)) for m in trigger.methods)
 
 
-def test_capture_and_stored_completion_routes(functions: dict[str, Any]) -> None:
+def test_capture_stored_completion_and_pane_routes(functions: dict[str, Any]) -> None:
     expected = {
         "create_chat_completion_for_deployment": ("openai/deployments/{deployment}/chat/completions", ("POST",)),
         "create_chat_completion": ("openai/v1/chat/completions", ("POST",)),
         "health": ("api/health", ("GET",)),
+        "pane_page": ("{ignored:maxlength(0)?}", ("GET",)),
+        "pane_asset": ("pane/{name}", ("GET",)),
+        "get_caller": ("api/caller", ("GET",)),
     }
     for prefix, suffix in (("openai", ""), ("openai/v1", "_v1")):
         expected |= {

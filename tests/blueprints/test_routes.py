@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from blueprints.http_adapter import registered_functions
+from blueprints.http_adapter import ROOT_ROUTE, public_path, registered_functions
 from blueprints.openapi import build_document
 from shared.access import Right
 
-PUBLIC_ROUTES = {"api/health", "api/openapi.json"}
+PUBLIC_ROUTES = {"api/health", "api/openapi.json", ROOT_ROUTE, "pane/{name}"}
 """Routes anyone may call; adding one is a decision made here, not by forgetting a decorator."""
 
 
@@ -53,7 +53,7 @@ def test_openapi_document_describes_every_route(function_app: ModuleType) -> Non
     for function in functions:
         path, method, operation = operations[function.get_function_name()]
         trigger = function.get_trigger()
-        assert path == "/" + trigger.route
+        assert path == public_path(trigger.route)
         assert method.upper() in [str(getattr(m, "value", m)) for m in trigger.methods]
         right = function.get_user_function().required_right
         assert operation.get("x-distillery-right") == (right.value if right else None)
@@ -66,6 +66,7 @@ def test_openapi_document_describes_every_route(function_app: ModuleType) -> Non
     assert retrieve["parameters"] == [
         {"name": "completion_id", "in": "path", "required": True, "schema": {"type": "string"}}
     ]
+    assert operations["pane_page"][0] == "/" and operations["pane_page"][2]["security"] == []
     assert registered_functions(function_app.app), "reading the functions again must keep working"
 
 

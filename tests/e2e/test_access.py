@@ -62,6 +62,9 @@ KNOWN_BODIES: dict[str, Any] = {
 KNOWN_RIGHTS: dict[str, Right | None] = {
     "health": None,
     "openapi_document": None,
+    "pane_page": None,
+    "pane_asset": None,
+    "get_caller": Right.READ,
     "create_chat_completion": Right.INFERENCE,
     "create_chat_completion_for_deployment": Right.INFERENCE,
     "list_chat_completions": Right.READ,
@@ -118,6 +121,7 @@ def test_permission_matrix(matrix_host: tuple[RunningHost, dict[str, str]], fake
             completion_id = store_one(host) if method == "DELETE" and expected == 200 else shared_id
             url = re.sub(r"\{completion_id\}", completion_id, path)
             url = re.sub(r"\{deployment\}", "gpt-4o", url)
+            url = url.replace("/pane/{name}", "/pane/app.js")
             url = re.sub(r"\{[^}]+\}", "unknown", url)
             body = KNOWN_BODIES.get(base_name, {}) if method in ("POST", "PUT", "PATCH") else None
             response = httpx.request(

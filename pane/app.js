@@ -1,0 +1,143 @@
+// The pane's shell: sign-in, the caller's rights, navigation between views, and the error banner.
+
+import { ApiError, get, key } from "./api.js";
+import { renderCompletions } from "./completions.js";
+import { h, replace } from "./dom.js";
+import { renderDatasets, renderEvals, renderFineTuning, renderHealth } from "./views.js";
+
+const READ = "stored-completions/read";
+const ACTION = "stored-completions/action";
+
+const VIEWS = [
+  ["completions", "Completions", renderCompletions],
+  ["datasets", "Datasets", renderDatasets],
+  ["evals", "Eval runs", renderEvals],
+  ["fine-tuning", "Fine-tuning", renderFineTuning],
+  ["health", "Health", renderHealth],
+];
+
+const main = document.getElementById("main");
+const nav = document.getElementById("nav");
+const who = document.getElementById("who");
+const banner = document.getElementById("error");
+
+export function showError(error) {
+  const message = error instanceof ApiError || error instanceof Error ? error.message : String(error);
+  replace(
+    banner,
+    h("strong", {}, "Error: "),
+    h("span", { class: "error-message" }, message),
+    h("button", { type: "button", class: "link", onclick: clearError }, "Dismiss"),
+  );
+  banner.hidden = false;
+  if (error instanceof ApiError && error.status === 401 && key.get()) signOut();
+}
+
+export function clearError() {
+  banner.hidden = true;
+  banner.replaceChildren();
+}
+
+function context(caller) {
+  return {
+    caller,
+    canRead: caller.rights.includes(READ),
+    canAct: caller.rights.includes(ACTION),
+    showError,
+    clearError,
+  };
+}
+
+let current = null;
+
+function route() {
+  const name = location.hash.replace(/^#/, "").split("/")[0] || "completions";
+  return VIEWS.find(([id]) => id === name) || VIEWS[0];
+}
+
+async function show() {
+  if (!current) return;
+  const [id, , render] = route();
+  for (const button of nav.querySelectorAll("a")) {
+    if (button.dataset.view === id) button.setAttribute("aria-current", "page");
+    else button.removeAttribute("aria-current");
+  }
+  clearError();
+  replace(main, h("p", { class: "muted loading" }, "Loading…"));
+  try {
+    await render(main, current);
+  } catch (error) {
+    replace(main, h("p", { class: "empty" }, "This view could not be loaded."));
+    showError(error);
+  }
+}
+
+function signIn(message) {
+  current = null;
+  nav.hidden = true;
+  who.replaceChildren();
+  const input = h("input", { id: "api-key", name: "api-key", type: "password", autocomplete: "off", required: true });
+  const form = h(
+    "form",
+    {
+      class: "card signin",
+      "aria-labelledby": "signin-title",
+      onsubmit: async (event) => {
+        event.preventDefault();
+        key.set(input.value.trim());
+        await start();
+      },
+    },
+    h("h1", { id: "signin-title" }, "Sign in"),
+    h("p", {}, "Stored completions, datasets and evals of this Distillery service. Sign in with a service key; it stays in this browser tab only."),
+    h("label", { for: "api-key" }, "API key"),
+    input,
+    h("div", { class: "actions" }, h("button", { type: "submit" }, "Sign in")),
+    message ? h("p", { class: "form-error", role: "alert" }, message) : null,
+  );
+  replace(main, form);
+  input.focus();
+}
+
+function signOut() {
+  key.clear();
+  signIn();
+}
+
+async function start() {
+  clearError();
+  let caller;
+  try {
+    caller = await get("/api/caller");
+  } catch (error) {
+    const hadKey = Boolean(key.get());
+    if (error instanceof ApiError && error.status === 401) {
+      key.clear();
+      signIn(hadKey ? error.message : null);
+    } else if (error instanceof ApiError && error.status === 403) {
+      key.clear();
+      signIn(`${error.message} The pane needs the '${READ}' right.`);
+    } else {
+      signIn();
+      showError(error);
+    }
+    return;
+  }
+  current = context(caller);
+  replace(
+    nav,
+    VIEWS.map(([id, label]) => h("a", { href: `#${id}`, "data-view": id }, label)),
+  );
+  nav.hidden = false;
+  const rights = current.canAct ? "read and act" : "read only";
+  replace(
+    who,
+    h("span", { class: "caller", title: caller.rights.join(", ") }, caller.name),
+    h("span", { class: `badge ${current.canAct ? "rights-act" : "rights-read"}` }, rights),
+    key.get() ? h("button", { type: "button", class: "secondary small", onclick: signOut }, "Sign out") : null,
+  );
+  await show();
+}
+
+window.addEventListener("hashchange", show);
+start();

@@ -1,0 +1,525 @@
+// Stored completions: filters, the newest-first table with cursor paging, selection, the detail
+// panel (conversation, usage, metadata editing, delete) and the Distill / Evaluate actions.
+
+import { del, get, post, query } from "./api.js";
+import { openDistill, openEvaluate } from "./jobs.js";
+import { chips, clip, confirmDialog, h, number, replace, when } from "./dom.js";
+
+const PAGE = 25;
+const LIST = "/openai/v1/chat/completions";
+
+// Kept across view switches within the tab, so coming back shows the same filter and page.
+const state = {
+  filter: { model: "", metadata: [["", ""]], createdAfter: "", createdBefore: "" },
+  cursors: [null],
+  selected: new Map(),
+  allMatching: false,
+  openId: null,
+};
+const previews = new Map(); // completion id -> first user message preview (the list API has none)
+
+export function activeFilter() {
+  const filter = {};
+  const metadata = Object.fromEntries(state.filter.metadata.filter(([name]) => name.trim()).map(([n, v]) => [n.trim(), v]));
+  if (Object.keys(metadata).length) filter.metadata = metadata;
+  if (state.filter.model.trim()) filter.model = state.filter.model.trim();
+  const after = toSeconds(state.filter.createdAfter);
+  const before = toSeconds(state.filter.createdBefore);
+  if (after !== null) filter.created_after = after;
+  if (before !== null) filter.created_before = before;
+  return filter;
+}
+
+function toSeconds(local) {
+  if (!local) return null;
+  const millis = new Date(local).getTime();
+  return Number.isNaN(millis) ? null : Math.floor(millis / 1000);
+}
+
+function describeFilter(filter) {
+  const parts = [];
+  if (filter.model) parts.push(`model ${filter.model}`);
+  for (const [name, value] of Object.entries(filter.metadata || {})) parts.push(`${name}=${value}`);
+  if (filter.created_after) parts.push(`from ${when(filter.created_after)}`);
+  if (filter.created_before) parts.push(`before ${when(filter.created_before)}`);
+  return parts.join(", ");
+}
+
+function listPath(after) {
+  const filter = activeFilter();
+  const params = [["order", "desc"], ["limit", PAGE], ["after", after]];
+  if (filter.model) params.push(["model", filter.model]);
+  for (const [name, value] of Object.entries(filter.metadata || {})) params.push([`metadata[${name}]`, value]);
+  if (filter.created_after) params.push(["created_after", filter.created_after]);
+  if (filter.created_before) params.push(["created_before", filter.created_before]);
+  return LIST + query(params);
+}
+
+export async function renderCompletions(main, ctx) {
+  const table = h("div", { class: "table-wrap" });
+  const toolbar = h("div", { class: "toolbar", role: "toolbar", "aria-label": "Selection", hidden: true });
+  const pager = h("nav", { class: "pager", "aria-label": "Pages" });
+  const status = h("p", { class: "sr-only", "aria-live": "polite" });
+  const detail = h("aside", { id: "detail", class: "detail", "aria-label": "Completion detail", hidden: true });
+  const layout = h("div", { class: "split" }, h("section", { class: "list", "aria-labelledby": "completions-title" },
+    h("h1", { id: "completions-title" }, "Stored completions"),
+    filterForm(),
+    toolbar,
+    table,
+    pager,
+    status,
+  ), detail);
+  replace(main, layout);
+
+  let page = null;
+  let latest = 0;
+
+  async function load() {
+    const cursor = state.cursors[state.cursors.length - 1];
+    const ticket = ++latest; // only the newest request may draw: an older, slower answer is dropped
+    replace(table, h("p", { class: "muted loading" }, "Loading…"));
+    let answer;
+    try {
+      answer = await get(listPath(cursor));
+    } catch (error) {
+      if (ticket !== latest) return;
+      replace(table, h("p", { class: "empty" }, "The stored completions could not be listed."));
+      replace(pager);
+      toolbar.hidden = true;
+      ctx.showError(error);
+      return;
+    }
+    if (ticket !== latest) return;
+    page = answer;
+    ctx.clearError();
+    drawTable();
+    drawPager();
+    drawToolbar();
+    status.textContent = `${page.data.length} completions shown.`;
+    fillPreviews(page.data);
+  }
+
+  function filterForm() {
+    const metadataRows = h("div", { class: "metadata-rows" });
+    const model = h("input", { id: "filter-model", name: "model", value: state.filter.model, placeholder: "any" });
+    const createdAfter = h("input", { id: "filter-after", type: "datetime-local", value: state.filter.createdAfter });
+    const createdBefore = h("input", { id: "filter-before", type: "datetime-local", value: state.filter.createdBefore });
+    const drawRows = () =>
+      replace(
+        metadataRows,
+        state.filter.metadata.map((pair, index) =>
+          h(
+            "div",
+            { class: "pair" },
+            h("label", { for: `meta-key-${index}` }, "Key"),
+            h("input", { id: `meta-key-${index}`, class: "meta-key", value: pair[0], oninput: (e) => (pair[0] = e.target.value) }),
+            h("label", { for: `meta-value-${index}` }, "Value"),
+            h("input", { id: `meta-value-${index}`, class: "meta-value", value: pair[1], oninput: (e) => (pair[1] = e.target.value) }),
+            h(
+              "button",
+              {
+                type: "button",
+                class: "secondary small",
+                "aria-label": `Remove metadata filter ${index + 1}`,
+                onclick: () => {
+                  state.filter.metadata.splice(index, 1);
+                  if (!state.filter.metadata.length) state.filter.metadata.push(["", ""]);
+                  drawRows();
+                },
+              },
+              "Remove",
+            ),
+          ),
+        ),
+      );
+    drawRows();
+    return h(
+      "form",
+      {
+        class: "filters card",
+        "aria-label": "Filters",
+        onsubmit: (event) => {
+          event.preventDefault();
+          state.filter.model = model.value;
+          state.filter.createdAfter = createdAfter.value;
+          state.filter.createdBefore = createdBefore.value;
+          state.cursors = [null];
+          state.selected.clear();
+          state.allMatching = false;
+          load();
+        },
+      },
+      h("div", { class: "field" }, h("label", { for: "filter-model" }, "Model or deployment"), model),
+      h(
+        "fieldset",
+        { class: "field metadata" },
+        h("legend", {}, "Metadata (every pair must match)"),
+        metadataRows,
+        h(
+          "button",
+          { type: "button", class: "secondary small", onclick: () => { state.filter.metadata.push(["", ""]); drawRows(); } },
+          "Add metadata filter",
+        ),
+      ),
+      h("div", { class: "field" }, h("label", { for: "filter-after" }, "Created from"), createdAfter),
+      h("div", { class: "field" }, h("label", { for: "filter-before" }, "Created before"), createdBefore),
+      h(
+        "div",
+        { class: "actions" },
+        h("button", { type: "submit" }, "Apply filters"),
+        h(
+          "button",
+          {
+            type: "button",
+            class: "secondary",
+            onclick: () => {
+              state.filter = { model: "", metadata: [["", ""]], createdAfter: "", createdBefore: "" };
+              state.cursors = [null];
+              state.selected.clear();
+              state.allMatching = false;
+              renderCompletions(main, ctx);
+            },
+          },
+          "Clear",
+        ),
+      ),
+    );
+  }
+
+  function drawToolbar() {
+    if (!ctx.canAct) {
+      replace(toolbar);
+      toolbar.hidden = true;
+      return;
+    }
+    toolbar.hidden = false;
+    const filter = activeFilter();
+    const filtered = Object.keys(filter).length > 0;
+    const count = state.selected.size;
+    const chosen = state.allMatching || count > 0;
+    const summary = state.allMatching
+      ? `All completions matching ${describeFilter(filter)} are selected.`
+      : count
+        ? `${count} selected.`
+        : "Select rows, or every completion matching the filter.";
+    const selection = () =>
+      state.allMatching ? { filter, label: `all completions matching ${describeFilter(filter)}` } : { ids: [...state.selected.keys()], label: `${count} selected completion${count === 1 ? "" : "s"}` };
+    replace(
+      toolbar,
+      h("span", { class: "selection", id: "selection-summary" }, summary),
+      h(
+        "button",
+        {
+          type: "button",
+          class: "secondary",
+          id: "select-all-matching",
+          "aria-pressed": String(state.allMatching),
+          disabled: !filtered,
+          title: filtered ? null : "Set a filter first: an action never takes the whole store by accident.",
+          onclick: () => {
+            state.allMatching = !state.allMatching;
+            state.selected.clear();
+            drawTable();
+            drawToolbar();
+          },
+        },
+        state.allMatching ? "Clear selection" : "Select all matching this filter",
+      ),
+      h("button", { type: "button", id: "distill", disabled: !chosen, onclick: () => openDistill(selection(), ctx) }, "Distill…"),
+      h("button", { type: "button", id: "evaluate", disabled: !chosen, onclick: () => openEvaluate(selection(), ctx) }, "Evaluate…"),
+    );
+  }
+
+  function drawTable() {
+    if (!page.data.length) {
+      const filtered = Object.keys(activeFilter()).length > 0;
+      replace(
+        table,
+        h(
+          "div",
+          { class: "empty" },
+          h("p", {}, filtered ? "No stored completions match these filters." : "No stored completions yet."),
+          filtered ? null : h("p", { class: "muted" }, "Call chat completions with \"store\": true and they appear here."),
+        ),
+      );
+      return;
+    }
+    const head = h(
+      "tr",
+      {},
+      ctx.canAct ? h("th", { scope: "col", class: "check" }, h("span", { class: "sr-only" }, "Select")) : null,
+      ["Created", "Model", "Metadata", "First user message", "Output", "Tokens"].map((label) =>
+        h("th", { scope: "col", class: label === "Tokens" ? "num" : null }, label),
+      ),
+    );
+    const rows = page.data.map((completion) => {
+      const message = completion.choices?.[0]?.message || {};
+      const output = message.content ?? toolSummary(message.tool_calls);
+      const row = h(
+        "tr",
+        { "data-id": completion.id, class: completion.id === state.openId ? "open" : null },
+        ctx.canAct
+          ? h(
+              "td",
+              { class: "check" },
+              h("input", {
+                type: "checkbox",
+                "aria-label": `Select ${completion.id}`,
+                checked: state.allMatching || state.selected.has(completion.id),
+                disabled: state.allMatching,
+                onchange: (event) => {
+                  if (event.target.checked) state.selected.set(completion.id, true);
+                  else state.selected.delete(completion.id);
+                  drawToolbar();
+                },
+              }),
+            )
+          : null,
+        h("td", { class: "nowrap" }, h("button", { type: "button", class: "link open-detail", onclick: () => openDetail(completion.id) }, when(completion.created))),
+        h("td", {}, completion.model),
+        h("td", {}, chips(completion.metadata)),
+        h("td", { class: "preview user-preview" }, previews.get(completion.id) ?? h("span", { class: "muted" }, "…")),
+        h("td", { class: "preview" }, clip(output, 90)),
+        h("td", { class: "num" }, number(completion.usage?.total_tokens)),
+      );
+      row.addEventListener("click", (event) => {
+        if (event.target.closest("input, button, a")) return;
+        openDetail(completion.id);
+      });
+      return row;
+    });
+    replace(table, h("table", { class: "completions" }, h("caption", { class: "sr-only" }, "Stored completions, newest first"), h("thead", {}, head), h("tbody", {}, rows)));
+  }
+
+  function drawPager() {
+    const pageNumber = state.cursors.length;
+    if (pageNumber === 1 && !page.has_more) {
+      replace(pager);
+      return;
+    }
+    replace(
+      pager,
+      h("button", { type: "button", class: "secondary", disabled: pageNumber === 1, onclick: () => { state.cursors.pop(); load(); } }, "← Newer"),
+      h("span", { class: "muted" }, `Page ${pageNumber}`),
+      h(
+        "button",
+        {
+          type: "button",
+          class: "secondary",
+          disabled: !page.has_more,
+          onclick: () => {
+            state.cursors.push(page.data[page.data.length - 1].id);
+            load();
+          },
+        },
+        "Older →",
+      ),
+    );
+  }
+
+  // The list API has no input messages; fetch the first few of each row, a few rows at a time.
+  async function fillPreviews(completions) {
+    const queue = completions.filter((completion) => !previews.has(completion.id));
+    const worker = async () => {
+      while (queue.length) {
+        const completion = queue.shift();
+        let text = "";
+        try {
+          const messages = await get(`${LIST}/${encodeURIComponent(completion.id)}/messages?limit=10`);
+          const user = messages.data.find((m) => m.role === "user");
+          text = user ? clip(user.content ?? "(no text)", 90) : "(no user message)";
+        } catch {
+          text = "(unavailable)";
+        }
+        previews.set(completion.id, text);
+        const cell = table.querySelector(`tr[data-id="${CSS.escape(completion.id)}"] .user-preview`);
+        if (cell) replace(cell, text);
+      }
+    };
+    await Promise.all([worker(), worker(), worker(), worker()]);
+  }
+
+  async function openDetail(id) {
+    state.openId = id;
+    for (const row of table.querySelectorAll("tr[data-id]")) row.classList.toggle("open", row.dataset.id === id);
+    detail.hidden = false;
+    layout.classList.add("with-detail");
+    replace(detail, h("p", { class: "muted loading" }, "Loading…"));
+    await renderDetail(detail, id, ctx, {
+      close: () => {
+        const row = table.querySelector(`tr[data-id="${CSS.escape(id)}"] button.open-detail`);
+        row?.focus(); // keyboard users continue where they left the table
+        state.openId = null;
+        detail.hidden = true;
+        layout.classList.remove("with-detail");
+        for (const row of table.querySelectorAll("tr.open")) row.classList.remove("open");
+      },
+      changed: load,
+    });
+  }
+
+  await load();
+  if (state.openId) openDetail(state.openId);
+}
+
+function toolSummary(calls) {
+  if (!calls || !calls.length) return "";
+  return calls.map((call) => `→ ${call.function?.name}(${call.function?.arguments ?? ""})`).join(" ");
+}
+
+async function allMessages(id) {
+  const messages = [];
+  let after = null;
+  for (;;) {
+    const page = await get(`${LIST}/${encodeURIComponent(id)}/messages${query([["limit", 100], ["after", after]])}`);
+    messages.push(...page.data);
+    if (!page.has_more || !page.data.length) return messages;
+    after = page.data[page.data.length - 1].id;
+  }
+}
+
+async function renderDetail(panel, id, ctx, { close, changed }) {
+  let completion;
+  let messages;
+  try {
+    [completion, messages] = await Promise.all([get(`${LIST}/${encodeURIComponent(id)}`), allMessages(id)]);
+  } catch (error) {
+    replace(panel, h("div", { class: "detail-head" }, h("h2", {}, "Completion"), closeButton(close)), h("p", { class: "empty" }, "This completion could not be loaded."));
+    ctx.showError(error);
+    return;
+  }
+  const output = completion.choices?.[0]?.message;
+  const usage = completion.usage || {};
+  replace(
+    panel,
+    h("div", { class: "detail-head" }, h("h2", { id: "detail-title", tabindex: "-1" }, "Completion"), closeButton(close)),
+    h(
+      "dl",
+      { class: "facts" },
+      h("dt", {}, "Id"), h("dd", {}, h("code", {}, completion.id)),
+      h("dt", {}, "Created"), h("dd", {}, when(completion.created)),
+      h("dt", {}, "Model"), h("dd", {}, completion.model),
+      h("dt", {}, "Finish"), h("dd", {}, completion.choices?.[0]?.finish_reason ?? "—"),
+      h("dt", {}, "Tokens"),
+      h("dd", {}, `${number(usage.prompt_tokens)} in · ${number(usage.completion_tokens)} out · ${number(usage.total_tokens)} total`),
+    ),
+    metadataSection(completion, ctx, changed),
+    h("h3", {}, `Conversation (${messages.length + (output ? 1 : 0)} messages)`),
+    h("ol", { class: "conversation" }, messages.map((m) => messageItem(m, false)), output ? messageItem(output, true) : null),
+    ctx.canAct
+      ? h(
+          "div",
+          { class: "actions danger-zone" },
+          h(
+            "button",
+            {
+              type: "button",
+              class: "danger",
+              id: "delete-completion",
+              onclick: async () => {
+                const confirmed = await confirmDialog("Delete this completion?", `${completion.id} is deleted for good; datasets already built keep their copy.`, "Delete");
+                if (!confirmed) return;
+                try {
+                  await del(`${LIST}/${encodeURIComponent(completion.id)}`);
+                } catch (error) {
+                  ctx.showError(error);
+                  return;
+                }
+                close();
+                changed();
+              },
+            },
+            "Delete completion",
+          ),
+        )
+      : null,
+  );
+  panel.querySelector("#detail-title").focus();
+}
+
+function closeButton(close) {
+  return h("button", { type: "button", class: "secondary small", "aria-label": "Close detail", onclick: close }, "Close");
+}
+
+function messageItem(message, isOutput) {
+  const calls = message.tool_calls || [];
+  const content = message.content;
+  return h(
+    "li",
+    { class: `message role-${message.role}${isOutput ? " output" : ""}` },
+    h("div", { class: "message-head" }, h("span", { class: "role" }, message.role), isOutput ? h("span", { class: "badge" }, "output") : null, message.name ? h("span", { class: "muted" }, message.name) : null, message.tool_call_id ? h("span", { class: "muted" }, `result of ${message.tool_call_id}`) : null),
+    content ? h("div", { class: "content" }, content) : null,
+    calls.map((call) =>
+      h(
+        "div",
+        { class: "tool-call" },
+        h("div", { class: "tool-name" }, `→ ${call.function?.name ?? call.type}`, h("span", { class: "muted" }, ` ${call.id ?? ""}`)),
+        h("pre", {}, prettyArguments(call.function?.arguments)),
+      ),
+    ),
+    !content && !calls.length ? h("div", { class: "muted" }, "(no text)") : null,
+  );
+}
+
+function prettyArguments(text) {
+  try {
+    return JSON.stringify(JSON.parse(text), null, 2);
+  } catch {
+    return text ?? "";
+  }
+}
+
+function metadataSection(completion, ctx, changed) {
+  if (!ctx.canAct) return h("section", {}, h("h3", {}, "Metadata"), chips(completion.metadata));
+  const pairs = Object.entries(completion.metadata || {});
+  if (!pairs.length) pairs.push(["", ""]);
+  const rows = h("div", { class: "metadata-rows" });
+  const status = h("p", { class: "muted", "aria-live": "polite" });
+  const draw = () =>
+    replace(
+      rows,
+      pairs.map((pair, index) =>
+        h(
+          "div",
+          { class: "pair" },
+          h("label", { for: `edit-key-${index}` }, "Key"),
+          h("input", { id: `edit-key-${index}`, class: "edit-key", value: pair[0], maxlength: 64, oninput: (e) => (pair[0] = e.target.value) }),
+          h("label", { for: `edit-value-${index}` }, "Value"),
+          h("input", { id: `edit-value-${index}`, class: "edit-value", value: pair[1], maxlength: 512, oninput: (e) => (pair[1] = e.target.value) }),
+          h("button", { type: "button", class: "secondary small", "aria-label": `Remove metadata ${pair[0] || index + 1}`, onclick: () => { pairs.splice(index, 1); draw(); } }, "Remove"),
+        ),
+      ),
+    );
+  draw();
+  return h(
+    "form",
+    {
+      class: "metadata-edit",
+      "aria-labelledby": "metadata-title",
+      onsubmit: async (event) => {
+        event.preventDefault();
+        const metadata = Object.fromEntries(pairs.filter(([name]) => name.trim()).map(([n, v]) => [n.trim(), v]));
+        status.textContent = "Saving…";
+        try {
+          await post(`${LIST}/${encodeURIComponent(completion.id)}`, { metadata });
+        } catch (error) {
+          status.textContent = "Not saved.";
+          ctx.showError(error);
+          return;
+        }
+        ctx.clearError();
+        status.textContent = "Metadata saved.";
+        changed();
+      },
+    },
+    h("h3", { id: "metadata-title" }, "Metadata"),
+    rows,
+    h(
+      "div",
+      { class: "actions" },
+      h("button", { type: "button", class: "secondary small", onclick: () => { pairs.push(["", ""]); draw(); } }, "Add pair"),
+      h("button", { type: "submit", id: "save-metadata" }, "Save metadata"),
+    ),
+    status,
+  );
+}

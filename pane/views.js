@@ -1,0 +1,214 @@
+// Datasets, eval runs, fine-tuning jobs and health: lists over the existing report APIs.
+
+import { del, get, query } from "./api.js";
+import { bytes, confirmDialog, h, number, replace, statusBadge, svg, when } from "./dom.js";
+import { datasetProgress, datasetResult, passRateChart, runSummary } from "./jobs.js";
+
+function section(title, id, ...children) {
+  return h("section", { class: "view", "aria-labelledby": id }, h("h1", { id }, title), ...children);
+}
+
+function moreButton(label, onclick) {
+  return h("div", { class: "pager" }, h("button", { type: "button", class: "secondary", onclick }, label));
+}
+
+function empty(text, hint) {
+  return h("div", { class: "empty" }, h("p", {}, text), hint ? h("p", { class: "muted" }, hint) : null);
+}
+
+export async function renderDatasets(main, ctx) {
+  const list = h("div", { class: "cards" });
+  const more = h("div");
+  replace(main, section("Datasets", "datasets-title", list, more));
+  let after = null;
+  const load = async () => {
+    const page = await get(`/api/datasets${query([["limit", 20], ["after", after]])}`);
+    if (!after && !page.data.length) replace(list, empty("No datasets yet.", "Select completions and press Distill to build one."));
+    for (const dataset of page.data) list.append(datasetCard(dataset, ctx));
+    after = page.data.length ? page.data[page.data.length - 1].id : after;
+    replace(more, page.has_more ? moreButton("Load more datasets", () => load().catch(ctx.showError)) : null);
+  };
+  await load();
+}
+
+function datasetCard(dataset, ctx) {
+  const card = h(
+    "article",
+    { class: "card dataset", "aria-labelledby": `title-${dataset.id}` },
+    h(
+      "div",
+      { class: "card-head" },
+      h("h2", { id: `title-${dataset.id}` }, dataset.name || dataset.id),
+      statusBadge(dataset.status),
+      h("span", { class: "badge" }, dataset.kind),
+    ),
+    h(
+      "p",
+      { class: "muted" },
+      h("code", {}, dataset.id),
+      ` · created ${when(dataset.created_at)}`,
+      dataset.filter ? ` · filter ${JSON.stringify(dataset.filter)}` : dataset.ids_count ? ` · ${number(dataset.ids_count)} chosen completions` : "",
+      dataset.kind === "distillation" ? ` · validation ${dataset.validation_fraction}${dataset.group_by ? `, grouped by ${dataset.group_by}` : ""}` : "",
+    ),
+    dataset.status === "succeeded" || dataset.status === "failed" ? datasetResult(dataset, ctx) : datasetProgress(dataset, () => !card.isConnected, ctx),
+    ctx.canAct
+      ? h(
+          "div",
+          { class: "actions" },
+          h(
+            "button",
+            {
+              type: "button",
+              class: "danger small",
+              onclick: async () => {
+                if (!(await confirmDialog("Delete this dataset?", `${dataset.id} and its files are deleted.`, "Delete"))) return;
+                try {
+                  await del(`/api/datasets/${encodeURIComponent(dataset.id)}`);
+                  card.remove();
+                } catch (error) {
+                  ctx.showError(error);
+                }
+              },
+            },
+            "Delete dataset",
+          ),
+        )
+      : null,
+  );
+  return card;
+}
+
+export async function renderEvals(main, ctx) {
+  const list = h("div", { class: "cards" });
+  replace(main, section("Eval runs", "evals-title", list));
+  const evals = await get("/api/evals?limit=20&order=desc");
+  if (!evals.data.length) {
+    replace(list, empty("No evals yet.", "Select completions and press Evaluate to grade them."));
+    return;
+  }
+  for (const evaluation of evals.data) {
+    const runs = h("div", { class: "runs" }, h("p", { class: "muted" }, "Loading runs…"));
+    list.append(
+      h(
+        "article",
+        { class: "card", "aria-labelledby": `title-${evaluation.id}` },
+        h("div", { class: "card-head" }, h("h2", { id: `title-${evaluation.id}` }, evaluation.name || evaluation.id)),
+        h("p", { class: "muted" }, h("code", {}, evaluation.id), ` · created ${when(evaluation.created_at)} · ${evaluation.testing_criteria.map((c) => c.name).join(", ")}`),
+        runs,
+      ),
+    );
+    get(`/api/evals/${encodeURIComponent(evaluation.id)}/runs?limit=20&order=desc`)
+      .then((page) =>
+        replace(
+          runs,
+          page.data.length
+            ? page.data.map((run) =>
+                h("div", { class: "run" }, h("h3", {}, run.name || run.id, " ", statusBadge(run.status), h("span", { class: "muted" }, ` model ${run.model} · ${when(run.created_at)}`)), runSummary(run)),
+              )
+            : empty("No runs yet."),
+        ),
+      )
+      .catch((error) => {
+        replace(runs, empty("Runs could not be loaded."));
+        ctx.showError(error);
+      });
+  }
+}
+
+export async function renderFineTuning(main) {
+  const page = await get("/api/fine_tuning_jobs?limit=50");
+  const body = page.data.length
+    ? h(
+        "div",
+        { class: "table-wrap" },
+        h(
+          "table",
+          {},
+          h("thead", {}, h("tr", {}, ["Job", "Status", "Base model", "Fine-tuned model", "Dataset", "Created", "Trained tokens"].map((label) => h("th", { scope: "col" }, label)))),
+          h(
+            "tbody",
+            {},
+            page.data.map((job) =>
+              h(
+                "tr",
+                {},
+                h("td", {}, h("code", {}, job.id)),
+                h("td", {}, statusBadge(job.status), job.error ? h("div", { class: "form-error" }, job.error.message) : null),
+                h("td", {}, job.model),
+                h("td", {}, job.fine_tuned_model ?? "—"),
+                h("td", {}, h("code", {}, job.dataset_id)),
+                h("td", { class: "nowrap" }, when(job.created_at)),
+                h("td", { class: "num" }, number(job.trained_tokens)),
+              ),
+            ),
+          ),
+        ),
+      )
+    : empty("No fine-tuning jobs yet.", "Start one from a distillation dataset: POST /api/datasets/{id}/fine_tuning_jobs.");
+  replace(main, section("Fine-tuning jobs", "ft-title", body));
+}
+
+export async function renderHealth(main, ctx) {
+  const quota = h("section", { class: "card", "aria-labelledby": "quota-title" }, h("h2", { id: "quota-title" }, "Storage quota"), h("p", { class: "muted" }, "Loading…"));
+  const permissions = h("section", { class: "card", "aria-labelledby": "perm-title" }, h("h2", { id: "perm-title" }, "Permission health"), h("p", { class: "muted" }, "Loading…"));
+  replace(main, section("Health", "health-title", h("div", { class: "health" }, quota, permissions)));
+  await Promise.all([
+    get("/api/quota").then((report) => drawQuota(quota, report)).catch((error) => failed(quota, "Storage quota", error, ctx)),
+    get("/api/health/permissions").then((report) => drawPermissions(permissions, report)).catch((error) => failed(permissions, "Permission health", error, ctx)),
+  ]);
+}
+
+function failed(card, title, error, ctx) {
+  replace(card, h("h2", {}, title), empty(`${title} could not be loaded.`));
+  ctx.showError(error);
+}
+
+function drawQuota(card, report) {
+  const percent = Math.min(100, report.percent_used);
+  const days = report.last_days || [];
+  const peak = Math.max(1, ...days.map((day) => day.bytes));
+  const barWidth = 34;
+  const trend = svg(
+    "svg",
+    { class: "chart", viewBox: `0 0 ${days.length * (barWidth + 6)} 70`, width: days.length * (barWidth + 6), height: 70, role: "img", "aria-label": `Bytes captured per day: ${days.map((d) => `${d.day} ${bytes(d.bytes)}`).join(", ")}` },
+    days.map((day, index) => {
+      const height = Math.max(1, (day.bytes / peak) * 50);
+      return [
+        svg("rect", { x: index * (barWidth + 6), y: 52 - height, width: barWidth, height, class: "chart-bar", rx: 2 }),
+        svg("text", { x: index * (barWidth + 6) + barWidth / 2, y: 66, class: "chart-axis" }, day.day.slice(5)),
+      ];
+    }).flat(),
+  );
+  replace(
+    card,
+    h("h2", { id: "quota-title" }, "Storage quota ", statusBadge(report.level)),
+    h("div", { class: "gauge" }, h("meter", { id: "quota-meter", min: 0, max: 100, low: 80, high: 95, optimum: 0, value: percent, "aria-label": "Storage used" }), h("span", { class: "gauge-value" }, `${report.percent_used.toFixed(1)}%`)),
+    h("p", {}, h("strong", {}, bytes(report.used_bytes)), ` used of ${bytes(report.cap_bytes)} · ${number(report.completion_count)} completions, ${number(report.dataset_count)} datasets`),
+    h("p", { class: "muted" }, `Trend ${bytes(report.trend_bytes_per_day)} a day over ${report.trend_window_days} days · ${report.projected_full_date ? `full by ${report.projected_full_date}` : "not filling up"} · at the cap: ${report.mode}`),
+    days.length ? trend : null,
+    h("p", { class: "muted small" }, `Report generated ${report.generated_at}`),
+  );
+}
+
+function drawPermissions(card, report) {
+  replace(
+    card,
+    h("h2", { id: "perm-title" }, "Permission health ", h("span", { class: `badge ${report.healthy ? "status-ok" : "status-failed"}` }, report.healthy ? "healthy" : "needs attention")),
+    h(
+      "ul",
+      { class: "probes" },
+      report.probes.map((probe) =>
+        h(
+          "li",
+          { class: `probe probe-${probe.status}` },
+          h("div", {}, statusBadge(probe.status), " ", h("code", {}, probe.name), probe.operations.length ? h("span", { class: "muted" }, ` ${probe.operations.join(", ")}`) : null),
+          probe.error ? h("p", { class: "form-error" }, probe.error_code ? `${probe.error_code}: ` : "", probe.error) : null,
+          probe.fix ? h("p", { class: "fix" }, h("strong", {}, probe.status === "skipped" ? "Note: " : "Fix: "), probe.fix) : null,
+        ),
+      ),
+    ),
+    h("h3", {}, "Callers"),
+    h("ul", { class: "identities" }, report.identities.map((identity) => h("li", {}, h("code", {}, identity.name), h("span", { class: "muted" }, ` ${identity.kind}: ${identity.rights.join(", ")}`)))),
+    h("p", { class: "muted small" }, `Report generated ${report.generated_at}`),
+  );
+}
