@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ DEFAULT_URL = "http://localhost:7071"
 COMPLETIONS_PATH = "/openai/v1/chat/completions"
 PAGE_LIMIT = 100
 """The API's largest page."""
+REPORT_WAIT_SECONDS = 120.0
+"""How long `quota` and `health` wait for the service to build a first report."""
 
 
 class ApiError(Exception):
@@ -58,15 +61,31 @@ class DistilleryClient:
 
     def request(self, method: str, path: str, **options: Any) -> Any:
         """The decoded JSON answer of one call."""
+        return _decoded(self._send(method, path, **options))
+
+    def _send(self, method: str, path: str, **options: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, headers=self._headers(), **options)
         except httpx.TransportError as exc:
             raise unreachable(self._connection.url, exc) from None
         raise_for_error(response)
-        try:
-            return response.json()
-        except ValueError:
-            raise ApiError(f"{method} {path} answered {response.status_code} with a body that is not JSON.") from None
+        return response
+
+    def report(self, path: str, *, wait_seconds: float = REPORT_WAIT_SECONDS) -> Any:
+        """A report route's answer. Before the first report exists the service answers 202 and builds it
+        on its queue: poll as its `retry-after` asks, up to `wait_seconds`."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            response = self._send("GET", path)
+            if response.status_code != 202:
+                return _decoded(response)
+            if time.monotonic() >= deadline:
+                raise ApiError(
+                    f"The service is still building its first report at {path}; try again in a minute.",
+                    status=202,
+                    code="report_pending",
+                )
+            time.sleep(min(_seconds(response.headers.get("retry-after")), 5.0))
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=_without_none(params))
@@ -105,6 +124,23 @@ class DistilleryClient:
                 yield response
         except httpx.TransportError as exc:
             raise unreachable(self._connection.url, exc) from None
+
+
+def _decoded(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise ApiError(
+            f"{response.request.method} {response.request.url.path} answered {response.status_code} "
+            "with a body that is not JSON."
+        ) from None
+
+
+def _seconds(retry_after: str | None) -> float:
+    try:
+        return max(0.5, float(retry_after or 2))
+    except ValueError:
+        return 2.0
 
 
 def raise_for_error(response: httpx.Response) -> None:

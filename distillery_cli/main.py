@@ -120,7 +120,7 @@ def connect(
 @app.command("quota")
 def quota(ctx: typer.Context, json_output: Json = False) -> None:
     """The storage quota report: used against the cap, breakdowns and the projected full date."""
-    report = client(ctx).get("/api/quota")
+    report = client(ctx).report("/api/quota")
     if json_output:
         print_json(report)
         return
@@ -153,7 +153,7 @@ def health(ctx: typer.Context, json_output: Json = False) -> None:
     """
     api = client(ctx)
     ready = api.get("/api/health")
-    report = api.get("/api/health/permissions")
+    report = api.report("/api/health/permissions")
     if json_output:
         print_json({"status": ready.get("status"), "upstream": ready.get("upstream"), "permissions": report})
     else:

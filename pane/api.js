@@ -38,6 +38,10 @@ async function failure(response) {
 }
 
 export async function request(method, path, body) {
+  return (await send(method, path, body)).json();
+}
+
+async function send(method, path, body) {
   let response;
   try {
     response = await fetch(path, {
@@ -50,7 +54,20 @@ export async function request(method, path, body) {
     throw new ApiError("The service could not be reached. Check your connection and retry.", 0, "unreachable");
   }
   if (!response.ok) throw await failure(response);
-  return response.json();
+  return response;
+}
+
+// Before the first quota or permission report exists the service answers 202 and builds it on its
+// queue: poll as its retry-after asks, for up to two minutes.
+export async function report(path, waitMs = 120_000) {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    const response = await send("GET", path);
+    if (response.status !== 202) return response.json();
+    if (Date.now() >= deadline) throw new ApiError("The service is still building its first report; try again in a minute.", 202, "report_pending");
+    const seconds = Math.min(5, Math.max(0.5, Number(response.headers.get("retry-after")) || 2));
+    await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+  }
 }
 
 export const get = (path) => request("GET", path);

@@ -1,6 +1,6 @@
 // Datasets, eval runs, fine-tuning jobs and health: lists over the existing report APIs.
 
-import { del, get, query } from "./api.js";
+import { del, get, query, report } from "./api.js";
 import { bytes, confirmDialog, h, number, replace, statusBadge, svg, when } from "./dom.js";
 import { datasetProgress, datasetResult, passRateChart, runSummary } from "./jobs.js";
 
@@ -153,8 +153,8 @@ export async function renderHealth(main, ctx) {
   const permissions = h("section", { class: "card", "aria-labelledby": "perm-title" }, h("h2", { id: "perm-title" }, "Permission health"), h("p", { class: "muted" }, "Loading…"));
   replace(main, section("Health", "health-title", h("div", { class: "health" }, quota, permissions)));
   await Promise.all([
-    get("/api/quota").then((report) => drawQuota(quota, report)).catch((error) => failed(quota, "Storage quota", error, ctx)),
-    get("/api/health/permissions").then((report) => drawPermissions(permissions, report)).catch((error) => failed(permissions, "Permission health", error, ctx)),
+    report("/api/quota").then((report) => drawQuota(quota, report)).catch((error) => failed(quota, "Storage quota", error, ctx)),
+    report("/api/health/permissions").then((report) => drawPermissions(permissions, report)).catch((error) => failed(permissions, "Permission health", error, ctx)),
   ]);
 }
 
