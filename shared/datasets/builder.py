@@ -237,8 +237,8 @@ class DatasetJobs:
                 job, etag = await self.records.read(dataset_id, include_deleted=True)
             except NotFound:
                 return False
-            if job.status is DatasetStatus.DELETED or job.request is None:
-                return False
+            if job.status in (DatasetStatus.DELETED, DatasetStatus.FAILED) or job.request is None:
+                return False  # gone, or failed with no files: nothing holds the completion
             reset = job.model_copy(
                 update={
                     "status": DatasetStatus.QUEUED,
