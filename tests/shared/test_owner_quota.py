@@ -14,8 +14,8 @@ from shared.errors import QuotaExceeded
 from tests.conftest import ServicesFactory
 from tests.shared.seed import completion, listed
 
-ALICE = Caller(name="alice", rights=frozenset(Right))
-BOB = Caller(name="bob", rights=frozenset(Right))
+ALICE = Caller(name="alice", owner="key:alice", rights=frozenset(Right))
+BOB = Caller(name="bob", owner="key:bob", rights=frozenset(Right))
 REQUEST = {"model": "m", "store": True, "messages": [{"role": "user", "content": "hi"}]}
 DATASET = DatasetParams.model_validate({"kind": "evaluation", "filter": {"metadata": {"k": "v"}}})
 
@@ -66,7 +66,7 @@ async def test_dataset_creation_is_refused_at_the_storage_cap(make_services: Ser
 
 
 async def test_owner_quota_stops_one_owner_storing_and_creating_datasets(make_services: ServicesFactory) -> None:
-    own = completion(text="x" * 1000, owner="alice")
+    own = completion(text="x" * 1000, owner=ALICE.owner)
     cap = len(own.model_dump_json()) + 100
     services = await with_queue(await make_services(OWNER_QUOTA_BYTES=str(cap)))
     await services.store.put(own)
@@ -75,10 +75,10 @@ async def test_owner_quota_stops_one_owner_storing_and_creating_datasets(make_se
     assert await stored_as(services, ALICE) == ("false", "owner_quota_exceeded")
     assert await stored_as(services, BOB) == ("true", None)
     with pytest.raises(QuotaExceeded) as refused:
-        await services.dataset_jobs.submit(DATASET, requested_by="alice")
+        await services.dataset_jobs.submit(DATASET, requested_by=ALICE.owner)
     assert (refused.value.status, refused.value.code) == (429, "owner_quota_exceeded")
     assert "OWNER_QUOTA_BYTES" in refused.value.message
-    assert (await services.dataset_jobs.submit(DATASET, requested_by="bob")).status == "queued"
+    assert (await services.dataset_jobs.submit(DATASET, requested_by=BOB.owner)).status == "queued"
 
     # Owner rows are not counted twice in the store's totals, and deleting frees the owner's room.
     usage = await services.usage.totals(max_age_seconds=0)

@@ -27,7 +27,7 @@ from tests.shared.datasets.conftest import drain, read_job
 BUDGET = 64 * 1024
 DOC_TEXT = 20_000
 """Each test document is about 40 KB (the text is in the request and in the answer)."""
-CALLER = Caller(name="default", rights=frozenset(Right))
+CALLER = Caller(name="default", owner="key:default", rights=frozenset(Right))
 
 
 def large(tag: str, number: int, *, days_ago: float = 0) -> StoredCompletion:

@@ -32,7 +32,7 @@ from tests.conftest import ServicesFactory
 from tests.fakes import FakeUpstream
 from tests.shared.seed import completion
 
-CALLER = Caller(name="tester", rights=frozenset(Right))
+CALLER = Caller(name="tester", owner="key:tester", rights=frozenset(Right))
 
 
 class Telemetry:
