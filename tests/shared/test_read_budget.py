@@ -198,3 +198,15 @@ async def test_purge_and_retention_delete_within_the_budget(make_services: Servi
         with pytest.raises(NotFound):
             await services.store.get(completion_id)
     assert 40_000 < budget.peak <= BUDGET and budget.in_flight == 0
+
+
+async def test_a_wait_cancelled_while_room_is_made_leaves_the_budget_consistent() -> None:
+    budget = ByteBudget(100)
+    held = await budget.acquire(100)
+    waiting = asyncio.create_task(budget.acquire(50))
+    await asyncio.sleep(0)
+    waiting.cancel()  # its future is cancelled at once; the release below sees it before the task does
+    budget.release(held)
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert budget.in_flight == 0 and await budget.acquire(100) == 100
