@@ -302,8 +302,9 @@ class TopTallies:
     """Tallies of many names in bounded memory: at most `2 * tracked` names are kept; when a new name
     would pass that, only the `tracked` largest by bytes stay (the others' figures live on in `total`).
 
-    A name with a large share is never dropped (it stays among the largest), so the top of the list
-    is right; a name dropped and seen again restarts from zero, so its figure is a lower bound.
+    A name that holds a large share stays once it has it (it is among the largest), so heavy names
+    head the list; a name dropped while small and seen again restarts from zero, so its figure is a
+    lower bound.
     """
 
     def __init__(self, tracked: int) -> None:

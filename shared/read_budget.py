@@ -51,7 +51,8 @@ class ByteBudget:
             if granted.done() and not granted.cancelled():
                 self.release(amount)  # granted as the task was cancelled: give it back
             else:
-                self._waiters.remove(waiter)
+                if waiter in self._waiters:  # a release may have dropped it already, as cancelled
+                    self._waiters.remove(waiter)
                 self._wake()
             raise
         return amount

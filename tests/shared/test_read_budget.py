@@ -4,6 +4,7 @@ shares (lists, dataset builds, purges, retention, eval items)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -16,7 +17,8 @@ from shared.capture import NOT_STORED_REASON_HEADER, STORED_HEADER
 from shared.chat_request import parse_chat_request
 from shared.clients import Services
 from shared.completion_filter import CompletionFilter
-from shared.datasets.job import DatasetParams, DatasetStatus
+from shared.datasets.builder import _Chunk
+from shared.datasets.job import DatasetJob, DatasetParams, DatasetStatus, new_dataset_id
 from shared.errors import DocumentTooLarge, NotFound
 from shared.purge import delete_completions
 from shared.read_budget import ByteBudget
@@ -198,3 +200,31 @@ async def test_purge_and_retention_delete_within_the_budget(make_services: Servi
         with pytest.raises(NotFound):
             await services.store.get(completion_id)
     assert 40_000 < budget.peak <= BUDGET and budget.in_flight == 0
+
+
+async def test_a_wait_cancelled_while_room_is_made_leaves_the_budget_consistent() -> None:
+    budget = ByteBudget(100)
+    held = await budget.acquire(100)
+    waiting = asyncio.create_task(budget.acquire(50))
+    await asyncio.sleep(0)
+    waiting.cancel()  # its future is cancelled at once; the release below sees it before the task does
+    budget.release(held)
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert budget.in_flight == 0 and await budget.acquire(100) == 100
+
+
+async def test_a_build_holds_each_document_until_it_is_consumed(make_services: ServicesFactory, tag: str) -> None:
+    """Read-ahead is bounded by bytes held, not by a count of finished reads nobody accounts for."""
+    services = await budgeted(make_services)
+    stored = await seeded(services, tag, 12)
+    params = DatasetParams.model_validate({"kind": "evaluation", "filter": {"metadata": {"tag": tag}}})
+    chunk = _Chunk(services.dataset_jobs, DatasetJob.queued(new_dataset_id(), params))
+    budget = services.store.budget
+    seen = []
+    async with contextlib.aclosing(chunk._read_in_order()) as reads:
+        async for completion_id, completion in reads:
+            assert completion is not None
+            assert len(completion.model_dump_json()) <= budget.in_flight <= BUDGET  # still held while consumed
+            seen.append(completion_id)
+    assert seen == sorted(stored) and budget.in_flight == 0
