@@ -98,13 +98,13 @@ async def test_reject_mode_answers_429_owner_quota_exceeded(make_services: Servi
 
 async def test_quota_report_resets_owner_counters_to_the_index(make_services: ServicesFactory) -> None:
     services = await make_services(OWNER_QUOTA_BYTES="100000")
-    sizes = [await services.store.put(completion(text="x" * n, owner="alice")) for n in (10, 500)]
-    await services.usage.add(777_777, 3, owner="alice")  # drift: a write the index never saw
+    sizes = [await services.store.put(completion(text="x" * n, owner="key:alice")) for n in (10, 500)]
+    await services.usage.add(777_777, 3, owner="key:alice")  # drift: a write the index never saw
     await services.usage.add(5, 1, owner="ghost")
-    assert await services.usage.owner_bytes("alice", max_age_seconds=0) == sum(sizes) + 777_777
+    assert await services.usage.owner_bytes("key:alice", max_age_seconds=0) == sum(sizes) + 777_777
 
     await services.quota_reporter.run()
-    assert await services.usage.owner_bytes("alice", max_age_seconds=0) == sum(sizes)
+    assert await services.usage.owner_bytes("key:alice", max_age_seconds=0) == sum(sizes)
     assert await services.usage.owner_bytes("ghost", max_age_seconds=0) == 0
 
 
