@@ -17,6 +17,7 @@ from local_host.azurite import Azurite
 from shared.datasets.check import check_lines
 from shared.datasets.job import new_dataset_id
 from tests.conftest import RunningHost, start_host
+from tests.e2e.polling import wait_until
 from tests.fakes import FakeUpstream, Reply
 
 TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}]
@@ -39,14 +40,8 @@ def datasets_host(
 
 
 def wait_for(http: httpx.Client, dataset_id: str, *statuses: str, seconds: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + seconds
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        body = http.get(f"/api/datasets/{dataset_id}").json()
-        if body.get("status") in statuses:  # a record queued straight to the queue appears when its message runs
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"dataset {dataset_id} never reached {statuses}: {body}")
+    # A record queued straight to the queue appears when its message runs.
+    return wait_until(http, f"/api/datasets/{dataset_id}", lambda body: body.get("status") in statuses, seconds)
 
 
 def test_sdk_completions_become_both_kinds_of_dataset(

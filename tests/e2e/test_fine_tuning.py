@@ -4,25 +4,19 @@ fine-tuned model; and the requests refused before anything is sent."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
 
 from tests.conftest import RunningHost
+from tests.e2e.polling import wait_until
 from tests.e2e.test_datasets import wait_for
 from tests.fakes import FakeUpstream
 
 
 def wait_for_job(http: httpx.Client, job_id: str, seconds: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + seconds
-    job: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        job = http.get(f"/api/fine_tuning_jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"fine-tuning job {job_id} did not finish: {job}")
+    finished = ("succeeded", "failed", "cancelled")
+    return wait_until(http, f"/api/fine_tuning_jobs/{job_id}", lambda job: job["status"] in finished, seconds)
 
 
 def test_distill_a_dataset_into_a_fine_tuned_model(host: RunningHost, fake_upstream: FakeUpstream, tag: str) -> None:

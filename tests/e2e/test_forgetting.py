@@ -4,24 +4,10 @@ built from it (the host's dataset queue rebuilds it), and a finished purge keeps
 from __future__ import annotations
 
 import hashlib
-import time
-from typing import Any
-
-import httpx
 
 from tests.conftest import RunningHost
+from tests.e2e.polling import wait_until
 from tests.fakes import FakeUpstream
-
-
-def wait_until(http: httpx.Client, path: str, done: Any, seconds: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + seconds
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        body = http.get(path).json()
-        if done(body):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"{path} never got there: {body}")
 
 
 def test_a_deleted_completion_leaves_its_dataset(host: RunningHost, fake_upstream: FakeUpstream, tag: str) -> None:

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import time
-
 import openai
 import pytest
 
 from tests.conftest import RunningHost
+from tests.e2e.polling import wait_until
 from tests.fakes import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "forget me"}]
 
 
 def _wait_for_status(host: RunningHost, purge_id: str, status: str, timeout: float = 30) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
     with host.http() as http:
-        while time.monotonic() < deadline:
-            job = http.get(f"/api/purges/{purge_id}").json()
-            if job["status"] == status:
-                return job
-            time.sleep(0.1)
-    raise AssertionError(f"purge {purge_id} did not reach '{status}'; last seen {job}\n{host.log()[-3000:]}")
+        return wait_until(http, f"/api/purges/{purge_id}", lambda job: job["status"] == status, timeout)
 
 
 def test_purge_by_filter_forgets_every_match(host: RunningHost, fake_upstream: FakeUpstream, tag: str) -> None:
