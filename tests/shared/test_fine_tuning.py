@@ -16,10 +16,10 @@ from shared.datasets.job import DatasetParams
 from shared.errors import InvalidRequest
 from shared.evals.params import EvalCreateParams, RunCreateParams
 from shared.fine_tuning.jobs import FineTuningParams, FineTuningRecord
-from shared.job_queue import read_local_message
 from tests.conftest import ServicesFactory
 from tests.fakes import FakeUpstream, Reply
 from tests.shared.datasets.conftest import seed, stored
+from tests.shared.queues import take_message
 
 
 @pytest.fixture
@@ -32,14 +32,7 @@ async def services(azurite: Azurite, make_services: ServicesFactory, fake_upstre
 
 
 async def receive(services: Services, queue_name: str) -> bytes | None:
-    connection = services.settings.storage_connection_string
-    assert connection is not None
-    async with QueueClient.from_connection_string(connection.get_secret_value(), queue_name) as queue:
-        messages = [message async for message in queue.receive_messages(max_messages=1)]
-        if not messages:
-            return None
-        await queue.delete_message(messages[0])
-        return read_local_message(messages[0].content)[0].encode()
+    return await take_message(services, queue_name)
 
 
 async def dataset(services: Services, *, kind: str = "distillation", count: int = 24) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from azure.storage.queue.aio import QueueClient
 
 from shared.access import Caller, Right
 from shared.capture import NOT_STORED_REASON_HEADER, STORED_HEADER
@@ -12,6 +11,7 @@ from shared.clients import Services
 from shared.datasets.job import DatasetParams
 from shared.errors import QuotaExceeded
 from tests.conftest import ServicesFactory
+from tests.shared.queues import local_queue
 from tests.shared.seed import completion, listed
 
 ALICE = Caller(name="alice", owner="key:alice", rights=frozenset(Right))
@@ -21,21 +21,13 @@ DATASET = DatasetParams.model_validate({"kind": "evaluation", "filter": {"metada
 
 
 async def with_queue(services: Services) -> Services:
-    connection = services.settings.storage_connection_string
-    assert connection is not None
-    async with QueueClient.from_connection_string(
-        connection.get_secret_value(), services.settings.dataset_jobs_queue
-    ) as queue:
+    async with local_queue(services, services.settings.dataset_jobs_queue) as queue:
         await queue.create_queue()
     return services
 
 
 async def queued(services: Services) -> int:
-    connection = services.settings.storage_connection_string
-    assert connection is not None
-    async with QueueClient.from_connection_string(
-        connection.get_secret_value(), services.settings.dataset_jobs_queue
-    ) as queue:
+    async with local_queue(services, services.settings.dataset_jobs_queue) as queue:
         return (await queue.get_queue_properties()).approximate_message_count
 
 

@@ -9,7 +9,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from azure.storage.queue.aio import QueueClient
 
 from shared import ids
 from shared.access import Caller, Right
@@ -25,6 +24,7 @@ from shared.read_budget import ByteBudget
 from shared.stored_completion import StoredCompletion
 from tests.conftest import ServicesFactory
 from tests.shared.datasets.conftest import drain, read_job
+from tests.shared.queues import local_queue
 
 BUDGET = 64 * 1024
 DOC_TEXT = 20_000
@@ -169,11 +169,7 @@ async def test_a_dataset_build_keeps_bytes_in_flight_within_the_budget(
     make_services: ServicesFactory, tag: str, by_ids: bool
 ) -> None:
     services = await budgeted(make_services)
-    connection = services.settings.storage_connection_string
-    assert connection is not None
-    async with QueueClient.from_connection_string(
-        connection.get_secret_value(), services.settings.dataset_jobs_queue
-    ) as queue:
+    async with local_queue(services, services.settings.dataset_jobs_queue) as queue:
         await queue.create_queue()
     stored = await seeded(services, tag, 24)
     selection = {"ids": stored} if by_ids else {"filter": {"metadata": {"tag": tag}}}

@@ -4,25 +4,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from azure.storage.queue.aio import QueueClient
-
 from shared.clients import Services
+from shared.job_queue import read_local_message
 from shared.purge import PurgeStatus, parse_purge_params
 from shared.report_requests import REQUEUE_AFTER, ReportKind, report_request
 from tests.conftest import ServicesFactory
+from tests.shared.queues import local_queue
 from tests.shared.seed import completion
 
 
 async def take_messages(services: Services) -> list[bytes]:
-    connection = services.settings.storage_connection_string
-    assert connection is not None
-    async with QueueClient.from_connection_string(
-        connection.get_secret_value(), services.settings.purge_jobs_queue
-    ) as queue:
+    async with local_queue(services, services.settings.purge_jobs_queue) as queue:
         taken = [message async for message in queue.receive_messages(max_messages=32)]
         for message in taken:
             await queue.delete_message(message)
-    return [message.content.encode() for message in taken]
+    return [read_local_message(message.content)[0].encode() for message in taken]
 
 
 async def test_a_dry_run_is_queued_and_counts_without_deleting(make_services: ServicesFactory, tag: str) -> None:

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from azure.functions.servicebus import ServiceBusMessage
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
-from azure.storage.queue.aio import QueueClient
 from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
@@ -30,6 +29,7 @@ from shared.purge import parse_purge_params
 from shared.settings import Settings, TelemetryExporter
 from tests.conftest import ServicesFactory
 from tests.fakes import FakeUpstream
+from tests.shared.queues import local_queue
 from tests.shared.seed import completion
 
 CALLER = Caller(name="tester", owner="key:tester", rights=frozenset(Right))
@@ -197,11 +197,7 @@ async def test_a_message_without_trace_context_starts_its_own_trace(otel: Teleme
 
 
 async def receive(services: Services) -> tuple[str, dict[str, str]]:
-    connection = services.settings.storage_connection_string
-    assert connection is not None
-    async with QueueClient.from_connection_string(
-        connection.get_secret_value(), services.settings.dataset_jobs_queue
-    ) as queue:
+    async with local_queue(services, services.settings.dataset_jobs_queue) as queue:
         (message,) = [message async for message in queue.receive_messages(max_messages=1)]
         await queue.delete_message(message)
         return read_local_message(message.content)

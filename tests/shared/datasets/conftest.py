@@ -14,9 +14,9 @@ from shared import ids
 from shared.clients import Services
 from shared.datasets.builder import DatasetJobs
 from shared.datasets.job import DatasetJob
-from shared.job_queue import read_local_message
 from shared.stored_completion import StoredCompletion
 from tests.conftest import ServicesFactory
+from tests.shared.queues import take_message
 
 _clock = itertools.count(time.time_ns() // 1000)
 
@@ -70,16 +70,7 @@ async def seed(services: Services, completions: list[StoredCompletion]) -> list[
 
 async def receive(services: Services) -> bytes | None:
     """Take the next dataset queue message, if any (a test delivers it by hand)."""
-    connection = services.settings.storage_connection_string
-    assert connection is not None
-    async with QueueClient.from_connection_string(
-        connection.get_secret_value(), services.settings.dataset_jobs_queue
-    ) as queue:
-        messages = [message async for message in queue.receive_messages(max_messages=1)]
-        if not messages:
-            return None
-        await queue.delete_message(messages[0])
-        return read_local_message(messages[0].content)[0].encode()
+    return await take_message(services, services.settings.dataset_jobs_queue)
 
 
 async def drain(services: Services, jobs: DatasetJobs | None = None) -> None:

@@ -16,9 +16,9 @@ from shared.clients import Services
 from shared.evals.params import EvalCreateParams, RunCreateParams
 from shared.evals.records import EvalRecord, RunRecord, RunStatus
 from shared.evals.service import EvalJobMessage, EvalService
-from shared.job_queue import read_local_message
 from tests.conftest import ServicesFactory
 from tests.fakes import FakeUpstream, Reply
+from tests.shared.queues import take_message
 
 ECHOES = {
     "type": "string_check",
@@ -43,16 +43,7 @@ async def services(azurite: Azurite, make_services: ServicesFactory, fake_upstre
 
 
 async def receive(services: Services) -> bytes | None:
-    connection = services.settings.storage_connection_string
-    assert connection is not None
-    async with QueueClient.from_connection_string(
-        connection.get_secret_value(), services.settings.eval_jobs_queue
-    ) as queue:
-        messages = [message async for message in queue.receive_messages(max_messages=1)]
-        if not messages:
-            return None
-        await queue.delete_message(messages[0])
-        return read_local_message(messages[0].content)[0].encode()
+    return await take_message(services, services.settings.eval_jobs_queue)
 
 
 async def drain(services: Services, evals: EvalService | None = None) -> int:
