@@ -16,8 +16,8 @@ from blueprints import (
     reports,
     stored_completions,
 )
-from shared.settings import get_settings
-from shared.telemetry import configure_telemetry
+from shared.platform.settings import get_settings
+from shared.platform.telemetry import configure_telemetry
 
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 # Fail start-up with one message naming the bad setting, not on the first request; then pick the exporter.

@@ -33,11 +33,11 @@ from azure.storage.blob.aio import ContainerClient
 
 from local_host.azurite import Azurite, free_port, start_azurite
 from local_host.process import start_host
-from shared import ids
-from shared.completion_filter import CompletionFilter
-from shared.completion_index import CompletionIndex, IndexEntry
-from shared.completion_store import CompletionStore
-from shared.stored_completion import StoredCompletion
+from shared.store import ids
+from shared.store.completion_filter import CompletionFilter
+from shared.store.completion_index import CompletionIndex, IndexEntry
+from shared.store.completion_store import CompletionStore
+from shared.store.stored_completion import StoredCompletion
 
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say ok fifty times."}]}
 

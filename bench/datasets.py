@@ -20,16 +20,16 @@ from collections.abc import Coroutine
 from typing import Any
 
 from local_host.azurite import start_azurite
-from shared import ids
-from shared.clients import Services
-from shared.completion_filter import CompletionFilter
-from shared.completion_index import CompletionIndex, IndexEntry
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.job import DatasetJob, DatasetJobMessage, DatasetParams, DatasetStatus, new_dataset_id
 from shared.datasets.membership import DatasetMembership
 from shared.datasets.records import DatasetRecords
-from shared.settings import Settings
-from shared.stored_completion import StoredCompletion
+from shared.platform.settings import Settings
+from shared.services import Services
+from shared.store import ids
+from shared.store.completion_filter import CompletionFilter
+from shared.store.completion_index import CompletionIndex, IndexEntry
+from shared.store.stored_completion import StoredCompletion
 
 IN_FLIGHT = 32
 SYSTEM = "You are a support assistant for a cloud storage product. Answer briefly and cite the doc page. " * 3

@@ -28,13 +28,13 @@ import aiohttp
 import httpx
 
 from local_host.azurite import Azurite, free_port, start_azurite
-from shared.clients import Services
 from shared.evals.graders import grade, parse_testing_criteria
 from shared.evals.params import EvalCreateParams, RunCreateParams
 from shared.evals.service import EvalJobMessage
-from shared.model_calls import ModelCalls
-from shared.settings import Settings
-from shared.upstream import HttpUpstream, openai_compatible_url
+from shared.platform.settings import Settings
+from shared.services import Services
+from shared.upstream.client import HttpUpstream, openai_compatible_url
+from shared.upstream.model_calls import ModelCalls
 
 CONCURRENCY = 8
 TEXT = "the quick brown fox jumps over the lazy dog near the river bank today"

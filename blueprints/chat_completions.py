@@ -8,10 +8,11 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from blueprints.http_adapter import endpoint, event_stream, raw_response
-from shared.access import Caller, Right
-from shared.chat_request import ChatRequest, parse_chat_request, parse_json_object
-from shared.clients import get_services
-from shared.errors import InvalidRequest
+from shared.capture.chat_request import ChatRequest, parse_chat_request
+from shared.platform.access import Caller, Right
+from shared.platform.errors import InvalidRequest
+from shared.platform.request_body import parse_json_object
+from shared.services import get_services
 
 bp = func.Blueprint()
 

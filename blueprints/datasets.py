@@ -7,14 +7,14 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
 
 from blueprints.http_adapter import endpoint, json_response
-from shared.access import Caller, Right
-from shared.chat_request import parse_json_object
-from shared.clients import get_services
-from shared.completion_params import MAX_PAGE, list_object, query_integer
 from shared.datasets.builder import MANIFEST_FILE
 from shared.datasets.job import DatasetJob, DatasetStatus, is_dataset_id, parse_dataset_params, require_dataset_id
-from shared.errors import InvalidRequest, NotFound
-from shared.telemetry import delivery_span
+from shared.platform.access import Caller, Right
+from shared.platform.errors import InvalidRequest, NotFound
+from shared.platform.request_body import parse_json_object
+from shared.platform.telemetry import delivery_span
+from shared.services import get_services
+from shared.store.completion_params import MAX_PAGE, list_object, query_integer
 
 bp = func.Blueprint()
 

@@ -8,14 +8,14 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from blueprints.http_adapter import endpoint, json_response
-from shared.access import Caller, Right
-from shared.chat_request import parse_json_object
-from shared.clients import get_services
-from shared.completion_params import IGNORED_QUERY, MAX_PAGE, list_object, query_integer
 from shared.datasets.job import require_dataset_id
-from shared.errors import InvalidRequest
 from shared.fine_tuning.jobs import FineTuningParams, parse_fine_tuning_params
-from shared.telemetry import delivery_span
+from shared.platform.access import Caller, Right
+from shared.platform.errors import InvalidRequest
+from shared.platform.request_body import parse_json_object
+from shared.platform.telemetry import delivery_span
+from shared.services import get_services
+from shared.store.completion_params import IGNORED_QUERY, MAX_PAGE, list_object, query_integer
 
 log = logging.getLogger(__name__)
 bp = func.Blueprint()

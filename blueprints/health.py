@@ -6,8 +6,8 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from blueprints.http_adapter import endpoint, json_response
-from shared.access import Caller
-from shared.clients import get_services
+from shared.platform.access import Caller
+from shared.services import get_services
 
 bp = func.Blueprint()
 

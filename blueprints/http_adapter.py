@@ -15,10 +15,10 @@ from azurefunctions.extensions.http.fastapi import Request, Response, StreamingR
 from pydantic import BaseModel
 from starlette.types import Message
 
-from shared.access import Caller, Right
-from shared.clients import get_services
-from shared.errors import DistilleryError, PayloadTooLarge, UnsupportedMediaType
-from shared.telemetry import HTTP_STATUS, server_span
+from shared.platform.access import Caller, Right
+from shared.platform.errors import DistilleryError, PayloadTooLarge, UnsupportedMediaType
+from shared.platform.telemetry import HTTP_STATUS, server_span
+from shared.services import get_services
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from azurefunctions.extensions.http.fastapi import Request, Response
 from pydantic.json_schema import models_json_schema
 
 from blueprints.http_adapter import endpoint, json_response, public_path, registered_functions
-from shared.access import Caller
+from shared.platform.access import Caller
 
 bp = func.Blueprint()
 

@@ -14,8 +14,8 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from blueprints.http_adapter import ROOT_ROUTE, endpoint
-from shared.access import Caller
-from shared.errors import NotFound
+from shared.platform.access import Caller
+from shared.platform.errors import NotFound
 
 bp = func.Blueprint()
 

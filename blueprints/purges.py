@@ -6,12 +6,12 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from blueprints.http_adapter import endpoint, json_response
-from shared.access import Caller, Right
-from shared.chat_request import parse_json_object
-from shared.clients import get_services
-from shared.purge import parse_purge_params
-from shared.report_requests import report_request
-from shared.telemetry import delivery_span
+from shared.erasure.purge import parse_purge_params
+from shared.platform.access import Caller, Right
+from shared.platform.request_body import parse_json_object
+from shared.platform.telemetry import delivery_span
+from shared.reports.report_requests import report_request
+from shared.services import get_services
 
 log = logging.getLogger(__name__)
 

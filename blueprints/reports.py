@@ -12,10 +12,10 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from blueprints.http_adapter import endpoint, json_response
-from shared.access import Caller, Right
-from shared.clients import get_services
-from shared.errors import PermissionDenied
-from shared.report_requests import ReportKind
+from shared.platform.access import Caller, Right
+from shared.platform.errors import PermissionDenied
+from shared.reports.report_requests import ReportKind
+from shared.services import get_services
 
 log = logging.getLogger(__name__)
 

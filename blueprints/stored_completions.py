@@ -12,11 +12,11 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from blueprints.http_adapter import endpoint, json_response
-from shared import ids
-from shared.access import Caller, Right
-from shared.chat_request import parse_json_object
-from shared.clients import get_services
-from shared.completion_params import (
+from shared.platform.access import Caller, Right
+from shared.platform.request_body import parse_json_object
+from shared.services import get_services
+from shared.store import ids
+from shared.store.completion_params import (
     CompletionUpdateParams,
     list_object,
     parse_completion_list_params,

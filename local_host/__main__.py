@@ -22,7 +22,7 @@ from local_host.azurite import ROOT, connection_string, start_azurite
 from local_host.host import QueueRules, build_host
 
 if TYPE_CHECKING:
-    from shared.clients import Services
+    from shared.services import Services
 
 AZURITE_PORTS = (10000, 10001, 10002)
 
@@ -62,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     # Shown to a person at a terminal; output going to a file or a log collector never holds the key.
     shown = key if sys.stdout.isatty() else "DISTILLERY_API_KEY (printed only to a terminal)"
     function_app = importlib.import_module("function_app")
-    from shared.clients import get_services, upstream_label  # after the settings are in the environment
+    from shared.services import get_services, upstream_label  # after the settings are in the environment
 
     services = get_services()
     label = upstream_label(services.settings)

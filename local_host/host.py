@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from blueprints.http_adapter import public_path
-from shared.job_queue import read_local_message
+from shared.platform.job_queue import read_local_message
 
 log = logging.getLogger("local_host")
 

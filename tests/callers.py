@@ -9,7 +9,7 @@ import secrets
 import uuid
 from pathlib import Path
 
-from shared.access import Right, key_digest
+from shared.platform.access import Right, key_digest
 from tests.conftest import RunningHost, start_host
 
 ROLE_TYPE = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"

@@ -12,8 +12,8 @@ import pytest
 
 from local_host.azurite import Azurite, start_azurite
 from local_host.process import UPSTREAM_SETTINGS, RunningHost, start_host
-from shared.clients import Services
-from shared.settings import Settings, get_settings
+from shared.platform.settings import Settings, get_settings
+from shared.services import Services
 from tests.fakes import FakeUpstream
 
 __all__ = ["RunningHost", "start_host"]

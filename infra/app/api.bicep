@@ -73,7 +73,7 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   properties: { reserved: true }
 }
 
-// Settings the code reads (shared/settings.py; tests/infra/test_bicep.py keeps the two in step).
+// Settings the code reads (shared/platform/settings.py; tests/infra/test_bicep.py keeps the two in step).
 // Empty optional URLs are left out, not set to '': the settings validate a present value as a URL.
 var hostSettings = {
   // The HTTP streams extension (FastAPI request/response types, live server-sent events) needs it.

@@ -27,8 +27,6 @@ from azure.core.exceptions import AzureError
 from azure.storage.blob import BlobBlock, ContentSettings
 from pydantic import ValidationError
 
-from shared.access import same_owner
-from shared.completion_store import CompletionStore
 from shared.datasets import formats
 from shared.datasets.check import check_example
 from shared.datasets.job import (
@@ -50,11 +48,13 @@ from shared.datasets.job import (
 from shared.datasets.membership import DatasetMembership
 from shared.datasets.records import WORK_PREFIX, DatasetRecords, JobSuperseded
 from shared.datasets.tokens import TOKEN_COUNT_METHOD, count_messages
-from shared.errors import DistilleryError, NotFound, StorageUnavailable
-from shared.job_queue import JobQueue
-from shared.quota import QuotaGate
-from shared.stored_completion import StoredCompletion
-from shared.telemetry import job_chunk
+from shared.platform.access import same_owner
+from shared.platform.errors import DistilleryError, NotFound, StorageUnavailable
+from shared.platform.job_queue import JobQueue
+from shared.platform.telemetry import job_chunk
+from shared.reports.quota import QuotaGate
+from shared.store.completion_store import CompletionStore
+from shared.store.stored_completion import StoredCompletion
 
 log = logging.getLogger(__name__)
 

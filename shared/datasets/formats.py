@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from shared.datasets.check import MESSAGE_KEYS
-from shared.stored_completion import StoredCompletion
+from shared.store.stored_completion import StoredCompletion
 
 TRAIN_FILE = "train.jsonl"
 VALIDATION_FILE = "validation.jsonl"

@@ -16,11 +16,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
-from shared import ids
-from shared.access import OwnerId, same_owner
-from shared.chat_request import MetadataKey, validation_error
-from shared.completion_filter import CompletionFilter
-from shared.errors import InvalidRequest, NotFound
+from shared.platform.access import OwnerId, same_owner
+from shared.platform.errors import InvalidRequest, NotFound
+from shared.platform.request_body import MetadataKey, validation_error
+from shared.store import ids
+from shared.store.completion_filter import CompletionFilter
 
 MESSAGE_VERSION = 1
 MAX_IDS = 5_000

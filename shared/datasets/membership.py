@@ -17,8 +17,8 @@ from azure.core.exceptions import AzureError, ServiceRequestError, ServiceRespon
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
-from shared import ids
-from shared.errors import StorageUnavailable
+from shared.platform.errors import StorageUnavailable
+from shared.store import ids
 
 _PARTITION_PREFIX = "ds-"
 _BUCKET = slice(len(ids.PREFIX), len(ids.PREFIX) + 5)

@@ -16,7 +16,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModif
 from azure.storage.blob.aio import BlobClient, ContainerClient
 
 from shared.datasets.job import DatasetJob, DatasetStatus, require_dataset_id
-from shared.errors import Conflict, NotFound, StorageUnavailable
+from shared.platform.errors import Conflict, NotFound, StorageUnavailable
 
 JOB_BLOB = "job.json"
 WORK_PREFIX = "work/"

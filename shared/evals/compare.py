@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.errors import InvalidRequest
 from shared.evals.records import EvalRecord, OutputItem, RunRecord
+from shared.platform.errors import InvalidRequest
 
 
 def compare_runs(record: EvalRecord, runs: list[RunRecord], outputs: list[dict[int, OutputItem]]) -> dict[str, Any]:

@@ -25,9 +25,9 @@ from typing import Annotated, Any, Literal
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from shared.errors import InvalidRequest
 from shared.evals.templates import check_variables, content_text, render, render_messages
-from shared.model_calls import ModelCalls, UpstreamCallFailed
+from shared.platform.errors import InvalidRequest
+from shared.upstream.model_calls import ModelCalls, UpstreamCallFailed
 
 REFUSED_GRADERS = frozenset({"python", "multi"})
 

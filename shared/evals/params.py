@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shared.chat_request import Metadata, validation_error
 from shared.evals.graders import GraderMessage
+from shared.platform.request_body import Metadata, validation_error
 
 MAX_RUN_ITEMS = 10_000
 """Items one run grades at most (a stored-completions `limit`, a file's rows)."""

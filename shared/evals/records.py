@@ -20,10 +20,10 @@ from typing import Any, Literal
 from azure.storage.blob.aio import ContainerClient
 from pydantic import BaseModel, Field
 
-from shared.access import OwnerId, same_owner
 from shared.evals.graders import GradeResult, TestingCriterion
 from shared.evals.params import RunCreateParams
-from shared.json_blobs import JsonBlobs, Superseded
+from shared.platform.access import OwnerId, same_owner
+from shared.store.json_blobs import JsonBlobs, Superseded
 
 _TIME_DIGITS = 14
 _TIME_SPAN = 16**_TIME_DIGITS

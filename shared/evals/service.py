@@ -23,11 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from shared.completion_filter import CompletionFilter
-from shared.completion_store import CompletionStore
 from shared.datasets import formats
 from shared.datasets.records import DatasetRecords
-from shared.errors import DistilleryError, InvalidRequest, NotFound
 from shared.evals.compare import compare_runs
 from shared.evals.graders import (
     LabelModelGrader,
@@ -67,10 +64,13 @@ from shared.evals.records import (
     output_item_index,
 )
 from shared.evals.templates import check_variables, content_text, render_messages
-from shared.job_queue import JobQueue
-from shared.json_blobs import Superseded
-from shared.model_calls import ModelCalls, UpstreamCallFailed
-from shared.telemetry import JobChunk, job_chunk
+from shared.platform.errors import DistilleryError, InvalidRequest, NotFound
+from shared.platform.job_queue import JobQueue
+from shared.platform.telemetry import JobChunk, job_chunk
+from shared.store.completion_filter import CompletionFilter
+from shared.store.completion_store import CompletionStore
+from shared.store.json_blobs import Superseded
+from shared.upstream.model_calls import ModelCalls, UpstreamCallFailed
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from shared.errors import InvalidRequest
+from shared.platform.errors import InvalidRequest
 
 VARIABLE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _PATH = re.compile(r"(item|sample)(\.[A-Za-z0-9_\-]+)*")

@@ -16,8 +16,8 @@ from typing import Any
 
 import aiohttp
 
-from shared.errors import DistilleryError
-from shared.model_calls import RETRYABLE_STATUSES, retry_after_seconds
+from shared.platform.errors import DistilleryError
+from shared.upstream.model_calls import RETRYABLE_STATUSES, retry_after_seconds
 
 CONTRIBUTOR_ROLE = "Cognitive Services OpenAI Contributor"
 

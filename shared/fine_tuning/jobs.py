@@ -22,19 +22,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shared.access import OwnerId, same_owner
-from shared.chat_request import validation_error
 from shared.datasets import formats
 from shared.datasets.builder import MANIFEST_FILE
 from shared.datasets.check import LineProblem, check_lines
 from shared.datasets.job import MIN_DISTILLATION_EXAMPLES, DatasetKind, DatasetStatus
 from shared.datasets.records import DatasetRecords
-from shared.errors import DistilleryError, InvalidRequest, NotFound
 from shared.evals.records import new_id
 from shared.fine_tuning.api import FineTuningApi, FineTuningUpstreamError, explain
-from shared.job_queue import JobQueue
-from shared.json_blobs import JsonBlobs, Superseded
-from shared.telemetry import job_chunk
+from shared.platform.access import OwnerId, same_owner
+from shared.platform.errors import DistilleryError, InvalidRequest, NotFound
+from shared.platform.job_queue import JobQueue
+from shared.platform.request_body import validation_error
+from shared.platform.telemetry import job_chunk
+from shared.store.json_blobs import JsonBlobs, Superseded
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import azure.functions as func
 
 from blueprints import datasets
-from shared.access import Right
+from shared.platform.access import Right
 
 
 def test_routes_rights_and_queue_trigger() -> None:

@@ -9,8 +9,8 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 from local_host.azurite import Azurite
-from shared.access import Right
-from shared.settings import get_settings
+from shared.platform.access import Right
+from shared.platform.settings import get_settings
 
 
 def test_timers_name_their_schedule_settings(functions: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from blueprints.http_adapter import ROOT_ROUTE, public_path, registered_functions
 from blueprints.openapi import build_document
-from shared.access import Right
+from shared.platform.access import Right
 
 PUBLIC_ROUTES = {"api/health", "api/openapi.json", ROOT_ROUTE, "pane/{name}"}
 """Routes anyone may call; adding one is a decision made here, not by forgetting a decorator."""

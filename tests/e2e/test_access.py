@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from local_host.azurite import Azurite, free_port
-from shared.access import Right
+from shared.platform.access import Right
 from tests.callers import principal, start_keyed_host
 from tests.conftest import RunningHost, start_host
 from tests.fakes import FakeUpstream

@@ -23,8 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from local_host.azurite import Azurite
-from shared import usage
-from shared.access import Right, key_owner, stable_owner
+from shared.platform.access import Right, key_owner, stable_owner
+from shared.store import usage
 from tests.callers import principal, start_keyed_host
 from tests.conftest import RunningHost
 from tests.fakes import FakeUpstream

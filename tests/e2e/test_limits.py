@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from local_host.azurite import Azurite
-from shared.access import Right
+from shared.platform.access import Right
 from tests.callers import start_keyed_host
 from tests.conftest import RunningHost
 from tests.fakes import FakeUpstream

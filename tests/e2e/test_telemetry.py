@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from local_host.azurite import Azurite
-from shared.access import Right
+from shared.platform.access import Right
 from tests.callers import service_keys
 from tests.conftest import RunningHost, start_host
 from tests.fakes import FakeUpstream, Reply

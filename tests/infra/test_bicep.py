@@ -15,7 +15,7 @@ import azure.functions as func
 import pytest
 from pycep import BicepParser
 
-from shared.settings import Settings
+from shared.platform.settings import Settings
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 APP_MODULE = INFRA / "app" / "api.bicep"

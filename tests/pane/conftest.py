@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from local_host.azurite import ROOT, Azurite
-from shared.access import Right
+from shared.platform.access import Right
 from tests.callers import start_keyed_host
 from tests.conftest import RunningHost
 from tests.fakes import FakeUpstream

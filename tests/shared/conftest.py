@@ -10,8 +10,8 @@ from azure.data.tables.aio import TableServiceClient
 from azure.storage.blob.aio import BlobServiceClient
 
 from local_host.azurite import Azurite
-from shared.completion_index import CompletionIndex
-from shared.completion_store import CompletionStore
+from shared.store.completion_index import CompletionIndex
+from shared.store.completion_store import CompletionStore
 
 
 @pytest.fixture

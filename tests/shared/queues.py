@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from azure.storage.queue.aio import QueueClient
 
-from shared.clients import Services
-from shared.job_queue import read_local_message
+from shared.platform.job_queue import read_local_message
+from shared.services import Services
 
 
 def local_queue(services: Services, queue_name: str) -> QueueClient:

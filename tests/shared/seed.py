@@ -6,8 +6,8 @@ import time
 
 from azure.storage.blob.aio import ContainerClient
 
-from shared import ids
-from shared.stored_completion import StoredCompletion
+from shared.store import ids
+from shared.store.stored_completion import StoredCompletion
 
 
 def completion(

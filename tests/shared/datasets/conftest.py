@@ -10,11 +10,11 @@ import pytest
 from azure.storage.queue.aio import QueueClient
 
 from local_host.azurite import Azurite
-from shared import ids
-from shared.clients import Services
 from shared.datasets.builder import DatasetJobs
 from shared.datasets.job import DatasetJob
-from shared.stored_completion import StoredCompletion
+from shared.services import Services
+from shared.store import ids
+from shared.store.stored_completion import StoredCompletion
 from tests.conftest import ServicesFactory
 from tests.shared.queues import take_message
 

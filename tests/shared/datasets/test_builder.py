@@ -9,12 +9,12 @@ import json
 import pytest
 
 from local_host.azurite import Azurite
-from shared.clients import Services
 from shared.datasets.builder import BuildLimits, DatasetJobs, InvalidJobMessage, source_digest
 from shared.datasets.check import check_lines
 from shared.datasets.job import DatasetJob, DatasetJobMessage, DatasetParams, DatasetStatus, new_dataset_id
 from shared.datasets.records import DatasetRecords
-from shared.errors import NotFound
+from shared.platform.errors import NotFound
+from shared.services import Services
 from tests.shared.datasets.conftest import download, drain, read_job, receive, seed, stored
 
 TAG = {"category": "docs-test"}

@@ -14,12 +14,12 @@ from nltk.translate.gleu_score import sentence_gleu
 from rapidfuzz.distance import Indel
 from rouge_score import rouge_scorer
 
-from shared.errors import InvalidRequest
 from shared.evals.graders import GradeResult, check_templates, grade, make_sample, parse_testing_criteria
 from shared.evals.templates import check_variables, render, render_messages
-from shared.model_calls import ModelCalls, UpstreamCallFailed
-from shared.offline_model import OfflineModel
-from shared.upstream import HttpUpstream, openai_compatible_url
+from shared.platform.errors import InvalidRequest
+from shared.upstream.client import HttpUpstream, openai_compatible_url
+from shared.upstream.model_calls import ModelCalls, UpstreamCallFailed
+from shared.upstream.offline_model import OfflineModel
 from tests.fakes import FakeUpstream, Reply, letter_embedding
 
 ITEM = {"question": "What is the capital of France?", "answer": "Paris", "tags": ["geo", "easy"]}

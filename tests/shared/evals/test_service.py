@@ -12,10 +12,10 @@ import pytest
 from azure.storage.queue.aio import QueueClient
 
 from local_host.azurite import Azurite
-from shared.clients import Services
 from shared.evals.params import EvalCreateParams, RunCreateParams
 from shared.evals.records import EvalRecord, RunRecord, RunStatus
 from shared.evals.service import EvalJobMessage, EvalService
+from shared.services import Services
 from tests.conftest import ServicesFactory
 from tests.fakes import FakeUpstream, Reply
 from tests.shared.queues import take_message

@@ -1,0 +1,404 @@
+"""Capture: proxy a chat completion upstream and, when asked, keep it.
+
+Storing never breaks the caller: when the store is off, full or failing, the answer still goes back
+with `x-distillery-stored: false` and a reason header. A streamed answer is stored before its final
+`data: [DONE]` is sent, so it is retrievable the moment the client has read the stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Span
+from pydantic import ValidationError
+
+from shared.capture.chat_request import ChatRequest, StreamOptions
+from shared.capture.stream_assembly import CompletionAssembler
+from shared.platform.access import Caller
+from shared.platform.errors import DocumentTooLarge, NotFound, StorageUnavailable
+from shared.platform.telemetry import (
+    COMPLETION_ID,
+    DEPLOYMENT,
+    HTTP_STATUS,
+    NOT_STORED_REASON,
+    OVERHEAD_MS,
+    STORED,
+    STREAMED,
+    captured_completions,
+    mark_failed,
+    not_stored,
+    proxy_overhead,
+    tracer,
+)
+from shared.reports.quota import QuotaGate
+from shared.store import ids
+from shared.store.completion_store import CompletionStore
+from shared.store.stored_completion import StoredCompletion
+from shared.upstream.client import Upstream, UpstreamResponse
+
+log = logging.getLogger(__name__)
+
+STORED_HEADER = "x-distillery-stored"
+NOT_STORED_REASON_HEADER = "x-distillery-not-stored-reason"
+REPLAYED_HEADER = "x-distillery-replayed"
+OVERHEAD_HEADER = "x-distillery-overhead-ms"
+"""Time the proxy added to this answer: request time minus upstream time (streams: up to the first byte)."""
+
+
+class NotStoredReason(StrEnum):
+    STORE_DISABLED = "store_disabled"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    UPSTREAM_ERROR = "upstream_error"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    OWNER_QUOTA_EXCEEDED = "owner_quota_exceeded"
+    DOCUMENT_TOO_LARGE = "document_too_large"
+
+
+@dataclass
+class ProxyReply:
+    """What goes back to the caller: a whole body, or SSE events as they arrive."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    events: AsyncIterator[bytes] | None = None
+
+
+class ChatCapture:
+    """The chat-completions proxy with optional storing."""
+
+    def __init__(
+        self,
+        *,
+        upstream: Upstream,
+        store: CompletionStore,
+        store_enabled: bool,
+        quota: QuotaGate | None = None,
+        log_content: bool = False,
+    ) -> None:
+        self._upstream = upstream
+        self._store = store
+        self._store_enabled = store_enabled
+        self._quota = quota
+        self._log_content = log_content
+
+    async def complete(
+        self,
+        request: ChatRequest,
+        *,
+        deployment: str,
+        caller: Caller,
+        idempotency_key: str | None = None,
+        started: float | None = None,
+    ) -> ProxyReply:
+        """Proxy one call. `started` (a `time.perf_counter()` reading) is when the HTTP request arrived;
+        the reply's `x-distillery-overhead-ms` counts from then."""
+        timing = _Timing(time.perf_counter() if started is None else started)
+        streamed = bool(request.stream)
+        span = tracer.start_span("chat.completions proxy", attributes={DEPLOYMENT: deployment, STREAMED: streamed})
+        try:
+            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                reply = await self._complete(request, deployment, caller, idempotency_key, timing, span)
+        except BaseException as exc:
+            mark_failed(span, exc)
+            span.end()
+            raise
+        overhead = timing.overhead_ms()
+        reply.headers[OVERHEAD_HEADER] = f"{overhead:.1f}"
+        proxy_overhead.record(overhead, {STREAMED: streamed})
+        span.set_attribute(OVERHEAD_MS, overhead)
+        span.set_attribute(HTTP_STATUS, reply.status)
+        if STORED_HEADER in reply.headers:
+            span.set_attribute(STORED, reply.headers[STORED_HEADER])
+        if NOT_STORED_REASON_HEADER in reply.headers:
+            span.set_attribute(NOT_STORED_REASON, reply.headers[NOT_STORED_REASON_HEADER])
+        if reply.events is None:
+            span.end()
+        else:
+            reply.events = _ending(reply.events, span)
+        return reply
+
+    async def _complete(
+        self,
+        request: ChatRequest,
+        deployment: str,
+        caller: Caller,
+        idempotency_key: str | None,
+        timing: _Timing,
+        span: Span,
+    ) -> ProxyReply:
+        if self._log_content:
+            log.info("Proxied request to %s (LOG_CONTENT): %s", deployment, _dumps(request.messages).decode())
+        storing = bool(request.store)
+        headers: dict[str, str] = {}
+        if storing and not self._store_enabled:
+            storing = False
+            _mark_not_stored(headers, NotStoredReason.STORE_DISABLED)
+        refusal = await self._quota.refusal(owner=caller.owner) if storing and self._quota is not None else None
+        if refusal is not None:
+            storing = False
+            _mark_not_stored(headers, NotStoredReason(refusal))
+        completion_id = await self._completion_id(caller, idempotency_key) if storing else None
+        if completion_id is not None:
+            span.set_attribute(COMPLETION_ID, completion_id)
+            earlier = await self._stored(completion_id)
+            if earlier is not None:
+                return _replay(earlier, stream=bool(request.stream), options=request.stream_options)
+
+        stack = AsyncExitStack()
+        upstream_started = time.perf_counter()
+        response: UpstreamResponse = await stack.enter_async_context(
+            self._upstream.open(deployment=deployment, body=request.upstream_body(model=request.model))
+        )
+        headers.update(response.headers)
+        if not response.ok:
+            async with stack:
+                body = await response.read()
+            timing.upstream_seconds += time.perf_counter() - upstream_started
+            return _upstream_error(response.status, body, headers)
+        if request.stream:
+            timing.upstream_seconds += time.perf_counter() - upstream_started
+            headers.update({"content-type": "text/event-stream", "cache-control": "no-cache"})
+            if storing:
+                headers[STORED_HEADER] = "pending"
+            events = self._relay(stack, response, request, deployment, caller, completion_id, span)
+            return ProxyReply(status=response.status, headers=headers, events=events)
+
+        async with stack:
+            body = await response.read()
+        timing.upstream_seconds += time.perf_counter() - upstream_started
+        headers["content-type"] = "application/json"
+        if self._log_content:
+            log.info("Upstream answer from %s (LOG_CONTENT): %s", deployment, body.decode("utf-8", "replace"))
+        if completion_id is None:
+            return ProxyReply(status=response.status, headers=headers, body=body)
+        completion = json.loads(body)
+        completion["id"] = completion_id
+        body = _dumps(completion)
+        reason = await self._keep(completion_id, request, deployment, caller, completion, streamed=False)
+        if reason is None:
+            headers[STORED_HEADER] = "true"
+        else:
+            _mark_not_stored(headers, reason)
+        return ProxyReply(status=response.status, headers=headers, body=body)
+
+    async def _relay(
+        self,
+        stack: AsyncExitStack,
+        response: UpstreamResponse,
+        request: ChatRequest,
+        deployment: str,
+        caller: Caller,
+        completion_id: str | None,
+        span: Span,
+    ) -> AsyncIterator[bytes]:
+        """Forward SSE events as they come; store the assembled completion just before `[DONE]`."""
+        assembler = CompletionAssembler()
+        async with stack:
+            event: list[str] = []
+            async for line in response.lines():
+                if line:
+                    event.append(line)
+                    continue
+                if not event:
+                    continue
+                data = _event_data(event)
+                if data == "[DONE]" and completion_id is not None:
+                    with trace.use_span(
+                        span, record_exception=False, set_status_on_exception=False
+                    ):  # the store write is the proxy span's child; nothing yields here
+                        reason = await self._store_stream(assembler, completion_id, request, deployment, caller)
+                    span.set_attribute(STORED, "true" if reason is None else "false")
+                    if reason is not None:
+                        span.set_attribute(NOT_STORED_REASON, reason.value)
+                        not_stored.add(1, {"reason": reason.value})
+                        yield f": distillery-stored=false reason={reason.value}\n\n".encode()
+                elif data is not None and completion_id is not None:
+                    event = _rewrite_chunk(event, data, completion_id, assembler)
+                yield ("\n".join(event) + "\n\n").encode()
+                event = []
+
+    async def _store_stream(
+        self,
+        assembler: CompletionAssembler,
+        completion_id: str,
+        request: ChatRequest,
+        deployment: str,
+        caller: Caller,
+    ) -> NotStoredReason | None:
+        if assembler.failed:
+            return NotStoredReason.UPSTREAM_ERROR
+        completion = assembler.completion()
+        completion["id"] = completion_id
+        return await self._keep(completion_id, request, deployment, caller, completion, streamed=True)
+
+    async def _keep(
+        self,
+        completion_id: str,
+        request: ChatRequest,
+        deployment: str,
+        caller: Caller,
+        completion: dict[str, Any],
+        *,
+        streamed: bool,
+    ) -> NotStoredReason | None:
+        try:
+            stored = StoredCompletion(
+                id=completion_id,
+                created=ids.captured_at_us(completion_id) // 1_000_000,
+                deployment=deployment,
+                model=str(completion.get("model") or deployment),
+                metadata=request.metadata or {},
+                owner=caller.owner,
+                streamed=streamed,
+                request=request.model_dump(mode="json", exclude_unset=True),
+                response=completion,
+            )
+            await self._store.put(stored)
+            captured_completions.add(1, {STREAMED: streamed})
+            if self._log_content and streamed:
+                log.info("Upstream answer for %s (LOG_CONTENT): %s", completion_id, _dumps(completion).decode())
+        except DocumentTooLarge:
+            log.warning(
+                "Completion %s served but not stored: larger than MAX_STORED_DOCUMENT_BYTES (%s)",
+                completion_id,
+                self._store.max_document_bytes,
+            )
+            return NotStoredReason.DOCUMENT_TOO_LARGE
+        except StorageUnavailable as exc:
+            log.warning("Completion %s served but not stored: %s (%r)", completion_id, exc, exc.__cause__)
+            return NotStoredReason.STORAGE_UNAVAILABLE
+        except ValidationError as exc:
+            # Where, not what: the error's own text quotes the answer's content.
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+            log.error(
+                "Completion %s served but not stored: the upstream answer was malformed (%s)", completion_id, problems
+            )
+            return NotStoredReason.UPSTREAM_ERROR
+        return None
+
+    async def _completion_id(self, caller: Caller, idempotency_key: str | None) -> str:
+        """A new id, or the id an earlier attempt with the same `Idempotency-Key` claimed."""
+        completion_id = ids.new_completion_id()
+        if not idempotency_key:
+            return completion_id
+        digest = hashlib.sha256(f"{caller.owner}\0{idempotency_key}".encode()).hexdigest()
+        try:
+            claimed = await self._store.index.claim_idempotency_key(digest, completion_id)
+            if claimed == completion_id:
+                return completion_id
+            return await self._store.index.reclaim_forgotten(digest, claimed, completion_id)
+        except StorageUnavailable:
+            log.warning("Idempotency key not recorded: the completion index is unavailable")
+            return completion_id
+
+    async def _stored(self, completion_id: str) -> StoredCompletion | None:
+        try:
+            return await self._store.get(completion_id)
+        except (NotFound, StorageUnavailable):
+            return None
+
+
+def _replay(stored: StoredCompletion, *, stream: bool, options: StreamOptions | None) -> ProxyReply:
+    """A retry of a call already stored gets the stored answer again, with no second upstream call
+    (and no overwrite of what is kept); a streamed retry gets it as one content chunk per choice."""
+    headers = {STORED_HEADER: "true", REPLAYED_HEADER: "true"}
+    if not stream:
+        return ProxyReply(
+            status=200, headers={**headers, "content-type": "application/json"}, body=_dumps(stored.response)
+        )
+    response = stored.response
+    head = {key: response.get(key) for key in ("id", "created", "model", "system_fingerprint")}
+    head["object"] = "chat.completion.chunk"
+    chunks = [
+        {
+            **head,
+            "choices": [
+                {"index": c.get("index", 0), "delta": c.get("message") or {}, "finish_reason": c.get("finish_reason")}
+            ],
+        }
+        for c in response.get("choices") or []
+    ]
+    if options is not None and options.include_usage and response.get("usage"):
+        chunks.append({**head, "choices": [], "usage": response["usage"]})
+
+    async def events() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield b"data: " + _dumps(chunk) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    return ProxyReply(status=200, headers={**headers, "content-type": "text/event-stream"}, events=events())
+
+
+def _event_data(event: list[str]) -> str | None:
+    data = [line[5:].lstrip() for line in event if line.startswith("data:")]
+    return "\n".join(data) if data else None
+
+
+def _rewrite_chunk(event: list[str], data: str, completion_id: str, assembler: CompletionAssembler) -> list[str]:
+    try:
+        chunk = json.loads(data)
+    except json.JSONDecodeError:
+        return event
+    if not isinstance(chunk, dict):
+        return event
+    assembler.add(chunk)
+    if "id" in chunk:
+        chunk["id"] = completion_id
+    return [line for line in event if not line.startswith("data:")] + [f"data: {_dumps(chunk).decode()}"]
+
+
+def _upstream_error(status: int, body: bytes, headers: dict[str, str]) -> ProxyReply:
+    """Pass an upstream error through: its status and headers, its body when it is OpenAI-shaped."""
+    headers["content-type"] = "application/json"
+    try:
+        parsed = json.loads(body)
+        shaped = isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        shaped = False
+    if not shaped:
+        message = f"The upstream model answered with HTTP {status}."
+        body = _dumps({"error": {"message": message, "type": "upstream_error", "param": None, "code": str(status)}})
+    return ProxyReply(status=status, headers=headers, body=body)
+
+
+def _mark_not_stored(headers: dict[str, str], reason: NotStoredReason) -> None:
+    headers[STORED_HEADER] = "false"
+    headers[NOT_STORED_REASON_HEADER] = reason.value
+    not_stored.add(1, {"reason": reason.value})
+
+
+@dataclass
+class _Timing:
+    """Where a proxied call's time went: the rest of the request's time is the proxy's overhead."""
+
+    started: float
+    upstream_seconds: float = 0.0
+
+    def overhead_ms(self) -> float:
+        return max(0.0, (time.perf_counter() - self.started - self.upstream_seconds) * 1000)
+
+
+async def _ending(events: AsyncIterator[bytes], span: Span) -> AsyncIterator[bytes]:
+    """The events, ending the proxy span once the stream is done (or the client went away)."""
+    try:
+        async for event in events:
+            yield event
+    except BaseException as exc:
+        mark_failed(span, exc)
+        raise
+    finally:
+        span.end()
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,1 @@
+"""Forgetting completions: delete, purge, retention, and the copies they reach."""

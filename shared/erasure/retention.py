@@ -1,0 +1,84 @@
+"""Retention: stored completions captured longer ago than `RETENTION_DAYS` are deleted, document and
+index rows together, by the same deletion loop purges use; datasets holding them are rebuilt.
+
+The same daily sweep removes orphans, documents with no index row left by a delete that died between
+its two steps, whatever `RETENTION_DAYS` says: they are already deleted as far as the API knows.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from pydantic import BaseModel
+
+from shared.erasure.purge import ORPHAN_GRACE, DeletedHook, delete_completions
+from shared.store.completion_filter import CompletionFilter
+from shared.store.completion_store import CompletionStore
+
+log = logging.getLogger(__name__)
+
+_BATCH = 500
+
+
+class RetentionResult(BaseModel):
+    retention_days: int
+    cutoff: datetime | None
+    """Completions captured before this instant were deleted; null when retention is off."""
+    deleted_count: int
+    orphans_deleted: int = 0
+    """Documents found with no index row (older than an hour) and deleted."""
+
+
+class RetentionSweep:
+    def __init__(self, *, store: CompletionStore, retention_days: int, on_deleted: DeletedHook | None = None) -> None:
+        self._store = store
+        self._retention_days = retention_days
+        self._on_deleted = on_deleted
+
+    async def run(self, *, now: datetime | None = None) -> RetentionResult:
+        now = now or datetime.now(UTC)
+        orphans = await self._delete_orphans(older_than=now - ORPHAN_GRACE)
+        if self._retention_days == 0:
+            log.info("Retention is off (RETENTION_DAYS=0): nothing deleted but %s orphans", orphans)
+            return RetentionResult(retention_days=0, cutoff=None, deleted_count=0, orphans_deleted=orphans)
+        cutoff = now - timedelta(days=self._retention_days)
+        selection = CompletionFilter(created_before=int(cutoff.timestamp()))
+        deleted = 0
+        batch: list[str] = []
+        # Deleting rows already read does not disturb the walk: its continuation is the next key.
+        async for entry in self._store.index.walk(selection, page_size=_BATCH):
+            batch.append(entry.id)
+            if len(batch) == _BATCH:
+                deleted += await delete_completions(self._store, batch, on_deleted=self._on_deleted)
+                batch = []
+        deleted += await delete_completions(self._store, batch, on_deleted=self._on_deleted)
+        log.info("Retention deleted %s stored completions captured before %s", deleted, cutoff.isoformat())
+        return RetentionResult(
+            retention_days=self._retention_days, cutoff=cutoff, deleted_count=deleted, orphans_deleted=orphans
+        )
+
+    async def _delete_orphans(self, *, older_than: datetime) -> int:
+        """Orphans whose deletion was recorded (`forgotten` row): a delete that died halfway.
+
+        An orphan with no such record is left and counted in a warning: deleting documents only
+        because rows are missing would empty the store if the index table were ever lost.
+        """
+        deleted = unexplained = 0
+        batch: list[str] = []
+        async for orphan_id in self._store.orphans(older_than=older_than):
+            if not await self._store.index.is_forgotten(orphan_id):
+                unexplained += 1
+                continue
+            batch.append(orphan_id)
+            if len(batch) == _BATCH:
+                deleted += await delete_completions(self._store, batch, on_deleted=self._on_deleted)
+                batch = []
+        deleted += await delete_completions(self._store, batch, on_deleted=self._on_deleted)
+        if deleted:
+            log.warning("Retention sweep deleted %s orphan documents (deleted, but their delete died halfway)", deleted)
+        if unexplained:
+            log.warning(
+                "%s documents have no index row and no deletion record: left in place; check the index", unexplained
+            )
+        return deleted

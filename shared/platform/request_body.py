@@ -1,0 +1,109 @@
+"""How a JSON request body is read: one UTF-8 object, metadata pairs as OpenAI validates them, and
+pydantic's complaints turned into OpenAI-shaped errors naming the parameter."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any
+
+from pydantic import Field, StringConstraints, ValidationError
+
+from shared.platform.errors import InvalidRequest
+
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS)]
+MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_PAIRS)]
+"""Up to 16 string pairs, keys up to 64 characters and values up to 512, as OpenAI validates them."""
+
+
+def parse_json_object(raw: bytes, *, max_depth: int = 64) -> dict[str, Any]:
+    """Decode a request body that must be a UTF-8 JSON object of valid Unicode, with OpenAI-shaped errors.
+
+    Refused as invalid JSON: NaN and infinities (not JSON), integers too long for Python to parse,
+    and lone surrogate escapes (not Unicode, so they could be neither stored nor echoed back).
+    """
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)  # strict: no encoded surrogates
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, over-long integers
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. Send valid JSON.", code="invalid_json"
+        ) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    if _depth(value) > max_depth:
+        raise InvalidRequest(f"The JSON body is nested deeper than {max_depth} levels.", code="invalid_json")
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(value):
+        raise InvalidRequest("The JSON body contains an unpaired UTF-16 surrogate escape.", code="invalid_json")
+    return value
+
+
+def validation_error(exc: ValidationError) -> InvalidRequest:
+    """The first problem pydantic found, with `param` naming the field as OpenAI does."""
+    first = exc.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    param = loc[0] if loc else None
+    where = ".".join(loc) if loc else "body"
+    if param == "metadata":
+        message = _metadata_message(first, loc)
+    elif first["type"] == "extra_forbidden":
+        message = f"Unrecognized request argument supplied: {where}"
+    elif first["type"] == "missing":
+        message = f"Missing required parameter: '{where}'."
+    else:
+        message = f"Invalid value for '{where}': {first['msg']}."
+    return InvalidRequest(message, param=param, code="invalid_value")
+
+
+def _metadata_message(error: Any, loc: list[str]) -> str:
+    if error["type"] == "too_long" and len(loc) == 1:
+        return f"Invalid 'metadata': too many properties. Expected at most {MAX_METADATA_PAIRS} pairs."
+    if len(loc) >= 2 and loc[-1] == "[key]":
+        return f"Invalid 'metadata' key: keys must be 1 to {MAX_METADATA_KEY_CHARS} characters."
+    if len(loc) == 2:
+        return f"Invalid 'metadata.{loc[1]}': values must be strings of at most {MAX_METADATA_VALUE_CHARS} characters."
+    return "Invalid 'metadata': expected an object of string keys and string values."
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth, counted without recursion so a hostile body cannot exhaust the stack."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(node, dict):
+            stack.extend((child, level + 1) for child in node.values())
+        elif isinstance(node, list):
+            stack.extend((child, level + 1) for child in node)
+    return deepest
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""Only a body with such an escape can decode to a lone surrogate; the full check runs only then."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False

@@ -1,0 +1,1 @@
+"""Quota and permission-health reports, and the requests that build them."""

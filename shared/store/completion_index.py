@@ -1,0 +1,352 @@
+"""The completion index in Azure Table Storage: filtered lists cost a page of matches, not a scan.
+
+Each stored completion writes two rows (ascending and descending order) into one partition per
+*term* it can be found by: `all`, each model name, each metadata pair. A list query reads the
+partition of its most selective term, in key order, starting at the cursor; every other condition
+is a server-side filter on the row's denormalised columns, so storage returns at most `limit + 1`
+rows. Partition keys are hashes of the term, so no user text ever becomes a key; user text only
+travels as OData *parameters*, which the SDK quotes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.data.tables import UpdateMode
+from azure.data.tables.aio import TableClient
+from pydantic import BaseModel
+
+from shared.platform.access import OwnerId, legacy_owner, stable_owner
+from shared.platform.errors import StorageUnavailable
+from shared.store import ids
+from shared.store.completion_filter import CompletionFilter, Order
+
+_KEY_SPAN = 10**16
+"""Capture times are microseconds below this bound (the year 2286)."""
+_US = 1_000_000
+_ALL_PARTITION = "all"
+_IDEMPOTENCY_PARTITION = "idempotency"
+_FORGOTTEN_PARTITION = "forgotten"
+
+
+class IndexEntry(BaseModel):
+    """What the index knows of one stored completion: enough to filter, page and count."""
+
+    id: str
+    deployment: str
+    model: str
+    metadata: dict[str, str]
+    owner: OwnerId = None
+    size_bytes: int = 0
+
+    @property
+    def captured_us(self) -> int:
+        return ids.captured_at_us(self.id)
+
+    @property
+    def created(self) -> int:
+        return self.captured_us // _US
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _model_partition(model: str) -> str:
+    return "o" + _digest("model\0" + model)[:40]
+
+
+def _metadata_partition(key: str, value: str) -> str:
+    return "m" + _digest(key + "\0" + value)[:40]
+
+
+def _metadata_column(key: str) -> str:
+    """A column name any metadata key maps to (table column names allow only identifier characters)."""
+    return "m_" + _digest(key)[:16]
+
+
+def _row_key(order: Order, captured_us: int, completion_id: str) -> str:
+    return f"{order[0]}{_position(order, captured_us):016d}{completion_id}"
+
+
+def _position(order: Order, captured_us: int) -> int:
+    return captured_us if order == "asc" else _KEY_SPAN - 1 - captured_us
+
+
+def _partitions(entry: IndexEntry) -> set[str]:
+    partitions = {_ALL_PARTITION, _model_partition(entry.deployment), _model_partition(entry.model)}
+    partitions.update(_metadata_partition(key, value) for key, value in entry.metadata.items())
+    return partitions
+
+
+def _rows(entry: IndexEntry, partition: str) -> list[dict[str, Any]]:
+    columns: dict[str, Any] = {
+        "id": entry.id,
+        "deployment": entry.deployment,
+        "model": entry.model,
+        "metadata": json.dumps(entry.metadata, ensure_ascii=False),
+        "owner": entry.owner or "",
+        "size_bytes": entry.size_bytes,
+    }
+    columns.update({_metadata_column(key): value for key, value in entry.metadata.items()})
+    return [
+        {"PartitionKey": partition, "RowKey": _row_key(order, entry.captured_us, entry.id), **columns}
+        for order in ("asc", "desc")
+    ]
+
+
+def _entry(row: dict[str, Any]) -> IndexEntry:
+    return IndexEntry(
+        id=row["id"],
+        deployment=row["deployment"],
+        model=row["model"],
+        metadata=json.loads(row["metadata"]),
+        owner=row.get("owner") or None,
+        size_bytes=int(row.get("size_bytes", 0)),
+    )
+
+
+class CompletionIndex:
+    """Reads and writes index rows; callers keep it consistent with the documents (see the store)."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    async def add(self, entry: IndexEntry) -> None:
+        await self._write(entry, _partitions(entry))
+
+    async def add_many(self, entries: Iterable[IndexEntry], *, in_flight: int = 8) -> None:
+        """Bulk-load (imports, benchmarks): the rows `add` writes, batched 100 to a transaction per partition."""
+        by_partition: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for entry in entries:
+            for partition in _partitions(entry):
+                by_partition[partition] += _rows(entry, partition)
+        batches = iter([rows[i : i + 100] for rows in by_partition.values() for i in range(0, len(rows), 100)])
+
+        async def submit() -> None:
+            for rows in batches:
+                await self._upsert_rows(rows)
+
+        await _all_or_raise([submit() for _ in range(in_flight)])
+
+    async def remove(self, entry: IndexEntry) -> None:
+        await self._delete(entry, _partitions(entry))
+
+    async def lookup(self, completion_id: str) -> IndexEntry | None:
+        """The index's own entry for an id (its `all` row), found from the id alone: no document needed."""
+        row_key = _row_key("asc", ids.captured_at_us(completion_id), completion_id)
+        try:
+            return _entry(await self._table.get_entity(_ALL_PARTITION, row_key))
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+
+    async def remove_stale(self, row: IndexEntry, current: IndexEntry | None) -> None:
+        """Drop the rows a walk found for `row` that the document (`current`, None when gone) no longer backs."""
+        stale = _partitions(row) - (set() if current is None else _partitions(current))
+        if stale:
+            await self._delete(row, stale)
+
+    async def replace(self, old: IndexEntry, new: IndexEntry) -> None:
+        """Move an entry to its new terms: write the new rows first, then drop the stale ones."""
+        await self._write(new, _partitions(new))
+        await self._delete(old, _partitions(old) - _partitions(new))
+
+    async def page(
+        self, selection: CompletionFilter, *, order: Order, after: str | None, limit: int
+    ) -> tuple[list[IndexEntry], bool]:
+        """Up to `limit` matches after the cursor, and whether more exist; reads at most limit+1 rows."""
+        entries: list[IndexEntry] = []
+        async for entry in self._query(selection, order=order, after=after, page_size=limit + 1):
+            entries.append(entry)
+            if len(entries) > limit:
+                return entries[:limit], True
+        return entries, False
+
+    async def walk(
+        self,
+        selection: CompletionFilter,
+        *,
+        order: Order = "asc",
+        after: str | None = None,
+        page_size: int = 500,
+    ) -> AsyncIterator[IndexEntry]:
+        """Every match, one page in memory at a time (for dataset builds and purges)."""
+        async for entry in self._query(selection, order=order, after=after, page_size=page_size):
+            yield entry
+
+    async def size_of(self, completion_id: str) -> int | None:
+        """The document size the index recorded for a completion (one point read), None without a row."""
+        row_key = _row_key("asc", ids.captured_at_us(completion_id), completion_id)
+        try:
+            row = await self._table.get_entity(_ALL_PARTITION, row_key, select=["size_bytes"])
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+        return int(row.get("size_bytes") or 0)
+
+    async def claim_idempotency_key(self, key_digest: str, completion_id: str) -> str:
+        """The id first claimed for this key: ours when we are first, the earlier one otherwise."""
+        try:
+            await self._table.create_entity(
+                {"PartitionKey": _IDEMPOTENCY_PARTITION, "RowKey": key_digest, "id": completion_id}
+            )
+            return completion_id
+        except ResourceExistsError:
+            row = await self._table.get_entity(_IDEMPOTENCY_PARTITION, key_digest)
+            return str(row["id"])
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+
+    async def forget(self, completion_id: str) -> None:
+        """Remember that an id was deleted (the id only), so an idempotent retry cannot bring it back."""
+        try:
+            await self._table.upsert_entity({"PartitionKey": _FORGOTTEN_PARTITION, "RowKey": completion_id})
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+
+    async def is_forgotten(self, completion_id: str) -> bool:
+        """Whether this id was deleted (its `forgotten` row exists)."""
+        try:
+            await self._table.get_entity(_FORGOTTEN_PARTITION, completion_id)
+        except ResourceNotFoundError:
+            return False
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+        return True
+
+    async def reclaim_forgotten(self, key_digest: str, claimed_id: str, completion_id: str) -> str:
+        """The id to use for an idempotency key whose claimed completion may have been deleted.
+
+        A deleted id is never reused: the key moves to the new id, so later retries replay the new answer.
+        """
+        try:
+            await self._table.get_entity(_FORGOTTEN_PARTITION, claimed_id)
+        except ResourceNotFoundError:
+            return claimed_id
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+        try:
+            await self._table.upsert_entity(
+                {"PartitionKey": _IDEMPOTENCY_PARTITION, "RowKey": key_digest, "id": completion_id}
+            )
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+        return completion_id
+
+    async def _query(
+        self, selection: CompletionFilter, *, order: Order, after: str | None, page_size: int
+    ) -> AsyncIterator[IndexEntry]:
+        query, parameters = _query_for(selection, order=order, after=after)
+        try:
+            rows = self._table.query_entities(query, parameters=parameters, results_per_page=page_size)
+            async for row in rows:
+                yield _entry(row)
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+
+    async def _write(self, entry: IndexEntry, partitions: set[str]) -> None:
+        await _all_or_raise([self._upsert_rows(_rows(entry, partition)) for partition in partitions])
+
+    async def _upsert_rows(self, rows: list[dict[str, Any]]) -> None:
+        """One partition's rows in one transaction, tried once more if the connection drops.
+
+        The SDK does not retry a POST whose connection broke (a server closing an idle pooled
+        connection does that); upserts are idempotent, so repeating the transaction is safe.
+        """
+        operations = [("upsert", row, {"mode": UpdateMode.REPLACE}) for row in rows]
+        try:
+            await self._table.submit_transaction(operations)
+        except (ServiceRequestError, ServiceResponseError):
+            await self._table.submit_transaction(operations)
+
+    async def _delete(self, entry: IndexEntry, partitions: set[str]) -> None:
+        operations = [
+            self._table.delete_entity(partition, _row_key(order, entry.captured_us, entry.id))
+            for partition in partitions
+            for order in ("asc", "desc")
+        ]
+        await _all_or_raise(operations)
+
+
+async def _all_or_raise(operations: list[Any]) -> None:
+    results = await asyncio.gather(*operations, return_exceptions=True)
+    failures = [result for result in results if isinstance(result, BaseException)]
+    for failure in failures:
+        if not isinstance(failure, AzureError):
+            raise failure
+    if failures:
+        raise StorageUnavailable("The completion index is unavailable.") from failures[0]
+
+
+def _query_for(selection: CompletionFilter, *, order: Order, after: str | None) -> tuple[str, dict[str, Any]]:
+    """The OData filter and its parameters; user text only ever appears as a parameter."""
+    metadata = sorted(selection.metadata.items())
+    parameters: dict[str, Any] = {}
+    clauses: list[str] = []
+    if metadata:
+        partition = _metadata_partition(*metadata[0])
+        others = metadata[1:]
+    elif selection.model is not None:
+        partition, others = _model_partition(selection.model), []
+    else:
+        partition, others = _ALL_PARTITION, []
+    parameters["partition"] = partition
+    clauses.append("PartitionKey eq @partition")
+
+    low, high = _row_range(selection, order)
+    parameters.update(low=low, high=high)
+    clauses += ["RowKey ge @low", "RowKey lt @high"]
+    if after is not None:
+        parameters["after"] = _row_key(order, ids.captured_at_us(after), after)
+        clauses.append("RowKey gt @after")
+    for number, (key, value) in enumerate(others):
+        parameters[f"v{number}"] = value
+        clauses.append(f"{_metadata_column(key)} eq @v{number}")
+    if metadata and selection.model is not None:
+        parameters["model"] = selection.model
+        clauses.append("( deployment eq @model or model eq @model )")  # the SDK substitutes space-separated @words
+    if selection.owner is not None:
+        owner = stable_owner(selection.owner) or ""
+        parameters["owner"] = owner
+        legacy = legacy_owner(owner)
+        if legacy is None:
+            clauses.append("owner eq @owner")
+        else:  # rows written before stable owner ids hold the key's bare name (read as `key:<name>`)
+            parameters["legacy_owner"] = legacy
+            clauses.append("( owner eq @owner or owner eq @legacy_owner )")
+    return " and ".join(clauses), parameters
+
+
+def _row_range(selection: CompletionFilter, order: Order) -> tuple[str, str]:
+    """Row-key bounds [low, high) for the created range, in the order's key space."""
+    # Both bounds are clamped to the key span: an unclamped bound past it has more digits than a
+    # row key and sorts before the keys it should follow (created_after=10**10 selected everything).
+    earliest = 0 if selection.created_after is None else min(selection.created_after * _US, _KEY_SPAN)
+    latest = _KEY_SPAN if selection.created_before is None else min(selection.created_before * _US, _KEY_SPAN)
+    if order == "asc":
+        low, high = earliest, latest
+    else:
+        low, high = _KEY_SPAN - latest, _KEY_SPAN - earliest
+    prefix = order[0]
+    # A row key is prefix + 16 digits + id, so the bare 16-digit bound sorts before every id at it.
+    return _bound_key(prefix, low), _bound_key(prefix, high)
+
+
+def _bound_key(prefix: str, bound: int) -> str:
+    """A bound at the end of the key span sorts after every row key (16 digits cannot hold it)."""
+    return f"{prefix}{bound:016d}" if bound < _KEY_SPAN else f"{prefix}~"

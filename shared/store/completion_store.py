@@ -1,0 +1,362 @@
+"""Stored completions: one blob document each, kept consistent with the completion index.
+
+Lists re-check each page against the documents themselves, so an index row whose document is
+missing or different (a crash between the two writes) is never served. That is what lets a store
+write its document and its index rows concurrently, and a delete remove rows before the document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from datetime import datetime
+
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob.aio import ContainerClient
+from pydantic import BaseModel
+
+from shared.platform.access import same_owner
+from shared.platform.errors import Conflict, DocumentTooLarge, NotFound, StorageUnavailable
+from shared.platform.telemetry import COMPLETION_ID, span
+from shared.store import ids
+from shared.store.completion_filter import CompletionFilter, Order
+from shared.store.completion_index import CompletionIndex, IndexEntry
+from shared.store.read_budget import ByteBudget
+from shared.store.stored_completion import StoredCompletion
+from shared.store.usage import UsageCounter
+
+DEFAULT_MAX_DOCUMENT_BYTES = 6 * 1024 * 1024
+DEFAULT_READ_BUDGET_BYTES = 16 * 1024 * 1024
+
+
+class CompletionPage(BaseModel):
+    """One page of a list, in the order asked for."""
+
+    data: list[StoredCompletion]
+    has_more: bool
+
+
+class CompletionStore:
+    """Create, read, update, delete and list stored completions."""
+
+    def __init__(
+        self,
+        *,
+        container: ContainerClient,
+        index: CompletionIndex,
+        usage: UsageCounter | None = None,
+        max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+        budget: ByteBudget | None = None,
+    ) -> None:
+        self._container = container
+        self.index = index
+        self._usage = usage
+        self.max_document_bytes = max_document_bytes
+        self.budget = budget or ByteBudget(DEFAULT_READ_BUDGET_BYTES)
+        """Bytes of documents read at once, shared by every reader of this store in the worker."""
+
+    async def put(self, completion: StoredCompletion) -> int:
+        """Store (or overwrite, for a retried call) a completion; returns the document's size in bytes.
+
+        Document and index rows are written concurrently: a list never serves a row whose document
+        is missing (it re-checks documents), so the order of the two writes does not matter, and
+        the caller waits for the slower write instead of both.
+        """
+        with span("completion_store.put", {COMPLETION_ID: completion.id}) as current:
+            document = self._sized(completion)
+            current.set_attribute("distillery.document_bytes", len(document))
+            return await self._put(completion, document)
+
+    async def _put(self, completion: StoredCompletion, document: bytes) -> int:
+        upload = self._upload(completion.id, document)
+        indexing = self._counted(
+            self.index.add(_entry(completion, len(document))), len(document), 1, owner=completion.owner
+        )
+        results = await asyncio.gather(upload, indexing, return_exceptions=True)
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            await asyncio.gather(
+                self.index.remove(_entry(completion, 0)), self._forget_document(completion.id), return_exceptions=True
+            )
+            if self._usage is not None:
+                await self._usage.add(-len(document), -1, owner=completion.owner)
+            raise failures[0]
+        return len(document)
+
+    async def _upload(self, completion_id: str, document: bytes) -> None:
+        try:
+            await self._container.upload_blob(_blob_name(completion_id), document, overwrite=True)
+        except AzureError as exc:
+            raise StorageUnavailable("The completion store is unavailable.") from exc
+
+    async def get(self, completion_id: str, *, owner: str | None = None) -> StoredCompletion:
+        completion, _ = await self._read(ids.require_completion_id(completion_id), owner=owner)
+        return completion
+
+    async def exists(self, completion_id: str) -> bool:
+        try:
+            return await self._container.get_blob_client(_blob_name(completion_id)).exists()
+        except AzureError as exc:
+            raise StorageUnavailable("The completion store is unavailable.") from exc
+
+    async def update_metadata(
+        self, completion_id: str, metadata: dict[str, str], *, owner: str | None = None
+    ) -> StoredCompletion:
+        """Replace a completion's metadata; the document's ETag guards against a concurrent writer.
+
+        When the index cannot follow, the document is put back (if still ours) and the old rows
+        restored, so a failed update leaves no row disagreeing with its document.
+        """
+        completion, etag = await self._read(ids.require_completion_id(completion_id), owner=owner)
+        updated = completion.model_copy(update={"metadata": dict(metadata)})
+        document = self._sized(updated)
+        try:
+            written = await self._container.get_blob_client(_blob_name(completion_id)).upload_blob(
+                document,
+                overwrite=True,
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except ResourceModifiedError:
+            raise Conflict("The chat completion was changed by another request; retry the update.") from None
+        except AzureError as exc:
+            raise StorageUnavailable("The completion store is unavailable.") from exc
+        try:
+            await self._counted(
+                self.index.replace(_entry(completion, 0), _entry(updated, len(document))),
+                len(document) - len(_encode(completion)),
+                0,
+                owner=completion.owner,
+            )
+        except StorageUnavailable:
+            await self._undo_update(completion, updated, etag=str(written["etag"]))
+            raise
+        return updated
+
+    async def _undo_update(self, old: StoredCompletion, new: StoredCompletion, *, etag: str) -> None:
+        """Best effort: the old document back unless another writer changed it since, then the old rows."""
+        with contextlib.suppress(AzureError):
+            await self._container.upload_blob(
+                _blob_name(old.id),
+                _encode(old),
+                overwrite=True,
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+            with contextlib.suppress(StorageUnavailable):
+                await self.index.replace(_entry(new, 0), _entry(old, len(_encode(old))))
+
+    async def delete(self, completion_id: str, *, owner: str | None = None) -> bool:
+        """Delete a completion: its index rows first, then its document. True when a document was removed.
+
+        A document already gone (a crash, an old lifecycle rule) still has its index rows removed, found
+        from the index entry itself, so metadata and owner never outlive the document.
+        """
+        completion = await self._read_if_present(ids.require_completion_id(completion_id))
+        if completion is None:
+            entry = await self.index.lookup(completion_id)
+            if entry is None or (owner is not None and not same_owner(entry.owner, owner)):
+                raise _not_found(completion_id)
+            await self.index.forget(completion_id)
+            await self.index.remove(entry)
+            return False
+        if owner is not None and not same_owner(completion.owner, owner):
+            raise _not_found(completion_id)
+        await self.index.forget(completion_id)
+        await self._counted(
+            self.index.remove(_entry(completion, 0)), -len(_encode(completion)), -1, owner=completion.owner
+        )
+        await self._forget_document(completion_id)
+        return True
+
+    async def confirm(self, row: IndexEntry, selection: CompletionFilter) -> StoredCompletion | None:
+        """The completion a walk's index row names, if its document (never the row alone) is in the selection.
+
+        Rows the document no longer backs (a failed metadata update, a document already gone) are
+        removed on sight, so no stale row is ever trusted and none outlives its document.
+        """
+        completion = await self._read_if_present(row.id)
+        if completion is None:
+            entry = await self.index.lookup(row.id)
+            await self.index.remove_stale(row, None)
+            if entry is not None:
+                await self.index.forget(row.id)
+                await self.index.remove(entry)
+            return None
+        await self.index.remove_stale(row, _entry(completion, 0))
+        return completion if in_selection(completion, selection) else None
+
+    async def orphans(self, *, older_than: datetime) -> AsyncIterator[str]:
+        """Ids of documents with no index row, last written before `older_than` (a delete that died
+        between its two steps leaves one). Both listings are in id order, so they are merged as they
+        stream: no look-up per document, and memory stays one page of each."""
+        indexed = aiter(self.index.walk(CompletionFilter(), page_size=1000))
+        current: IndexEntry | None = None
+        started = False
+        try:
+            async for blob in self._container.list_blobs():
+                completion_id = str(blob.name).removesuffix(".json")
+                if not ids.is_completion_id(completion_id):
+                    continue
+                if not started:  # no index read at all for an empty or missing container
+                    current, started = await anext(indexed, None), True
+                while current is not None and current.id < completion_id:
+                    current = await anext(indexed, None)
+                if (current is None or current.id != completion_id) and blob.last_modified < older_than:
+                    yield completion_id
+        except ResourceNotFoundError:
+            return
+        except AzureError as exc:
+            raise StorageUnavailable("The completion store is unavailable.") from exc
+
+    async def read_orphan(self, completion_id: str) -> StoredCompletion | None:
+        """An orphan's document, unless it has an index row by now (a store that was still writing)."""
+        if await self.index.lookup(completion_id) is not None:
+            return None
+        return await self._read_if_present(completion_id)
+
+    async def list(
+        self, selection: CompletionFilter, *, order: Order = "asc", after: str | None = None, limit: int = 20
+    ) -> CompletionPage:
+        """A page is never empty while more exist: pages whose documents are all gone are skipped over.
+
+        A page also ends early (with `has_more`) once its documents' sizes fill the read budget, so
+        a page of 100 large documents never sits in memory at once; its bytes are held from the
+        budget, as one reservation, while it is read.
+        """
+        while True:
+            entries, has_more = await self.index.page(selection, order=order, after=after, limit=limit)
+            kept = _within(entries, self.budget.capacity)
+            has_more = has_more or len(kept) < len(entries)
+            entries = kept
+            async with self.budget.hold(sum(entry.size_bytes for entry in entries)):
+                loaded = await asyncio.gather(
+                    *(self._read_if_present(entry.id, reserved=entry.size_bytes) for entry in entries)
+                )
+            data = [
+                completion for completion in loaded if completion is not None and in_selection(completion, selection)
+            ]
+            if data or not has_more:
+                return CompletionPage(data=data, has_more=has_more)
+            after = entries[-1].id
+
+    async def _counted(
+        self, index_write: Awaitable[None], bytes_delta: int, count_delta: int, *, owner: str | None
+    ) -> None:
+        """Run an index write with the usage counter update beside it, so counting adds no latency of its own."""
+        if self._usage is None:
+            await index_write
+            return
+        written, _ = await asyncio.gather(
+            index_write, self._usage.add(bytes_delta, count_delta, owner=owner), return_exceptions=True
+        )
+        if isinstance(written, BaseException):
+            raise written
+
+    async def read_reserved(self, completion_id: str, *, reserved: int) -> StoredCompletion | None:
+        """A document whose (index) size the caller already holds from `budget`; None when it is gone."""
+        return await self._read_if_present(completion_id, reserved=reserved)
+
+    async def _read(
+        self, completion_id: str, *, owner: str | None, reserved: int | None = None
+    ) -> tuple[StoredCompletion, str]:
+        """Read and parse a document, its bytes held from the budget while it is parsed.
+
+        The first response (at most the client's `max_single_get_size`) tells the size; the rest is
+        only downloaded once the budget has room. A caller that `reserved` the size it expected
+        already holds it: only what the document has beyond that is added, without waiting (a
+        reader holding part of the budget must not wait for more).
+        """
+        try:
+            download = await self._container.download_blob(_blob_name(completion_id))
+        except ResourceNotFoundError:
+            raise _not_found(completion_id) from None
+        except AzureError as exc:
+            raise StorageUnavailable("The completion store is unavailable.") from exc
+        extra = download.size - (reserved or 0)
+        held = 0
+        if extra > 0:
+            held = self.budget.force(extra) if reserved is not None else await self.budget.acquire(extra)
+        try:
+            try:
+                raw = await download.readall()
+            except AzureError as exc:
+                raise StorageUnavailable("The completion store is unavailable.") from exc
+            completion = StoredCompletion.model_validate_json(raw)
+        finally:
+            self.budget.release(held)
+        if owner is not None and not same_owner(completion.owner, owner):
+            raise _not_found(completion_id)
+        return completion, download.properties.etag
+
+    async def _read_if_present(self, completion_id: str, *, reserved: int | None = None) -> StoredCompletion | None:
+        try:
+            completion, _ = await self._read(completion_id, owner=None, reserved=reserved)
+        except NotFound:
+            return None
+        return completion
+
+    def _sized(self, completion: StoredCompletion) -> bytes:
+        """The document, refused when it is larger than the store keeps (it would cost ~20x that to read back)."""
+        document = _encode(completion)
+        if len(document) > self.max_document_bytes:
+            raise DocumentTooLarge(
+                f"The stored completion would be {len(document)} bytes, more than the "
+                f"{self.max_document_bytes} bytes a stored document may hold (MAX_STORED_DOCUMENT_BYTES).",
+                param="metadata",
+            )
+        return document
+
+    async def _forget_document(self, completion_id: str) -> None:
+        try:
+            await self._container.delete_blob(_blob_name(completion_id), delete_snapshots="include")
+        except ResourceNotFoundError:
+            pass
+        except AzureError as exc:
+            raise StorageUnavailable("The completion store is unavailable.") from exc
+
+
+def in_selection(completion: StoredCompletion, selection: CompletionFilter) -> bool:
+    """The authoritative check: the selection applied to the document itself, never to an index row."""
+    return selection.matches(
+        created=completion.created,
+        deployment=completion.deployment,
+        model=completion.model,
+        metadata=completion.metadata,
+        owner=completion.owner,
+    )
+
+
+def _within(entries: list[IndexEntry], budget_bytes: int) -> list[IndexEntry]:
+    """The longest prefix whose sizes fit in the budget (never less than one entry)."""
+    total = 0
+    for position, entry in enumerate(entries):
+        total += entry.size_bytes
+        if total > budget_bytes and position > 0:
+            return entries[:position]
+    return entries
+
+
+def _blob_name(completion_id: str) -> str:
+    return f"{completion_id}.json"
+
+
+def _encode(completion: StoredCompletion) -> bytes:
+    return completion.model_dump_json().encode()
+
+
+def _entry(completion: StoredCompletion, size_bytes: int) -> IndexEntry:
+    return IndexEntry(
+        id=completion.id,
+        deployment=completion.deployment,
+        model=completion.model,
+        metadata=completion.metadata,
+        owner=completion.owner,
+        size_bytes=size_bytes,
+    )
+
+
+def _not_found(completion_id: str) -> NotFound:
+    return NotFound(f"No chat completion found with id '{completion_id}'.", param="completion_id")

@@ -1,0 +1,53 @@
+"""Stored-completion ids: time-ordered, fixed-format, safe to use as blob names and table keys.
+
+`chatcmpl-` + 14 hex digits of capture time in microseconds + 18 random hex digits. Because the
+time is part of the id, a list cursor (`after=<id>`) maps to an index position with no look-up.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+from shared.platform.errors import InvalidRequest, NotFound
+
+PREFIX = "chatcmpl-"
+_TIME_DIGITS = 14
+_ID_PATTERN = re.compile(r"chatcmpl-[0-9a-f]{32}")
+
+
+def new_completion_id(*, now_us: int | None = None) -> str:
+    micros = time.time_ns() // 1000 if now_us is None else now_us
+    return f"{PREFIX}{micros:0{_TIME_DIGITS}x}{secrets.token_hex(9)}"
+
+
+def is_completion_id(value: str) -> bool:
+    return _ID_PATTERN.fullmatch(value) is not None
+
+
+def captured_at_us(completion_id: str) -> int:
+    """Capture time in microseconds, read back from the id."""
+    return int(completion_id[len(PREFIX) : len(PREFIX) + _TIME_DIGITS], 16)
+
+
+def require_completion_id(value: str) -> str:
+    """Reject anything that is not one of our ids before it reaches storage.
+
+    Unknown-format ids answer 404 like unknown ids do: the caller learns nothing about our naming.
+    """
+    if not is_completion_id(value):
+        raise NotFound(f"No chat completion found with id '{_printable(value)}'.", param="completion_id")
+    return value
+
+
+def require_cursor_id(value: str, *, param: str = "after") -> str:
+    """A list cursor must be one of our ids; anything else is a bad request."""
+    if not is_completion_id(value):
+        raise InvalidRequest(f"'{param}' must be a chat completion id such as 'chatcmpl-…'.", param=param)
+    return value
+
+
+def _printable(value: str, limit: int = 80) -> str:
+    shown = "".join(ch if ch.isprintable() else "?" for ch in value[:limit])
+    return shown + ("…" if len(value) > limit else "")

@@ -1,0 +1,81 @@
+"""JSON records kept as blobs, written only when unchanged since read (ETag) or not yet there.
+
+Evals and fine-tuning jobs keep their records this way: no second store to run, and two deliveries
+of one queue message can never both advance the same record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob.aio import ContainerClient
+
+from shared.platform.errors import NotFound, StorageUnavailable
+
+
+class Superseded(Exception):
+    """The record changed since it was read, or already exists (another delivery, a cancel, a delete)."""
+
+
+class JsonBlobs:
+    def __init__(self, *, container: ContainerClient, label: str) -> None:
+        self.container = container
+        self._unavailable = f"The {label} store is unavailable."
+
+    async def get(self, name: str, *, missing: str) -> tuple[bytes, str]:
+        """The blob's bytes and ETag; `NotFound(missing)` when it does not exist."""
+        try:
+            download = await self.container.download_blob(name)
+            return await download.readall(), str(download.properties.etag)
+        except ResourceNotFoundError:
+            raise NotFound(missing) from None
+        except AzureError as exc:
+            raise StorageUnavailable(self._unavailable) from exc
+
+    async def put(self, name: str, data: str | bytes, *, create: bool = False, etag: str | None = None) -> str:
+        """Write and return the new ETag; `Superseded` when `create` finds it there or `etag` is stale."""
+        conditions: dict[str, Any] = {"overwrite": not create}
+        if etag is not None:
+            conditions.update(etag=etag, match_condition=MatchConditions.IfNotModified)
+        try:
+            result = await self.container.get_blob_client(name).upload_blob(data, **conditions)
+        except (ResourceExistsError, ResourceModifiedError):
+            raise Superseded(name) from None
+        except AzureError as exc:
+            if getattr(exc, "status_code", None) in (409, 412):
+                raise Superseded(name) from None
+            raise StorageUnavailable(self._unavailable) from exc
+        return str(result["etag"])
+
+    async def names(self, prefix: str) -> list[str]:
+        """Every blob name under `prefix`, in name order (one listing call per 5,000)."""
+        try:
+            return [name async for name in self.container.list_blob_names(name_starts_with=prefix)]
+        except ResourceNotFoundError:
+            return []
+        except AzureError as exc:
+            raise StorageUnavailable(self._unavailable) from exc
+
+    async def children(self, prefix: str) -> list[str]:
+        """The names directly under `prefix` ('a/' for a folder 'a'), in name order."""
+        try:
+            return [
+                item.name[len(prefix) :].rstrip("/")
+                async for item in self.container.walk_blobs(name_starts_with=prefix, delimiter="/")
+            ]
+        except ResourceNotFoundError:
+            return []
+        except AzureError as exc:
+            raise StorageUnavailable(self._unavailable) from exc
+
+    async def delete_tree(self, prefix: str) -> None:
+        names = await self.names(prefix)
+        try:
+            for start in range(0, len(names), 256):
+                await self.container.delete_blobs(*names[start : start + 256])
+        except ResourceNotFoundError:
+            pass
+        except AzureError as exc:
+            raise StorageUnavailable(self._unavailable) from exc

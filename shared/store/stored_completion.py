@@ -1,0 +1,67 @@
+"""The stored completion: what Distillery keeps for one `store: true` call, and its API views."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from shared.platform.access import OwnerId
+
+FORMAT_VERSION: Literal[1] = 1
+
+
+class StoredCompletion(BaseModel):
+    """One kept conversation; serialised as the blob `<id>.json`."""
+
+    format_version: Literal[1] = FORMAT_VERSION
+    id: str
+    created: int
+    """Unix seconds when Distillery captured the call."""
+    deployment: str
+    """The deployment (Azure route) or model name (v1 route) the caller asked for."""
+    model: str
+    """The model the upstream says answered."""
+    metadata: dict[str, str] = Field(default_factory=dict)
+    owner: OwnerId = None
+    """Stable id of the caller identity that created it (`key:<name>`, `entra:<tenant>/<object id>`)."""
+    streamed: bool = False
+    request: dict[str, Any]
+    """The request body as received (messages, tools and every parameter)."""
+    response: dict[str, Any]
+    """The `chat.completion` returned to the caller (assembled from chunks when streamed)."""
+
+    def as_chat_completion(self) -> dict[str, Any]:
+        """The `chat.completion` object that `retrieve` and `list` return."""
+        view = dict(self.response)
+        view.update(id=self.id, object="chat.completion", metadata=self.metadata)
+        view.setdefault("created", self.created)
+        view.setdefault("model", self.model)
+        for key in ("seed", "temperature", "top_p", "tool_choice", "tools"):
+            if key in self.request and key not in view:
+                view[key] = self.request[key]
+        return view
+
+    def input_messages(self) -> list[dict[str, Any]]:
+        """Request messages in the `messages.list` shape, ids `<completion_id>-<index>`."""
+        return [_store_message(self.id, index, message) for index, message in enumerate(self.request["messages"])]
+
+    def output_text(self) -> str | None:
+        choices = self.response.get("choices") or []
+        if not choices:
+            return None
+        content = (choices[0].get("message") or {}).get("content")
+        return content if isinstance(content, str) else None
+
+
+def _store_message(completion_id: str, index: int, message: dict[str, Any]) -> dict[str, Any]:
+    item = {key: value for key, value in message.items() if key != "content"}
+    content = message.get("content")
+    if isinstance(content, list):
+        item["content_parts"] = content
+        texts = [part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"]
+        item["content"] = "".join(texts) if texts else None
+    else:
+        item["content"] = content
+    item["id"] = f"{completion_id}-{index}"
+    return item
