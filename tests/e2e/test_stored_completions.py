@@ -173,7 +173,10 @@ def test_list_items_carry_the_deployment_and_a_bounded_preview(
     ]
     ids = [
         client.chat.completions.create(
-            model="support-bot", store=True, metadata={"tag": tag}, messages=messages  # type: ignore[arg-type]
+            model="support-bot",
+            store=True,
+            metadata={"tag": tag},
+            messages=messages,  # type: ignore[arg-type]
         ).id
         for messages in asked
     ]
