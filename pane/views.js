@@ -153,7 +153,7 @@ async function renderRun(main, ctx, evalId, runId) {
       "section",
       { class: "view", "aria-labelledby": "run-title" },
       h("p", {}, h("a", { href: "#evals" }, "← All eval runs")),
-      h("h1", { id: "run-title" }, `Eval run ${run.name || run.id}`),
+      h("h1", { id: "run-title" }, `Eval run: ${run.name || run.id}`),
       card,
     ),
   );

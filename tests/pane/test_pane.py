@@ -432,6 +432,7 @@ def test_nothing_overflows_the_detail_or_the_table_at_desktop_sizes(
             expect(detail.get_by_role("button", name=re.compile("Remove metadata")).last).to_be_in_viewport()
         if size["width"] == 1280:
             page.locator(f'tr[data-id="{conversation}"] button.open-detail').click()
+            expect(detail.locator(".message.output .tool-name").first).to_be_visible()
             screenshot(page, "detail-1280")
         detail.get_by_role("button", name="Close detail").click()
         expect(detail).to_be_hidden()
@@ -446,6 +447,7 @@ def test_behind_app_service_auth_the_pane_offers_the_sign_in_link(
     link = page.get_by_role("link", name="Sign in with Microsoft")
     expect(link).to_have_attribute("href", "/.auth/login/aad?post_login_redirect_uri=%2F%23health")
     expect(page.get_by_label("API key")).to_be_visible()  # keys keep working alongside
+    screenshot(page, "sign-in-entra")
     anonymous.close()
 
     # After sign-in the platform adds the principal header to every request; the pane needs no key.
