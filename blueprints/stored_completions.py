@@ -30,7 +30,7 @@ async def list_chat_completions(req: Request, caller: Caller | None) -> Response
     params = parse_completion_list_params(req.query_params.multi_items())
     selection = params.filter.model_copy(update={"owner": _caller(caller).scope})
     page = await get_services().store.list(selection, order=params.order, after=params.after, limit=params.limit)
-    return json_response(list_object([c.as_chat_completion() for c in page.data], has_more=page.has_more))
+    return json_response(list_object([c.as_list_item() for c in page.data], has_more=page.has_more))
 
 
 async def retrieve_chat_completion(req: Request, caller: Caller | None) -> Response:

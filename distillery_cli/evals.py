@@ -109,7 +109,7 @@ def _show(run: dict[str, Any]) -> None:
             results.add_row(result["testing_criteria"], str(result["passed"]), str(result["failed"]))
         console.print(results)
     if run.get("report_url"):
-        console.print(f"report: {run['report_url']}")
+        console.print(f"report: {run['report_url'].split('/api/evals/')[0]}/#evals/{run['eval_id']}/{run['id']}")
 
 
 @app.command("run")

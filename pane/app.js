@@ -6,6 +6,9 @@ import { h, replace } from "./dom.js";
 import { renderDatasets, renderEvals, renderFineTuning, renderHealth } from "./views.js";
 
 const READ = "stored-completions/read";
+// App Service Authentication's own routes (https://learn.microsoft.com/azure/app-service/configure-authentication-customize-sign-in-out).
+const EASY_AUTH_LOGIN = "/.auth/login/aad";
+const EASY_AUTH_LOGOUT = "/.auth/logout";
 const ACTION = "stored-completions/action";
 
 const VIEWS = [
@@ -49,15 +52,18 @@ function context(caller) {
 }
 
 let current = null;
+let easyAuth = false; // the service said so: it trusts App Service Authentication and nobody is signed in
 
+// `#view/part/part`: a view and what it shows, e.g. `#evals/<eval id>/<run id>` for one eval run.
 function route() {
-  const name = location.hash.replace(/^#/, "").split("/")[0] || "completions";
-  return VIEWS.find(([id]) => id === name) || VIEWS[0];
+  const [name, ...parts] = location.hash.replace(/^#/, "").split("/");
+  const view = VIEWS.find(([id]) => id === (name || "completions")) || VIEWS[0];
+  return [view, parts.map(decodeURIComponent)];
 }
 
 async function show() {
   if (!current) return;
-  const [id, , render] = route();
+  const [[id, , render], parts] = route();
   for (const button of nav.querySelectorAll("a")) {
     if (button.dataset.view === id) button.setAttribute("aria-current", "page");
     else button.removeAttribute("aria-current");
@@ -65,7 +71,7 @@ async function show() {
   clearError();
   replace(main, h("p", { class: "muted loading" }, "Loading…"));
   try {
-    await render(main, current);
+    await render(main, current, parts);
   } catch (error) {
     replace(main, h("p", { class: "empty" }, "This view could not be loaded."));
     showError(error);
@@ -89,7 +95,16 @@ function signIn(message) {
       },
     },
     h("h1", { id: "signin-title" }, "Sign in"),
-    h("p", {}, "Stored completions, datasets and evals of this Distillery service. Sign in with a service key; it stays in this browser tab only."),
+    h("p", {}, "Stored completions, datasets and evals of this Distillery service."),
+    easyAuth
+      ? h(
+          "div",
+          { class: "entra" },
+          // Back to this very view after signing in: the hash travels inside the redirect path.
+          h("a", { class: "button", id: "entra-sign-in", href: `${EASY_AUTH_LOGIN}?post_login_redirect_uri=${encodeURIComponent(`/${location.hash}`)}` }, "Sign in with Microsoft"),
+          h("p", { class: "muted" }, "Or use a service key:"),
+        )
+      : h("p", {}, "Sign in with a service key; it stays in this browser tab only."),
     h("label", { for: "api-key" }, "API key"),
     input,
     h("div", { class: "actions" }, h("button", { type: "submit" }, "Sign in")),
@@ -111,6 +126,7 @@ async function start() {
     caller = await get("/api/caller");
   } catch (error) {
     const hadKey = Boolean(key.get());
+    if (error instanceof ApiError && error.code === "sign_in_required") easyAuth = true;
     if (error instanceof ApiError && error.status === 401) {
       key.clear();
       signIn(hadKey ? error.message : null);
@@ -134,7 +150,9 @@ async function start() {
     who,
     h("span", { class: "caller", title: caller.rights.join(", ") }, caller.name),
     h("span", { class: `badge ${current.canAct ? "rights-act" : "rights-read"}` }, rights),
-    key.get() ? h("button", { type: "button", class: "secondary small", onclick: signOut }, "Sign out") : null,
+    key.get()
+      ? h("button", { type: "button", class: "secondary small", onclick: signOut }, "Sign out")
+      : h("a", { href: `${EASY_AUTH_LOGOUT}?post_logout_redirect_uri=/`, id: "entra-sign-out" }, "Sign out"),
   );
   await show();
 }

@@ -3,9 +3,10 @@
 
 import { del, get, post, query } from "./api.js";
 import { openDistill, openEvaluate } from "./jobs.js";
-import { chips, clip, confirmDialog, h, number, replace, when } from "./dom.js";
+import { chips, clip, confirmDialog, h, isoDate, number, replace, when } from "./dom.js";
 
 const PAGE = 25;
+const COLUMN_CLASSES = { Output: "col-output", Tokens: "num col-tokens" };
 const LIST = "/openai/v1/chat/completions";
 
 // Kept across view switches within the tab, so coming back shows the same filter and page.
@@ -16,7 +17,6 @@ const state = {
   allMatching: false,
   openId: null,
 };
-const previews = new Map(); // completion id -> first user message preview (the list API has none)
 
 export function activeFilter() {
   const filter = {};
@@ -96,7 +96,16 @@ export async function renderCompletions(main, ctx) {
     drawPager();
     drawToolbar();
     status.textContent = `${page.data.length} completions shown.`;
-    fillPreviews(page.data);
+  }
+
+  // A metadata chip narrows the filter to its pair (replacing any pair with the same key).
+  function filterOn(name, value) {
+    const pairs = state.filter.metadata.filter(([key]) => key.trim() && key.trim() !== name);
+    state.filter.metadata = [...pairs, [name, value]];
+    state.cursors = [null];
+    state.selected.clear();
+    state.allMatching = false;
+    renderCompletions(main, ctx);
   }
 
   function filterForm() {
@@ -248,8 +257,8 @@ export async function renderCompletions(main, ctx) {
       "tr",
       {},
       ctx.canAct ? h("th", { scope: "col", class: "check" }, h("span", { class: "sr-only" }, "Select")) : null,
-      ["Created", "Model", "Metadata", "First user message", "Output", "Tokens"].map((label) =>
-        h("th", { scope: "col", class: label === "Tokens" ? "num" : null }, label),
+      ["Created", "Deployment → model", "Metadata", "First user message", "Output", "Tokens"].map((label) =>
+        h("th", { scope: "col", class: COLUMN_CLASSES[label] ?? null }, label),
       ),
     );
     const rows = page.data.map((completion) => {
@@ -275,12 +284,16 @@ export async function renderCompletions(main, ctx) {
               }),
             )
           : null,
-        h("td", { class: "nowrap" }, h("button", { type: "button", class: "link open-detail", onclick: () => openDetail(completion.id) }, when(completion.created))),
-        h("td", {}, completion.model),
-        h("td", {}, chips(completion.metadata)),
-        h("td", { class: "preview user-preview" }, previews.get(completion.id) ?? h("span", { class: "muted" }, "…")),
-        h("td", { class: "preview" }, clip(output, 90)),
-        h("td", { class: "num" }, number(completion.usage?.total_tokens)),
+        h(
+          "td",
+          { class: "nowrap" },
+          h("button", { type: "button", class: "link open-detail", title: `${completion.id}\n${isoDate(completion.created)}`, onclick: () => openDetail(completion.id) }, when(completion.created)),
+        ),
+        h("td", { class: "model" }, modelCell(completion)),
+        h("td", { class: "metadata" }, chips(completion.metadata, filterOn)),
+        h("td", { class: "preview user-preview" }, userPreview(completion.distillery?.preview)),
+        h("td", { class: "preview col-output" }, clip(output, 90)),
+        h("td", { class: "num col-tokens" }, number(completion.usage?.total_tokens)),
       );
       row.addEventListener("click", (event) => {
         if (event.target.closest("input, button, a")) return;
@@ -317,28 +330,6 @@ export async function renderCompletions(main, ctx) {
     );
   }
 
-  // The list API has no input messages; fetch the first few of each row, a few rows at a time.
-  async function fillPreviews(completions) {
-    const queue = completions.filter((completion) => !previews.has(completion.id));
-    const worker = async () => {
-      while (queue.length) {
-        const completion = queue.shift();
-        let text = "";
-        try {
-          const messages = await get(`${LIST}/${encodeURIComponent(completion.id)}/messages?limit=10`);
-          const user = messages.data.find((m) => m.role === "user");
-          text = user ? clip(user.content ?? "(no text)", 90) : "(no user message)";
-        } catch {
-          text = "(unavailable)";
-        }
-        previews.set(completion.id, text);
-        const cell = table.querySelector(`tr[data-id="${CSS.escape(completion.id)}"] .user-preview`);
-        if (cell) replace(cell, text);
-      }
-    };
-    await Promise.all([worker(), worker(), worker(), worker()]);
-  }
-
   async function openDetail(id) {
     state.openId = id;
     for (const row of table.querySelectorAll("tr[data-id]")) row.classList.toggle("open", row.dataset.id === id);
@@ -355,11 +346,31 @@ export async function renderCompletions(main, ctx) {
         for (const row of table.querySelectorAll("tr.open")) row.classList.remove("open");
       },
       changed: load,
+      filterOn,
     });
   }
 
+  detail.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") detail.querySelector("button[aria-label='Close detail']")?.click();
+  });
+
   await load();
   if (state.openId) openDetail(state.openId);
+}
+
+// The deployment the caller asked for, and the model that answered when it says something else.
+function modelCell(completion) {
+  const deployment = completion.distillery?.deployment ?? completion.model;
+  const answered = completion.model && completion.model !== deployment ? completion.model : null;
+  return [
+    h("span", { class: "deployment", title: `Asked for deployment ${deployment}` }, deployment),
+    answered ? h("span", { class: "answered muted", title: `Answered by model ${answered}` }, `→ ${answered}`) : null,
+  ];
+}
+
+function userPreview(preview) {
+  if (preview === null || preview === undefined) return h("span", { class: "muted" }, "(no user message)");
+  return preview ? clip(preview, 90) : h("span", { class: "muted" }, "(no text)");
 }
 
 function toolSummary(calls) {
@@ -378,7 +389,7 @@ async function allMessages(id) {
   }
 }
 
-async function renderDetail(panel, id, ctx, { close, changed }) {
+async function renderDetail(panel, id, ctx, { close, changed, filterOn }) {
   let completion;
   let messages;
   try {
@@ -397,13 +408,15 @@ async function renderDetail(panel, id, ctx, { close, changed }) {
       "dl",
       { class: "facts" },
       h("dt", {}, "Id"), h("dd", {}, h("code", {}, completion.id)),
-      h("dt", {}, "Created"), h("dd", {}, when(completion.created)),
-      h("dt", {}, "Model"), h("dd", {}, completion.model),
+      h("dt", {}, "Created"), h("dd", {}, h("time", { datetime: isoDate(completion.created) }, when(completion.created))),
+      h("dt", {}, "Deployment"), h("dd", { class: "fact-deployment" }, completion.distillery?.deployment ?? "—"),
+      h("dt", {}, "Model"), h("dd", { class: "fact-model" }, completion.model),
       h("dt", {}, "Finish"), h("dd", {}, completion.choices?.[0]?.finish_reason ?? "—"),
       h("dt", {}, "Tokens"),
       h("dd", {}, `${number(usage.prompt_tokens)} in · ${number(usage.completion_tokens)} out · ${number(usage.total_tokens)} total`),
     ),
-    metadataSection(completion, ctx, changed),
+    metadataSection(completion, ctx, changed, filterOn),
+    toolsSection(completion.tools, completion.tool_choice),
     h("h3", {}, `Conversation (${messages.length + (output ? 1 : 0)} messages)`),
     h("ol", { class: "conversation" }, messages.map((m) => messageItem(m, false)), output ? messageItem(output, true) : null),
     ctx.canAct
@@ -469,8 +482,35 @@ function prettyArguments(text) {
   }
 }
 
-function metadataSection(completion, ctx, changed) {
-  if (!ctx.canAct) return h("section", {}, h("h3", {}, "Metadata"), chips(completion.metadata));
+// The tool definitions the request offered the model: name, description and parameter schema.
+function toolsSection(tools, choice) {
+  if (!tools || !tools.length) return null;
+  return h(
+    "section",
+    { class: "tools", "aria-labelledby": "tools-title" },
+    h("h3", { id: "tools-title" }, `Tools offered (${tools.length})`, choice ? h("span", { class: "muted" }, ` · tool_choice ${typeof choice === "string" ? choice : JSON.stringify(choice)}`) : null),
+    h(
+      "ul",
+      { class: "tool-defs" },
+      tools.map((tool) => {
+        const fn = tool.function || {};
+        return h(
+          "li",
+          { class: "tool-def" },
+          h(
+            "details",
+            {},
+            h("summary", {}, h("code", { class: "tool-def-name" }, fn.name ?? tool.type), fn.description ? h("span", { class: "muted" }, ` ${fn.description}`) : null),
+            h("pre", {}, JSON.stringify(tool.function ? fn.parameters ?? {} : tool, null, 2)),
+          ),
+        );
+      }),
+    ),
+  );
+}
+
+function metadataSection(completion, ctx, changed, filterOn) {
+  if (!ctx.canAct) return h("section", {}, h("h3", {}, "Metadata"), chips(completion.metadata, filterOn));
   const pairs = Object.entries(completion.metadata || {});
   if (!pairs.length) pairs.push(["", ""]);
   const rows = h("div", { class: "metadata-rows" });

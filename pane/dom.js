@@ -41,7 +41,8 @@ export function svg(tag, attributes = {}, ...children) {
 export function when(seconds) {
   if (!seconds) return "—";
   const date = new Date(seconds * 1000);
-  return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  // Seconds: completions captured in one minute would otherwise all read the same.
+  return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" });
 }
 
 export function isoDate(seconds) {
@@ -74,13 +75,23 @@ export function statusBadge(status) {
   return h("span", { class: `badge status-${status}` }, status);
 }
 
-export function chips(metadata) {
+// Metadata pairs as chips; with `pick`, each chip is a button that filters on its pair.
+export function chips(metadata, pick) {
   const entries = Object.entries(metadata || {});
   if (!entries.length) return h("span", { class: "muted" }, "—");
+  const chip = (name, value) => [h("span", { class: "chip-key" }, name), "=", clip(value, 40)];
   return h(
     "ul",
     { class: "chips", "aria-label": "metadata" },
-    entries.map(([name, value]) => h("li", { class: "chip" }, h("span", { class: "chip-key" }, name), "=", value)),
+    entries.map(([name, value]) =>
+      h(
+        "li",
+        { class: "chip" },
+        pick
+          ? h("button", { type: "button", class: "chip-filter", title: `Filter on ${name}=${value}`, onclick: () => pick(name, value) }, chip(name, value))
+          : h("span", { title: `${name}=${value}` }, chip(name, value)),
+      ),
+    ),
   );
 }
 

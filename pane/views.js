@@ -2,7 +2,7 @@
 
 import { del, get, query, report } from "./api.js";
 import { bytes, confirmDialog, h, number, replace, statusBadge, svg, when } from "./dom.js";
-import { datasetProgress, datasetResult, passRateChart, runSummary } from "./jobs.js";
+import { datasetProgress, datasetResult, runProgress, runSummary } from "./jobs.js";
 
 function section(title, id, ...children) {
   return h("section", { class: "view", "aria-labelledby": id }, h("h1", { id }, title), ...children);
@@ -78,7 +78,8 @@ function datasetCard(dataset, ctx) {
   return card;
 }
 
-export async function renderEvals(main, ctx) {
+export async function renderEvals(main, ctx, [evalId, runId] = []) {
+  if (evalId && runId) return renderRun(main, ctx, evalId, runId);
   const list = h("div", { class: "cards" });
   replace(main, section("Eval runs", "evals-title", list));
   const evals = await get("/api/evals?limit=20&order=desc");
@@ -103,7 +104,12 @@ export async function renderEvals(main, ctx) {
           runs,
           page.data.length
             ? page.data.map((run) =>
-                h("div", { class: "run" }, h("h3", {}, run.name || run.id, " ", statusBadge(run.status), h("span", { class: "muted" }, ` model ${run.model} · ${when(run.created_at)}`)), runSummary(run)),
+                h(
+                  "div",
+                  { class: "run" },
+                  h("h3", {}, h("a", { href: runLink(run) }, run.name || run.id), " ", statusBadge(run.status), h("span", { class: "muted" }, ` model ${run.model} · ${when(run.created_at)}`)),
+                  runSummary(run),
+                ),
               )
             : empty("No runs yet."),
         ),
@@ -113,6 +119,44 @@ export async function renderEvals(main, ctx) {
         ctx.showError(error);
       });
   }
+}
+
+function runLink(run) {
+  return `#evals/${encodeURIComponent(run.eval_id)}/${encodeURIComponent(run.id)}`;
+}
+
+// One eval run, at `#evals/<eval id>/<run id>`: the page `distillery eval run` prints a link to.
+// Live until the run finishes, then its counts and pass rate per grader.
+async function renderRun(main, ctx, evalId, runId) {
+  const [evaluation, run] = await Promise.all([
+    get(`/api/evals/${encodeURIComponent(evalId)}`),
+    get(`/api/evals/${encodeURIComponent(evalId)}/runs/${encodeURIComponent(runId)}`),
+  ]);
+  const card = h(
+    "article",
+    { class: "card run-view", "aria-labelledby": "run-title" },
+    h(
+      "p",
+      { class: "muted" },
+      "Eval ",
+      h("strong", {}, evaluation.name || evaluation.id),
+      " ",
+      h("code", {}, evaluation.id),
+      ` · model ${run.model} · created ${when(run.created_at)}`,
+    ),
+    evaluation.testing_criteria.length ? h("p", { class: "muted" }, `Graders: ${evaluation.testing_criteria.map((c) => c.name).join(", ")}`) : null,
+  );
+  card.append(runProgress(run, () => !card.isConnected, ctx));
+  replace(
+    main,
+    h(
+      "section",
+      { class: "view", "aria-labelledby": "run-title" },
+      h("p", {}, h("a", { href: "#evals" }, "← All eval runs")),
+      h("h1", { id: "run-title" }, `Eval run: ${run.name || run.id}`),
+      card,
+    ),
+  );
 }
 
 export async function renderFineTuning(main) {

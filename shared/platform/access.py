@@ -232,6 +232,12 @@ class Authenticator:
 
     def _key_identity(self, headers: Mapping[str, str]) -> ServiceKey:
         key = presented_key(headers)
+        if key is None and self._trust_app_service_auth:
+            # No session and no key behind App Service Authentication: the pane offers its sign-in link.
+            raise AuthenticationFailed(
+                "Not signed in: sign in at /.auth/login/aad, or send an API key in the 'api-key' header.",
+                code="sign_in_required",
+            )
         if key is None:
             raise AuthenticationFailed(
                 "Missing API key: send it in the 'api-key' header or as 'Authorization: Bearer <key>'.",

@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 from shared.platform.access import OwnerId
 
 FORMAT_VERSION: Literal[1] = 1
+PREVIEW_CHARS = 200
+"""The longest `distillery.preview` a list item carries: enough for a table cell, never a whole prompt."""
 
 
 class StoredCompletion(BaseModel):
@@ -40,7 +42,25 @@ class StoredCompletion(BaseModel):
         for key in ("seed", "temperature", "top_p", "tool_choice", "tools"):
             if key in self.request and key not in view:
                 view[key] = self.request[key]
+        # Distillery's own fields sit in one namespace the SDK keeps as an extra and OpenAI never fills.
+        view["distillery"] = {"deployment": self.deployment}
         return view
+
+    def as_list_item(self) -> dict[str, Any]:
+        """The `chat.completion` a list returns: the retrieve view plus a short preview of the question,
+        so a table of completions needs no request per row for its input."""
+        view = self.as_chat_completion()
+        view["distillery"]["preview"] = self.preview()
+        return view
+
+    def preview(self) -> str | None:
+        """The first user message's text (its text parts joined), whitespace collapsed, at most
+        `PREVIEW_CHARS` characters; None when the request has no user message."""
+        for index, message in enumerate(self.request["messages"]):
+            if message.get("role") == "user":
+                text = " ".join(str(_store_message(self.id, index, message)["content"] or "").split())
+                return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
+        return None
 
     def input_messages(self) -> list[dict[str, Any]]:
         """Request messages in the `messages.list` shape, ids `<completion_id>-<index>`."""

@@ -159,3 +159,33 @@ def test_unknown_or_malformed_ids_are_404(host: RunningHost, bad_id: str) -> Non
             response = http.request(method, f"/openai/chat/completions/{bad_id}")
             assert response.status_code == 404, (method, bad_id, response.text)
             assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_list_items_carry_the_deployment_and_a_bounded_preview(
+    host: RunningHost, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    client = host.openai_client()
+    question = "Why  was my card\n declined? " + "x" * 500
+    asked = [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": question}],
+        [{"role": "user", "content": [{"type": "text", "text": "Two "}, {"type": "text", "text": "parts"}]}],
+        [{"role": "system", "content": "Nobody asks anything."}],
+    ]
+    ids = [
+        client.chat.completions.create(
+            model="support-bot",
+            store=True,
+            metadata={"tag": tag},
+            messages=messages,  # type: ignore[arg-type]
+        ).id
+        for messages in asked
+    ]
+    listed = list(client.chat.completions.list(metadata={"tag": tag}))
+    assert [c.id for c in listed] == ids and {c.model for c in listed} == {FAKE_MODEL}
+    extras = [c.model_extra["distillery"] for c in listed if c.model_extra]
+    assert [extra["deployment"] for extra in extras] == ["support-bot"] * 3
+    previews = [extra["preview"] for extra in extras]
+    assert previews[0] == ("Why was my card declined? " + "x" * 500)[:199] + "…" and len(previews[0]) == 200
+    assert previews[1:] == ["Two parts", None]
+    retrieved = client.chat.completions.retrieve(ids[0]).model_extra
+    assert retrieved == {"distillery": {"deployment": "support-bot"}}, "the preview is for lists only"

@@ -69,6 +69,22 @@ def pane_host(
     running.stop()
 
 
+@pytest.fixture(scope="session")
+def entra_host(
+    azurite: Azurite, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningHost]:
+    """A host behind (simulated) App Service Authentication: it trusts the principal header."""
+    running, _ = start_keyed_host(
+        azurite.connection_string,
+        tmp_path_factory.mktemp("entra-host"),
+        {},
+        OPENAI_BASE_URL=upstream.base_url,
+        DISTILLERY_TRUST_APP_SERVICE_AUTH="true",
+    )
+    yield running
+    running.stop()
+
+
 @pytest.fixture
 def page(browser: Browser, tmp_path: Path) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)

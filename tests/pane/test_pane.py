@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
+from typer.testing import CliRunner
 
+from distillery_cli.main import app as cli_app
+from tests.callers import principal
 from tests.conftest import RunningHost
-from tests.fakes import FakeUpstream, Reply
+from tests.fakes import FAKE_MODEL, FakeUpstream, Reply
 from tests.pane.conftest import screenshot
 
 Host = tuple[RunningHost, dict[str, str]]
@@ -87,6 +90,32 @@ def store_tool_conversation(host: RunningHost, upstream: FakeUpstream, tag: str)
     )
 
 
+DESKTOP_SIZES = [{"width": 1280, "height": 800}, {"width": 1920, "height": 1080}]
+
+OVERFLOWING = """panel => {
+    const left = panel.getBoundingClientRect().left + panel.clientLeft;
+    const right = left + panel.clientWidth;
+    const found = panel.scrollWidth > panel.clientWidth ? [`panel scrolls by ${panel.scrollWidth - panel.clientWidth}px`] : [];
+    for (const element of panel.querySelectorAll("*")) {
+        const box = element.getBoundingClientRect();
+        if (!box.width || !box.height) continue;
+        if (box.right > right + 0.5 || box.left < left - 0.5) {
+            found.push(`${element.tagName.toLowerCase()}.${element.className} ${Math.round(box.left)}..${Math.round(box.right)}`);
+        }
+    }
+    return found;
+}"""
+"""What inside `panel` sticks out of its content box sideways (hidden elements aside)."""
+
+SIDEWAYS_SCROLL = """() => {
+    const wrap = document.querySelector(".table-wrap");
+    return {
+        table: wrap.scrollWidth - wrap.clientWidth,
+        page: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+    };
+}"""
+
+
 def sign_in(page: Page, host: RunningHost, key: str) -> None:
     page.goto(host.url + "/")
     page.get_by_label("API key").fill(key)
@@ -111,6 +140,7 @@ def test_sign_in_filter_open_and_edit_metadata(
     ids = store(host, 4, tag=tag)
     page.goto(host.url + "/")
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.get_by_role("link", name="Sign in with Microsoft")).to_have_count(0)  # no App Service Authentication
     page.get_by_label("API key").fill("not-a-key")
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("alert")).to_contain_text("Incorrect API key provided.")
@@ -161,6 +191,14 @@ def test_a_long_tool_call_conversation_and_delete(
     expect(detail.locator(".tool-call .tool-name")).to_have_count(4)
     expect(detail.locator(".message.output .tool-name").first).to_contain_text("forecast")
     expect(detail.locator(".message.role-tool").first).to_contain_text("result of call_0")
+    tools = detail.get_by_role("region", name=re.compile("Tools offered"))
+    expect(tools).to_contain_text("Tools offered (3)")
+    expect(tools.locator(".tool-def-name")).to_have_text(["weather", "forecast", "air_quality"])
+    schema = tools.locator(".tool-def pre").nth(1)
+    expect(schema).to_be_hidden()
+    tools.get_by_text("forecast tool").click()
+    expect(schema).to_be_visible()
+    expect(schema).to_contain_text('"city"')
     page.set_viewport_size({"width": 1440, "height": 1500})
     screenshot(page, "detail-tool-calls")
     page.set_viewport_size({"width": 1440, "height": 900})
@@ -317,3 +355,169 @@ def test_evaluate_the_selection_and_see_pass_rates(
     expect(card.locator(".badge.status-completed")).to_be_visible()
     expect(card.locator("svg.chart .chart-value")).to_have_text("100%")
     screenshot(page, "eval-runs")
+
+
+def test_rows_show_seconds_deployment_and_preview_with_no_request_per_row(
+    page: Page, pane_host: Host, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    host, keys = pane_host
+    ids = store(host, 3, tag=tag)
+    sign_in(page, host, keys["full"])
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    filter_by(page, tag=tag)
+    rows = page.locator("table.completions tbody tr")
+    expect(rows).to_have_count(3)
+    expect(rows.locator(".user-preview")).to_have_text([f"{QUESTIONS[n]} (ticket {4100 + n})" for n in (2, 1, 0)])
+    api_calls = [url for url in requested if "/openai/" in url]
+    assert len(api_calls) == 1 and "/messages" not in api_calls[0], "one list call draws every row's preview"
+
+    created = rows.first.locator("button.open-detail")
+    expect(created).to_have_text(re.compile(r"\d{1,2}:\d{2}:\d{2}"))  # seconds, not minutes only
+    expect(created).to_have_attribute("title", re.compile(f"^{ids[2]}\n"))
+    # store() asks for gpt-4o-mini (n=0) and gpt-4o; the fake upstream answers as FAKE_MODEL.
+    expect(rows.locator("td.model .deployment")).to_have_text(["gpt-4o", "gpt-4o", "gpt-4o-mini"])
+    expect(rows.first.locator("td.model .answered")).to_have_text(f"→ {FAKE_MODEL}")
+    rows.first.locator("button.open-detail").click()
+    detail = page.get_by_role("complementary", name="Completion detail")
+    expect(detail.locator(".fact-deployment")).to_have_text("gpt-4o")
+    expect(detail.locator(".fact-model")).to_have_text(FAKE_MODEL)
+
+
+def test_a_metadata_chip_filters_on_its_pair(
+    page: Page, pane_host: Host, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    host, keys = pane_host
+    ids = store(host, 4, tag=tag)  # channel: email, web, email, web
+    sign_in(page, host, keys["full"])
+    filter_by(page, tag=tag)
+    rows = page.locator("table.completions tbody tr")
+    expect(rows).to_have_count(4)
+    rows.first.get_by_role("button", name="channel=web").click()
+    expect(rows).to_have_count(2)
+    assert rows.evaluate_all("rows => rows.map(row => row.dataset.id)") == [ids[3], ids[1]]
+    expect(page.locator("#meta-key-1")).to_have_value("channel")
+    expect(page.locator("#meta-value-1")).to_have_value("web")
+    rows.first.get_by_role("button", name="channel=web").click()  # the same pair again narrows nothing more
+    expect(page.locator(".metadata-rows .pair")).to_have_count(2)
+
+
+def test_nothing_overflows_the_detail_or_the_table_at_desktop_sizes(
+    page: Page, pane_host: Host, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    host, keys = pane_host
+    unbroken = "x" * 300
+    host.openai_client().chat.completions.create(
+        model="a-deployment-with-a-rather-long-name-for-support",
+        store=True,
+        metadata={"tag": tag, "customer": "contoso-" + unbroken[:200], "channel": "web", "region": "westeurope"},
+        messages=[{"role": "user", "content": "Why was my card declined? " + unbroken}],
+    )
+    conversation = store_tool_conversation(host, fake_upstream, tag)
+    sign_in(page, host, keys["full"])
+    filter_by(page, tag=tag)
+    rows = page.locator("table.completions tbody tr")
+    expect(rows).to_have_count(2)
+    detail = page.get_by_role("complementary", name="Completion detail")
+    for size in DESKTOP_SIZES:
+        page.set_viewport_size(size)
+        assert page.evaluate(SIDEWAYS_SCROLL) == {"table": 0, "page": 0}, size
+        for row in (rows.nth(0), rows.nth(1)):
+            row.locator("button.open-detail").click()
+            expect(detail.locator(".message.output")).to_be_visible()
+            for summary in detail.locator(".tool-def summary").all():
+                summary.click()  # the parameter schemas too
+            assert detail.evaluate(OVERFLOWING) == [], (size, row.get_attribute("data-id"))
+            assert page.evaluate(SIDEWAYS_SCROLL) == {"table": 0, "page": 0}, size
+            expect(detail.get_by_role("button", name=re.compile("Remove metadata")).last).to_be_in_viewport()
+        if size["width"] == 1280:
+            page.locator(f'tr[data-id="{conversation}"] button.open-detail').click()
+            expect(detail.locator(".message.output .tool-name").first).to_be_visible()
+            screenshot(page, "detail-1280")
+        if size["width"] == 1280:
+            detail.locator("#detail-title").press("Escape")
+        else:
+            detail.get_by_role("button", name="Close detail").click()
+        expect(detail).to_be_hidden()
+        assert page.evaluate(SIDEWAYS_SCROLL) == {"table": 0, "page": 0}, size
+
+
+def test_behind_app_service_auth_the_pane_offers_the_sign_in_link(
+    browser: Browser, entra_host: RunningHost, fake_upstream: FakeUpstream
+) -> None:
+    anonymous = browser.new_context()
+    page = anonymous.new_page()
+    page.goto(entra_host.url + "/#health")
+    link = page.get_by_role("link", name="Sign in with Microsoft")
+    expect(link).to_have_attribute("href", "/.auth/login/aad?post_login_redirect_uri=%2F%23health")
+    expect(page.get_by_label("API key")).to_be_visible()  # keys keep working alongside
+    screenshot(page, "sign-in-entra")
+    anonymous.close()
+
+    # After sign-in the platform adds the principal header to every request; the pane needs no key.
+    signed_in = browser.new_context(
+        extra_http_headers={"x-ms-client-principal": principal("StoredCompletions.Reader", name="alice@contoso.com")}
+    )
+    page = signed_in.new_page()
+    page.goto(entra_host.url + "/")
+    expect(page.locator(".who")).to_contain_text("alice@contoso.com")
+    expect(page.locator(".who").get_by_role("link", name="Sign out")).to_have_attribute(
+        "href", "/.auth/logout?post_logout_redirect_uri=/"
+    )
+    expect(page.get_by_text("No stored completions yet.").or_(page.locator("table.completions"))).to_be_visible()
+    signed_in.close()
+
+
+def test_the_cli_report_link_opens_the_run_in_the_pane(
+    page: Page, pane_host: Host, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    host, keys = pane_host
+    store(host, 2, tag=tag)
+    evaluation = host.openai_client().evals.create(
+        name=f"linked {tag}",
+        data_source_config={"type": "stored_completions", "metadata": {"tag": tag}},
+        testing_criteria=[
+            {
+                "type": "string_check",
+                "name": "is the fake model",
+                "input": "{{sample.output_text}}",
+                "reference": "fake:",
+                "operation": "ilike",
+            }  # type: ignore[list-item]
+        ],
+    )
+    result = CliRunner().invoke(
+        cli_app,
+        [
+            "--url",
+            host.url,
+            "--api-key",
+            keys["full"],
+            "eval",
+            "run",
+            evaluation.id,
+            "--data",
+            "stored_completions",
+            "-m",
+            f"tag={tag}",
+            "--wait",
+        ],
+        env={"DISTILLERY_ENTRA_SCOPE": None, "COLUMNS": "250"},
+    )
+    assert result.exit_code == 0, result.output
+    [url] = [line.removeprefix("report: ") for line in result.stdout.splitlines() if line.startswith("report: ")]
+    assert re.fullmatch(f"{re.escape(host.url)}/#evals/{evaluation.id}/evalrun_[0-9a-f]+", url), url
+
+    page.goto(url)  # a browser with no key yet: sign in, then land on the run
+    page.get_by_label("API key").fill(keys["full"])
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name=re.compile("^Eval run"))).to_be_visible()
+    view = page.locator("article.run-view")
+    expect(view).to_contain_text(f"linked {tag}")
+    expect(view.locator(".badge.status-completed")).to_be_visible()
+    expect(view.locator(".counts")).to_contain_text("Passed2Failed0Errored0Total2")
+    screenshot(page, "eval-run")
+    page.get_by_role("link", name="← All eval runs").click()
+    expect(page.locator("article", has_text=f"linked {tag}").get_by_role("link")).to_have_attribute(
+        "href", url.removeprefix(host.url + "/")
+    )

@@ -115,6 +115,15 @@ def test_malformed_trusted_principal_is_401(header: str) -> None:
         authenticator(trust_app_service_auth=True).authenticate({"x-ms-client-principal": header})
 
 
+def test_no_credentials_behind_app_service_auth_asks_to_sign_in() -> None:
+    with pytest.raises(AuthenticationFailed) as trusted:
+        authenticator(trust_app_service_auth=True).authenticate({})
+    assert trusted.value.code == "sign_in_required" and "/.auth/login/aad" in trusted.value.message
+    with pytest.raises(AuthenticationFailed) as keyed:
+        authenticator().authenticate({})
+    assert keyed.value.code == "missing_api_key"
+
+
 def test_owner_scope_applies_without_all_owners() -> None:
     auth = authenticator(owner_scoping=True, trust_app_service_auth=True)
     assert auth.authenticate({"api-key": "reader-key"}).scope == "key:reader"
