@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
@@ -65,9 +66,10 @@ async def cancel_fine_tuning_job(req: Request, caller: Caller | None) -> Respons
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%FINE_TUNING_JOBS_QUEUE%", connection="ServiceBusConnection")
 async def run_fine_tuning_job(msg: func.ServiceBusMessage) -> None:
     """Check, upload and create one job's upstream job; raising makes Service Bus retry, then dead-letter it."""
+    started = time.monotonic()  # the delivery's budget counts from here, not from the first upload
     services = get_services()
     with delivery_span(services.settings.fine_tuning_jobs_queue, msg.message_id, msg.application_properties):
-        await services.fine_tuning.handle(msg.get_body(), delivery_count=msg.delivery_count or 1)
+        await services.fine_tuning.handle(msg.get_body(), delivery_count=msg.delivery_count or 1, started=started)
 
 
 @bp.timer_trigger(arg_name="timer", schedule="%FINE_TUNING_TRACK_SCHEDULE%", run_on_startup=False)

@@ -249,7 +249,7 @@ class Services:
             api=build_fine_tuning_api(settings, self.credential),
             job_queue=self.job_queue,
             queue_name=settings.fine_tuning_jobs_queue,
-            file_wait_seconds=settings.fine_tuning_file_wait_seconds,
+            delivery_seconds=settings.fine_tuning_delivery_seconds,
             max_delivery_count=settings.fine_tuning_max_delivery_count,
         )
 

@@ -123,7 +123,9 @@ var appSettings = {
   MODEL_CALL_MAX_ATTEMPTS: '5'
   FINE_TUNING_CONTAINER: fineTuningContainerName
   FINE_TUNING_JOBS_QUEUE: fineTuningJobsQueueName
-  FINE_TUNING_FILE_WAIT_SECONDS: '240'
+  // A preparation delivery ends 240 s after it began (what is left goes on in a new message): well
+  // inside host.json's 10-minute maxAutoLockRenewalDuration, so its lock never lapses mid-upload.
+  FINE_TUNING_DELIVERY_SECONDS: '240'
   FINE_TUNING_MAX_DELIVERY_COUNT: '5'
   FINE_TUNING_TRACK_SCHEDULE: fineTuningTrackSchedule
   RETENTION_DAYS: string(retentionDays)
