@@ -24,7 +24,10 @@ param evalDefaultTokenCap int
 param fineTuningContainerName string
 param fineTuningJobsQueueName string
 param fineTuningTrackSchedule string
+param fineTuningDeploymentSku string
+param fineTuningDeploymentCapacity int
 param azureOpenAiEndpoint string
+param azureOpenAiResourceId string
 param azureOpenAiApiVersion string
 param openAiBaseUrl string
 param deploymentModels string
@@ -128,6 +131,10 @@ var appSettings = {
   FINE_TUNING_DELIVERY_SECONDS: '240'
   FINE_TUNING_MAX_DELIVERY_COUNT: '5'
   FINE_TUNING_TRACK_SCHEDULE: fineTuningTrackSchedule
+  // Deploying fine-tuned models goes through Resource Manager (this cloud's) on the account below.
+  FINE_TUNING_DEPLOYMENT_SKU: fineTuningDeploymentSku
+  FINE_TUNING_DEPLOYMENT_CAPACITY: string(fineTuningDeploymentCapacity)
+  AZURE_RESOURCE_MANAGER_ENDPOINT: environment().resourceManager
   RETENTION_DAYS: string(retentionDays)
   RETENTION_SCHEDULE: retentionSchedule
   STORAGE_QUOTA_BYTES: storageQuotaBytes
@@ -146,6 +153,7 @@ var appSettings = {
 }
 var upstreamSettings = union(
   empty(azureOpenAiEndpoint) ? {} : { AZURE_OPENAI_ENDPOINT: azureOpenAiEndpoint },
+  empty(azureOpenAiResourceId) ? {} : { AZURE_OPENAI_RESOURCE_ID: azureOpenAiResourceId },
   empty(openAiBaseUrl) ? {} : { OPENAI_BASE_URL: openAiBaseUrl },
   empty(permissionProbeDeployment) ? {} : { PERMISSION_PROBE_DEPLOYMENT: permissionProbeDeployment }
 )

@@ -91,6 +91,39 @@ class FineTuningError(BaseModel):
     hint: str | None = None
 
 
+class StudentDeployment(BaseModel):
+    """A deployment of the job's fine-tuned model: lineage job -> model -> deployment."""
+
+    name: str
+    model: str
+    managed: bool
+    """Created (and deleted) by Distillery through the control plane; False: an existing deployment
+    registered by hand (nothing upstream is created or deleted for it)."""
+    sku: str | None = None
+    capacity: int | None = None
+    provisioning_state: str
+    """Azure's: Accepted, Creating, Succeeded, Failed...; `Deleted` once deleted here."""
+    created_at: int
+    updated_at: int
+    error: FineTuningError | None = None
+
+    def view(self, job_id: str) -> dict[str, Any]:
+        return {
+            "object": "distillery.fine_tuning_deployment",
+            "id": self.name,
+            "name": self.name,
+            "fine_tuning_job_id": job_id,
+            "model": self.model,
+            "managed": self.managed,
+            "sku": self.sku,
+            "capacity": self.capacity,
+            "provisioning_state": self.provisioning_state,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "error": self.error.model_dump() if self.error else None,
+        }
+
+
 class FineTuningRecord(BaseModel):
     """`<id>.json` in the fine-tuning container."""
 
@@ -117,6 +150,7 @@ class FineTuningRecord(BaseModel):
     checkpoints: list[dict[str, Any]] = Field(default_factory=list)
     error: FineTuningError | None = None
     cancel_requested: bool = False
+    deployments: list[StudentDeployment] = Field(default_factory=list)
     dataset: dict[str, Any] = Field(default_factory=dict)
     """Lineage: the dataset manifest's name, selection, counts and source digest."""
 
@@ -147,11 +181,13 @@ class FineTuningRecord(BaseModel):
             "checkpoints": self.checkpoints,
             "error": self.error.model_dump() if self.error else None,
             "files_deleted_at": self.files_deleted_at,
+            "deployments": [deployment.view(self.id) for deployment in self.deployments],
             "lineage": {
                 "dataset": self.dataset,
                 "files": self.files,
                 "upstream_job_id": self.upstream_job_id,
                 "fine_tuned_model": self.fine_tuned_model,
+                "deployments": [deployment.name for deployment in self.deployments],
             },
         }
 
@@ -521,6 +557,20 @@ class FineTuningJobs:
                 etag = await self._save(record, etag)
                 if self.api is not None:
                     await self._delete_files(record, etag)
+
+    async def read_visible(self, job_id: str, owner: str | None) -> tuple[FineTuningRecord, str]:
+        """The caller's job record with its etag, as stored (for the deployments kept in it)."""
+        return await self._read_visible(job_id, owner)
+
+    async def save(self, record: FineTuningRecord, etag: str) -> str:
+        """Write a record read with `read_visible`; `Superseded` when it changed in between."""
+        return await self._save(record, etag)
+
+    async def records(self) -> AsyncIterator[tuple[FineTuningRecord, str]]:
+        """Every job record with its etag (for the timers)."""
+        for name in await self.blobs.names(""):
+            with contextlib.suppress(NotFound):
+                yield await self._read(name.removesuffix(".json"))
 
     async def _read(self, job_id: str) -> tuple[FineTuningRecord, str]:
         raw, etag = await self.blobs.get(_name(job_id), missing=f"No fine-tuning job found with id '{job_id}'.")
