@@ -328,7 +328,8 @@ class FineTuningJobs:
                 etag = await self.blobs.put(_name(record.id), record.model_dump_json(), etag=etag)
                 if record.upstream_job_id:
                     return await self.get(job_id, owner=owner)
-                await self._delete_files(record, etag)
+                if self.api is not None:
+                    await self._delete_files(record, etag)
                 return record
 
     async def track(self) -> int:
