@@ -303,13 +303,22 @@ class FakeUpstream:
             else [
                 {
                     "object": "fine_tuning.job.checkpoint",
+                    "id": "ftckpt-0",
+                    "fine_tuned_model_checkpoint": f"{job['fine_tuned_model']}:ckpt-step-5",
+                    "step_number": 5,
+                    "metrics": {"train_loss": 0.9},
+                    "fine_tuning_job_id": job["id"],
+                    "created_at": 1,
+                },
+                {
+                    "object": "fine_tuning.job.checkpoint",
                     "id": "ftckpt-1",
                     "fine_tuned_model_checkpoint": f"{job['fine_tuned_model']}:ckpt-step-10",
                     "step_number": 10,
                     "metrics": {"train_loss": 0.5},
                     "fine_tuning_job_id": job["id"],
                     "created_at": 2,
-                }
+                },
             ]
         )
         return JSONResponse({"object": "list", "data": data, "has_more": False})

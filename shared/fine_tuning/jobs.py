@@ -374,6 +374,7 @@ class FineTuningJobs:
                 await self._prepare(message, deadline)
         except Superseded:
             log.info("Fine-tuning job %s changed under this delivery; it stops", message.job_id)
+            await self._delete_files_if_ended(message.job_id)
         except _OutOfTime:
             log.info("Fine-tuning job %s goes on in a new delivery", message.job_id)
             await self._send(message.model_copy(update={"part": message.part + 1}))
@@ -447,6 +448,13 @@ class FineTuningJobs:
                 return str(upstream_file["id"])
         uploaded = await self.api.upload(upstream_name, functools.partial(self._chunks, record.dataset_id, name))
         return str(uploaded["id"])
+
+    async def _delete_files_if_ended(self, job_id: str) -> None:
+        """A job cancelled while this delivery uploaded: delete what it uploaded after the cancel's clean-up."""
+        with contextlib.suppress(NotFound):
+            record, etag = await self._read(job_id)
+            if record.finished and self.api is not None:
+                await self._delete_files(record, etag)
 
     async def _delete_files(self, record: FineTuningRecord, etag: str) -> None:
         """Delete the job's files upstream, recorded or not (an upload cut off before it was recorded
