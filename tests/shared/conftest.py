@@ -1,4 +1,4 @@
-"""Store-level fixtures: a fresh container and table on the session's Azurite for each test."""
+"""Fixtures on the session's Azurite: a fresh store, or the app's services with their own containers, table and queue."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from collections.abc import AsyncIterator
 import pytest
 from azure.data.tables.aio import TableServiceClient
 from azure.storage.blob.aio import BlobServiceClient
+from azure.storage.queue.aio import QueueClient
 
 from local_host.azurite import Azurite
+from shared.services import Services
 from shared.store.completion_index import CompletionIndex
 from shared.store.completion_store import CompletionStore
+from tests.conftest import ServicesFactory
 
 
 @pytest.fixture
@@ -24,3 +27,12 @@ async def store(azurite: Azurite) -> AsyncIterator[CompletionStore]:
         container = await blobs.create_container(name)
         table = await tables.create_table(name)
         yield CompletionStore(container=container, index=CompletionIndex(table))
+
+
+@pytest.fixture
+async def services(azurite: Azurite, make_services: ServicesFactory) -> Services:
+    """The app's services on Azurite, with this test's own containers, table and dataset queue."""
+    made = await make_services()
+    async with QueueClient.from_connection_string(azurite.connection_string, made.settings.dataset_jobs_queue) as queue:
+        await queue.create_queue()
+    return made

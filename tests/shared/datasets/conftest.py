@@ -1,4 +1,4 @@
-"""Dataset services on the session's Azurite, each test with its own container, table and queue."""
+"""Stored completions and dataset jobs as the dataset tests seed and read them."""
 
 from __future__ import annotations
 
@@ -6,28 +6,14 @@ import itertools
 import time
 from typing import Any
 
-import pytest
-from azure.storage.queue.aio import QueueClient
-
-from local_host.azurite import Azurite
 from shared.datasets.builder import DatasetJobs
 from shared.datasets.job import DatasetJob
 from shared.services import Services
 from shared.store import ids
 from shared.store.stored_completion import StoredCompletion
-from tests.conftest import ServicesFactory
 from tests.shared.queues import take_message
 
 _clock = itertools.count(time.time_ns() // 1000)
-
-
-@pytest.fixture
-async def services(azurite: Azurite, make_services: ServicesFactory) -> Services:
-    """The app's services on Azurite, with this test's own containers, table and dataset queue."""
-    made = await make_services()
-    async with QueueClient.from_connection_string(azurite.connection_string, made.settings.dataset_jobs_queue) as queue:
-        await queue.create_queue()
-    return made
 
 
 def stored(
