@@ -15,7 +15,7 @@ import typer
 from rich.text import Text
 from typer.core import TyperGroup
 
-from distillery_cli import completions, datasets, evals
+from distillery_cli import completions, datasets, evals, finetune
 from distillery_cli.client import DEFAULT_URL, ApiError, Connection
 from distillery_cli.common import (
     EXIT_API_ERROR,
@@ -60,6 +60,7 @@ app = typer.Typer(
 app.add_typer(completions.app, name="completions")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(evals.app, name="eval")
+app.add_typer(finetune.app, name="finetune")
 app.command("export")(export)
 
 

@@ -23,7 +23,7 @@ param principalType string = 'User'
 @description('Azure OpenAI endpoint to proxy, e.g. https://myaccount.openai.azure.com/; empty when OPENAI_BASE_URL is used or for the offline model.')
 param azureOpenAiEndpoint string = ''
 
-@description('Resource id of that existing Azure OpenAI account; when set, the app (and principalId) get Cognitive Services OpenAI Contributor on it (calls and fine-tuning).')
+@description('Resource id of that existing Azure OpenAI account; when set, the app (and principalId) get Cognitive Services OpenAI Contributor on it (calls, fine-tuning, and deploying fine-tuned models).')
 param azureOpenAiResourceId string = ''
 
 @description('Azure OpenAI data-plane API version the proxy calls.')
@@ -59,6 +59,12 @@ param quotaReportSchedule string = '0 0 * * * *'
 param permissionReportSchedule string = '0 30 * * * *'
 param retentionSchedule string = '0 15 3 * * *'
 param fineTuningTrackSchedule string = '0 */5 * * * *'
+
+@description('SKU of a fine-tuned model deployment unless the request names one (DeveloperTier: no hosting fee).')
+param fineTuningDeploymentSku string = 'DeveloperTier'
+
+@description('Capacity (thousands of tokens per minute) of that deployment unless the request names one.')
+param fineTuningDeploymentCapacity int = 50
 
 @description('Deployment the permission report calls with max_tokens 1 to prove upstream access; empty skips the call.')
 param permissionProbeDeployment string = ''
@@ -244,7 +250,10 @@ module api 'app/api.bicep' = {
     fineTuningContainerName: containers.fineTuning
     fineTuningJobsQueueName: queues.fineTuningJobs
     fineTuningTrackSchedule: fineTuningTrackSchedule
+    fineTuningDeploymentSku: fineTuningDeploymentSku
+    fineTuningDeploymentCapacity: fineTuningDeploymentCapacity
     azureOpenAiEndpoint: azureOpenAiEndpoint
+    azureOpenAiResourceId: azureOpenAiResourceId
     azureOpenAiApiVersion: azureOpenAiApiVersion
     openAiBaseUrl: openAiBaseUrl
     deploymentModels: deploymentModels

@@ -3,7 +3,8 @@
 import { ApiError, get, key } from "./api.js";
 import { renderCompletions } from "./completions.js";
 import { h, replace } from "./dom.js";
-import { renderDatasets, renderEvals, renderFineTuning, renderHealth } from "./views.js";
+import { renderFineTuning } from "./finetune.js";
+import { renderDatasets, renderEvals, renderHealth } from "./views.js";
 
 const READ = "stored-completions/read";
 // App Service Authentication's own routes (https://learn.microsoft.com/azure/app-service/configure-authentication-customize-sign-in-out).

@@ -8,7 +8,7 @@ const POLL_MS = 1000;
 const FINISHED_DATASET = new Set(["succeeded", "failed"]);
 const FINISHED_RUN = new Set(["completed", "failed", "canceled"]);
 
-function dialogShell(title, onClose) {
+export function dialogShell(title, onClose) {
   const body = h("div", { class: "dialog-body" });
   const dialog = h(
     "dialog",
@@ -25,7 +25,7 @@ function dialogShell(title, onClose) {
   return { dialog, body };
 }
 
-function field(id, label, input, hint) {
+export function field(id, label, input, hint) {
   input.id = id;
   return h("div", { class: "field" }, h("label", { for: id }, label), input, hint ? h("p", { class: "hint", id: `${id}-hint` }, hint) : null);
 }

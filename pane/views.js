@@ -2,6 +2,7 @@
 
 import { del, get, query, report } from "./api.js";
 import { bytes, confirmDialog, h, number, replace, statusBadge, svg, when } from "./dom.js";
+import { fineTuneButton } from "./finetune.js";
 import { datasetProgress, datasetResult, runProgress, runSummary } from "./jobs.js";
 
 function section(title, id, ...children) {
@@ -55,6 +56,7 @@ function datasetCard(dataset, ctx) {
       ? h(
           "div",
           { class: "actions" },
+          fineTuneButton(dataset, ctx),
           h(
             "button",
             {
@@ -157,39 +159,6 @@ async function renderRun(main, ctx, evalId, runId) {
       card,
     ),
   );
-}
-
-export async function renderFineTuning(main) {
-  const page = await get("/api/fine_tuning_jobs?limit=50");
-  const body = page.data.length
-    ? h(
-        "div",
-        { class: "table-wrap" },
-        h(
-          "table",
-          {},
-          h("thead", {}, h("tr", {}, ["Job", "Status", "Base model", "Fine-tuned model", "Dataset", "Created", "Trained tokens"].map((label) => h("th", { scope: "col" }, label)))),
-          h(
-            "tbody",
-            {},
-            page.data.map((job) =>
-              h(
-                "tr",
-                {},
-                h("td", {}, h("code", {}, job.id)),
-                h("td", {}, statusBadge(job.status), job.error ? h("div", { class: "form-error" }, job.error.message) : null),
-                h("td", {}, job.model),
-                h("td", {}, job.fine_tuned_model ?? "—"),
-                h("td", {}, h("code", {}, job.dataset_id)),
-                h("td", { class: "nowrap" }, when(job.created_at)),
-                h("td", { class: "num" }, number(job.trained_tokens)),
-              ),
-            ),
-          ),
-        ),
-      )
-    : empty("No fine-tuning jobs yet.", "Start one from a distillation dataset: POST /api/datasets/{id}/fine_tuning_jobs.");
-  replace(main, section("Fine-tuning jobs", "ft-title", body));
 }
 
 export async function renderHealth(main, ctx) {

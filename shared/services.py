@@ -31,6 +31,8 @@ from shared.erasure.retention import RetentionSweep
 from shared.evals.records import EvalStore
 from shared.evals.service import EvalLimits, EvalService
 from shared.fine_tuning.api import FineTuningApi
+from shared.fine_tuning.control_plane import AccountId, ControlPlane
+from shared.fine_tuning.deployments import StudentDeployments
 from shared.fine_tuning.jobs import FineTuningJobs
 from shared.platform.access import Authenticator
 from shared.platform.credentials import (
@@ -249,8 +251,19 @@ class Services:
             api=build_fine_tuning_api(settings, self.credential),
             job_queue=self.job_queue,
             queue_name=settings.fine_tuning_jobs_queue,
-            file_wait_seconds=settings.fine_tuning_file_wait_seconds,
+            delivery_seconds=settings.fine_tuning_delivery_seconds,
             max_delivery_count=settings.fine_tuning_max_delivery_count,
+        )
+
+    @cached_property
+    def student_deployments(self) -> StudentDeployments:
+        settings = self.settings
+        return StudentDeployments(
+            jobs=self.fine_tuning,
+            control_plane=build_control_plane(settings, self.credential),
+            missing_control_plane=missing_control_plane(settings),
+            default_sku=settings.fine_tuning_deployment_sku,
+            default_capacity=settings.fine_tuning_deployment_capacity,
         )
 
     @cached_property
@@ -371,6 +384,12 @@ class Services:
         fine_tuning = self.__dict__.get("fine_tuning")
         if fine_tuning is not None and fine_tuning.api is not None:
             await fine_tuning.api.session.close()
+        deployments = self.__dict__.get("student_deployments")
+        if deployments is not None and deployments.control_plane is not None:
+            await deployments.control_plane.close()
+        credential = self.__dict__.get("credential")
+        if credential is not None:
+            await credential.close()
 
     @cached_property
     def dataset_jobs(self) -> DatasetJobs:
@@ -460,6 +479,39 @@ def build_fine_tuning_api(settings: Settings, credential: AsyncTokenCredential) 
             azure=False,
         )
     return None
+
+
+def build_control_plane(settings: Settings, credential: AsyncTokenCredential) -> ControlPlane | None:
+    """Azure OpenAI's control plane for deploying fine-tuned models; None without an Azure OpenAI account id."""
+    if settings.azure_openai_endpoint is None or settings.azure_openai_resource_id is None:
+        return None
+    return ControlPlane(
+        credential=credential,
+        account=AccountId.parse(settings.azure_openai_resource_id),
+        endpoint=str(settings.azure_resource_manager_endpoint).rstrip("/"),
+    )
+
+
+def missing_control_plane(settings: Settings) -> str:
+    """Why fine-tuned models cannot be deployed from here, and what to do instead, in words."""
+    register = 'or register a deployment that already serves the model: {"name": "<deployment>", "existing": true}.'
+    if settings.azure_openai_endpoint is not None:
+        return (
+            "Deploying a fine-tuned model needs the Azure OpenAI account's resource id: set AZURE_OPENAI_RESOURCE_ID "
+            "(/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.CognitiveServices/accounts/<name>) and "
+            "give the app's identity 'Cognitive Services OpenAI Contributor' on that account (the Bicep does both "
+            f"when azureOpenAiResourceId is given); {register}"
+        )
+    if settings.openai_base_url is not None:
+        return (
+            "This upstream is OpenAI-compatible (OPENAI_BASE_URL): Distillery can only create deployments on Azure "
+            "OpenAI (AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_RESOURCE_ID). Serve the fine-tuned model there yourself "
+            f"and register it, {register}"
+        )
+    return (
+        "The offline model has no deployments to create: set AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_RESOURCE_ID, "
+        f"{register}"
+    )
 
 
 def _openai_compatible_auth(settings: Settings) -> Any:

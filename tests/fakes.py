@@ -105,7 +105,8 @@ class FakeUpstream:
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
         self.files: dict[str, dict[str, Any]] = {}
-        """Uploaded files by id, with their content."""
+        """Uploaded files by id, with their content (until deleted)."""
+        self.deleted_files: list[str] = []
         self.jobs: dict[str, dict[str, Any]] = {}
         """Fine-tuning jobs by id; each retrieve moves a job one status on (to succeeded)."""
         app = Starlette(
@@ -113,14 +114,25 @@ class FakeUpstream:
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/openai/deployments/{deployment}/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/embeddings", self._embeddings, methods=["POST"]),
-                Route("/v1/files", self._upload, methods=["POST"]),
-                Route("/v1/files/{file_id}", self._file, methods=["GET"]),
-                Route("/v1/fine_tuning/jobs", self._create_job, methods=["POST"]),
-                Route("/v1/fine_tuning/jobs", self._list_jobs, methods=["GET"]),
-                Route("/v1/fine_tuning/jobs/{job_id}", self._job, methods=["GET"]),
-                Route("/v1/fine_tuning/jobs/{job_id}/events", self._job_events, methods=["GET"]),
-                Route("/v1/fine_tuning/jobs/{job_id}/checkpoints", self._job_checkpoints, methods=["GET"]),
-                Route("/v1/fine_tuning/jobs/{job_id}/cancel", self._cancel_job, methods=["POST"]),
+                # Files and fine-tuning: OpenAI's `/v1/...` and Azure OpenAI's v1 API, `/openai/v1/...`.
+                *(
+                    route
+                    for prefix in ("/v1", "/openai/v1")
+                    for route in (
+                        Route(f"{prefix}/files", self._upload, methods=["POST"]),
+                        Route(f"{prefix}/files", self._list_files, methods=["GET"]),
+                        Route(f"{prefix}/files/{{file_id}}", self._file, methods=["GET"]),
+                        Route(f"{prefix}/files/{{file_id}}", self._delete_file, methods=["DELETE"]),
+                        Route(f"{prefix}/fine_tuning/jobs", self._create_job, methods=["POST"]),
+                        Route(f"{prefix}/fine_tuning/jobs", self._list_jobs, methods=["GET"]),
+                        Route(f"{prefix}/fine_tuning/jobs/{{job_id}}", self._job, methods=["GET"]),
+                        Route(f"{prefix}/fine_tuning/jobs/{{job_id}}/events", self._job_events, methods=["GET"]),
+                        Route(
+                            f"{prefix}/fine_tuning/jobs/{{job_id}}/checkpoints", self._job_checkpoints, methods=["GET"]
+                        ),
+                        Route(f"{prefix}/fine_tuning/jobs/{{job_id}}/cancel", self._cancel_job, methods=["POST"]),
+                    )
+                ),
                 Route("/openai/deployments/{deployment}/embeddings", self._embeddings, methods=["POST"]),
             ]
         )
@@ -149,6 +161,7 @@ class FakeUpstream:
             self._script.clear()
             self.requests.clear()
             self.files.clear()
+            self.deleted_files.clear()
             self.jobs.clear()
 
     async def _chat(self, request: Request) -> Response:
@@ -199,6 +212,25 @@ class FakeUpstream:
             "content": content,
         }
         return JSONResponse({k: v for k, v in self.files[file_id].items() if k != "content"})
+
+    async def _list_files(self, request: Request) -> Response:
+        purpose = request.query_params.get("purpose")
+        data = [
+            {k: v for k, v in file.items() if k != "content"}
+            for file in list(self.files.values())
+            if purpose in (None, file["purpose"])
+        ]
+        return JSONResponse({"object": "list", "data": data, "has_more": False})
+
+    async def _delete_file(self, request: Request) -> Response:
+        answer = self._scripted(request, None)
+        if answer is not None:
+            return answer
+        file_id = request.path_params["file_id"]
+        if self.files.pop(file_id, None) is None:
+            return JSONResponse({"error": {"message": "No such file", "code": "notFound"}}, status_code=404)
+        self.deleted_files.append(file_id)
+        return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
     async def _file(self, request: Request) -> Response:
         answer = self._scripted(request, None)
@@ -271,13 +303,22 @@ class FakeUpstream:
             else [
                 {
                     "object": "fine_tuning.job.checkpoint",
+                    "id": "ftckpt-0",
+                    "fine_tuned_model_checkpoint": f"{job['fine_tuned_model']}:ckpt-step-5",
+                    "step_number": 5,
+                    "metrics": {"train_loss": 0.9},
+                    "fine_tuning_job_id": job["id"],
+                    "created_at": 1,
+                },
+                {
+                    "object": "fine_tuning.job.checkpoint",
                     "id": "ftckpt-1",
                     "fine_tuned_model_checkpoint": f"{job['fine_tuned_model']}:ckpt-step-10",
                     "step_number": 10,
                     "metrics": {"train_loss": 0.5},
                     "fine_tuning_job_id": job["id"],
                     "created_at": 2,
-                }
+                },
             ]
         )
         return JSONResponse({"object": "list", "data": data, "has_more": False})

@@ -24,7 +24,10 @@ param evalDefaultTokenCap int
 param fineTuningContainerName string
 param fineTuningJobsQueueName string
 param fineTuningTrackSchedule string
+param fineTuningDeploymentSku string
+param fineTuningDeploymentCapacity int
 param azureOpenAiEndpoint string
+param azureOpenAiResourceId string
 param azureOpenAiApiVersion string
 param openAiBaseUrl string
 param deploymentModels string
@@ -123,9 +126,15 @@ var appSettings = {
   MODEL_CALL_MAX_ATTEMPTS: '5'
   FINE_TUNING_CONTAINER: fineTuningContainerName
   FINE_TUNING_JOBS_QUEUE: fineTuningJobsQueueName
-  FINE_TUNING_FILE_WAIT_SECONDS: '240'
+  // A preparation delivery ends 240 s after it began (what is left goes on in a new message): well
+  // inside host.json's 10-minute maxAutoLockRenewalDuration, so its lock never lapses mid-upload.
+  FINE_TUNING_DELIVERY_SECONDS: '240'
   FINE_TUNING_MAX_DELIVERY_COUNT: '5'
   FINE_TUNING_TRACK_SCHEDULE: fineTuningTrackSchedule
+  // Deploying fine-tuned models goes through Resource Manager (this cloud's) on the account below.
+  FINE_TUNING_DEPLOYMENT_SKU: fineTuningDeploymentSku
+  FINE_TUNING_DEPLOYMENT_CAPACITY: string(fineTuningDeploymentCapacity)
+  AZURE_RESOURCE_MANAGER_ENDPOINT: environment().resourceManager
   RETENTION_DAYS: string(retentionDays)
   RETENTION_SCHEDULE: retentionSchedule
   STORAGE_QUOTA_BYTES: storageQuotaBytes
@@ -144,6 +153,7 @@ var appSettings = {
 }
 var upstreamSettings = union(
   empty(azureOpenAiEndpoint) ? {} : { AZURE_OPENAI_ENDPOINT: azureOpenAiEndpoint },
+  empty(azureOpenAiResourceId) ? {} : { AZURE_OPENAI_RESOURCE_ID: azureOpenAiResourceId },
   empty(openAiBaseUrl) ? {} : { OPENAI_BASE_URL: openAiBaseUrl },
   empty(permissionProbeDeployment) ? {} : { PERMISSION_PROBE_DEPLOYMENT: permissionProbeDeployment }
 )

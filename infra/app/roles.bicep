@@ -28,8 +28,12 @@ var monitoringRoles = [
   '3913510d-42f4-4e42-8a64-420c390055eb' // Monitoring Metrics Publisher: telemetry ingestion with Entra ID (local auth is off)
 ]
 var openAiRoles = [
-  // Cognitive Services OpenAI Contributor: call deployments, and upload files and run fine-tuning jobs
-  // (Distill); the narrower Cognitive Services OpenAI User (5e0bd9bd-...) cannot fine-tune.
+  // Cognitive Services OpenAI Contributor: call deployments, upload files and run fine-tuning jobs
+  // (Distill), and create and delete deployments of the fine-tuned models (Microsoft.CognitiveServices/
+  // accounts/deployments/write, delete): "Create new model deployments or edit existing model
+  // deployments" (learn.microsoft.com/azure/ai-foundry/openai/how-to/role-based-access-control). The
+  // least built-in role that does all three: Cognitive Services OpenAI User (5e0bd9bd-...) can neither
+  // fine-tune nor deploy; Cognitive Services Contributor could also read the account's keys.
   'a001fd3d-188f-4b5d-821b-7da978bf7442'
 ]
 

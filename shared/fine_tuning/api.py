@@ -20,6 +20,9 @@ from shared.platform.errors import DistilleryError
 from shared.upstream.model_calls import RETRYABLE_STATUSES, retry_after_seconds
 
 CONTRIBUTOR_ROLE = "Cognitive Services OpenAI Contributor"
+UTF8_BOM = b"\xef\xbb\xbf"
+"""Azure OpenAI asks for training and validation files "encoded in UTF-8 and include a byte-order mark
+(BOM)" (learn.microsoft.com/azure/foundry/openai/how-to/fine-tuning, "Prepare your data")."""
 
 
 class FineTuningUpstreamError(DistilleryError):
@@ -46,18 +49,35 @@ class FineTuningApi:
     max_wait_seconds: float = 60.0
 
     async def upload(self, name: str, chunks: Callable[[], Awaitable[AsyncIterator[bytes]]]) -> dict[str, Any]:
-        """Upload a training file (purpose `fine-tune`), streamed from `chunks()` (called again on a retry)."""
+        """Upload a training file (purpose `fine-tune`), streamed from `chunks()` (called again on a retry).
+
+        Azure OpenAI gets the file with a UTF-8 byte-order mark in front, as its docs ask."""
 
         async def form() -> aiohttp.FormData:
             data = aiohttp.FormData()
             data.add_field("purpose", "fine-tune")
-            data.add_field("file", await chunks(), filename=name, content_type="application/jsonl")
+            body = await chunks()
+            data.add_field(
+                "file", _with_bom(body) if self.azure else body, filename=name, content_type="application/jsonl"
+            )
             return data
 
         return await self._request("POST", "/files", form=form)
 
     async def file(self, file_id: str) -> dict[str, Any]:
         return await self._request("GET", f"/files/{file_id}")
+
+    async def files(self) -> list[dict[str, Any]]:
+        """The resource's fine-tuning files (Azure OpenAI keeps at most 100 of them)."""
+        return list((await self._request("GET", "/files?purpose=fine-tune")).get("data") or [])
+
+    async def delete_file(self, file_id: str) -> None:
+        """Delete an uploaded file; one already gone counts as deleted."""
+        try:
+            await self._request("DELETE", f"/files/{file_id}")
+        except FineTuningUpstreamError as exc:
+            if exc.upstream_status != 404:
+                raise
 
     async def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._request("POST", "/fine_tuning/jobs", body=body)
@@ -118,6 +138,17 @@ class FineTuningApi:
             await asyncio.sleep(backoff if wait is None else wait)
             backoff *= 2
         raise AssertionError("unreachable")
+
+
+async def _with_bom(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The file with a UTF-8 byte-order mark in front, unless it starts with one already."""
+    first = True
+    async for chunk in chunks:
+        if first and chunk:
+            first = False
+            if not chunk.startswith(UTF8_BOM):
+                yield UTF8_BOM
+        yield chunk
 
 
 def _failure(status: int, raw: bytes, retry_after: float | None) -> FineTuningUpstreamError:

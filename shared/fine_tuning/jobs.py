@@ -1,12 +1,17 @@
 """Distill: a finished distillation dataset becomes a fine-tuning job on the upstream.
 
 `POST /api/datasets/{id}/fine_tuning_jobs` checks what it can at once (an upstream that fine-tunes,
-a succeeded distillation dataset, at least 10 training examples, files under the size limit) and
-queues the rest: each file is checked line by line, uploaded (its upstream id recorded before
-anything else happens, so a redelivery never uploads twice), awaited until the upstream has
-processed it, and the job created with our record id in its metadata (so a redelivery finds the
-job instead of creating a second). The record then mirrors the upstream job, refreshed on request
-and by a timer, and links dataset -> files -> job -> fine-tuned model for lineage.
+a succeeded distillation dataset, at least 10 training examples, files under the size limits) and
+queues the rest: each file is checked line by line, uploaded under a name holding our record id (its
+upstream id recorded before anything else happens, and an upload an earlier delivery made but did
+not record is found by that name, so a redelivery never uploads twice), awaited until the upstream
+has processed it, and the job created with our record id in its metadata (so a redelivery finds the
+job instead of creating a second). Every step starts only within the delivery's time budget,
+counted from the delivery's start, so a delivery never outlives its Service Bus lock; what is left
+goes on in a continuation message. The record then mirrors the upstream job, refreshed on request
+and by a timer, and links dataset -> files -> job -> fine-tuned model -> deployments for lineage.
+Once the job ends (or its preparation fails) its files are deleted upstream: Azure OpenAI keeps at
+most 100 fine-tuning files, 1 GB in all, per resource.
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.datasets import formats
 from shared.datasets.builder import MANIFEST_FILE
@@ -37,10 +42,17 @@ from shared.platform.telemetry import job_chunk
 from shared.store.json_blobs import JsonBlobs, Superseded
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
 """The fine-tuning services' largest training file (Azure OpenAI and OpenAI: 512 MB)."""
+MAX_TOTAL_BYTES = 1_000_000_000
+"""Azure OpenAI's "total size of all files per resource (fine-tuning): 1 GB"
+(learn.microsoft.com/azure/ai-foundry/openai/quotas-limits); one job's files must fit in it."""
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+TRAINING_TYPES = {"globalstandard": "globalstandard", "standard": "standard", "developer": "developerTier"}
+"""Our `training_type` -> Azure OpenAI's `trainingType`. The Developer tier is spelled `developerTier`
+(learn.microsoft.com/azure/foundry/openai/how-to/fine-tuning: `extra_body={"trainingType": "developerTier"}`)."""
 
 
 class FineTuningParams(BaseModel):
@@ -59,6 +71,13 @@ class FineTuningParams(BaseModel):
     validation: bool = True
     """Send the dataset's `validation.jsonl` too, when it has one."""
 
+    @field_validator("suffix")
+    @classmethod
+    def _suffix_fits_a_model_name(cls, suffix: str | None) -> str | None:
+        if suffix is not None and "." in suffix:
+            raise ValueError("the suffix cannot contain '.': Azure OpenAI fine-tuned model names cannot hold it")
+        return suffix
+
     @model_validator(mode="after")
     def _one_way_to_tune(self) -> FineTuningParams:
         if self.hyperparameters is not None and self.method is not None:
@@ -70,6 +89,39 @@ class FineTuningError(BaseModel):
     code: str
     message: str
     hint: str | None = None
+
+
+class StudentDeployment(BaseModel):
+    """A deployment of the job's fine-tuned model: lineage job -> model -> deployment."""
+
+    name: str
+    model: str
+    managed: bool
+    """Created (and deleted) by Distillery through the control plane; False: an existing deployment
+    registered by hand (nothing upstream is created or deleted for it)."""
+    sku: str | None = None
+    capacity: int | None = None
+    provisioning_state: str
+    """Azure's: Accepted, Creating, Succeeded, Failed...; `Deleted` once deleted here."""
+    created_at: int
+    updated_at: int
+    error: FineTuningError | None = None
+
+    def view(self, job_id: str) -> dict[str, Any]:
+        return {
+            "object": "distillery.fine_tuning_deployment",
+            "id": self.name,
+            "name": self.name,
+            "fine_tuning_job_id": job_id,
+            "model": self.model,
+            "managed": self.managed,
+            "sku": self.sku,
+            "capacity": self.capacity,
+            "provisioning_state": self.provisioning_state,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "error": self.error.model_dump() if self.error else None,
+        }
 
 
 class FineTuningRecord(BaseModel):
@@ -86,7 +138,11 @@ class FineTuningRecord(BaseModel):
     stage: str | None = "queued"
     """While preparing: queued, validating_files, uploading, waiting_for_files, creating_job."""
     files: dict[str, str] = Field(default_factory=dict)
-    """Dataset file name -> upstream file id."""
+    """Dataset file name -> upstream file id (kept for lineage after the files are deleted upstream)."""
+    files_checked: bool = False
+    """Every file passed the line-by-line check (a continuation does not check them again)."""
+    files_deleted_at: int | None = None
+    """When the uploaded files were deleted upstream (the job ended or its preparation failed)."""
     upstream_job_id: str | None = None
     fine_tuned_model: str | None = None
     trained_tokens: int | None = None
@@ -94,6 +150,7 @@ class FineTuningRecord(BaseModel):
     checkpoints: list[dict[str, Any]] = Field(default_factory=list)
     error: FineTuningError | None = None
     cancel_requested: bool = False
+    deployments: list[StudentDeployment] = Field(default_factory=list)
     dataset: dict[str, Any] = Field(default_factory=dict)
     """Lineage: the dataset manifest's name, selection, counts and source digest."""
 
@@ -123,7 +180,15 @@ class FineTuningRecord(BaseModel):
             "events": self.events,
             "checkpoints": self.checkpoints,
             "error": self.error.model_dump() if self.error else None,
-            "lineage": {"dataset": self.dataset, "files": self.files, "upstream_job_id": self.upstream_job_id},
+            "files_deleted_at": self.files_deleted_at,
+            "deployments": [deployment.view(self.id) for deployment in self.deployments],
+            "lineage": {
+                "dataset": self.dataset,
+                "files": self.files,
+                "upstream_job_id": self.upstream_job_id,
+                "fine_tuned_model": self.fine_tuned_model,
+                "deployments": [deployment.name for deployment in self.deployments],
+            },
         }
 
 
@@ -148,7 +213,7 @@ class FineTuningJobs:
         api: FineTuningApi | None,
         job_queue: JobQueue,
         queue_name: str,
-        file_wait_seconds: float,
+        delivery_seconds: float,
         max_delivery_count: int,
     ) -> None:
         self.blobs = blobs
@@ -156,7 +221,7 @@ class FineTuningJobs:
         self.api = api
         self._queue = job_queue
         self._queue_name = queue_name
-        self._file_wait_seconds = file_wait_seconds
+        self._delivery_seconds = delivery_seconds
         self._max_delivery_count = max_delivery_count
 
     async def create(self, dataset_id: str, params: FineTuningParams, *, owner: str | None) -> FineTuningRecord:
@@ -193,13 +258,24 @@ class FineTuningJobs:
                 param="dataset_id",
                 code="too_few_examples",
             )
-        for file in files.values():
+        sent = [train] + (
+            [files[formats.VALIDATION_FILE]] if params.validation and formats.VALIDATION_FILE in files else []
+        )
+        for file in sent:
             if file.bytes > MAX_FILE_BYTES:
                 raise InvalidRequest(
                     f"'{file.name}' is {file.bytes} bytes; the fine-tuning service takes files up to {MAX_FILE_BYTES}.",
                     param="dataset_id",
                     code="file_too_large",
                 )
+        if (total := sum(file.bytes for file in sent)) > MAX_TOTAL_BYTES:
+            raise InvalidRequest(
+                f"The training and validation files add up to {total} bytes; Azure OpenAI keeps at most "
+                f"{MAX_TOTAL_BYTES} bytes (1 GB) of fine-tuning files per resource. Build the dataset from fewer "
+                "stored completions, or send it without its validation file (validation: false).",
+                param="dataset_id",
+                code="files_too_large",
+            )
         now = int(time.time())
         record = FineTuningRecord(
             id=new_id("ftjob"),
@@ -249,18 +325,28 @@ class FineTuningJobs:
                 record.status, record.stage = "cancelled", None
             record.cancel_requested, record.updated_at = True, int(time.time())
             with contextlib.suppress(Superseded):
-                await self.blobs.put(_name(record.id), record.model_dump_json(), etag=etag)
-                return await self.get(job_id, owner=owner) if record.upstream_job_id else record
+                etag = await self.blobs.put(_name(record.id), record.model_dump_json(), etag=etag)
+                if record.upstream_job_id:
+                    return await self.get(job_id, owner=owner)
+                if self.api is not None:
+                    await self._delete_files(record, etag)
+                return record
 
     async def track(self) -> int:
-        """Refresh every unfinished job that has an upstream job (the timer); returns how many."""
+        """The timer: refresh every unfinished job that has an upstream job, and delete the files of
+        finished ones whose deletion failed before; returns how many jobs it refreshed."""
         refreshed = 0
         for name in await self.blobs.names(""):
-            record, etag = await self._read(name.removesuffix(".json"))
-            if record.upstream_job_id and not record.finished and self.api is not None:
+            with contextlib.suppress(NotFound):
+                record, etag = await self._read(name.removesuffix(".json"))
+                if self.api is None:
+                    continue
                 with contextlib.suppress(Superseded, FineTuningUpstreamError):
-                    await self._refresh(record, etag)
-                    refreshed += 1
+                    if record.upstream_job_id and not record.finished:
+                        await self._refresh(record, etag)
+                        refreshed += 1
+                    elif record.finished and record.files_deleted_at is None:
+                        await self._delete_files(record, etag)
         return refreshed
 
     async def job_of(self, model_or_job_id: str, owner: str | None) -> str | None:
@@ -278,13 +364,20 @@ class FineTuningJobs:
 
     # The queue: prepare the files and create the upstream job.
 
-    async def handle(self, body: bytes, *, delivery_count: int) -> None:
+    async def handle(self, body: bytes, *, delivery_count: int, started: float | None = None) -> None:
+        """One delivery of a preparation message; `started` is when the delivery began (`time.monotonic()`,
+        now by default): no step starts, and none runs on, past `started` + the delivery budget."""
         message = FineTuningMessage.model_validate_json(body)
+        deadline = (time.monotonic() if started is None else started) + self._delivery_seconds
         try:
             with job_chunk("fine_tuning", message.job_id):
-                await self._prepare(message)
+                await self._prepare(message, deadline)
         except Superseded:
             log.info("Fine-tuning job %s changed under this delivery; it stops", message.job_id)
+            await self._delete_files_if_ended(message.job_id)
+        except _OutOfTime:
+            log.info("Fine-tuning job %s goes on in a new delivery", message.job_id)
+            await self._send(message.model_copy(update={"part": message.part + 1}))
         except FineTuningUpstreamError as exc:
             if exc.upstream_status in (429, 500, 502, 503, 504) and delivery_count < self._max_delivery_count:
                 raise
@@ -301,7 +394,7 @@ class FineTuningJobs:
                 await self._fail(message.job_id, error)
             raise
 
-    async def _prepare(self, message: FineTuningMessage) -> None:
+    async def _prepare(self, message: FineTuningMessage, deadline: float) -> None:
         assert self.api is not None
         record, etag = await self._read(message.job_id)
         if record.finished or record.upstream_job_id:
@@ -311,22 +404,22 @@ class FineTuningJobs:
             if record.params.validation and formats.VALIDATION_FILE in await self._dataset_files(record)
             else []
         )
-        if not record.files:
+        if not record.files_checked:
             record, etag = await self._stage(record, etag, "validating_files")
             for name in names:
-                await self._check_file(record.dataset_id, name)
+                await _within(deadline, self._check_file(record.dataset_id, name))
+            record.files_checked = True
+            etag = await self._save(record, etag)
         for name in names:
             if name not in record.files:
                 record, etag = await self._stage(record, etag, "uploading")
-                uploaded = await self.api.upload(name, functools.partial(self._chunks, record.dataset_id, name))
-                record.files[name] = str(uploaded["id"])
+                record.files[name] = await _within(deadline, self._upload(record, name))
                 etag = await self._save(record, etag)
         record, etag = await self._stage(record, etag, "waiting_for_files")
-        deadline = time.monotonic() + self._file_wait_seconds
         pending = set(record.files.values())
         while pending:
             for file_id in list(pending):
-                upstream_file = await self.api.file(file_id)
+                upstream_file = await _within(deadline, self.api.file(file_id))
                 status = upstream_file.get("status")
                 if status == "processed":
                     pending.discard(file_id)
@@ -335,15 +428,52 @@ class FineTuningJobs:
                     raise InvalidRequest(
                         f"The upstream could not process file {file_id}: {details}", code="invalid_file"
                     )
-            if pending and time.monotonic() > deadline:
-                await self._send(message.model_copy(update={"part": message.part + 1}))  # wait on in a new delivery
-                return
             if pending:
-                await asyncio.sleep(1.0)
+                await _within(deadline, asyncio.sleep(1.0))
         record, etag = await self._stage(record, etag, "creating_job")
-        upstream_job = await self._adopt_or_create(record)
+        upstream_job = await _within(deadline, self._adopt_or_create(record))
         record.upstream_job_id, record.stage = str(upstream_job["id"]), None
         await self._refresh(record, await self._save(record, etag), upstream_job)
+
+    async def _upload(self, record: FineTuningRecord, name: str) -> str:
+        """Upload one dataset file as `<record id>-<name>`; an upload an earlier delivery made but did
+        not record (it was cut off in between) is found by that name and adopted instead."""
+        assert self.api is not None
+        upstream_name = f"{record.id}-{name}"
+        for upstream_file in await self.api.files():
+            if upstream_file.get("filename") == upstream_name and upstream_file.get("status") not in (
+                "error",
+                "deleted",
+            ):
+                return str(upstream_file["id"])
+        uploaded = await self.api.upload(upstream_name, functools.partial(self._chunks, record.dataset_id, name))
+        return str(uploaded["id"])
+
+    async def _delete_files_if_ended(self, job_id: str) -> None:
+        """A job cancelled while this delivery uploaded: delete what it uploaded after the cancel's clean-up."""
+        with contextlib.suppress(NotFound):
+            record, etag = await self._read(job_id)
+            if record.finished and self.api is not None:
+                await self._delete_files(record, etag)
+
+    async def _delete_files(self, record: FineTuningRecord, etag: str) -> None:
+        """Delete the job's files upstream, recorded or not (an upload cut off before it was recorded
+        carries our record id in its name), and note when; a failure is left for the timer to retry."""
+        assert self.api is not None
+        try:
+            ids = set(record.files.values()) | {
+                str(upstream_file["id"])
+                for upstream_file in await self.api.files()
+                if str(upstream_file.get("filename") or "").startswith(f"{record.id}-")
+            }
+            for file_id in sorted(ids):
+                await self.api.delete_file(file_id)
+        except FineTuningUpstreamError as exc:
+            log.warning("Could not delete the files of fine-tuning job %s yet: %s", record.id, exc.message)
+            return
+        record.files_deleted_at = int(time.time())
+        with contextlib.suppress(Superseded):
+            await self._save(record, etag)
 
     async def _adopt_or_create(self, record: FineTuningRecord) -> dict[str, Any]:
         """The upstream job for this record: one an earlier delivery created, or a new one."""
@@ -363,7 +493,7 @@ class FineTuningJobs:
             if getattr(params, key) is not None:
                 body[key] = getattr(params, key)
         if self.api.azure and params.training_type is not None:
-            body["trainingType"] = params.training_type
+            body["trainingType"] = TRAINING_TYPES[params.training_type]
         return await self.api.create_job(body)
 
     async def _refresh(
@@ -387,7 +517,9 @@ class FineTuningJobs:
             what, hint = explain(error)
             record.error = FineTuningError(code=error.code or "job_failed", message=what, hint=hint)
         record.updated_at = int(time.time())
-        await self._save(record, etag)
+        etag = await self._save(record, etag)
+        if record.finished and record.files_deleted_at is None:
+            await self._delete_files(record, etag)
         return record
 
     async def _check_file(self, dataset_id: str, name: str) -> None:
@@ -431,7 +563,23 @@ class FineTuningJobs:
             record, etag = await self._read(job_id)
             if not record.finished:
                 record.status, record.stage, record.error = "failed", None, error
-                await self._save(record, etag)
+                etag = await self._save(record, etag)
+                if self.api is not None:
+                    await self._delete_files(record, etag)
+
+    async def read_visible(self, job_id: str, owner: str | None) -> tuple[FineTuningRecord, str]:
+        """The caller's job record with its etag, as stored (for the deployments kept in it)."""
+        return await self._read_visible(job_id, owner)
+
+    async def save(self, record: FineTuningRecord, etag: str) -> str:
+        """Write a record read with `read_visible`; `Superseded` when it changed in between."""
+        return await self._save(record, etag)
+
+    async def records(self) -> AsyncIterator[tuple[FineTuningRecord, str]]:
+        """Every job record with its etag (for the timers)."""
+        for name in await self.blobs.names(""):
+            with contextlib.suppress(NotFound):
+                yield await self._read(name.removesuffix(".json"))
 
     async def _read(self, job_id: str) -> tuple[FineTuningRecord, str]:
         raw, etag = await self.blobs.get(_name(job_id), missing=f"No fine-tuning job found with id '{job_id}'.")
@@ -448,6 +596,26 @@ class FineTuningJobs:
 
     async def _send(self, message: FineTuningMessage) -> None:
         await self._queue.send(self._queue_name, message.model_dump_json(), message_id=message.message_id)
+
+
+class _OutOfTime(Exception):
+    """The delivery's time budget is spent: the rest goes on in a continuation message."""
+
+
+async def _within(deadline: float, step: Awaitable[T]) -> T:
+    """Run one step of a delivery, cut off at the delivery's deadline (then `_OutOfTime`)."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        if asyncio.iscoroutine(step):
+            step.close()
+        raise _OutOfTime
+    try:
+        async with asyncio.timeout(remaining):
+            return await step
+    except TimeoutError:
+        if time.monotonic() >= deadline:
+            raise _OutOfTime from None
+        raise
 
 
 def parse_fine_tuning_params(body: dict[str, Any]) -> FineTuningParams:

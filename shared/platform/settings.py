@@ -144,10 +144,26 @@ class Settings(BaseSettings):
     fine_tuning_container: str = Field("finetuning", alias="FINE_TUNING_CONTAINER")
     """Fine-tuning job records."""
     fine_tuning_jobs_queue: str = Field("fine-tuning-jobs", alias="FINE_TUNING_JOBS_QUEUE")
-    fine_tuning_file_wait_seconds: float = Field(240.0, gt=0, alias="FINE_TUNING_FILE_WAIT_SECONDS")
-    """Time one delivery waits for the upstream to process uploaded files before it waits on in a new message."""
+    fine_tuning_delivery_seconds: float = Field(240.0, gt=0, lt=600, alias="FINE_TUNING_DELIVERY_SECONDS")
+    """Time one delivery works (check, upload, wait for processing), counted from its start, before the rest
+    goes on in a new message. Under 600: host.json's Service Bus `maxAutoLockRenewalDuration` is 10 minutes,
+    and a delivery that outlived its lock would be handed to a second worker while still running."""
     fine_tuning_max_delivery_count: int = Field(5, ge=1, alias="FINE_TUNING_MAX_DELIVERY_COUNT")
     """The fine-tuning queue's max delivery count: on that delivery a failing preparation is marked failed."""
+    azure_openai_resource_id: str | None = Field(
+        None,
+        alias="AZURE_OPENAI_RESOURCE_ID",
+        pattern=r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.CognitiveServices/accounts/[^/]+$",
+    )
+    """The upstream Azure OpenAI account's resource id: where fine-tuned models are deployed (control plane)."""
+    azure_resource_manager_endpoint: AnyHttpUrl = Field(
+        AnyHttpUrl("https://management.azure.com"), alias="AZURE_RESOURCE_MANAGER_ENDPOINT"
+    )
+    """Azure Resource Manager (another cloud's, or a local stand-in in tests)."""
+    fine_tuning_deployment_sku: str = Field("DeveloperTier", min_length=1, alias="FINE_TUNING_DEPLOYMENT_SKU")
+    """SKU of a fine-tuned model's deployment unless the request names one: Developer tier has no hosting fee."""
+    fine_tuning_deployment_capacity: int = Field(50, ge=1, alias="FINE_TUNING_DEPLOYMENT_CAPACITY")
+    """Capacity (thousands of tokens per minute) of that deployment unless the request names one."""
 
     # Telemetry (shared/platform/telemetry.py).
     telemetry_exporter: TelemetryExporter | None = Field(None, alias="TELEMETRY_EXPORTER")

@@ -45,6 +45,6 @@ def test_distill_a_dataset_into_a_fine_tuned_model(host: RunningHost, fake_upstr
         job = wait_for_job(http, created.json()["id"])
         assert job["status"] == "succeeded" and job["fine_tuned_model"].startswith("ft:gpt-4.1-mini:")
         assert job["lineage"]["dataset"]["dataset_id"] == dataset["id"]
-        assert job["training_file"] in fake_upstream.files and job["validation_file"] is None
+        assert job["training_file"] in fake_upstream.deleted_files and job["validation_file"] is None
         listed = http.get(f"/api/datasets/{dataset['id']}/fine_tuning_jobs").json()
         assert [j["id"] for j in listed["data"]] == [job["id"]]

@@ -35,6 +35,7 @@ DEPLOYED_STAND_INS = {
     "AZURE_CLIENT_ID": "00000000-0000-0000-0000-000000000001",
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=00000000-0000-0000-0000-000000000002",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "ClientId=00000000-0000-0000-0000-000000000001;Authorization=AAD",
+    "AZURE_RESOURCE_MANAGER_ENDPOINT": "https://management.azure.com/",  # environment().resourceManager
 }
 _SETTING_REFERENCE = re.compile(r"%([A-Za-z0-9_]+)%")
 
@@ -86,7 +87,7 @@ class _Scope:
         return COMPUTED
 
     def _function(self, function: dict[str, Any]) -> Any:
-        arguments = [self.evaluate(argument) for argument in function["parameters"].values()]
+        arguments = [self.evaluate(argument) for argument in (function.get("parameters") or {}).values()]
         if any(argument is COMPUTED for argument in arguments):
             return COMPUTED
         if function["type"] == "union":
