@@ -17,7 +17,7 @@ from tests.pane.test_pane import Host, sign_in, store
 
 
 def built_dataset(host: RunningHost, key: str, tag: str) -> dict[str, Any]:
-    store(host, 12, tag=tag)
+    store(host, 24, tag=tag)  # 12 left under 10 training examples about one run in nine (the split is by id hash)
     with httpx.Client(base_url=host.url, headers={"api-key": key}, timeout=30) as http:
         dataset = http.post(
             "/api/datasets", json={"kind": "distillation", "name": f"ft {tag}", "filter": {"metadata": {"tag": tag}}}
