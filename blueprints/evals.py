@@ -33,10 +33,14 @@ async def create_eval(req: Request, caller: Caller | None) -> Response:
 
 
 async def list_evals(req: Request, caller: Caller | None) -> Response:
-    """List evals, newest first by default."""
+    """List evals, oldest first by default (as OpenAI's); `order_by=updated_at` orders by last change."""
     query = _list_query(req, order_by=True)
     records, has_more = await get_services().evals.list_evals(
-        after=query["after"], limit=query["limit"], order=query["order"], owner=_scope(caller)
+        after=query["after"],
+        limit=query["limit"],
+        order=query["order"],
+        order_by=query["order_by"],
+        owner=_scope(caller),
     )
     return json_response(list_object([record.view() for record in records], has_more=has_more))
 
@@ -71,7 +75,7 @@ async def create_eval_run(req: Request, caller: Caller | None) -> Response:
 
 
 async def list_eval_runs(req: Request, caller: Caller | None) -> Response:
-    """List an eval's runs, newest first by default."""
+    """List an eval's runs, oldest first by default (as OpenAI's)."""
     query = _list_query(req, statuses=RUN_STATUSES)
     runs, has_more = await get_services().evals.list_runs(
         req.path_params["eval_id"],
@@ -109,7 +113,7 @@ async def delete_eval_run(req: Request, caller: Caller | None) -> Response:
 
 async def list_eval_run_output_items(req: Request, caller: Caller | None) -> Response:
     """List a run's graded items in data-source order; `status=pass|fail` filters."""
-    query = _list_query(req, statuses=ITEM_STATUSES, default_order="asc")
+    query = _list_query(req, statuses=ITEM_STATUSES)
     items, has_more = await get_services().evals.output_items(
         req.path_params["eval_id"],
         req.path_params["run_id"],
@@ -148,10 +152,8 @@ def _scope(caller: Caller | None) -> str | None:
     return caller.scope
 
 
-def _list_query(
-    req: Request, *, statuses: frozenset[str] = frozenset(), order_by: bool = False, default_order: str = "desc"
-) -> dict[str, Any]:
-    query: dict[str, Any] = {"after": None, "limit": 20, "order": default_order, "status": None}
+def _list_query(req: Request, *, statuses: frozenset[str] = frozenset(), order_by: bool = False) -> dict[str, Any]:
+    query: dict[str, Any] = {"after": None, "limit": 20, "order": "asc", "status": None, "order_by": "created_at"}
     for name, value in req.query_params.multi_items():
         if name == "limit":
             query["limit"] = query_integer(name, value, low=1, high=MAX_PAGE)
@@ -162,7 +164,7 @@ def _list_query(
         elif name == "status" and value in statuses:
             query["status"] = value
         elif name == "order_by" and order_by and value in ("created_at", "updated_at"):
-            continue  # evals never change order when updated: both orders are creation order
+            query["order_by"] = value
         elif name in ("order", "status", "order_by"):
             raise InvalidRequest(f"Invalid value for '{name}': '{value}'.", param=name)
         elif name not in IGNORED_QUERY:

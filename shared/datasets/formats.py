@@ -63,12 +63,13 @@ def assistant_output(completion: StoredCompletion) -> dict[str, Any] | SkipReaso
     return output if len(output) > 1 else SkipReason.EMPTY_OUTPUT
 
 
-def input_messages(completion: StoredCompletion) -> list[dict[str, Any]]:
-    """The request's messages in the fine-tuning shape: `developer` becomes `system`, extra keys go."""
+def input_messages(completion: StoredCompletion, *, keep_roles: bool = False) -> list[dict[str, Any]]:
+    """The request's messages in the fine-tuning shape: `developer` becomes `system` (unless `keep_roles`:
+    an eval's `{{item.input}}` replays them to models that know `developer`), extra keys go."""
     messages = []
     for message in completion.request.get("messages", []):
         kept = {key: value for key, value in message.items() if key in _INPUT_KEYS}
-        if kept.get("role") == "developer":
+        if kept.get("role") == "developer" and not keep_roles:
             kept["role"] = "system"
         if kept.get("content") is None and (kept.get("tool_calls") or kept.get("function_call")):
             kept.pop("content", None)
@@ -89,7 +90,7 @@ def evaluation_line(completion: StoredCompletion, output: dict[str, Any]) -> dic
     """An Evals `file_content` row: the item to grade against, and the stored answer as the sample."""
     reference = output.get("content") or json.dumps(output.get("tool_calls") or output.get("function_call"))
     item: dict[str, Any] = {
-        "input": input_messages(completion),
+        "input": input_messages(completion, keep_roles=True),
         "reference": reference,
         "completion_id": completion.id,
         "metadata": completion.metadata,

@@ -59,12 +59,13 @@ class TextSimilarityGrader(_Grader):
 
 
 class GraderMessage(BaseModel):
-    """A grader-model prompt message: `{role, content}` (content text or text parts), may hold templates."""
+    """A grader-model prompt message: `{role, content}`, may hold templates. The content is text, one part
+    (`{"type": "input_text", "text": …}`, as OpenAI's `evals.retrieve` returns it) or a list of parts."""
 
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["user", "assistant", "system", "developer"]
-    content: str | list[dict[str, Any]]
+    content: str | dict[str, Any] | list[dict[str, Any]]
     type: Literal["message"] | None = None
 
 
@@ -282,6 +283,8 @@ def _string_check(criterion: StringCheckGrader, item: dict[str, Any], sample: di
 
 
 async def _cosine(calls: ModelCalls, deployment: str, hypothesis: str, reference: str) -> float:
+    if not hypothesis.strip() or not reference.strip():
+        return 0.0  # an empty text resembles nothing (and Azure OpenAI refuses to embed it)
     first, second = await calls.embed(deployment=deployment, texts=[hypothesis, reference])
     norms = math.sqrt(sum(a * a for a in first)) * math.sqrt(sum(b * b for b in second))
     return 0.0 if norms == 0 else max(0.0, min(1.0, sum(a * b for a, b in zip(first, second, strict=True)) / norms))
@@ -343,8 +346,9 @@ def _answer_format(criterion: LabelModelGrader | ScoreModelGrader) -> dict[str, 
         answer = {"label": {"type": "string", "enum": criterion.labels}}
         name = "label"
     else:
+        # Azure OpenAI's strict mode refuses `minimum`/`maximum`: the range is said, and checked on the answer.
         low, high = criterion.range
-        answer = {"score": {"type": "number", "minimum": low, "maximum": high}}
+        answer = {"score": {"type": "number", "description": f"A score from {low:g} to {high:g}, inclusive."}}
         name = "score"
     schema = {
         "type": "object",

@@ -35,6 +35,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{_TIME_SPAN - 1 - micros:0{_TIME_DIGITS}x}{secrets.token_hex(9)}"
 
 
+def created_micros(record_id: str) -> int:
+    """The creation time (µs) a `new_id` carries."""
+    digits = record_id.partition("_")[2][:_TIME_DIGITS]
+    return _TIME_SPAN - 1 - int(digits, 16)
+
+
 class RunStatus(StrEnum):
     QUEUED = "queued"
     IN_PROGRESS = "in_progress"
@@ -57,6 +63,13 @@ class EvalRecord(BaseModel):
     sample_in_schema: bool
     testing_criteria: list[TestingCriterion]
     owner: OwnerId = None
+    changed_us: int | None = None
+    """Microseconds since the epoch of the last name or metadata change (None: never changed)."""
+
+    @property
+    def last_change(self) -> int:
+        """What `evals.list(order_by="updated_at")` sorts by: the last change, else the creation (in µs)."""
+        return self.changed_us or created_micros(self.id)
 
     def view(self) -> dict[str, Any]:
         return {

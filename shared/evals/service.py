@@ -164,7 +164,7 @@ class EvalService:
         else:
             item_schema, with_sample = STORED_COMPLETION_ITEM_SCHEMA, True
             view = {
-                "type": "stored_completions",
+                "type": config.type,  # `logs` stays `logs`, as OpenAI answers
                 "metadata": config.metadata,
                 "schema": _schema(item_schema, sample=True),
             }
@@ -193,6 +193,7 @@ class EvalService:
                 record.name = params.name
             if params.metadata is not None:
                 record.metadata = params.metadata
+            record.changed_us = time.time_ns() // 1000
             with contextlib.suppress(Superseded):
                 await self.store.save_eval(record, etag)
                 return record
@@ -202,13 +203,13 @@ class EvalService:
         await self.store.delete_tree(f"{eval_id}/")
 
     async def list_evals(
-        self, *, after: str | None, limit: int, order: str, owner: str | None
+        self, *, after: str | None, limit: int, order: str, owner: str | None, order_by: str = "created_at"
     ) -> tuple[list[EvalRecord], bool]:
-        ids = await self.store.ids("")
+        ids = [eval_id for eval_id in await self.store.ids("") if EVAL_ID.fullmatch(eval_id)]  # newest first
+        if order_by == "updated_at":
+            return await self._list_by_change(ids, after=after, limit=limit, order=order, owner=owner)
         page: list[EvalRecord] = []
         for eval_id in _after(ids if order == "desc" else ids[::-1], after):
-            if not EVAL_ID.fullmatch(eval_id):
-                continue
             with contextlib.suppress(NotFound):
                 record, _ = await self.store.read_eval(eval_id)
                 if record.visible_to(owner):
@@ -216,6 +217,22 @@ class EvalService:
                         return page, True
                     page.append(record)
         return page, False
+
+    async def _list_by_change(
+        self, ids: list[str], *, after: str | None, limit: int, order: str, owner: str | None
+    ) -> tuple[list[EvalRecord], bool]:
+        """Ids do not sort by last change: every visible eval is read, then sorted (ties in creation order)."""
+        records: list[EvalRecord] = []
+        for eval_id in reversed(ids):
+            with contextlib.suppress(NotFound):
+                record, _ = await self.store.read_eval(eval_id)
+                if record.visible_to(owner):
+                    records.append(record)
+        records.sort(key=lambda record: record.last_change)  # stable: equal times keep creation order
+        if order == "desc":
+            records.reverse()
+        start = 0 if after is None else next((n + 1 for n, r in enumerate(records) if r.id == after), len(records))
+        return records[start : start + limit], len(records) > start + limit
 
     # Runs.
 
@@ -282,14 +299,14 @@ class EvalService:
         return page, False
 
     async def cancel_run(self, eval_id: str, run_id: str, *, owner: str | None) -> RunRecord:
-        """Stop a run: at once when it has not started, else after the batch in flight (results kept)."""
+        """Stop a run and answer it `canceled`, as OpenAI does: no batch starts after this; the one in
+        flight (if any) is still counted, its results kept."""
         await self._visible_run(eval_id, run_id, owner)
         while True:
             run, etag = await self.store.read_run(eval_id, run_id)
             if run.finished:
                 return run
-            if run.status is RunStatus.QUEUED:
-                run.status = RunStatus.CANCELED
+            run.status = RunStatus.CANCELED
             run.cancel_requested = True
             with contextlib.suppress(Superseded):
                 await self.store.save_run(run, etag)
@@ -430,7 +447,7 @@ class EvalService:
     ) -> tuple[RunRecord, str]:
         """Count a graded batch exactly once: only onto the state that still ends where the batch starts."""
         while True:
-            if run.next_index != batch.start or run.finished:
+            if run.next_index != batch.start or (run.finished and run.status is not RunStatus.CANCELED):
                 raise Superseded(run.id)
             updated = run.model_copy(deep=True)
             for output in outputs:
@@ -712,12 +729,23 @@ def _input_messages(source: CompletionsRunDataSource, item: dict[str, Any]) -> l
 
 
 def _as_sample(item: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """A row's own sample; a ChatCompletion (OpenAI's cookbooks pass `completion.model_dump()`) answers
+    with its first choice's message."""
     text = given.get("output_text")
+    if text is None:
+        text = content_text(_first_message(given).get("content"))
     inputs = item["input"] if isinstance(item.get("input"), list) else []
     return {
         **stored_sample(input_messages=inputs, output_text=str(text or ""), model=str(given.get("model", ""))),
         **given,
     }
+
+
+def _first_message(completion: dict[str, Any]) -> dict[str, Any]:
+    choices = completion.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = first.get("message")
+    return message if isinstance(message, dict) else {}
 
 
 def _count(run: RunRecord, output: OutputItem) -> None:

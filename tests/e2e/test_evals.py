@@ -200,8 +200,8 @@ def test_crud_listing_and_the_azure_client(evals_host: RunningHost) -> None:
     created = [
         client.evals.create(name=f"e{n}", data_source_config=config, testing_criteria=[STARTS_FAKE]) for n in range(3)
     ]  # type: ignore[arg-type, list-item]
-    listed = [e.id for e in client.evals.list(limit=2) if e.id in {c.id for c in created}]
-    assert listed == [c.id for c in reversed(created)]  # newest first, across pages
+    listed = [e.id for e in client.evals.list(limit=2, order="desc") if e.id in {c.id for c in created}]
+    assert listed == [c.id for c in reversed(created)]  # newest first when asked, across pages
     renamed = client.evals.update(created[0].id, name="renamed", metadata={"team": "a"})
     assert (renamed.name, renamed.metadata) == ("renamed", {"team": "a"})
     azure = evals_host.azure_client()

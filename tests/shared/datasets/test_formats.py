@@ -69,6 +69,17 @@ def test_evaluation_line_shape() -> None:
     }
 
 
+def test_evaluation_items_keep_the_original_roles() -> None:
+    """`{{item.input}}` replays the request as it was: `developer` stays `developer` (OpenAI's Evals do)."""
+    messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    completion = stored("x", messages=messages)
+    line = formats.evaluation_line(completion, formats.assistant_output(completion))  # type: ignore[arg-type]
+    assert [m["role"] for m in line["item"]["input"]] == ["developer", "user"]
+    assert formats.distillation_example(completion, {"role": "assistant", "content": "yo"})["messages"][0]["role"] == (
+        "system"
+    )
+
+
 def test_split_is_deterministic_and_roughly_the_fraction() -> None:
     keys = [f"c:{n}" for n in range(2000)]
     first = [formats.in_validation(key, seed=1, fraction=0.2) for key in keys]

@@ -1,0 +1,190 @@
+"""Definitions copied from OpenAI's Evals docs and cookbooks behave as they do there, driven by the
+official `openai` SDK against the local host: ChatCompletion samples, content parts, list order,
+`logs` configs, original roles, cancel, and the refused `python` grader."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from local_host.azurite import Azurite
+from tests.conftest import RunningHost, start_host
+from tests.e2e.test_evals import wait_for_run
+from tests.fakes import FakeUpstream, Reply
+
+CUSTOM = {
+    "type": "custom",
+    "item_schema": {"type": "object", "properties": {"q": {"type": "string"}, "expected": {"type": "string"}}},
+    "include_sample_schema": True,
+}
+EXACT = {
+    "type": "string_check",
+    "name": "exact",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.expected}}",
+    "operation": "eq",
+}
+
+
+@pytest.fixture(scope="module")
+def parity_host(
+    azurite: Azurite, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningHost]:
+    with start_host(
+        azurite.connection_string,
+        tmp_path_factory.mktemp("evals-parity-host"),
+        OPENAI_BASE_URL=upstream.base_url,
+        LOCAL_RETRY_SECONDS="0",
+        EVAL_CONCURRENCY="1",
+    ) as running:
+        yield running
+
+
+def test_a_chat_completion_sample_grades_its_first_choice(parity_host: RunningHost) -> None:
+    """The regression cookbook passes `completion.model_dump()` as each row's sample."""
+    client = parity_host.openai_client()
+    completion = client.chat.completions.create(model="teacher", messages=[{"role": "user", "content": "hello"}])
+    evaluation = client.evals.create(data_source_config=CUSTOM, testing_criteria=[EXACT])  # type: ignore[arg-type, list-item]
+    rows = [
+        {"item": {"q": "hello", "expected": "fake: hello"}, "sample": completion.model_dump()},
+        {"item": {"q": "hello", "expected": "something else"}, "sample": completion.model_dump()},
+    ]
+    run = client.evals.runs.create(
+        evaluation.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": rows}}
+    )
+    done = wait_for_run(client, evaluation.id, run.id)
+    assert done.result_counts.model_dump() == {"total": 2, "passed": 1, "failed": 1, "errored": 0}
+    first = next(iter(client.evals.runs.output_items.list(run.id, eval_id=evaluation.id)))
+    assert first.sample.output[0].content == "fake: hello"
+
+
+def test_message_content_as_a_part_or_parts_in_criteria_and_run_templates(
+    parity_host: RunningHost, fake_upstream: FakeUpstream
+) -> None:
+    client = parity_host.openai_client()
+    judge = {
+        "type": "label_model",
+        "name": "judge",
+        "model": "grader",
+        "input": [
+            {"role": "developer", "content": {"type": "input_text", "text": "Is it right?"}},
+            {"role": "user", "content": [{"type": "input_text", "text": "{{item.q}} -> {{sample.output_text}}"}]},
+        ],
+        "labels": ["right", "wrong"],
+        "passing_labels": ["right"],
+    }
+    evaluation = client.evals.create(data_source_config=CUSTOM, testing_criteria=[judge])  # type: ignore[arg-type, list-item]
+    retrieved = client.evals.retrieve(evaluation.id).to_dict()
+    again = client.evals.create(data_source_config=CUSTOM, testing_criteria=retrieved["testing_criteria"])  # type: ignore[arg-type]
+    assert again.to_dict()["testing_criteria"] == retrieved["testing_criteria"]  # what retrieve answers, create takes
+
+    fake_upstream.script(
+        Reply(message={"role": "assistant", "content": "pong"}),  # the deployment checks: student, grader
+        Reply(message={"role": "assistant", "content": "pong"}),
+    )
+    template = [{"type": "message", "role": "user", "content": {"type": "input_text", "text": "say {{item.q}}"}}]
+    run = client.evals.runs.create(
+        evaluation.id,
+        data_source={
+            "type": "completions",
+            "model": "student",
+            "source": {"type": "file_content", "content": [{"item": {"q": "cheese", "expected": ""}}]},
+            "input_messages": {"type": "template", "template": template},
+        },  # type: ignore[typeddict-item]
+    )
+    done = wait_for_run(client, evaluation.id, run.id)
+    assert done.status == "completed", done
+    candidate, grader = (r["body"] for r in fake_upstream.requests[2:4])
+    assert candidate["messages"] == [{"role": "user", "content": "say cheese"}]
+    assert grader["messages"] == [
+        {"role": "developer", "content": "Is it right?"},
+        {"role": "user", "content": "cheese -> fake: say cheese"},
+    ]
+
+
+def test_lists_default_to_oldest_first_and_order_by_updated_at(parity_host: RunningHost) -> None:
+    client = parity_host.openai_client()
+    created = [
+        client.evals.create(name=f"e{n}", data_source_config=CUSTOM, testing_criteria=[EXACT])  # type: ignore[arg-type, list-item]
+        for n in range(3)
+    ]
+    ids = [e.id for e in created]
+
+    def listed(**query: Any) -> list[str]:
+        return [e.id for e in client.evals.list(limit=2, **query) if e.id in ids]
+
+    assert listed() == ids  # `order=asc` is the documented default, across pages
+    assert listed(order="desc") == ids[::-1]
+    client.evals.update(ids[0], name="touched")
+    assert listed(order_by="updated_at")[-1] == ids[0]
+    assert listed(order_by="updated_at", order="desc")[0] == ids[0]
+
+    rows = [{"item": {"q": "a", "expected": "a"}, "sample": {"output_text": "a"}}]
+    runs = [
+        client.evals.runs.create(
+            ids[1], data_source={"type": "jsonl", "source": {"type": "file_content", "content": rows}}
+        )
+        for _ in range(3)
+    ]
+    assert [r.id for r in client.evals.runs.list(ids[1], limit=2)] == [r.id for r in runs]
+
+
+def test_a_logs_config_keeps_its_type_and_item_input_keeps_developer(
+    parity_host: RunningHost, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    client = parity_host.openai_client()
+    client.chat.completions.create(
+        model="teacher",
+        store=True,
+        metadata={"tag": tag},
+        messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+    )
+    evaluation = client.evals.create(
+        data_source_config={"type": "logs", "metadata": {"tag": tag}},  # type: ignore[typeddict-item]
+        testing_criteria=[{**EXACT, "reference": "{{item.reference}}"}],  # type: ignore[list-item]
+    )
+    assert evaluation.data_source_config.type == "logs"
+    assert client.evals.retrieve(evaluation.id).data_source_config.type == "logs"
+    fake_upstream.reset()
+    run = client.evals.runs.create(
+        evaluation.id,
+        data_source={
+            "type": "completions",
+            "model": "student",
+            "source": {"type": "stored_completions", "metadata": {"tag": tag}},
+            "input_messages": {"type": "item_reference", "item_reference": "item.input"},
+        },  # type: ignore[typeddict-item]
+    )
+    assert wait_for_run(client, evaluation.id, run.id).result_counts.total == 1
+    (candidate,) = [r["body"] for r in fake_upstream.requests if r["body"]["messages"][0]["content"] != "ping"]
+    assert [m["role"] for m in candidate["messages"]] == ["developer", "user"]
+
+
+def test_cancel_answers_canceled(parity_host: RunningHost, fake_upstream: FakeUpstream) -> None:
+    client = parity_host.openai_client()
+    evaluation = client.evals.create(data_source_config=CUSTOM, testing_criteria=[EXACT])  # type: ignore[arg-type, list-item]
+    fake_upstream.script(Reply(), *[Reply(delay_seconds=0.2)] * 20)
+    rows = [{"item": {"q": f"q{n}", "expected": ""}} for n in range(20)]
+    run = client.evals.runs.create(
+        evaluation.id,
+        data_source={
+            "type": "completions",
+            "model": "student",
+            "source": {"type": "file_content", "content": rows},
+            "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
+        },  # type: ignore[typeddict-item]
+    )
+    canceled = client.evals.runs.cancel(run.id, eval_id=evaluation.id)
+    assert canceled.status == "canceled"
+    assert client.evals.runs.retrieve(run.id, eval_id=evaluation.id).status == "canceled"
+
+
+def test_the_python_grader_is_refused_with_a_clear_400(parity_host: RunningHost) -> None:
+    client = parity_host.openai_client()
+    grader = {"type": "python", "name": "p", "source": "def grade(sample, item):\n    return 1.0\n"}
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.evals.create(data_source_config=CUSTOM, testing_criteria=[grader])  # type: ignore[arg-type, list-item]
+    assert raised.value.code == "unsupported_grader" and "sandbox" in raised.value.message
