@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -60,7 +60,14 @@ from shared.store.completion_store import CompletionStore
 from shared.store.json_blobs import JsonBlobs
 from shared.store.read_budget import ByteBudget
 from shared.store.usage import UsageCounter
-from shared.upstream.client import HttpUpstream, ModelMap, Upstream, azure_openai_url, openai_compatible_url
+from shared.upstream.client import (
+    HttpUpstream,
+    ModelMap,
+    Upstream,
+    azure_openai_url,
+    azure_openai_v1_url,
+    openai_compatible_url,
+)
 from shared.upstream.model_calls import ModelCalls
 from shared.upstream.offline_model import OfflineModel
 
@@ -212,7 +219,10 @@ class Services:
 
     @cached_property
     def model_calls(self) -> ModelCalls:
-        return ModelCalls(upstream=self.upstream, max_attempts=self.settings.model_call_max_attempts)
+        return ModelCalls(
+            upstream=model_calls_upstream(self.settings, self.upstream),
+            max_attempts=self.settings.model_call_max_attempts,
+        )
 
     @cached_property
     def evals_container(self) -> ContainerClient:
@@ -460,6 +470,18 @@ def build_upstream(settings: Settings, credential: AsyncTokenCredential) -> Upst
         )
     log.warning("No upstream configured (AZURE_OPENAI_ENDPOINT / OPENAI_BASE_URL): serving the offline model")
     return OfflineModel()
+
+
+def model_calls_upstream(settings: Settings, upstream: Upstream) -> Upstream:
+    """The upstream of the service's own calls (eval candidates, graders, embeddings): on Azure OpenAI the GA
+    v1 routes with the deployment as `model` (same connections and sign-in as the proxy's)."""
+    if settings.azure_openai_endpoint is not None and isinstance(upstream, HttpUpstream):
+        return replace(
+            upstream,
+            url_for=azure_openai_v1_url(str(settings.azure_openai_endpoint)),
+            model_for=lambda deployment: deployment,
+        )
+    return upstream
 
 
 def build_fine_tuning_api(settings: Settings, credential: AsyncTokenCredential) -> FineTuningApi | None:

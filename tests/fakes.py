@@ -134,6 +134,9 @@ class FakeUpstream:
                     )
                 ),
                 Route("/openai/deployments/{deployment}/embeddings", self._embeddings, methods=["POST"]),
+                # Azure OpenAI's GA v1 routes (the deployment in the body's `model`).
+                Route("/openai/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/openai/v1/embeddings", self._embeddings, methods=["POST"]),
             ]
         )
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))

@@ -627,7 +627,10 @@ class EvalService:
         for position, criterion in enumerate(record.testing_criteria):
             if isinstance(criterion, LabelModelGrader | ScoreModelGrader):
                 wanted.setdefault(criterion.model, f"testing_criteria[{position}].model")
-        ping = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+        ping = {
+            "messages": [{"role": "user", "content": "ping"}],
+            "max_completion_tokens": 1,
+        }  # o-series refuse max_tokens
         checks: list[tuple[str, str, Any]] = [
             (name, param, probe.chat(deployment=name, body=ping)) for name, param in wanted.items()
         ]

@@ -182,6 +182,18 @@ def azure_openai_url(endpoint: str, api_version: str) -> Callable[[str, str], st
     return url_for
 
 
+def azure_openai_v1_url(endpoint: str) -> Callable[[str, str], str]:
+    """Azure OpenAI's GA v1 routes (`/openai/v1/chat/completions`, no api-version): the deployment goes in
+    the body's `model`, and o-series models, the `developer` role and `reasoning_effort` work."""
+    base = endpoint.rstrip("/")
+
+    def url_for(deployment: str, operation: str) -> str:
+        require_deployment_segment(deployment)
+        return f"{base}/openai/v1/{operation}"
+
+    return url_for
+
+
 def openai_compatible_url(base_url: str) -> Callable[[str, str], str]:
     base = base_url.rstrip("/")
     return lambda _deployment, operation: f"{base}/{operation}"

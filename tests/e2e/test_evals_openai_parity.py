@@ -188,3 +188,61 @@ def test_the_python_grader_is_refused_with_a_clear_400(parity_host: RunningHost)
     with pytest.raises(openai.BadRequestError) as raised:
         client.evals.create(data_source_config=CUSTOM, testing_criteria=[grader])  # type: ignore[arg-type, list-item]
     assert raised.value.code == "unsupported_grader" and "sandbox" in raised.value.message
+
+
+def test_azure_openai_eval_calls_take_the_ga_v1_routes(
+    azurite: Azurite, fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Candidate, grader and embeddings calls: `/openai/v1/...` with the deployment as `model`, no api-version."""
+    with start_host(
+        azurite.connection_string,
+        tmp_path_factory.mktemp("evals-azure-v1"),
+        AZURE_OPENAI_ENDPOINT=fake_upstream.root_url,
+        AZURE_OPENAI_API_KEY="upstream-secret",
+        EVAL_EMBEDDINGS_DEPLOYMENT="embedder",
+    ) as azure:
+        client = azure.openai_client()
+        judge = {
+            "type": "score_model",
+            "name": "judge",
+            "model": "o4-mini-grader",
+            "input": [{"role": "developer", "content": "Rate {{sample.output_text}}"}],
+            "range": [0, 1],
+            "sampling_params": {"reasoning_effort": "low"},
+        }
+        similar = {
+            "type": "text_similarity",
+            "name": "similar",
+            "input": "{{sample.output_text}}",
+            "reference": "{{item.expected}}",
+            "evaluation_metric": "cosine",
+            "pass_threshold": 0.1,
+        }
+        evaluation = client.evals.create(data_source_config=CUSTOM, testing_criteria=[judge, similar])  # type: ignore[arg-type, list-item]
+        fake_upstream.reset()
+        fake_upstream.script(
+            Reply(message={"role": "assistant", "content": "pong"}),  # the deployment checks
+            Reply(message={"role": "assistant", "content": "pong"}),
+            Reply(message={"role": "assistant", "content": "hello"}),  # the candidate
+            Reply(message={"role": "assistant", "content": '{"steps": [], "score": 1}'}),  # the grader
+        )
+        run = client.evals.runs.create(
+            evaluation.id,
+            data_source={
+                "type": "completions",
+                "model": "o4-mini-student",
+                "source": {"type": "file_content", "content": [{"item": {"q": "hi", "expected": "hello"}}]},
+                "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
+            },  # type: ignore[typeddict-item]
+        )
+        done = wait_for_run(client, evaluation.id, run.id)
+        assert done.result_counts.model_dump() == {"total": 1, "passed": 1, "failed": 0, "errored": 0}, done
+        seen = [(r["url"].removeprefix(fake_upstream.root_url), r["body"].get("model")) for r in fake_upstream.requests]
+        assert set(seen) == {
+            ("/openai/v1/chat/completions", "o4-mini-student"),
+            ("/openai/v1/chat/completions", "o4-mini-grader"),
+            ("/openai/v1/embeddings", "embedder"),
+        }, seen
+        assert all(r["headers"]["api-key"] == "upstream-secret" for r in fake_upstream.requests)
+        grader_call = next(r["body"] for r in fake_upstream.requests if r["body"].get("reasoning_effort"))
+        assert grader_call["messages"][0]["role"] == "developer"
