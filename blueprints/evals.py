@@ -69,7 +69,7 @@ async def create_eval_run(req: Request, caller: Caller | None) -> Response:
     """Start a run: its items are answered (or taken as they are) and graded on the job queue."""
     params = parse(RunCreateParams, parse_json_object(await req.body()))
     run, request = await get_services().evals.create_run(
-        req.path_params["eval_id"], params, owner=_scope(caller), report_base=str(req.base_url)
+        req.path_params["eval_id"], params, owner=_scope(caller), report_base=str(req.base_url), caller=caller
     )
     return json_response(run.view(request), status=201)
 

@@ -30,6 +30,9 @@ from shared.platform.errors import InvalidRequest
 from shared.upstream.model_calls import ModelCalls, UpstreamCallFailed
 
 REFUSED_GRADERS = frozenset({"python", "multi"})
+MAX_SAMPLE_TOKENS = 128_000
+"""`max_completion_tokens` of one candidate or grader call at most (the largest output Azure OpenAI models give)."""
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
 
 
 class _Grader(BaseModel):
@@ -72,11 +75,11 @@ class GraderMessage(BaseModel):
 class GraderSamplingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_completions_tokens: int | None = Field(None, ge=1)
+    max_completions_tokens: int | None = Field(None, ge=1, le=MAX_SAMPLE_TOKENS)
     seed: int | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    reasoning_effort: str | None = None
+    reasoning_effort: ReasoningEffort | None = None
 
 
 class LabelModelGrader(_Grader):

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shared.evals.graders import GraderMessage
+from shared.evals.graders import MAX_SAMPLE_TOKENS, GraderMessage, ReasoningEffort
 from shared.platform.request_body import Metadata, validation_error
 
 MAX_RUN_ITEMS = 10_000
@@ -97,15 +97,17 @@ class ItemReferenceInputMessages(_Params):
     item_reference: str = Field(pattern=r"^item(\.[A-Za-z0-9_\-]+)+$")
 
 
-class RunSamplingParams(BaseModel):
-    """Sent with each candidate call; fields beyond these pass through to the upstream as they are."""
+class RunSamplingParams(_Params):
+    """Sent with each candidate call: OpenAI's Evals sampling parameters, bounded (anything else, `n`
+    included, is a 400: a run's cost must follow from its items)."""
 
-    model_config = ConfigDict(extra="allow")
-
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_SAMPLE_TOKENS)
     seed: int | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
+    reasoning_effort: ReasoningEffort | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = Field(None, max_length=128)
 
 
 class JsonlRunDataSource(_Params):

@@ -64,7 +64,8 @@ from shared.evals.records import (
     output_item_index,
 )
 from shared.evals.templates import check_variables, content_text, render_messages
-from shared.platform.errors import DistilleryError, InvalidRequest, NotFound
+from shared.platform.access import Caller, Right
+from shared.platform.errors import DistilleryError, InvalidRequest, NotFound, PermissionDenied
 from shared.platform.job_queue import JobQueue
 from shared.platform.telemetry import JobChunk, job_chunk
 from shared.store.completion_filter import CompletionFilter
@@ -237,11 +238,18 @@ class EvalService:
     # Runs.
 
     async def create_run(
-        self, eval_id: str, params: RunCreateParams, *, owner: str | None, report_base: str
+        self,
+        eval_id: str,
+        params: RunCreateParams,
+        *,
+        owner: str | None,
+        report_base: str,
+        caller: Caller | None = None,
     ) -> tuple[RunRecord, RunCreateParams]:
         record, _ = await self._visible_eval(eval_id, owner)
         source = params.data_source.source
         model = params.data_source.model if isinstance(params.data_source, CompletionsRunDataSource) else None
+        self._check_caller_may_call(record, model, caller)
         lineage = Lineage(model=model)
         if model is not None and self._fine_tuning_job_of is not None:
             named = (params.metadata or {}).get(FINE_TUNING_JOB_METADATA)
@@ -618,28 +626,51 @@ class EvalService:
                 param="data_source.input_messages",
             )
 
+    def _called_deployments(self, record: EvalRecord, model: str | None) -> tuple[dict[str, str], str | None]:
+        """The chat deployments a run calls (name -> the parameter naming it), and its embeddings deployment."""
+        chat: dict[str, str] = {}
+        if model is not None:
+            chat[model] = "data_source.model"
+        for position, criterion in enumerate(record.testing_criteria):
+            if isinstance(criterion, LabelModelGrader | ScoreModelGrader):
+                chat.setdefault(criterion.model, f"testing_criteria[{position}].model")
+        cosine = any(
+            isinstance(c, TextSimilarityGrader) and c.evaluation_metric == "cosine" for c in record.testing_criteria
+        )
+        return chat, self.limits.embeddings_deployment if cosine else None
+
+    def _check_caller_may_call(self, record: EvalRecord, model: str | None, caller: Caller | None) -> None:
+        """A run that calls a model spends inference: it needs that right, and the key's deployment allow-list
+        covers its candidate, grader and embeddings deployments as it covers chat completions."""
+        chat, embeddings = self._called_deployments(record, model)
+        called = dict(chat) | ({embeddings: "EVAL_EMBEDDINGS_DEPLOYMENT"} if embeddings else {})
+        if caller is None or not called:
+            return
+        if Right.INFERENCE not in caller.rights:
+            raise PermissionDenied(
+                f"The caller '{caller.name}' lacks the '{Right.INFERENCE.value}' right this run needs: it calls "
+                f"{', '.join(sorted(called))}."
+            )
+        for name, param in called.items():
+            if caller.deployments is not None and name not in caller.deployments:
+                raise PermissionDenied(
+                    f"The caller '{caller.name}' may not call the deployment '{name}' this run needs.",
+                    param=param,
+                    code="deployment_not_allowed",
+                )
+
     async def _check_deployments(self, record: EvalRecord, model: str | None) -> None:
         """Every deployment the run will call answers (a 404 is a 400 now, not errors on every item later)."""
         probe = replace(self._calls, max_attempts=1)
-        wanted: dict[str, str] = {}
-        if model is not None:
-            wanted[model] = "data_source.model"
-        for position, criterion in enumerate(record.testing_criteria):
-            if isinstance(criterion, LabelModelGrader | ScoreModelGrader):
-                wanted.setdefault(criterion.model, f"testing_criteria[{position}].model")
-        ping = {
-            "messages": [{"role": "user", "content": "ping"}],
-            "max_completion_tokens": 1,
-        }  # o-series refuse max_tokens
+        wanted, embeddings = self._called_deployments(record, model)
+        # `max_completion_tokens`: o-series models refuse `max_tokens`.
+        ping = {"messages": [{"role": "user", "content": "ping"}], "max_completion_tokens": 1}
         checks: list[tuple[str, str, Any]] = [
             (name, param, probe.chat(deployment=name, body=ping)) for name, param in wanted.items()
         ]
-        if any(
-            isinstance(c, TextSimilarityGrader) and c.evaluation_metric == "cosine" for c in record.testing_criteria
-        ):
-            deployment = self.limits.embeddings_deployment
+        if embeddings is not None:
             checks.append(
-                (deployment, "EVAL_EMBEDDINGS_DEPLOYMENT", probe.embed(deployment=deployment, texts=["ping"]))
+                (embeddings, "EVAL_EMBEDDINGS_DEPLOYMENT", probe.embed(deployment=embeddings, texts=["ping"]))
             )
         for name, param, call in checks:
             try:
@@ -703,6 +734,8 @@ def _schema(item_schema: dict[str, Any], *, sample: bool) -> dict[str, Any]:
 
 
 def _completion_filter(source: StoredCompletionsSource, record: EvalRecord, owner: str | None) -> CompletionFilter:
+    """The run's selection, in the eval owner's scope: whoever starts the run (an all-owners key too), its
+    items become readable by that owner, so they hold only that owner's completions."""
     metadata = source.metadata if source.metadata is not None else record.data_source_config.get("metadata") or {}
     try:
         return CompletionFilter(
@@ -710,7 +743,7 @@ def _completion_filter(source: StoredCompletionsSource, record: EvalRecord, owne
             model=source.model,
             created_after=source.created_after,
             created_before=source.created_before,
-            owner=owner,
+            owner=record.owner if record.owner is not None else owner,
         )
     except ValidationError as exc:
         raise InvalidRequest(
