@@ -235,6 +235,7 @@ class Services:
             store=EvalStore(container=self.evals_container),
             completions=self.store,
             datasets=self.dataset_jobs.records,
+            membership=DatasetMembership(self.index_table),
             calls=self.model_calls,
             job_queue=self.job_queue,
             queue_name=settings.eval_jobs_queue,
@@ -367,7 +368,7 @@ class Services:
 
     @cached_property
     def forgetting(self) -> Forgetting:
-        return Forgetting(store=self.store, datasets=self.dataset_jobs)
+        return Forgetting(store=self.store, datasets=self.dataset_jobs, evals=self.evals)
 
     @cached_property
     def purges(self) -> PurgeService:

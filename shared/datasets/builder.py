@@ -220,7 +220,7 @@ class DatasetJobs:
 
     async def forget_completions(self, completion_ids: list[str]) -> list[str]:
         """Rebuild every dataset that holds (or is reading) any of these deleted completions; their ids."""
-        holders = sorted(await self.membership.holders(completion_ids))
+        holders = sorted(h for h in await self.membership.holders(completion_ids) if h.startswith("dataset-"))
         rebuilt = [dataset_id for dataset_id in holders if await self.rebuild(dataset_id)]
         if rebuilt:
             log.info("Deleted completions were in %s dataset(s); rebuilding %s", len(rebuilt), ", ".join(rebuilt))

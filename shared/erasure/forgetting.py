@@ -1,8 +1,9 @@
-"""Deleting stored completions everywhere they are: document, index rows, and the datasets holding them.
+"""Deleting stored completions everywhere they are: document, index rows, and the datasets and eval
+runs holding them.
 
 The API delete, purges and the retention sweep all end here, so a deleted completion never stays
-in a dataset file: each dataset that recorded it (see `shared.datasets.membership`) is rebuilt
-without it. Datasets are looked up after the documents are gone, which is what makes a build
+in a dataset file or an eval run: each dataset that recorded it (see `shared.datasets.membership`)
+is rebuilt without it, each eval run that recorded it has its item and output item erased. Datasets are looked up after the documents are gone, which is what makes a build
 racing the delete safe.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from shared.datasets.builder import DatasetJobs
+from shared.evals.service import EvalService
 from shared.platform.errors import NotFound
 from shared.store import ids
 from shared.store.completion_store import CompletionStore
@@ -19,9 +21,10 @@ log = logging.getLogger(__name__)
 
 
 class Forgetting:
-    def __init__(self, *, store: CompletionStore, datasets: DatasetJobs) -> None:
+    def __init__(self, *, store: CompletionStore, datasets: DatasetJobs, evals: EvalService) -> None:
         self._store = store
         self._datasets = datasets
+        self._evals = evals
 
     async def delete(self, completion_id: str, *, owner: str | None = None) -> None:
         """Delete one completion (404 when unknown or another owner's) and rebuild the datasets that held it."""
@@ -35,5 +38,7 @@ class Forgetting:
         await self.deleted([completion_id])
 
     async def deleted(self, completion_ids: list[str]) -> None:
-        """Called after documents are deleted (purge and retention batches): their datasets are rebuilt."""
+        """Called after documents are deleted (purge and retention batches): their datasets are rebuilt, their
+        eval runs rewritten."""
         await self._datasets.forget_completions(completion_ids)
+        await self._evals.forget_completions(completion_ids)

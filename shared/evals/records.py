@@ -291,10 +291,17 @@ class EvalStore:
         return True
 
     async def read_items(self, eval_id: str, run_id: str) -> bytes:
-        raw, _ = await self.blobs.get(
-            f"{eval_id}/runs/{run_id}/items.jsonl", missing=f"Run '{run_id}' has no items yet."
-        )
-        return raw
+        return (await self.read_items_versioned(eval_id, run_id))[0]
+
+    async def read_items_versioned(self, eval_id: str, run_id: str) -> tuple[bytes, str]:
+        return await self.blobs.get(f"{eval_id}/runs/{run_id}/items.jsonl", missing=f"Run '{run_id}' has no items yet.")
+
+    async def replace_items(self, eval_id: str, run_id: str, lines: bytes, etag: str) -> None:
+        """Rewrite the items (erasure), only if unchanged since read."""
+        await self.blobs.put(f"{eval_id}/runs/{run_id}/items.jsonl", lines, etag=etag)
+
+    async def delete_output(self, eval_id: str, run_id: str, index: int) -> None:
+        await self.blobs.delete_tree(_output_name(eval_id, run_id, index))
 
     async def write_output(self, output: OutputItem) -> OutputItem:
         """Write a graded item once; a second writer gets the first one's (so nothing is graded twice)."""

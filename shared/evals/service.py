@@ -17,13 +17,14 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.datasets import formats
+from shared.datasets.membership import DatasetMembership
 from shared.datasets.records import DatasetRecords
 from shared.evals.compare import compare_runs
 from shared.evals.graders import (
@@ -69,6 +70,7 @@ from shared.platform.errors import DistilleryError, InvalidRequest, NotFound, Pe
 from shared.platform.job_queue import JobQueue
 from shared.platform.telemetry import JobChunk, job_chunk
 from shared.store.completion_filter import CompletionFilter
+from shared.store.completion_index import IndexEntry
 from shared.store.completion_store import CompletionStore
 from shared.store.json_blobs import Superseded
 from shared.upstream.model_calls import ModelCalls, UpstreamCallFailed
@@ -80,6 +82,9 @@ RUN_ID = re.compile(r"evalrun_[0-9a-f]{32}")
 FINE_TUNING_JOB_METADATA = "fine_tuning_job"
 """Run metadata key linking a run to the fine-tuning job whose model its deployment serves (Azure
 deploys a fine-tuned model under a deployment name of its own)."""
+ERASED = "erased"
+"""An item line holding only `{"erased": true}`: the stored completion it copied was deleted."""
+_MEMBERSHIP_BATCH = 100
 STORED_ANSWERS_MODEL = "stored"
 """A run's `model` when it grades the answers its source already holds."""
 
@@ -139,6 +144,7 @@ class EvalService:
         store: EvalStore,
         completions: CompletionStore,
         datasets: DatasetRecords,
+        membership: DatasetMembership,
         calls: ModelCalls,
         job_queue: JobQueue,
         queue_name: str,
@@ -149,6 +155,7 @@ class EvalService:
         self._fine_tuning_job_of = fine_tuning_job_of
         self._completions = completions
         self._datasets = datasets
+        self._membership = membership
         self._calls = calls
         self._queue = job_queue
         self._queue_name = queue_name
@@ -372,6 +379,56 @@ class EvalService:
         outputs = [await self._all_outputs(eval_id, run.id) for run in runs]
         return compare_runs(record, runs, outputs)
 
+    # Erasure.
+
+    async def forget_completions(self, completion_ids: list[str]) -> int:
+        """Rewrite every run that copied any of these deleted completions without them: its item becomes an
+        erased line (so item positions stay) and its output item is deleted and uncounted. Runs rewritten."""
+        wanted = set(completion_ids)
+        rewritten = 0
+        for holder in sorted(await self._membership.holders(completion_ids)):
+            eval_id, _, run_id = holder.partition(".")
+            if EVAL_ID.fullmatch(eval_id) and RUN_ID.fullmatch(run_id):
+                rewritten += await self._erase_from_run(eval_id, run_id, wanted)
+        if rewritten:
+            log.info("Deleted completions were in %s eval run(s); erased from them", rewritten)
+        return rewritten
+
+    async def _erase_from_run(self, eval_id: str, run_id: str, wanted: set[str]) -> bool:
+        while True:
+            try:
+                raw, etag = await self.store.read_items_versioned(eval_id, run_id)
+            except NotFound:
+                return False  # run deleted, or its items not fixed yet (they are read after the delete)
+            lines = raw.splitlines(keepends=True)
+            hits = [index for index, line in enumerate(lines) if _completion_id(line) in wanted]
+            if not hits:
+                return False
+            for index in hits:
+                lines[index] = formats.jsonl_line({ERASED: True})
+            with contextlib.suppress(Superseded):
+                await self.store.replace_items(eval_id, run_id, b"".join(lines), etag)
+                break
+        for index in hits:
+            await self._erase_output(eval_id, run_id, index)
+        return True
+
+    async def _erase_output(self, eval_id: str, run_id: str, index: int) -> None:
+        """Delete a graded item, taking it out of the run's counts if they hold it."""
+        try:
+            output = await self.store.read_output(eval_id, run_id, index)
+        except NotFound:
+            return
+        while True:
+            run, etag = await self.store.read_run(eval_id, run_id)
+            if run.next_index <= index:
+                break  # not counted yet: the delivery that counts it reads the erased line... or counts it now
+            _count(run, output, sign=-1)
+            with contextlib.suppress(Superseded):
+                await self.store.save_run(run, etag)
+                break
+        await self.store.delete_output(eval_id, run_id, index)
+
     # The queue.
 
     async def handle(self, body: bytes, *, delivery_count: int) -> None:
@@ -451,7 +508,7 @@ class EvalService:
         log.info("Eval run %s %s: %s", run.id, status, run.result_counts.model_dump())
 
     async def _advance(
-        self, run: RunRecord, etag: str, batch: range, outputs: list[OutputItem]
+        self, run: RunRecord, etag: str, batch: range, outputs: list[OutputItem | None]
     ) -> tuple[RunRecord, str]:
         """Count a graded batch exactly once: only onto the state that still ends where the batch starts."""
         while True:
@@ -459,7 +516,8 @@ class EvalService:
                 raise Superseded(run.id)
             updated = run.model_copy(deep=True)
             for output in outputs:
-                _count(updated, output)
+                if output is not None:  # None: an erased item
+                    _count(updated, output)
             updated.next_index = batch.stop
             try:
                 return updated, await self.store.save_run(updated, etag)
@@ -468,10 +526,12 @@ class EvalService:
 
     async def _output(
         self, run: RunRecord, record: EvalRecord, request: RunCreateParams, index: int, line: bytes, graded: bool
-    ) -> OutputItem:
+    ) -> OutputItem | None:
         if graded:
             return await self.store.read_output(run.eval_id, run.id, index)
         row = json.loads(line)
+        if row.get(ERASED):
+            return None
         item, given_sample = row["item"], row.get("sample")
         sample: dict[str, Any] | None
         sample_error = None
@@ -529,25 +589,34 @@ class EvalService:
     async def _items(self, run: RunRecord, record: EvalRecord, request: RunCreateParams) -> list[bytes]:
         """The run's items, fixed on its first delivery (so later deliveries grade the same ones)."""
         if run.items_total is None:
-            lines = await self._collect_items(record, request, run.owner)
+            lines = await self._collect_items(run, record, request)
             await self.store.write_items(run.eval_id, run.id, b"".join(lines))
         return (await self.store.read_items(run.eval_id, run.id)).splitlines()
 
-    async def _collect_items(self, record: EvalRecord, request: RunCreateParams, owner: str | None) -> list[bytes]:
+    async def _collect_items(self, run: RunRecord, record: EvalRecord, request: RunCreateParams) -> list[bytes]:
         source = request.data_source.source
+        holder = _holder(run)
         if isinstance(source, FileContentSource):
             return [formats.jsonl_line(row.model_dump(exclude_none=True)) for row in source.content]
         if isinstance(source, FileIdSource):
-            return await self._dataset_rows(source)
-        selection = _completion_filter(source, record, owner)
+            rows = await self._dataset_rows(source)
+            await self._membership.record(holder, filter(None, (_completion_id(row) for row in rows)))
+            return rows
+        selection = _completion_filter(source, record, run.owner)
         lines: list[bytes] = []
         size = 0
-        # One document at a time, its bytes held from the store's read budget while it is parsed.
-        async for entry in self._completions.index.walk(selection):
-            if len(lines) == (source.limit or MAX_RUN_ITEMS):
-                break
+        # Each id is recorded as held by this run before its document is read (so a delete racing this
+        # finds the run, as it finds datasets); one document at a time, its bytes from the read budget.
+        entries = self._completions.index.walk(selection)
+        recorded: list[str] = []
+        while len(lines) < (source.limit or MAX_RUN_ITEMS):
+            if not recorded:
+                recorded = [entry.id async for entry in _take(entries, _MEMBERSHIP_BATCH)][::-1]
+                if not recorded:
+                    break
+                await self._membership.record(holder, recorded)
             try:
-                completion = await self._completions.get(entry.id)
+                completion = await self._completions.get(recorded.pop())
             except NotFound:
                 continue
             output = formats.assistant_output(completion)
@@ -784,18 +853,21 @@ def _first_message(completion: dict[str, Any]) -> dict[str, Any]:
     return message if isinstance(message, dict) else {}
 
 
-def _count(run: RunRecord, output: OutputItem) -> None:
+def _count(run: RunRecord, output: OutputItem, *, sign: int = 1) -> None:
+    """Add a graded item to the run's counts; `sign=-1` takes an erased one out (the tokens stay spent)."""
     counts = run.result_counts
-    counts.total += 1
+    counts.total += sign
     status = output.status
-    counts.passed += status == "pass"
-    counts.failed += status == "fail"
-    counts.errored += status == "error"
+    counts.passed += sign * (status == "pass")
+    counts.failed += sign * (status == "fail")
+    counts.errored += sign * (status == "error")
     for result in output.results:
         criterion = run.per_criterion.setdefault(result.name, CriterionCounts())
         if result.error is None:
-            criterion.passed += result.passed
-            criterion.failed += not result.passed
+            criterion.passed += sign * result.passed
+            criterion.failed += sign * (not result.passed)
+    if sign < 0:
+        return
     sample_usage = (output.sample or {}).get("usage") if run.model != STORED_ANSWERS_MODEL else None
     if isinstance(sample_usage, dict):
         _add_usage(run, run.model, sample_usage)
@@ -821,8 +893,29 @@ def _after(ids: list[str], after: str | None) -> list[str]:
 def _ids_digest(items: list[bytes]) -> str:
     digest = hashlib.sha256()
     for line in items:
-        digest.update(str(json.loads(line)["item"].get("completion_id", "")).encode() + b"\n")
+        digest.update((_completion_id(line) or "").encode() + b"\n")
     return digest.hexdigest()
+
+
+def _completion_id(line: bytes) -> str | None:
+    """The stored completion an item line copies (None for other items and erased lines)."""
+    row = _json_object(line) or {}
+    item = row.get("item")
+    value = item.get("completion_id") if isinstance(item, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _holder(run: RunRecord) -> str:
+    """The run's name in the completion membership rows (datasets use their id; a run `<eval id>.<run id>`)."""
+    return f"{run.eval_id}.{run.id}"
+
+
+async def _take(entries: AsyncIterator[IndexEntry], count: int) -> AsyncIterator[IndexEntry]:
+    for _ in range(count):
+        entry = await anext(entries, None)
+        if entry is None:
+            return
+        yield entry
 
 
 def _json_object(line: bytes) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ import pytest
 from azure.storage.queue.aio import QueueClient
 
 from local_host.azurite import Azurite
+from shared.datasets.membership import DatasetMembership
 from shared.evals.params import EvalCreateParams, RunCreateParams
 from shared.evals.records import EvalRecord, RunRecord, RunStatus
 from shared.evals.service import EvalJobMessage, EvalService
@@ -141,6 +142,7 @@ async def test_a_delivery_out_of_time_continues_in_the_next_message(
         store=services.evals.store,
         completions=services.store,
         datasets=services.dataset_jobs.records,
+        membership=DatasetMembership(services.index_table),
         calls=services.model_calls,
         job_queue=services.job_queue,
         queue_name=services.settings.eval_jobs_queue,
