@@ -16,7 +16,7 @@ from blueprints.http_adapter import endpoint, json_response
 from shared.evals.params import EvalCreateParams, EvalUpdateParams, RunCreateParams, parse
 from shared.platform.access import Caller, Right
 from shared.platform.errors import InvalidRequest
-from shared.platform.request_body import parse_json_object
+from shared.platform.request_body import parse_json_object, parse_multipart_form
 from shared.platform.telemetry import delivery_span
 from shared.services import get_services
 from shared.store.completion_params import IGNORED_QUERY, MAX_PAGE, list_object, query_integer
@@ -147,6 +147,65 @@ async def compare_eval_runs(req: Request, caller: Caller | None) -> Response:
     return json_response(comparison)
 
 
+async def create_eval_file(req: Request, caller: Caller | None) -> Response:
+    """Upload a JSONL file of eval rows (`purpose="evals"`), for a run's `file_id` source."""
+    form = parse_multipart_form(req.headers.get("content-type"), await req.body())
+    upload, purpose = form.get("file"), form.get("purpose")
+    if upload is None:
+        raise InvalidRequest("Missing required parameter: 'file'.", param="file")
+    services = get_services()
+    owner = _scope(caller)
+    await services.quota_gate.require_room(owner=owner, what="this file upload")
+    record = await services.eval_files.create(
+        filename=upload.filename or "file.jsonl",
+        content=upload.data,
+        purpose=purpose.data.decode("utf-8", "replace") if purpose is not None else "",
+        owner=owner,
+    )
+    return json_response(record.view())
+
+
+async def list_eval_files(req: Request, caller: Caller | None) -> Response:
+    """List the eval files, newest first (as OpenAI's files.list); `purpose` other than evals lists none."""
+    query: dict[str, Any] = {"after": None, "limit": 100, "order": "desc", "purpose": "evals"}
+    for name, value in req.query_params.multi_items():
+        if name == "limit":
+            query["limit"] = query_integer(name, value, low=1, high=10_000)
+        elif name == "order" and value in ("asc", "desc"):
+            query["order"] = value
+        elif name in ("after", "purpose"):
+            query[name] = value or None
+        elif name == "order":
+            raise InvalidRequest(f"Invalid value for 'order': '{value}'.", param="order")
+        elif name not in IGNORED_QUERY:
+            raise InvalidRequest(f"Unrecognized query parameter: '{name}'.", param=name)
+    if query["purpose"] not in (None, "evals"):
+        return json_response(list_object([], has_more=False))
+    files, has_more = await get_services().eval_files.list(
+        after=query["after"], limit=query["limit"], order=query["order"], owner=_scope(caller)
+    )
+    return json_response(list_object([file.view() for file in files], has_more=has_more))
+
+
+async def retrieve_eval_file(req: Request, caller: Caller | None) -> Response:
+    """Get a file object."""
+    record = await get_services().eval_files.get(req.path_params["file_id"], owner=_scope(caller))
+    return json_response(record.view())
+
+
+async def retrieve_eval_file_content(req: Request, caller: Caller | None) -> Response:
+    """A file's rows, as uploaded."""
+    content = await get_services().eval_files.content(req.path_params["file_id"], owner=_scope(caller))
+    return Response(content=content, media_type="application/jsonl")
+
+
+async def delete_eval_file(req: Request, caller: Caller | None) -> Response:
+    """Delete a file (runs that read it keep their own copy of its rows)."""
+    file_id = req.path_params["file_id"]
+    await get_services().eval_files.delete(file_id, owner=_scope(caller))
+    return json_response({"object": "file", "id": file_id, "deleted": True})
+
+
 def _scope(caller: Caller | None) -> str | None:
     assert caller is not None, "every evals route requires a right"
     return caller.scope
@@ -198,6 +257,15 @@ OPERATIONS = [
 ROUTE_SHAPES = [("api", ""), ("openai/v1", "_v1"), ("openai", "_azure")]
 """(route prefix, function-name suffix): this service's API, the `OpenAI` client, the `AzureOpenAI` client."""
 
+FILE_OPERATIONS = [
+    # (handler, route below the prefix, method, right): the Files API, for eval rows only.
+    (create_eval_file, "files", "POST", Right.ACTION),
+    (list_eval_files, "files", "GET", Right.READ),
+    (retrieve_eval_file, "files/{file_id}", "GET", Right.READ),
+    (delete_eval_file, "files/{file_id}", "DELETE", Right.ACTION),
+    (retrieve_eval_file_content, "files/{file_id}/content", "GET", Right.READ),
+]
+
 bp = func.Blueprint()
 for _prefix, _suffix in ROUTE_SHAPES:
     for _handler, _path, _method, _right, _body in OPERATIONS:
@@ -205,6 +273,12 @@ for _prefix, _suffix in ROUTE_SHAPES:
         bp.function_name(_name)(
             bp.route(route=f"{_prefix}/{_path}", methods=[_method], auth_level=func.AuthLevel.ANONYMOUS)(
                 endpoint(_right, body=_body)(_handler)
+            )
+        )
+    for _handler, _path, _method, _right in FILE_OPERATIONS:
+        bp.function_name(_handler.__name__ + _suffix)(
+            bp.route(route=f"{_prefix}/{_path}", methods=[_method], auth_level=func.AuthLevel.ANONYMOUS)(
+                endpoint(_right, upload=_handler is create_eval_file)(_handler)
             )
         )
 

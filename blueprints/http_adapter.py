@@ -37,7 +37,7 @@ def public_path(route: str) -> str:
 
 
 def endpoint(
-    right: Right | None, *, body: type[BaseModel] | None = None
+    right: Right | None, *, body: type[BaseModel] | None = None, upload: bool = False
 ) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
     """Declare the right a route needs (None: public) and wrap it with authentication, the body-size
     limit and error mapping.
@@ -63,7 +63,9 @@ def endpoint(
                 if right is not None:
                     caller = services.authenticator.authenticate(req.headers)
                     caller.require(right)
-                if req.method in _BODY_METHODS:
+                if req.method in _BODY_METHODS and upload:
+                    require_keyed_upload(req.headers)
+                elif req.method in _BODY_METHODS:
                     require_json_media_type(req.headers.get("content-type"))
                 return await handler(limit_body(req, services.settings.max_body_bytes), caller)
             except DistilleryError as error:
@@ -97,6 +99,19 @@ def require_json_media_type(content_type: str | None) -> None:
     if media_type != "application/json":
         raise UnsupportedMediaType(
             "Send the request body as JSON with 'Content-Type: application/json'.", param="content-type"
+        )
+
+
+def require_keyed_upload(headers: Any) -> None:
+    """A file upload (`multipart/form-data`, which a browser sends cross-site without a preflight) is taken
+    only with a key in a header (`api-key` or `Authorization`), which no cross-site form can set: a signed-in
+    browser's cookies alone never upload (CSRF)."""
+    media_type = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if media_type != "multipart/form-data":
+        raise UnsupportedMediaType("Upload the file as multipart/form-data.", param="content-type")
+    if not (headers.get("api-key") or "").strip() and not (headers.get("authorization") or "").strip():
+        raise UnsupportedMediaType(
+            "A file upload needs the key in the 'api-key' or 'Authorization' header.", param="content-type"
         )
 
 

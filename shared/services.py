@@ -28,6 +28,7 @@ from shared.datasets.records import DatasetRecords
 from shared.erasure.forgetting import Forgetting
 from shared.erasure.purge import PurgeService
 from shared.erasure.retention import RetentionSweep
+from shared.evals.files import EvalFiles
 from shared.evals.records import EvalStore
 from shared.evals.service import EvalLimits, EvalService
 from shared.fine_tuning.api import FineTuningApi
@@ -229,6 +230,10 @@ class Services:
         return self.blob_service.get_container_client(self.settings.evals_container)
 
     @cached_property
+    def eval_files(self) -> EvalFiles:
+        return EvalFiles(container=self.evals_container)
+
+    @cached_property
     def evals(self) -> EvalService:
         settings = self.settings
         return EvalService(
@@ -236,6 +241,7 @@ class Services:
             completions=self.store,
             datasets=self.dataset_jobs.records,
             membership=DatasetMembership(self.index_table),
+            files=self.eval_files,
             calls=self.model_calls,
             job_queue=self.job_queue,
             queue_name=settings.eval_jobs_queue,

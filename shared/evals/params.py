@@ -2,7 +2,8 @@
 
 Distillery's extensions: a `stored_completions` run source selects with the same filter as the
 stored-completions list (metadata, model, created range, limit); a `file_id` names a file of one of
-our datasets as `<dataset id>/<file name>` (e.g. `dataset-…/eval.jsonl`); a run may carry
+our datasets as `<dataset id>/<file name>` (e.g. `dataset-…/eval.jsonl`) as well as an uploaded eval
+file (`file-…`); a run may carry
 `max_total_tokens`, a cap on the tokens its candidate and grader calls may use.
 """
 
@@ -21,6 +22,8 @@ MAX_RUN_ITEMS = 10_000
 MAX_RUN_ITEM_BYTES = 64 * 1024 * 1024
 """JSONL bytes of one run's items at most: they are held in memory while the run is prepared."""
 DATASET_FILE_ID = re.compile(r"(dataset-[0-9a-f]{32})/([A-Za-z0-9_.-]+\.jsonl)")
+FILE_ID = re.compile(r"file-[0-9a-f]{32}")
+"""An uploaded eval file (`shared.evals.files`)."""
 
 
 class _Params(BaseModel):
@@ -70,11 +73,15 @@ class FileContentSource(_Params):
 class FileIdSource(_Params):
     type: Literal["file_id"]
     id: str
+    """An uploaded eval file (`file-…`), or a dataset's file (`dataset-…/eval.jsonl`)."""
 
     @model_validator(mode="after")
-    def _names_a_dataset_file(self) -> FileIdSource:
-        if not DATASET_FILE_ID.fullmatch(self.id):
-            raise ValueError("a file id is '<dataset id>/<file>.jsonl', e.g. 'dataset-…/eval.jsonl'")
+    def _names_a_file(self) -> FileIdSource:
+        if not DATASET_FILE_ID.fullmatch(self.id) and not FILE_ID.fullmatch(self.id):
+            raise ValueError(
+                "a file id is an uploaded eval file's ('file-…') or '<dataset id>/<file>.jsonl' "
+                "(e.g. 'dataset-…/eval.jsonl')"
+            )
         return self
 
 

@@ -115,6 +115,8 @@ class Lineage(BaseModel):
     """Where a run's items came from and what answered them, so a pass rate traces back to completions."""
 
     dataset_id: str | None = None
+    file_id: str | None = None
+    """An uploaded eval file (`files.create(purpose="evals")`) the items were read from."""
     completion_filter: dict[str, Any] | None = None
     completion_ids_digest: str | None = None
     """sha256 over the graded stored completions' ids in order (stored-completions sources)."""

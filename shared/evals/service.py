@@ -27,6 +27,7 @@ from shared.datasets import formats
 from shared.datasets.membership import DatasetMembership
 from shared.datasets.records import DatasetRecords
 from shared.evals.compare import compare_runs
+from shared.evals.files import EvalFiles
 from shared.evals.graders import (
     LabelModelGrader,
     ScoreModelGrader,
@@ -39,6 +40,7 @@ from shared.evals.graders import (
 )
 from shared.evals.params import (
     DATASET_FILE_ID,
+    FILE_ID,
     MAX_RUN_ITEM_BYTES,
     MAX_RUN_ITEMS,
     CompletionsRunDataSource,
@@ -145,6 +147,7 @@ class EvalService:
         completions: CompletionStore,
         datasets: DatasetRecords,
         membership: DatasetMembership,
+        files: EvalFiles,
         calls: ModelCalls,
         job_queue: JobQueue,
         queue_name: str,
@@ -156,6 +159,7 @@ class EvalService:
         self._completions = completions
         self._datasets = datasets
         self._membership = membership
+        self._files = files
         self._calls = calls
         self._queue = job_queue
         self._queue_name = queue_name
@@ -266,7 +270,10 @@ class EvalService:
                     f"metadata.{FINE_TUNING_JOB_METADATA} names no fine-tuning job: '{named}'.",
                     param=f"metadata.{FINE_TUNING_JOB_METADATA}",
                 )
-        if isinstance(source, FileIdSource):
+        if isinstance(source, FileIdSource) and FILE_ID.fullmatch(source.id):
+            await self._check_eval_file(source, owner)
+            lineage.file_id = source.id
+        elif isinstance(source, FileIdSource):
             lineage.dataset_id = await self._check_dataset_file(source, owner)
         elif isinstance(source, StoredCompletionsSource):
             lineage.completion_filter = _completion_filter(source, record, owner).model_dump(exclude_none=True)
@@ -598,6 +605,9 @@ class EvalService:
         holder = _holder(run)
         if isinstance(source, FileContentSource):
             return [formats.jsonl_line(row.model_dump(exclude_none=True)) for row in source.content]
+        if isinstance(source, FileIdSource) and FILE_ID.fullmatch(source.id):
+            content = await self._files.content(source.id, owner=run.owner)  # checked on upload
+            return [line + b"\n" for line in content.removeprefix(b"\xef\xbb\xbf").splitlines() if line.strip()]
         if isinstance(source, FileIdSource):
             rows = await self._dataset_rows(source)
             await self._membership.record(holder, filter(None, (_completion_id(row) for row in rows)))
@@ -753,6 +763,14 @@ class EvalService:
                     ) from None
                 if exc.upstream_status != 429:  # busy is fine: it exists
                     raise
+
+    async def _check_eval_file(self, source: FileIdSource, owner: str | None) -> None:
+        try:
+            await self._files.get(source.id, owner=owner)
+        except NotFound:
+            raise InvalidRequest(
+                f"No file '{source.id}'.", param="data_source.source.id", code="file_not_found"
+            ) from None
 
     async def _check_dataset_file(self, source: FileIdSource, owner: str | None) -> str:
         match = DATASET_FILE_ID.fullmatch(source.id)

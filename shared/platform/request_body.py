@@ -1,11 +1,14 @@
-"""How a JSON request body is read: one UTF-8 object, metadata pairs as OpenAI validates them, and
-pydantic's complaints turned into OpenAI-shaped errors naming the parameter."""
+"""How a request body is read: one UTF-8 JSON object (or a multipart file upload), metadata pairs as
+OpenAI validates them, and pydantic's complaints turned into OpenAI-shaped errors naming the parameter."""
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import Field, StringConstraints, ValidationError
 
@@ -107,3 +110,28 @@ def _has_lone_surrogate(value: Any) -> bool:
         elif isinstance(node, list):
             stack.extend(node)
     return False
+
+
+class FormPart(NamedTuple):
+    filename: str | None
+    data: bytes
+
+
+def parse_multipart_form(content_type: str | None, body: bytes) -> dict[str, FormPart]:
+    """A `multipart/form-data` body (a file upload, as the SDKs send it) by field name, with the standard
+    library's MIME parser; a 400 when it is not one."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "multipart/form-data" or "boundary=" not in (content_type or ""):
+        raise InvalidRequest("Send the file as multipart/form-data, as the OpenAI SDK's files.create does.")
+    message = BytesParser(policy=policy.HTTP).parsebytes(
+        b"Content-Type: " + (content_type or "").encode("latin-1") + b"\r\n\r\n" + body
+    )
+    if not isinstance(message, EmailMessage) or not message.is_multipart():
+        raise InvalidRequest("The multipart body could not be read.")
+    fields: dict[str, FormPart] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            payload = part.get_payload(decode=True)
+            fields[name] = FormPart(part.get_filename(), payload if isinstance(payload, bytes) else b"")
+    return fields

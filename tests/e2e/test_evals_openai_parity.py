@@ -4,6 +4,7 @@ official `openai` SDK against the local host: ChatCompletion samples, content pa
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -246,3 +247,42 @@ def test_azure_openai_eval_calls_take_the_ga_v1_routes(
         assert all(r["headers"]["api-key"] == "upstream-secret" for r in fake_upstream.requests)
         grader_call = next(r["body"] for r in fake_upstream.requests if r["body"].get("reasoning_effort"))
         assert grader_call["messages"][0]["role"] == "developer"
+
+
+def test_files_for_evals_upload_list_read_run_and_delete(parity_host: RunningHost) -> None:
+    client = parity_host.openai_client()
+    rows = [
+        {"item": {"q": "a", "expected": "a"}, "sample": {"output_text": "a"}},
+        {"item": {"q": "b", "expected": "c"}, "sample": {"output_text": "b"}},
+    ]
+    content = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    uploaded = client.files.create(file=("rows.jsonl", content), purpose="evals")
+    assert (uploaded.object, uploaded.purpose, uploaded.bytes, uploaded.filename) == (
+        "file",
+        "evals",
+        len(content),
+        "rows.jsonl",
+    )
+    assert uploaded.id in [f.id for f in client.files.list(purpose="evals")]
+    assert client.files.retrieve(uploaded.id).bytes == len(content)
+    assert client.files.content(uploaded.id).read() == content
+
+    evaluation = client.evals.create(data_source_config=CUSTOM, testing_criteria=[EXACT])  # type: ignore[arg-type, list-item]
+    run = client.evals.runs.create(
+        evaluation.id, data_source={"type": "jsonl", "source": {"type": "file_id", "id": uploaded.id}}
+    )
+    done = wait_for_run(client, evaluation.id, run.id)
+    assert done.result_counts.model_dump() == {"total": 2, "passed": 1, "failed": 1, "errored": 0}
+
+    deleted = client.files.delete(uploaded.id)
+    assert deleted.deleted and deleted.id == uploaded.id
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded.id)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.evals.runs.create(
+            evaluation.id, data_source={"type": "jsonl", "source": {"type": "file_id", "id": uploaded.id}}
+        )
+    assert refused.value.code == "file_not_found"
+    for bad, purpose in [(b"not json\n", "evals"), (content, "fine-tune")]:
+        with pytest.raises(openai.BadRequestError):
+            client.files.create(file=("bad.jsonl", bad), purpose=purpose)  # type: ignore[arg-type]

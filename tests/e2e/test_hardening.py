@@ -24,6 +24,7 @@ NUMERIC_QUERY = {
         "list_evals",
         "list_eval_runs",
         "list_eval_run_output_items",
+        "list_eval_files",
     },
     "created_after": {"list_chat_completions"},
     "created_before": {"list_chat_completions"},

@@ -143,6 +143,7 @@ async def test_a_delivery_out_of_time_continues_in_the_next_message(
         completions=services.store,
         datasets=services.dataset_jobs.records,
         membership=DatasetMembership(services.index_table),
+        files=services.eval_files,
         calls=services.model_calls,
         job_queue=services.job_queue,
         queue_name=services.settings.eval_jobs_queue,
