@@ -1,4 +1,5 @@
-"""`distillery eval run`: start a run of an existing eval (the Evals API's run create body)."""
+"""`distillery eval create` (an eval definition in OpenAI's shape, from a JSON file) and `distillery eval
+run` (start a run; with `--min-pass-rate`, a regression gate for CI)."""
 
 from __future__ import annotations
 
@@ -139,9 +140,19 @@ def run_eval(
         int | None, typer.Option(min=1, help="Stop the run once its calls used this many tokens.")
     ] = None,
     wait: Wait = False,
+    min_pass_rate: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Fail (exit 3) below this pass rate: '0.9' over all items, or 'CRITERION=0.9' for one criterion "
+            "(repeatable). Implies --wait."
+        ),
+    ] = None,
     json_output: Json = False,
 ) -> None:
-    """Start a run of EVAL_ID; with --wait, follow it to the end (exit 3 when it fails or is cancelled)."""
+    """Start a run of EVAL_ID; with --wait, follow it to the end (exit 3 when it fails, is cancelled, or
+    passes fewer items than --min-pass-rate asks)."""
+    bars = _pass_rate_bars(min_pass_rate or [])
+    wait = wait or bool(bars)
     selection = completion_filter(source_model, metadata, created_after, created_before)
     body: dict[str, Any] = {
         "data_source": data_source(data, model=model, input_ref=input_ref, selection=selection, limit=limit)
@@ -164,3 +175,67 @@ def run_eval(
         _show(run)
     if run["status"] in ("failed", "canceled"):
         raise problems(f"run {run['id']} {run['status']}")
+    below = _below_bars(run, bars)
+    if below:
+        raise problems(f"run {run['id']} is below the bar: " + "; ".join(below))
+
+
+def _pass_rate_bars(values: list[str]) -> dict[str | None, float]:
+    """`--min-pass-rate` values: criterion name (None: every item) -> the lowest pass rate accepted."""
+    bars: dict[str | None, float] = {}
+    for value in values:
+        criterion, _, rate = value.rpartition("=")
+        try:
+            bar = float(rate)
+        except ValueError:
+            bar = -1.0
+        if not 0 <= bar <= 1:
+            raise typer.BadParameter(
+                f"'{value}' is not a rate from 0 to 1 (or CRITERION=rate)", param_hint="--min-pass-rate"
+            )
+        bars[criterion or None] = bar
+    return bars
+
+
+def _below_bars(run: dict[str, Any], bars: dict[str | None, float]) -> list[str]:
+    """What falls short: the overall pass rate (passed / total) and each named criterion's (passed / graded)."""
+    below = []
+    counts = run.get("result_counts") or {}
+    per_criterion = {r["testing_criteria"]: r for r in run.get("per_testing_criteria_results") or []}
+    for criterion, bar in bars.items():
+        if criterion is None:
+            passed, total, what = counts.get("passed", 0), counts.get("total", 0), "overall"
+        elif criterion in per_criterion:
+            result = per_criterion[criterion]
+            passed, total, what = result["passed"], result["passed"] + result["failed"], f"'{criterion}'"
+        else:
+            below.append(f"no criterion named '{criterion}'")
+            continue
+        rate = passed / total if total else 0.0
+        if rate < bar:
+            below.append(f"{what} pass rate {rate:.3f} < {bar}")
+    return below
+
+
+@app.command("create")
+def create_eval(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(metavar="FILE", exists=True, dir_okay=False, help="The eval as JSON.")],
+    json_output: Json = False,
+) -> None:
+    """Create an eval from FILE: the body of OpenAI's evals.create (name, data_source_config, testing_criteria)."""
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        stderr().print(f"{path}: not JSON ({exc})", style="red")
+        raise typer.Exit(EXIT_USAGE) from None
+    if not isinstance(body, dict):
+        stderr().print(f"{path}: the eval must be a JSON object", style="red")
+        raise typer.Exit(EXIT_USAGE)
+    created = client(ctx).post("/api/evals", body)
+    if json_output:
+        print_json(created)
+    else:
+        stdout().print(
+            f"{created['id']} {created.get('name', '')}: {len(created.get('testing_criteria') or [])} criteria"
+        )
