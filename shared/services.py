@@ -300,6 +300,7 @@ class Services:
         return QuotaReporter(
             completions=self.completions_container,
             datasets=self.datasets_container,
+            evals=self.evals_container,
             index=self.store.index,
             usage=self.usage,
             reports=self.report_store,

@@ -161,7 +161,7 @@ class QuotaReport(BaseModel):
     cap_bytes: int
     cap_gib: float = Field(description="cap_bytes / 1024**3")
     used_bytes: int
-    """Completion documents plus dataset files, as listed in storage."""
+    """Completion documents, dataset files and evals (runs, outputs, eval files), as listed in storage."""
     free_bytes: int
     percent_used: float
     level: Level
@@ -171,6 +171,9 @@ class QuotaReport(BaseModel):
     completion_count: int
     dataset_bytes: int
     dataset_count: int
+    eval_bytes: int = 0
+    """Evals, their runs' items and output items, and eval files (`EVALS_CONTAINER`)."""
+    eval_count: int = 0
     indexed_bytes: int
     """Sum of the index's document sizes; differs from completion_bytes only while documents lack rows."""
     indexed_count: int
@@ -214,6 +217,7 @@ class QuotaReporter:
         completions: ContainerClient,
         datasets: ContainerClient,
         index: CompletionIndex,
+        evals: ContainerClient | None = None,
         usage: UsageCounter,
         reports: ReportStore,
         cap_bytes: int,
@@ -223,6 +227,7 @@ class QuotaReporter:
         self._top_values = top_values
         self._completions = completions
         self._datasets = datasets
+        self._evals = evals
         self._index = index
         self._usage = usage
         self._reports = reports
@@ -238,6 +243,7 @@ class QuotaReporter:
         counted = await self._usage.totals(max_age_seconds=0)
         completions = await _listed(self._completions)
         datasets = await _listed(self._datasets)
+        evals = await _listed(self._evals) if self._evals is not None else Tally()
         breakdown = await _breakdown(self._index, top_values=self._top_values)
 
         drift_bytes = counted.completion_bytes - completions.bytes
@@ -251,11 +257,12 @@ class QuotaReporter:
                 drift_count,
                 "corrected" if corrected else "another report corrected them meanwhile, so this one does not",
             )
-        await self._usage.record_datasets(bytes_total=datasets.bytes, count=datasets.count)
+        # Derived files (datasets and evals) are one usage row: what the quota gate adds to the completions.
+        await self._usage.record_datasets(bytes_total=datasets.bytes + evals.bytes, count=datasets.count + evals.count)
         if self._usage.per_owner:
             await self._usage.record_owners({owner: (t.bytes, t.count) for owner, t in breakdown.owners.items()})
 
-        used = completions.bytes + datasets.bytes
+        used = completions.bytes + datasets.bytes + evals.bytes
         percent = round(100 * used / self._cap_bytes, 3)
         record_quota_percent(percent)
         recent = _last_days(breakdown.days, now.date())
@@ -273,6 +280,8 @@ class QuotaReporter:
             completion_count=completions.count,
             dataset_bytes=datasets.bytes,
             dataset_count=datasets.count,
+            eval_bytes=evals.bytes,
+            eval_count=evals.count,
             indexed_bytes=breakdown.total.bytes,
             indexed_count=breakdown.total.count,
             by_model=sorted(

@@ -27,6 +27,7 @@ async def test_report_totals_equal_listed_blob_sizes(make_services: ServicesFact
     await store.put(completion(model="gpt-4o-mini", metadata={"user": "bob"}, days_ago=3))
     await store.put(completion(model="gpt-4o-mini", days_ago=30, text="old"))
     await services.datasets_container.upload_blob("job1/train.jsonl", b"{}\n" * 300)
+    await services.evals_container.upload_blob("eval_x/runs/evalrun_y/items.jsonl", b"{}\n" * 100)
 
     report = await services.quota_reporter.run()
 
@@ -34,7 +35,9 @@ async def test_report_totals_equal_listed_blob_sizes(make_services: ServicesFact
     dataset_bytes, dataset_count = await listed(services.datasets_container)
     assert (report.completion_bytes, report.completion_count) == (completion_bytes, 5)
     assert (report.dataset_bytes, report.dataset_count) == (dataset_bytes, dataset_count) == (900, 1)
-    assert report.used_bytes == completion_bytes + dataset_bytes
+    assert (report.eval_bytes, report.eval_count) == (300, 1)  # evals count toward the quota
+    assert report.used_bytes == completion_bytes + dataset_bytes + 300
+    assert (await services.usage.totals(max_age_seconds=0)).used_bytes == completion_bytes + dataset_bytes + 300
     assert report.percent_used == round(100 * report.used_bytes / 100000, 3)
     assert (report.indexed_bytes, report.indexed_count) == (completion_bytes, completion_count)
     assert {m.model: m.count for m in report.by_model} == {"gpt-4o": 3, "gpt-4o-mini": 2}
