@@ -370,7 +370,10 @@ class Services:
     @cached_property
     def retention(self) -> RetentionSweep:
         return RetentionSweep(
-            store=self.store, retention_days=self.settings.retention_days, on_deleted=self.forgetting.deleted
+            store=self.store,
+            retention_days=self.settings.retention_days,
+            on_deleted=self.forgetting.deleted,
+            evals=self.evals,
         )
 
     @cached_property

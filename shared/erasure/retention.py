@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel
 
 from shared.erasure.purge import ORPHAN_GRACE, DeletedHook, delete_completions
+from shared.evals.service import EvalService
 from shared.store.completion_filter import CompletionFilter
 from shared.store.completion_store import CompletionStore
 
@@ -28,11 +29,21 @@ class RetentionResult(BaseModel):
     deleted_count: int
     orphans_deleted: int = 0
     """Documents found with no index row (older than an hour) and deleted."""
+    eval_runs_deleted: int = 0
+    """Eval runs and eval files created before the cutoff, deleted with their items and outputs."""
 
 
 class RetentionSweep:
-    def __init__(self, *, store: CompletionStore, retention_days: int, on_deleted: DeletedHook | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        store: CompletionStore,
+        retention_days: int,
+        on_deleted: DeletedHook | None = None,
+        evals: EvalService | None = None,
+    ) -> None:
         self._store = store
+        self._evals = evals
         self._retention_days = retention_days
         self._on_deleted = on_deleted
 
@@ -53,9 +64,20 @@ class RetentionSweep:
                 deleted += await delete_completions(self._store, batch, on_deleted=self._on_deleted)
                 batch = []
         deleted += await delete_completions(self._store, batch, on_deleted=self._on_deleted)
-        log.info("Retention deleted %s stored completions captured before %s", deleted, cutoff.isoformat())
+        cutoff_us = int(cutoff.timestamp() * 1_000_000)
+        eval_runs = await self._evals.sweep(created_before_us=cutoff_us) if self._evals is not None else 0
+        log.info(
+            "Retention deleted %s stored completions and %s eval runs/files from before %s",
+            deleted,
+            eval_runs,
+            cutoff.isoformat(),
+        )
         return RetentionResult(
-            retention_days=self._retention_days, cutoff=cutoff, deleted_count=deleted, orphans_deleted=orphans
+            retention_days=self._retention_days,
+            cutoff=cutoff,
+            deleted_count=deleted,
+            orphans_deleted=orphans,
+            eval_runs_deleted=eval_runs,
         )
 
     async def _delete_orphans(self, *, older_than: datetime) -> int:

@@ -18,7 +18,7 @@ from azure.storage.blob.aio import ContainerClient
 from pydantic import BaseModel
 
 from shared.evals.params import FILE_ID
-from shared.evals.records import new_id
+from shared.evals.records import created_micros, new_id
 from shared.platform.access import OwnerId, same_owner
 from shared.platform.errors import InvalidRequest, NotFound
 from shared.store.json_blobs import JsonBlobs
@@ -94,6 +94,17 @@ class EvalFiles:
     async def delete(self, file_id: str, *, owner: str | None) -> None:
         await self.get(file_id, owner=owner)
         await self._blobs.delete_tree(f"files/{file_id}/")
+
+    async def sweep(self, *, created_before_us: int) -> int:
+        """Retention: delete the files uploaded before the cutoff; the number deleted."""
+        old = [
+            file_id
+            for file_id in await self._blobs.children("files/")
+            if FILE_ID.fullmatch(file_id) and created_micros(file_id.replace("-", "_", 1)) < created_before_us
+        ]
+        for file_id in old:
+            await self._blobs.delete_tree(f"files/{file_id}/")
+        return len(old)
 
     async def list(
         self, *, after: str | None, limit: int, order: Literal["asc", "desc"], owner: str | None

@@ -63,6 +63,7 @@ from shared.evals.records import (
     RunError,
     RunRecord,
     RunStatus,
+    created_micros,
     new_id,
     output_item_index,
 )
@@ -435,6 +436,19 @@ class EvalService:
                 await self.store.save_run(run, etag)
                 break
         await self.store.delete_output(eval_id, run_id, index)
+
+    async def sweep(self, *, created_before_us: int) -> int:
+        """Retention: delete the runs (items, outputs) and eval files created before the cutoff; the eval
+        definitions stay (they hold no completion). The number deleted."""
+        deleted = 0
+        for eval_id in await self.store.ids(""):
+            if not EVAL_ID.fullmatch(eval_id):
+                continue
+            for run_id in await self.store.ids(f"{eval_id}/runs/"):
+                if RUN_ID.fullmatch(run_id) and created_micros(run_id) < created_before_us:
+                    await self.store.delete_tree(f"{eval_id}/runs/{run_id}/")
+                    deleted += 1
+        return deleted + await self._files.sweep(created_before_us=created_before_us)
 
     # The queue.
 

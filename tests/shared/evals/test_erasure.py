@@ -3,6 +3,8 @@ is erased from `items.jsonl`, its output item deleted and taken out of the count
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from shared.erasure.retention import RetentionSweep
 from shared.evals.params import EvalCreateParams, RunCreateParams
 from shared.evals.records import RunRecord, RunStatus
@@ -92,3 +94,17 @@ async def test_an_item_erased_before_it_is_graded_is_skipped(services: Services,
     assert done.status is RunStatus.COMPLETED and done.items_total == 2
     assert done.result_counts.model_dump() == {"total": 1, "passed": 1, "failed": 0, "errored": 0}
     assert await services.evals.store.output_indexes(run.eval_id, run.id) == [1]
+
+
+async def test_retention_deletes_old_eval_runs_and_files(services: Services, tag: str) -> None:
+    _, run = await graded_run(services, tag, ["recent"])
+    uploaded = await services.eval_files.create(
+        filename="rows.jsonl", content=b'{"item": {"q": "a"}}\n', purpose="evals", owner=None
+    )
+    keep = RetentionSweep(store=services.store, retention_days=30, evals=services.evals)
+    assert (await keep.run()).eval_runs_deleted == 0
+    later = datetime.now(UTC) + timedelta(days=31)  # the run and the file are now older than 30 days
+    assert (await keep.run(now=later)).eval_runs_deleted == 2
+    assert await services.evals.store.ids(f"{run.eval_id}/runs/") == []
+    assert (await services.eval_files.list(after=None, limit=10, order="asc", owner=None))[0] == []
+    assert uploaded.id
