@@ -378,7 +378,7 @@ class Services:
 
     @cached_property
     def forgetting(self) -> Forgetting:
-        return Forgetting(store=self.store, datasets=self.dataset_jobs, evals=self.evals)
+        return Forgetting(store=self.store, datasets=self.dataset_jobs, evals=self.evals, fine_tuning=self.fine_tuning)
 
     @cached_property
     def purges(self) -> PurgeService:

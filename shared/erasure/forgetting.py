@@ -3,8 +3,9 @@ runs holding them.
 
 The API delete, purges and the retention sweep all end here, so a deleted completion never stays
 in a dataset file or an eval run: each dataset that recorded it (see `shared.datasets.membership`)
-is rebuilt without it, each eval run that recorded it has its item and output item erased. Datasets are looked up after the documents are gone, which is what makes a build
-racing the delete safe.
+is rebuilt without it (and files uploaded from it for fine-tuning are deleted upstream), each eval
+run that recorded it has its item and output item erased. Datasets are looked up after the
+documents are gone, which is what makes a build racing the delete safe.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 
 from shared.datasets.builder import DatasetJobs
 from shared.evals.service import EvalService
+from shared.fine_tuning.jobs import FineTuningJobs
 from shared.platform.errors import NotFound
 from shared.store import ids
 from shared.store.completion_store import CompletionStore
@@ -21,8 +23,11 @@ log = logging.getLogger(__name__)
 
 
 class Forgetting:
-    def __init__(self, *, store: CompletionStore, datasets: DatasetJobs, evals: EvalService) -> None:
+    def __init__(
+        self, *, store: CompletionStore, datasets: DatasetJobs, evals: EvalService, fine_tuning: FineTuningJobs
+    ) -> None:
         self._store = store
+        self._fine_tuning = fine_tuning
         self._datasets = datasets
         self._evals = evals
 
@@ -40,5 +45,6 @@ class Forgetting:
     async def deleted(self, completion_ids: list[str]) -> None:
         """Called after documents are deleted (purge and retention batches): their datasets are rebuilt, their
         eval runs rewritten."""
-        await self._datasets.forget_completions(completion_ids)
+        rebuilt = await self._datasets.forget_completions(completion_ids)
+        await self._fine_tuning.forget_datasets(rebuilt)
         await self._evals.forget_completions(completion_ids)

@@ -22,7 +22,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -448,6 +448,20 @@ class FineTuningJobs:
                 return str(upstream_file["id"])
         uploaded = await self.api.upload(upstream_name, functools.partial(self._chunks, record.dataset_id, name))
         return str(uploaded["id"])
+
+    async def forget_datasets(self, dataset_ids: Sequence[str]) -> int:
+        """Erasure: the datasets were rebuilt without deleted completions, so the files uploaded from them
+        are deleted upstream now, not when their jobs end (a job still training may fail for it). Jobs reached."""
+        wanted: set[str] = set(dataset_ids)
+        if not wanted or self.api is None:
+            return 0
+        reached = 0
+        async for record, etag in self.records():
+            if record.dataset_id in wanted and record.files_deleted_at is None:
+                log.warning("Fine-tuning job %s read a deleted completion: deleting its uploaded files", record.id)
+                await self._delete_files(record, etag)
+                reached += 1
+        return reached
 
     async def _delete_files_if_ended(self, job_id: str) -> None:
         """A job cancelled while this delivery uploaded: delete what it uploaded after the cancel's clean-up."""
