@@ -224,6 +224,8 @@ class DatasetJobs:
         rebuilt = [dataset_id for dataset_id in holders if await self.rebuild(dataset_id)]
         if rebuilt:
             log.info("Deleted completions were in %s dataset(s); rebuilding %s", len(rebuilt), ", ".join(rebuilt))
+        if holders:
+            await self.membership.release(completion_ids)
         return rebuilt
 
     async def rebuild(self, dataset_id: str) -> bool:
