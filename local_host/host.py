@@ -173,8 +173,12 @@ def build_host(
     queue_rules: QueueRules | None = None,
     run_timers: bool = True,
     on_startup: Callable[[], Any] | None = None,
+    on_shutdown: Callable[[], Any] | None = None,
 ) -> Starlette:
-    """An ASGI app serving `app`'s functions; background delivery starts with its lifespan."""
+    """An ASGI app serving `app`'s functions; background delivery starts with its lifespan.
+
+    `on_shutdown` runs after delivery stops, so the app's clients are closed once nothing uses them.
+    """
     functions = {function.get_function_name(): function for function in app.get_functions()}
     rules = queue_rules or QueueRules()
     routes = [
@@ -208,6 +212,8 @@ def build_host(
             await asyncio.gather(*tasks, return_exceptions=True)
             if service is not None:
                 await service.close()
+            if on_shutdown is not None:
+                await on_shutdown()
 
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: _unrouted, 405: _unrouted})
 
