@@ -500,7 +500,7 @@ def missing_control_plane(settings: Settings) -> str:
             "Deploying a fine-tuned model needs the Azure OpenAI account's resource id: set AZURE_OPENAI_RESOURCE_ID "
             "(/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.CognitiveServices/accounts/<name>) and "
             "give the app's identity 'Cognitive Services OpenAI Contributor' on that account (the Bicep does both "
-            f"when azureOpenAiResourceId is given); {register}"
+            f"when azureOpenAiResourceId and enableFineTuning are given); {register}"
         )
     if settings.openai_base_url is not None:
         return (

@@ -47,8 +47,6 @@ param apiKeys string
 param ownerScoping bool
 param maxBodyBytes int
 param enableEntraAuth bool
-param authClientId string
-param authTenantId string
 
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' existing = {
   name: identityName
@@ -212,7 +210,7 @@ resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
   // checkov:skip=CKV_AZURE_80:.NET Framework version: a Python app.
   // checkov:skip=CKV_AZURE_88:Azure Files content share: Flex Consumption deploys from the blob container instead.
   // checkov:skip=CKV_AZURE_222:Public network access is set on the site (see its skip).
-  // checkov:skip=CKV_AZURE_13:Authentication lives in the optional authsettingsV2 resource below (enableEntraAuth).
+  // checkov:skip=CKV_AZURE_13:Authentication is the optional authsettingsV2 resource in auth.bicep (enableEntraAuth).
   parent: site
   name: 'appsettings'
   properties: union(hostSettings, appSettings, upstreamSettings)
@@ -224,45 +222,6 @@ resource scmBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@20
   parent: site
   name: 'scm'
   properties: { allow: false }
-}
-
-// Entra ID in front of the app: callers need a token for authClientId; App Service validates it,
-// strips any forged X-MS-CLIENT-PRINCIPAL header and passes the signed-in principal to the app.
-resource auth 'Microsoft.Web/sites/config@2024-04-01' = if (enableEntraAuth) {
-  // checkov reads this sites/config child as a site's 'web' config; those checks do not apply here:
-  // checkov:skip=CKV_AZURE_63:App Service HTTP logs: Application Insights records every request instead.
-  // checkov:skip=CKV_AZURE_65:Detailed IIS error pages: not a Linux Functions feature; exceptions go to Application Insights.
-  // checkov:skip=CKV_AZURE_66:IIS failed request tracing: same as CKV_AZURE_65.
-  // checkov:skip=CKV_AZURE_80:.NET Framework version: a Python app.
-  // checkov:skip=CKV_AZURE_88:Azure Files content share: Flex Consumption deploys from the blob container instead.
-  // checkov:skip=CKV_AZURE_222:Public network access is set on the site (see its skip).
-  // checkov:skip=CKV_AZURE_13:This is the authentication; checkov reads only the older authsettings shape.
-  // checkov:skip=CKV_AZURE_70:checkov's HTTPS check fails on this resource; httpsOnly is set on the site.
-  parent: site
-  name: 'authsettingsV2'
-  properties: {
-    platform: { enabled: true }
-    globalValidation: {
-      requireAuthentication: true
-      unauthenticatedClientAction: 'Return401'
-      excludedPaths: ['/api/health']
-    }
-    identityProviders: {
-      azureActiveDirectory: {
-        enabled: true
-        registration: {
-          clientId: authClientId
-          openIdIssuer: '${environment().authentication.loginEndpoint}${authTenantId}/v2.0'
-        }
-        validation: {
-          allowedAudiences: ['api://${authClientId}', authClientId]
-        }
-      }
-    }
-    login: {
-      tokenStore: { enabled: false }
-    }
-  }
 }
 
 output name string = site.name
