@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import typer
@@ -101,7 +101,7 @@ def parse_time(value: str | None, option: str) -> int | None:
             f"'{value}' is neither Unix seconds nor an ISO 8601 date.", param_hint=option
         ) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+        moment = moment.replace(tzinfo=timezone.utc)
     return int(moment.timestamp())
 
 
@@ -127,7 +127,7 @@ def completion_query(selection: dict[str, Any]) -> list[tuple[str, Any]]:
 def when(unix: int | float | None) -> str:
     if unix is None:
         return "-"
-    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(unix, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def problems(message: str) -> typer.Exit:
