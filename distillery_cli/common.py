@@ -13,6 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
+from rich.text import Text
 
 from distillery_cli.client import Connection, DistilleryClient
 
@@ -50,31 +51,67 @@ def client(ctx: typer.Context) -> DistilleryClient:
     return made
 
 
-# Markup is off: completions, metadata and error messages are the callers' text ("[offline-echo] …"),
-# never rich markup. Colour goes through `style=` instead.
+# Stored content is anyone's text: an escape sequence in it would drive the reader's terminal (OSC 52
+# writes the clipboard, CSI 2J clears the screen, OSC 8 hides a link). C0 and C1 controls but tab and
+# newline, DEL, and the bidirectional overrides that reorder what is shown, are printed as escapes.
+_CONTROLS = (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0))
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_ESCAPES = {c: f"\\x{c:02x}" for c in _CONTROLS} | {c: f"\\u{c:04x}" for c in _BIDI}
+# json.dumps already writes C0 controls as \u00XX; DEL, C1 and bidi controls it leaves as they are.
+_JSON_ESCAPES = {c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0), *_BIDI)}
+
+
+def printable(text: str) -> str:
+    """`text` with every character that could control the terminal written as a visible escape (`\\x1b`)."""
+    return text.translate(_ESCAPES)
+
+
+def _printable_cell(cell: Any) -> Any:
+    if isinstance(cell, str):
+        return printable(cell)
+    if isinstance(cell, Text):
+        return Text(printable(cell.plain), style=cell.style)
+    return cell
+
+
+class _Terminal(Console):
+    """A console that prints strings only through `printable`. Markup is off: completions, metadata and
+    error messages are the callers' text ("[offline-echo] …"), never rich markup; colour goes through `style=`."""
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        super().print(*(_printable_cell(item) for item in objects), **options)
+
+
+class _Table(Table):
+    """A table whose cells go through `printable`."""
+
+    def add_row(self, *renderables: Any, **options: Any) -> None:
+        super().add_row(*(_printable_cell(cell) for cell in renderables), **options)
+
+
 def stdout() -> Console:
-    return Console(highlight=False, soft_wrap=True, markup=False)
+    return _Terminal(highlight=False, soft_wrap=True, markup=False)
 
 
 def stderr() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+    return _Terminal(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def table(*columns: str | Column) -> Table:
     """A compact table: header rule only, so ids and hashes keep their width."""
-    return Table(*columns, box=box.SIMPLE_HEAD, pad_edge=False)
+    return _Table(*columns, box=box.SIMPLE_HEAD, pad_edge=False)
 
 
 def fact_grid() -> Table:
     """A two-column grid of names and values."""
-    grid = Table.grid(padding=(0, 2))
+    grid = _Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
     return grid
 
 
 def print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False).translate(_JSON_ESCAPES))
 
 
 def parse_pairs(pairs: list[str] | None, option: str = "--metadata") -> dict[str, str]:
@@ -145,7 +182,7 @@ def wait_until(
     """Poll a job until `finished`, showing (description, done, total) on stderr; the last state."""
     columns = (
         SpinnerColumn(),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -155,7 +192,7 @@ def wait_until(
         while True:
             state = poll()
             description, done, total = progress(state)
-            bar.update(task, description=description, completed=done, total=total)
+            bar.update(task, description=printable(description), completed=done, total=total)
             if finished(state):
                 if total is None:
                     bar.update(task, total=done)

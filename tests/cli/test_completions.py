@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tests.cli.conftest import Cli, store
+from distillery_cli.client import COMPLETIONS_PATH
+from tests.cli.conftest import Cli, ScriptedService, run_against, store
 from tests.conftest import RunningHost
 from tests.fakes import FakeUpstream
 
@@ -74,3 +75,40 @@ def test_show_and_delete(cli: Cli, host: RunningHost, fake_upstream: FakeUpstrea
     gone = cli("completions", "show", completion_id)
     assert gone.exit_code == 1 and "404" in gone.stderr and completion_id in gone.stderr
     assert _ids(cli, "-m", f"tag={tag}") == []
+
+
+# A clipboard write (OSC 52), a screen clear, a hidden link (OSC 8), an 8-bit CSI and a right-to-left override.
+HOSTILE = (
+    "\x1b]52;c;cHduZWQ=\x07 \x1b[2J\x1b[H \x1b]8;;https://evil.example/\x1b\\click\x1b]8;;\x1b\\ \x9b31m \u202egnp.exe"
+)
+RAW = ("\x1b", "\x07", "\x9b", "\u202e")
+
+
+def test_control_characters_in_stored_content_are_escaped(
+    cli: Cli, host: RunningHost, fake_upstream: FakeUpstream, tag: str, scripted: ScriptedService
+) -> None:
+    completion_id = (
+        host.openai_client()
+        .chat.completions.create(
+            model="gpt-4o",
+            store=True,
+            metadata={"tag": tag, "note": HOSTILE},
+            messages=[{"role": "user", "content": HOSTILE}],
+        )
+        .id
+    )
+    for args in (["completions", "show", completion_id], ["completions", "list", "-m", f"tag={tag}"]):
+        result = cli(*args)
+        assert result.exit_code == 0, result.output
+        assert not any(raw in result.output for raw in RAW), (args, result.output)
+        assert "\\x1b]52;c;cHduZWQ=\\x07" in result.stdout and "\\x9b31m" in result.stdout, args
+    as_json = cli("completions", "show", completion_id, "--json")
+    assert not any(raw in as_json.stdout for raw in RAW)
+    document = json.loads(as_json.stdout)
+    assert document["metadata"]["note"] == HOSTILE and document["input_messages"][0]["content"] == HOSTILE
+
+    # The service's own messages are text from afar too.
+    scripted.answer(f"{COMPLETIONS_PATH}/x", {"error": {"message": f"no {HOSTILE}", "code": "nope"}}, status=404)
+    failed = run_against(scripted, "completions", "show", "x")
+    assert failed.exit_code != 0 and "\\x1b[2J" in failed.stderr
+    assert not any(raw in failed.output for raw in RAW)
