@@ -27,10 +27,6 @@ class ApiError(Exception):
         self.status = status
         self.code = code
 
-    def describe(self) -> str:
-        where = " ".join(str(part) for part in (self.status, self.code) if part)
-        return f"{self.message} ({where})" if where else self.message
-
 
 @dataclass(frozen=True)
 class Connection:

@@ -17,16 +17,71 @@ from rich.text import Text
 
 from distillery_cli.client import Connection, DistilleryClient
 
+# The exit codes of every command (README "Exit codes" shows this table; tests/cli/test_main.py checks it).
+EXIT_OK = 0
 EXIT_API_ERROR = 1
-"""The service refused or failed the request (its message is printed), or could not be reached."""
+"""The service failed (5xx, 429, a first report still pending, an answer that is not JSON or not plausible),
+could not be reached, or a local file could not be read or written; a job is not finished or a delete was
+declined: the same command may succeed later."""
 EXIT_USAGE = 2
-"""A bad flag or argument (the same code click gives its own usage errors)."""
+"""The command must change: a bad option or argument (click's own usage errors give 2 too), or the service
+rejected the request (every other 4xx: invalid body, unknown id, wrong key, no right to it)."""
 EXIT_PROBLEMS = 3
-"""check-file found bad lines, a waited-for job failed or was cancelled, or health found a failed probe."""
+"""The command ran and found problems: check-file found bad lines, a waited-for job failed or was cancelled,
+or health found a failed probe. With --json the result is on stdout as usual."""
+
+
+class CommandFailed(Exception):
+    """A command that cannot go on: printed as `Error: message` on stderr, or with --json as an
+    OpenAI-shaped error object on stdout (`error_document`), then exit `exit_code`."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        exit_code: int = EXIT_API_ERROR,
+        type: str = "error",
+        code: str | None = None,
+        status: int | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+        self.type = type
+        self.code = code
+        self.status = status
+        self.param = param
+
+
+def error_document(failure: CommandFailed) -> dict[str, Any]:
+    """What --json prints for a failure: the service's error shape, plus the HTTP status and the exit code."""
+    return {
+        "error": {
+            "message": failure.message,
+            "type": failure.type,
+            "param": failure.param,
+            "code": failure.code,
+            "status": failure.status,
+            "exit_code": failure.exit_code,
+        }
+    }
+
 
 POLL_SECONDS = 0.5
 
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
+
+def _json_wanted(ctx: typer.Context, value: bool) -> bool:
+    """--json after the command, or before it (`distillery --json quota`)."""
+    return value or bool(ctx.find_root().params.get("json_output"))
+
+
+Json = Annotated[
+    bool,
+    typer.Option(
+        "--json", callback=_json_wanted, help='Print JSON for scripts instead of tables (errors too: {"error": …}).'
+    ),
+]
 Model = Annotated[str | None, typer.Option("--model", help="Deployment or reported model name.")]
 Metadata = Annotated[
     list[str] | None,

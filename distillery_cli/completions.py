@@ -9,7 +9,7 @@ from rich.table import Column
 
 from distillery_cli.client import COMPLETIONS_PATH, PAGE_LIMIT
 from distillery_cli.common import (
-    EXIT_API_ERROR,
+    CommandFailed,
     CreatedAfter,
     CreatedBefore,
     Json,
@@ -143,8 +143,7 @@ def delete_completion(
 ) -> None:
     """Delete a stored completion (its document and index rows)."""
     if not yes and not typer.confirm(f"Delete {completion_id}?", err=True):
-        stderr().print("Nothing deleted.")
-        raise typer.Exit(EXIT_API_ERROR)
+        raise CommandFailed("Nothing deleted: the deletion was not confirmed.", code="not_confirmed")
     deleted = client(ctx).delete(f"{COMPLETIONS_PATH}/{completion_id}")
     if json_output:
         print_json(deleted)

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from distillery_cli.client import ApiError, DistilleryClient
 from distillery_cli.common import (
-    EXIT_API_ERROR,
+    CommandFailed,
     CreatedAfter,
     CreatedBefore,
     Json,
@@ -174,10 +174,9 @@ def download_dataset(
     api = client(ctx)
     job = wait_for_dataset(api, dataset_id) if wait else api.get(_path(dataset_id))
     if job["status"] == "failed":
-        raise problems(f"dataset {dataset_id} failed: {(job.get('error') or {}).get('message')}")
+        _finish(job, json_output)
     if job["status"] != "succeeded":
-        stderr().print(f"dataset {dataset_id} is {job['status']}, not finished: pass --wait", style="red")
-        raise typer.Exit(EXIT_API_ERROR)
+        raise CommandFailed(f"dataset {dataset_id} is {job['status']}, not finished: pass --wait", code="not_finished")
     expected = {_plain_name(file["name"]): file for file in job["files"]}
     directory = out or Path(dataset_id)
     directory.mkdir(parents=True, exist_ok=True)
@@ -196,10 +195,10 @@ def download_dataset(
                     progress.advance(task, len(chunk))
             if name in expected and expected[name].get("sha256") and digest.hexdigest() != expected[name]["sha256"]:
                 partial.unlink()
-                stderr().print(
-                    f"{name}: sha256 {digest.hexdigest()} is not the dataset's {expected[name]['sha256']}", style="red"
+                raise CommandFailed(
+                    f"{name}: sha256 {digest.hexdigest()} is not the dataset's {expected[name]['sha256']}",
+                    code="checksum_mismatch",
                 )
-                raise typer.Exit(EXIT_API_ERROR)
             partial.replace(target)
             saved.append(
                 {"name": name, "path": str(target), "bytes": target.stat().st_size, "sha256": digest.hexdigest()}
@@ -208,6 +207,6 @@ def download_dataset(
         print_json({"dataset": dataset_id, "files": saved})
         return
     listing = table("file", "bytes", "sha256")
-    for file in saved:
-        listing.add_row(file["path"], str(file["bytes"]), file["sha256"])
+    for row in saved:
+        listing.add_row(row["path"], str(row["bytes"]), row["sha256"])
     stdout().print(listing)

@@ -73,7 +73,7 @@ def test_show_and_delete(cli: Cli, host: RunningHost, fake_upstream: FakeUpstrea
     deleted = cli("completions", "delete", completion_id, "--yes", "--json")
     assert deleted.exit_code == 0 and json.loads(deleted.stdout)["deleted"] is True
     gone = cli("completions", "show", completion_id)
-    assert gone.exit_code == 1 and "404" in gone.stderr and completion_id in gone.stderr
+    assert gone.exit_code == 2 and "404" in gone.stderr and completion_id in gone.stderr
     assert _ids(cli, "-m", f"tag={tag}") == []
 
 

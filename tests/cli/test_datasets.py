@@ -60,7 +60,7 @@ def test_download_waits_and_a_failed_job_exits_3(
     assert "too_few_examples" in failed.stdout and "failed" in failed.stderr
 
     missing = cli("datasets", "show", "dataset-" + "0" * 32)
-    assert missing.exit_code == 1 and "404" in missing.stderr
+    assert missing.exit_code == 2 and "404" in missing.stderr
 
 
 DATASET = "dataset-" + "a" * 32

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
+from distillery_cli.common import EXIT_API_ERROR, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE
 from distillery_cli.main import app
-from tests.cli.conftest import Cli
+from tests.cli.conftest import Cli, ScriptedService, run_against
 from tests.conftest import RunningHost
 
 GOOD = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
@@ -56,9 +59,9 @@ def test_usage_errors_exit_2() -> None:
     assert result.exit_code == 2 and "--entra-scope" in result.output
 
 
-def test_a_bad_key_exits_1_with_the_services_message(cli: Cli) -> None:
+def test_a_bad_key_exits_2_with_the_services_message(cli: Cli) -> None:
     result = cli("completions", "list", key="not-the-key")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "Incorrect API key provided." in result.stderr and "401" in result.stderr
     assert "Traceback" not in result.output and result.stdout == ""
 
@@ -117,3 +120,91 @@ def test_check_file_good_and_bad(tmp_path: Path) -> None:
     assert {(p["line"], p["rule"]) for p in report["problems"]} >= {(2, "unrecognized_role"), (3, "invalid_json")}
 
     assert CliRunner().invoke(app, ["check-file", str(tmp_path / "missing.jsonl")]).exit_code == 2
+
+
+DATASET = "dataset-" + "b" * 32
+
+
+def _error(message: str, code: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+
+
+# (what happens, command, what the scripted service answers, exit code, error type or None for no error object)
+EXIT_TABLE = [
+    ("unknown option", ["completions", "list", "--frobnicate"], None, 2, "usage_error"),
+    ("bad option value", ["completions", "list", "--metadata", "no-equals"], None, 2, "usage_error"),
+    (
+        "server 400",
+        ["datasets", "create", "--kind", "x"],
+        (400, _error("Invalid 'kind'.", "invalid_value")),
+        2,
+        "invalid_request_error",
+    ),
+    (
+        "server 401",
+        ["quota"],
+        (401, _error("Incorrect API key provided.", "invalid_api_key")),
+        2,
+        "invalid_request_error",
+    ),
+    (
+        "server 404",
+        ["datasets", "show", DATASET],
+        (404, _error("No dataset.", "not_found")),
+        2,
+        "invalid_request_error",
+    ),
+    ("server 429", ["quota"], (429, _error("Slow down.", "rate_limited")), 1, "api_error"),
+    ("server 500", ["quota"], (500, _error("Storage is down.", "storage_unavailable")), 1, "api_error"),
+    ("not JSON", ["quota"], (200, b"<html>"), 1, "api_error"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "args", "answer", "exit_code", "error_type"), EXIT_TABLE, ids=[c[0] for c in EXIT_TABLE]
+)
+def test_one_exit_code_table_and_json_errors_before_or_after_the_command(
+    scripted: ScriptedService, case: str, args: list[str], answer: Any, exit_code: int, error_type: str
+) -> None:
+    if answer is not None:
+        status, body = answer
+        path = {"datasets": "/api/datasets", "quota": "/api/quota"}[args[0]]
+        scripted.answer(path if args[1:2] != ["show"] else f"{path}/{DATASET}", body, status=status)
+    plain = run_against(scripted, *args)
+    assert plain.exit_code == exit_code, plain.output
+    assert isinstance(plain.exception, SystemExit) and plain.stdout == ""
+    for where in ([*args, "--json"], ["--json", *args]):
+        result = run_against(scripted, *where)
+        assert result.exit_code == exit_code, (where, result.output)
+        error = json.loads(result.stdout)["error"]
+        assert error["exit_code"] == exit_code and error["type"] == error_type and error["message"], error
+        if answer is not None and answer[0] >= 400:
+            assert error["status"] == answer[0] and error["code"] == answer[1]["error"]["code"]
+
+
+def test_the_readme_lists_the_exit_code_table() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("**Exit codes**") :]
+    rows = section[section.index("\n|") :]
+    listed = {int(code) for code in re.findall(r"^\| `(\d)` \|", rows[: rows.index("\n\n")], re.MULTILINE)}
+    assert listed == {EXIT_OK, EXIT_API_ERROR, EXIT_USAGE, EXIT_PROBLEMS}
+
+
+def test_problems_exit_3_with_the_result_on_stdout(
+    scripted: ScriptedService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    failed = {
+        "id": DATASET,
+        "kind": "distillation",
+        "status": "failed",
+        "files": [],
+        "error": {"code": "too_few_examples", "message": "Too few."},
+    }
+    scripted.answer(f"/api/datasets/{DATASET}", failed)
+    for args in (["datasets", "download", DATASET, "--wait", "--json"], ["--json", "datasets", "download", DATASET]):
+        result = run_against(scripted, *args)
+        assert result.exit_code == EXIT_PROBLEMS and json.loads(result.stdout)["status"] == "failed", result.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    assert run_against(scripted, "--json", "check-file", str(bad)).exit_code == EXIT_PROBLEMS

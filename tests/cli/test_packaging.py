@@ -39,8 +39,14 @@ def test_the_cli_sources_parse_as_python_3_10() -> None:
         ast.parse(path.read_text(), filename=str(path), feature_version=(3, 10))
 
 
+def _type_errors(python_version: str, sources: list[str]) -> set[str]:
+    out, err, _ = mypy.run(["--python-version", python_version, "--follow-imports=silent", "--config-file=", *sources])
+    assert not err, err
+    return {line for line in out.splitlines() if ": error:" in line}
+
+
 def test_the_cli_uses_no_standard_library_name_newer_than_3_10() -> None:
-    """`datetime.UTC`, `enum.StrEnum`, `tomllib`…: the syntax check above cannot see them; typeshed can."""
+    """`datetime.UTC`, `enum.StrEnum`, `tomllib`…: the syntax check above cannot see them; typeshed can.
+    Only what 3.10 lacks counts: errors mypy finds on 3.11 as well are not this test's business."""
     sources = [str(path) for path in _cli_sources()]
-    out, err, status = mypy.run(["--python-version", "3.10", "--follow-imports=silent", "--config-file=", *sources])
-    assert status == 0, out + err
+    assert _type_errors("3.10", sources) - _type_errors("3.11", sources) == set()
