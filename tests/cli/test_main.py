@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +210,16 @@ def test_problems_exit_3_with_the_result_on_stdout(
     bad = tmp_path / "bad.jsonl"
     bad.write_text("not json\n")
     assert run_against(scripted, "--json", "check-file", str(bad)).exit_code == EXIT_PROBLEMS
+
+
+def test_check_file_and_the_module_agree_on_exit_codes(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text(json.dumps(GOOD) + "\n")
+    bad.write_text(json.dumps(BAD) + "\n")
+    root = Path(__file__).resolve().parents[2]
+    for path, expected in ((good, EXIT_OK), (bad, EXIT_PROBLEMS), (tmp_path / "missing.jsonl", EXIT_USAGE)):
+        module = subprocess.run(
+            [sys.executable, "-m", "shared.datasets.check", str(path)], cwd=root, capture_output=True
+        )
+        command = CliRunner().invoke(app, ["check-file", str(path)])
+        assert (module.returncode, command.exit_code) == (expected, expected), (path, module.stderr)
