@@ -67,14 +67,24 @@ class DistilleryClient:
         raise_for_error(response)
         return response
 
-    def report(self, path: str, *, wait_seconds: float = REPORT_WAIT_SECONDS) -> Any:
+    def report(
+        self,
+        path: str,
+        *,
+        wait_seconds: float = REPORT_WAIT_SECONDS,
+        on_pending: Callable[[], None] = lambda: None,
+    ) -> Any:
         """A report route's answer. Before the first report exists the service answers 202 and builds it
-        on its queue: poll as its `retry-after` asks, up to `wait_seconds`."""
+        on its queue: call `on_pending` once, then poll as its `retry-after` asks, up to `wait_seconds`."""
         deadline = time.monotonic() + wait_seconds
+        pending = False
         while True:
             response = self._send("GET", path)
             if response.status_code != 202:
                 return _decoded(response)
+            if not pending:
+                pending = True
+                on_pending()
             if time.monotonic() >= deadline:
                 raise ApiError(
                     f"The service is still building its first report at {path}; try again in a minute.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
@@ -226,6 +227,22 @@ def problems(message: str) -> typer.Exit:
     """Print why the command found problems and the exit that says so."""
     stderr().print(message, style="red")
     return typer.Exit(EXIT_PROBLEMS)
+
+
+def first_report(api: DistilleryClient, path: str) -> Any:
+    """A report, telling on stderr while the service builds its first one (up to two minutes): a spinner
+    on a terminal, one plain line otherwise (a log or a pipe gets no spinner frames)."""
+    console = stderr()
+    message = f"The service is building its first report at {path}; this can take up to two minutes…"
+    with ExitStack() as shown:
+
+        def pending() -> None:
+            if console.is_terminal:
+                shown.enter_context(console.status(message))
+            else:
+                console.print(message)
+
+        return api.report(path, on_pending=pending)
 
 
 def wait_until(

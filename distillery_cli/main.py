@@ -26,6 +26,7 @@ from distillery_cli.common import (
     client,
     error_document,
     fact_grid,
+    first_report,
     print_json,
     problems,
     stderr,
@@ -186,7 +187,7 @@ def connect(
 @app.command("quota")
 def quota(ctx: typer.Context, json_output: Json = False) -> None:
     """The storage quota report: used against the cap, breakdowns and the projected full date."""
-    report = client(ctx).report("/api/quota")
+    report = first_report(client(ctx), "/api/quota")
     if json_output:
         print_json(report)
         return
@@ -219,7 +220,7 @@ def health(ctx: typer.Context, json_output: Json = False) -> None:
     """
     api = client(ctx)
     ready = api.get("/api/health")
-    report = api.report("/api/health/permissions")
+    report = first_report(api, "/api/health/permissions")
     if json_output:
         print_json({"status": ready.get("status"), "upstream": ready.get("upstream"), "permissions": report})
     else:

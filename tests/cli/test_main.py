@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
 import re
 import subprocess
 import sys
@@ -223,3 +226,48 @@ def test_check_file_and_the_module_agree_on_exit_codes(tmp_path: Path) -> None:
         )
         command = CliRunner().invoke(app, ["check-file", str(path)])
         assert (module.returncode, command.exit_code) == (expected, expected), (path, module.stderr)
+
+
+QUOTA = {
+    "object": "quota.report",
+    "generated_at": "2026-12-06T00:00:00Z",
+    "used_bytes": 1,
+    "cap_bytes": 10,
+    "percent_used": 10.0,
+    "by_model": [],
+}
+
+
+def _pending_then_quota(scripted: ScriptedService) -> None:
+    for _ in range(3):
+        scripted.answer("/api/quota", {"status": "building"}, status=202, headers={"retry-after": "0.5"})
+    scripted.answer("/api/quota", QUOTA)
+
+
+def test_the_first_report_wait_says_so_in_one_line_off_a_terminal(scripted: ScriptedService) -> None:
+    _pending_then_quota(scripted)
+    result = run_against(scripted, "quota")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("building its first report at /api/quota") == 1 and "used" in result.stdout
+
+
+def test_the_first_report_wait_shows_a_spinner_on_a_terminal(scripted: ScriptedService) -> None:
+    _pending_then_quota(scripted)
+    leader, follower = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "distillery_cli", "--url", scripted.url, "--api-key", "k", "quota"],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    ) as process:
+        os.close(follower)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the process has closed the terminal
+            while chunk := os.read(leader, 4096):
+                shown += chunk
+        stdout = process.stdout.read() if process.stdout else b""
+    os.close(leader)
+    assert process.returncode == 0 and b"used" in stdout
+    assert "building its first report" in shown.decode()
+    assert any(frame in shown.decode() for frame in "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"), shown  # rich's dots spinner
