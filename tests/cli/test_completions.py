@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from distillery_cli.client import COMPLETIONS_PATH
 from tests.cli.conftest import Cli, ScriptedService, run_against, store
@@ -112,3 +113,28 @@ def test_control_characters_in_stored_content_are_escaped(
     failed = run_against(scripted, "completions", "show", "x")
     assert failed.exit_code != 0 and "\\x1b[2J" in failed.stderr
     assert not any(raw in failed.output for raw in RAW)
+
+
+def _completion(number: int) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{number:032x}",
+        "object": "chat.completion",
+        "created": 1_796_000_000 + number,
+        "model": "gpt-4o-mini-2024-07-18",
+        "metadata": {"category": "release-notes", "user": "bob"},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "When is the next release? " * 4}}],
+    }
+
+
+def test_list_chooses_columns_by_terminal_width(scripted: ScriptedService) -> None:
+    page = {"object": "list", "data": [_completion(n) for n in range(3)], "has_more": False}
+    scripted.answer(COMPLETIONS_PATH, page)
+    narrow = run_against(scripted, "completions", "list", env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    lines = narrow.stdout.splitlines()
+    assert max(map(len, lines)) <= 80, narrow.stdout
+    for n in range(3):  # each id whole on its line, beside the start of its answer
+        assert any(f"chatcmpl-{n:032x}" in line and "When is" in line for line in lines), narrow.stdout
+    wide = run_against(scripted, "completions", "list", env={"COLUMNS": "200"})
+    assert all(header in wide.stdout for header in ("created (UTC)", "model", "metadata", "answer"))
+    assert "category=release-notes" in wide.stdout and max(map(len, wide.stdout.splitlines())) <= 200
