@@ -167,7 +167,9 @@ def raise_for_error(response: httpx.Response) -> None:
 
 def unreachable(url: str, exc: httpx.TransportError) -> ApiError:
     """A transport failure, named by its kind only (its text can carry the request's details)."""
-    return ApiError(f"Could not reach {url} ({type(exc).__name__}). Is the service running? Check --url.")
+    return ApiError(
+        f"Could not reach {url} ({type(exc).__name__}). Is the service running? Check --url.", code="unreachable"
+    )
 
 
 def _without_none(params: dict[str, Any]) -> dict[str, Any]:

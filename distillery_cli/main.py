@@ -48,7 +48,11 @@ def _failure(error: Any) -> CommandFailed:
         return CommandFailed(
             error.message,
             exit_code=EXIT_USAGE if rejected else EXIT_API_ERROR,
-            type="invalid_request_error" if rejected else "api_error",
+            type="invalid_request_error"
+            if rejected
+            else "connection_error"
+            if error.code == "unreachable"
+            else "api_error",
             code=error.code,
             status=error.status,
         )

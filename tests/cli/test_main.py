@@ -85,6 +85,8 @@ def test_an_unreachable_service_exits_1_without_a_traceback(cli: Cli, host: Runn
     result = cli("quota", url="http://127.0.0.1:9")
     assert result.exit_code == 1
     assert "Could not reach http://127.0.0.1:9" in result.stderr and "Traceback" not in result.output
+    error = json.loads(cli("--json", "quota", url="http://127.0.0.1:9").stdout)["error"]
+    assert error["type"] == "connection_error" and error["exit_code"] == 1
 
 
 def test_quota_as_table_and_json(cli: Cli) -> None:
