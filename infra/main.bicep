@@ -133,6 +133,7 @@ var containers = {
   reports: 'reports'
   evals: 'evals'
   fineTuning: 'finetuning'
+  aliases: 'aliases'
   deployment: 'deploymentpackage'
 }
 var completionIndexTable = 'completionindex'
@@ -170,7 +171,7 @@ module storage 'app/storage.bicep' = {
     name: names.storage
     location: location
     tags: tags
-    containerNames: [containers.completions, containers.datasets, containers.reports, containers.evals, containers.fineTuning, containers.deployment]
+    containerNames: [containers.completions, containers.datasets, containers.reports, containers.evals, containers.fineTuning, containers.aliases, containers.deployment]
     tableNames: [completionIndexTable]
     recoveryDays: recoveryDays
   }
@@ -248,6 +249,7 @@ module api 'app/api.bicep' = {
     evalEmbeddingsDeployment: evalEmbeddingsDeployment
     evalDefaultTokenCap: evalDefaultTokenCap
     fineTuningContainerName: containers.fineTuning
+    aliasesContainerName: containers.aliases
     fineTuningJobsQueueName: queues.fineTuningJobs
     fineTuningTrackSchedule: fineTuningTrackSchedule
     fineTuningDeploymentSku: fineTuningDeploymentSku

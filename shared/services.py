@@ -21,6 +21,8 @@ from azure.servicebus.aio import ServiceBusClient
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRetry
 from azure.storage.queue.aio import QueueServiceClient
 
+from shared.aliases.routes import AliasRoutes
+from shared.aliases.service import Aliases
 from shared.capture.proxy import ChatCapture
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.membership import DatasetMembership
@@ -149,6 +151,33 @@ class Services:
             store_enabled=self.settings.store_enabled,
             quota=self.quota_gate,
             log_content=self.settings.log_content,
+            route=self.alias_routes.route,
+        )
+
+    @cached_property
+    def aliases_container(self) -> ContainerClient:
+        return self.blob_service.get_container_client(self.settings.aliases_container)
+
+    @cached_property
+    def alias_blobs(self) -> JsonBlobs:
+        return JsonBlobs(container=self.aliases_container, label="alias")
+
+    @cached_property
+    def alias_routes(self) -> AliasRoutes:
+        return AliasRoutes(
+            blobs=self.alias_blobs,
+            ttl_seconds=self.settings.alias_cache_seconds,
+        )
+
+    @cached_property
+    def aliases(self) -> Aliases:
+        async def compare(eval_id: str, run_ids: list[str]) -> dict[str, Any]:
+            return await self.evals.compare(eval_id, run_ids, owner=None)
+
+        return Aliases(
+            blobs=self.alias_blobs,
+            routes=self.alias_routes,
+            compare=compare,
         )
 
     @cached_property
@@ -317,6 +346,7 @@ class Services:
                 (self.reports_container, "REPORTS_CONTAINER"),
                 (self.evals_container, "EVALS_CONTAINER"),
                 (self.fine_tuning_container, "FINE_TUNING_CONTAINER"),
+                (self.aliases_container, "ALIASES_CONTAINER"),
             ],
             table=self.index_table,
             table_setting="COMPLETION_INDEX_TABLE",
@@ -418,6 +448,7 @@ class Services:
             self.datasets_container,
             self.evals_container,
             self.fine_tuning_container,
+            self.aliases_container,
         ):
             with contextlib.suppress(ResourceExistsError):
                 await container.create_container()

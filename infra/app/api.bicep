@@ -22,6 +22,7 @@ param evalJobsQueueName string
 param evalEmbeddingsDeployment string
 param evalDefaultTokenCap int
 param fineTuningContainerName string
+param aliasesContainerName string
 param fineTuningJobsQueueName string
 param fineTuningTrackSchedule string
 param fineTuningDeploymentSku string
@@ -135,6 +136,8 @@ var appSettings = {
   FINE_TUNING_DEPLOYMENT_SKU: fineTuningDeploymentSku
   FINE_TUNING_DEPLOYMENT_CAPACITY: string(fineTuningDeploymentCapacity)
   AZURE_RESOURCE_MANAGER_ENDPOINT: environment().resourceManager
+  ALIASES_CONTAINER: aliasesContainerName
+  ALIAS_CACHE_SECONDS: '10'
   RETENTION_DAYS: string(retentionDays)
   RETENTION_SCHEDULE: retentionSchedule
   STORAGE_QUOTA_BYTES: storageQuotaBytes

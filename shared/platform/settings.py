@@ -165,6 +165,12 @@ class Settings(BaseSettings):
     fine_tuning_deployment_capacity: int = Field(50, ge=1, alias="FINE_TUNING_DEPLOYMENT_CAPACITY")
     """Capacity (thousands of tokens per minute) of that deployment unless the request names one."""
 
+    # Aliases (shared/aliases).
+    aliases_container: str = Field("aliases", alias="ALIASES_CONTAINER")
+    """Alias records: targets, shares, gate and history of changes."""
+    alias_cache_seconds: float = Field(10.0, gt=0, le=3600, alias="ALIAS_CACHE_SECONDS")
+    """How long a worker answers alias lookups from memory before it reads the alias again (in the background)."""
+
     # Telemetry (shared/platform/telemetry.py).
     telemetry_exporter: TelemetryExporter | None = Field(None, alias="TELEMETRY_EXPORTER")
     """Unset: `azure_monitor` when APPLICATIONINSIGHTS_CONNECTION_STRING is set, else `off`."""
