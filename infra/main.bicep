@@ -78,6 +78,9 @@ param datasetMaxExampleTokens int = 65536
 @description('Embeddings deployment the cosine text-similarity grader calls.')
 param evalEmbeddingsDeployment string = 'text-embedding-3-large'
 
+@description('Deployment of the score_model judge the automatic student/teacher comparison adds (empty: no judge).')
+param comparisonJudgeDeployment string = ''
+
 @description('Tokens an eval run may use (candidate and grader calls) unless the run sets max_total_tokens.')
 param evalDefaultTokenCap int = 2000000
 
@@ -247,6 +250,7 @@ module api 'app/api.bicep' = {
     evalsContainerName: containers.evals
     evalJobsQueueName: queues.evalJobs
     evalEmbeddingsDeployment: evalEmbeddingsDeployment
+    comparisonJudgeDeployment: comparisonJudgeDeployment
     evalDefaultTokenCap: evalDefaultTokenCap
     fineTuningContainerName: containers.fineTuning
     aliasesContainerName: containers.aliases

@@ -20,6 +20,7 @@ param purgeJobsQueueName string
 param evalsContainerName string
 param evalJobsQueueName string
 param evalEmbeddingsDeployment string
+param comparisonJudgeDeployment string
 param evalDefaultTokenCap int
 param fineTuningContainerName string
 param aliasesContainerName string
@@ -158,7 +159,8 @@ var upstreamSettings = union(
   empty(azureOpenAiEndpoint) ? {} : { AZURE_OPENAI_ENDPOINT: azureOpenAiEndpoint },
   empty(azureOpenAiResourceId) ? {} : { AZURE_OPENAI_RESOURCE_ID: azureOpenAiResourceId },
   empty(openAiBaseUrl) ? {} : { OPENAI_BASE_URL: openAiBaseUrl },
-  empty(permissionProbeDeployment) ? {} : { PERMISSION_PROBE_DEPLOYMENT: permissionProbeDeployment }
+  empty(permissionProbeDeployment) ? {} : { PERMISSION_PROBE_DEPLOYMENT: permissionProbeDeployment },
+  empty(comparisonJudgeDeployment) ? {} : { COMPARISON_JUDGE_DEPLOYMENT: comparisonJudgeDeployment }
 )
 
 resource site 'Microsoft.Web/sites@2024-04-01' = {

@@ -164,6 +164,8 @@ class Settings(BaseSettings):
     """SKU of a fine-tuned model's deployment unless the request names one: Developer tier has no hosting fee."""
     fine_tuning_deployment_capacity: int = Field(50, ge=1, alias="FINE_TUNING_DEPLOYMENT_CAPACITY")
     """Capacity (thousands of tokens per minute) of that deployment unless the request names one."""
+    comparison_judge_deployment: str | None = Field(None, min_length=1, alias="COMPARISON_JUDGE_DEPLOYMENT")
+    """The deployment of the `score_model` judge the automatic student/teacher comparison adds; unset: no judge."""
 
     # Aliases (shared/aliases).
     aliases_container: str = Field("aliases", alias="ALIASES_CONTAINER")
