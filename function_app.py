@@ -5,6 +5,7 @@ import logging
 import azure.functions as func
 
 from blueprints import (
+    aliases,
     chat_completions,
     datasets,
     evals,
@@ -35,5 +36,6 @@ for blueprint in (
     purges.bp,
     openapi.bp,
     pane.bp,
+    aliases.bp,
 ):
     app.register_functions(blueprint)

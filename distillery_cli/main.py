@@ -16,7 +16,7 @@ import typer
 from rich.text import Text
 from typer.core import TyperGroup
 
-from distillery_cli import completions, datasets, evals, finetune
+from distillery_cli import aliases, completions, datasets, evals, finetune
 from distillery_cli.client import DEFAULT_URL, ApiError, Connection
 from distillery_cli.common import (
     EXIT_API_ERROR,
@@ -127,6 +127,7 @@ app.add_typer(completions.app, name="completions")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(evals.app, name="eval")
 app.add_typer(finetune.app, name="finetune")
+app.add_typer(aliases.app, name="alias")
 app.command("export")(export)
 
 

@@ -81,6 +81,9 @@ param datasetMaxExampleTokens int = 65536
 @description('Embeddings deployment the cosine text-similarity grader calls.')
 param evalEmbeddingsDeployment string = 'text-embedding-3-large'
 
+@description('Deployment of the score_model judge the automatic student/teacher comparison adds (empty: no judge).')
+param comparisonJudgeDeployment string = ''
+
 @description('Tokens an eval run may use (candidate and grader calls) unless the run sets max_total_tokens.')
 param evalDefaultTokenCap int = 2000000
 
@@ -136,6 +139,7 @@ var containers = {
   reports: 'reports'
   evals: 'evals'
   fineTuning: 'finetuning'
+  aliases: 'aliases'
   deployment: 'deploymentpackage'
 }
 var completionIndexTable = 'completionindex'
@@ -173,7 +177,7 @@ module storage 'app/storage.bicep' = {
     name: names.storage
     location: location
     tags: tags
-    containerNames: [containers.completions, containers.datasets, containers.reports, containers.evals, containers.fineTuning, containers.deployment]
+    containerNames: [containers.completions, containers.datasets, containers.reports, containers.evals, containers.fineTuning, containers.aliases, containers.deployment]
     tableNames: [completionIndexTable]
     recoveryDays: recoveryDays
   }
@@ -251,8 +255,10 @@ module api 'app/api.bicep' = {
     evalsContainerName: containers.evals
     evalJobsQueueName: queues.evalJobs
     evalEmbeddingsDeployment: evalEmbeddingsDeployment
+    comparisonJudgeDeployment: comparisonJudgeDeployment
     evalDefaultTokenCap: evalDefaultTokenCap
     fineTuningContainerName: containers.fineTuning
+    aliasesContainerName: containers.aliases
     fineTuningJobsQueueName: queues.fineTuningJobs
     fineTuningTrackSchedule: fineTuningTrackSchedule
     fineTuningDeploymentSku: fineTuningDeploymentSku

@@ -21,6 +21,9 @@ from azure.servicebus.aio import ServiceBusClient
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRetry
 from azure.storage.queue.aio import QueueServiceClient
 
+from shared.aliases.records import Comparison
+from shared.aliases.routes import AliasRoutes
+from shared.aliases.service import Aliases
 from shared.capture.proxy import ChatCapture
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.membership import DatasetMembership
@@ -31,6 +34,7 @@ from shared.erasure.retention import RetentionSweep
 from shared.evals.records import EvalStore
 from shared.evals.service import EvalLimits, EvalService
 from shared.fine_tuning.api import FineTuningApi
+from shared.fine_tuning.comparison import StudentComparison
 from shared.fine_tuning.control_plane import AccountId, ControlPlane
 from shared.fine_tuning.deployments import StudentDeployments
 from shared.fine_tuning.jobs import FineTuningJobs
@@ -149,6 +153,42 @@ class Services:
             store_enabled=self.settings.store_enabled,
             quota=self.quota_gate,
             log_content=self.settings.log_content,
+            route=self.alias_routes.route,
+        )
+
+    @cached_property
+    def aliases_container(self) -> ContainerClient:
+        return self.blob_service.get_container_client(self.settings.aliases_container)
+
+    @cached_property
+    def alias_blobs(self) -> JsonBlobs:
+        return JsonBlobs(container=self.aliases_container, label="alias")
+
+    @cached_property
+    def alias_routes(self) -> AliasRoutes:
+        return AliasRoutes(
+            blobs=self.alias_blobs,
+            ttl_seconds=self.settings.alias_cache_seconds,
+        )
+
+    @cached_property
+    def aliases(self) -> Aliases:
+        async def compare(eval_id: str, run_ids: list[str]) -> dict[str, Any]:
+            return await self.evals.compare(eval_id, run_ids, owner=None)
+
+        async def find_comparison(deployment: str) -> Comparison | None:
+            runs = await self.student_deployments.comparison_of(deployment)
+            if runs is None or runs.eval_id is None or runs.teacher_run_id is None or runs.student_run_id is None:
+                return None
+            return Comparison(
+                eval_id=runs.eval_id, teacher_run_id=runs.teacher_run_id, student_run_id=runs.student_run_id
+            )
+
+        return Aliases(
+            blobs=self.alias_blobs,
+            routes=self.alias_routes,
+            compare=compare,
+            find_comparison=find_comparison,
         )
 
     @cached_property
@@ -264,6 +304,11 @@ class Services:
             missing_control_plane=missing_control_plane(settings),
             default_sku=settings.fine_tuning_deployment_sku,
             default_capacity=settings.fine_tuning_deployment_capacity,
+            comparison=StudentComparison(
+                evals=self.evals,
+                datasets=self.dataset_jobs.records,
+                judge_deployment=settings.comparison_judge_deployment,
+            ),
         )
 
     @cached_property
@@ -317,6 +362,7 @@ class Services:
                 (self.reports_container, "REPORTS_CONTAINER"),
                 (self.evals_container, "EVALS_CONTAINER"),
                 (self.fine_tuning_container, "FINE_TUNING_CONTAINER"),
+                (self.aliases_container, "ALIASES_CONTAINER"),
             ],
             table=self.index_table,
             table_setting="COMPLETION_INDEX_TABLE",
@@ -418,6 +464,7 @@ class Services:
             self.datasets_container,
             self.evals_container,
             self.fine_tuning_container,
+            self.aliases_container,
         ):
             with contextlib.suppress(ResourceExistsError):
                 await container.create_container()

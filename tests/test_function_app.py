@@ -46,3 +46,15 @@ def test_http_functions_take_the_streaming_request_type(functions: dict[str, Any
             continue
         hints = typing.get_type_hints(function.get_user_function())
         assert (hints.get("req"), hints.get("return")) == (Request, Response), name
+
+
+def test_alias_routes(functions: dict[str, Any]) -> None:
+    expected = {
+        "list_aliases": ("api/aliases", ("GET",)),
+        "put_alias": ("api/aliases/{name}", ("PUT",)),
+        "retrieve_alias": ("api/aliases/{name}", ("GET",)),
+        "delete_alias": ("api/aliases/{name}", ("DELETE",)),
+        "promote_alias": ("api/aliases/{name}/promote", ("POST",)),
+        "rollback_alias": ("api/aliases/{name}/rollback", ("POST",)),
+    }
+    assert {name: _http(functions[name]) for name in expected} == expected

@@ -20,8 +20,10 @@ param purgeJobsQueueName string
 param evalsContainerName string
 param evalJobsQueueName string
 param evalEmbeddingsDeployment string
+param comparisonJudgeDeployment string
 param evalDefaultTokenCap int
 param fineTuningContainerName string
+param aliasesContainerName string
 param fineTuningJobsQueueName string
 param fineTuningTrackSchedule string
 param fineTuningDeploymentSku string
@@ -133,6 +135,8 @@ var appSettings = {
   FINE_TUNING_DEPLOYMENT_SKU: fineTuningDeploymentSku
   FINE_TUNING_DEPLOYMENT_CAPACITY: string(fineTuningDeploymentCapacity)
   AZURE_RESOURCE_MANAGER_ENDPOINT: environment().resourceManager
+  ALIASES_CONTAINER: aliasesContainerName
+  ALIAS_CACHE_SECONDS: '10'
   RETENTION_DAYS: string(retentionDays)
   RETENTION_SCHEDULE: retentionSchedule
   STORAGE_QUOTA_BYTES: storageQuotaBytes
@@ -153,7 +157,8 @@ var upstreamSettings = union(
   empty(azureOpenAiEndpoint) ? {} : { AZURE_OPENAI_ENDPOINT: azureOpenAiEndpoint },
   empty(azureOpenAiResourceId) ? {} : { AZURE_OPENAI_RESOURCE_ID: azureOpenAiResourceId },
   empty(openAiBaseUrl) ? {} : { OPENAI_BASE_URL: openAiBaseUrl },
-  empty(permissionProbeDeployment) ? {} : { PERMISSION_PROBE_DEPLOYMENT: permissionProbeDeployment }
+  empty(permissionProbeDeployment) ? {} : { PERMISSION_PROBE_DEPLOYMENT: permissionProbeDeployment },
+  empty(comparisonJudgeDeployment) ? {} : { COMPARISON_JUDGE_DEPLOYMENT: comparisonJudgeDeployment }
 )
 
 resource site 'Microsoft.Web/sites@2024-04-01' = {

@@ -463,6 +463,7 @@ class _Chunk:
         if request.filter is not None and not request.filter.matches(
             created=completion.created,
             deployment=completion.deployment,
+            served_by=completion.served_by,
             model=completion.model,
             metadata=completion.metadata,
             owner=completion.owner,

@@ -529,6 +529,7 @@ class EvalService:
             if isinstance(output, dict) and selection.matches(
                 created=completion.created,
                 deployment=completion.deployment,
+                served_by=completion.served_by,
                 model=completion.model,
                 metadata=completion.metadata,
                 owner=completion.owner,

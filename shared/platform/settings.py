@@ -164,6 +164,14 @@ class Settings(BaseSettings):
     """SKU of a fine-tuned model's deployment unless the request names one: Developer tier has no hosting fee."""
     fine_tuning_deployment_capacity: int = Field(50, ge=1, alias="FINE_TUNING_DEPLOYMENT_CAPACITY")
     """Capacity (thousands of tokens per minute) of that deployment unless the request names one."""
+    comparison_judge_deployment: str | None = Field(None, min_length=1, alias="COMPARISON_JUDGE_DEPLOYMENT")
+    """The deployment of the `score_model` judge the automatic student/teacher comparison adds; unset: no judge."""
+
+    # Aliases (shared/aliases).
+    aliases_container: str = Field("aliases", alias="ALIASES_CONTAINER")
+    """Alias records: targets, shares, gate and history of changes."""
+    alias_cache_seconds: float = Field(10.0, gt=0, le=3600, alias="ALIAS_CACHE_SECONDS")
+    """How long a worker answers alias lookups from memory before it reads the alias again (in the background)."""
 
     # Telemetry (shared/platform/telemetry.py).
     telemetry_exporter: TelemetryExporter | None = Field(None, alias="TELEMETRY_EXPORTER")

@@ -50,6 +50,7 @@ class IndexEntry(BaseModel):
     metadata: dict[str, str]
     owner: OwnerId = None
     size_bytes: int = 0
+    served_by: str | None = None
 
     @property
     def captured_us(self) -> int:
@@ -87,6 +88,8 @@ def _position(order: Order, captured_us: int) -> int:
 
 def _partitions(entry: IndexEntry) -> set[str]:
     partitions = {_ALL_PARTITION, _model_partition(entry.deployment), _model_partition(entry.model)}
+    if entry.served_by is not None:  # behind an alias: found by the deployment that served it, too
+        partitions.add(_model_partition(entry.served_by))
     partitions.update(_metadata_partition(key, value) for key, value in entry.metadata.items())
     return partitions
 
@@ -99,6 +102,7 @@ def _rows(entry: IndexEntry, partition: str) -> list[dict[str, Any]]:
         "metadata": json.dumps(entry.metadata, ensure_ascii=False),
         "owner": entry.owner or "",
         "size_bytes": entry.size_bytes,
+        "served_by": entry.served_by or "",
     }
     columns.update({_metadata_column(key): value for key, value in entry.metadata.items()})
     return [
@@ -115,6 +119,7 @@ def _entry(row: dict[str, Any]) -> IndexEntry:
         metadata=json.loads(row["metadata"]),
         owner=row.get("owner") or None,
         size_bytes=int(row.get("size_bytes", 0)),
+        served_by=row.get("served_by") or None,
     )
 
 
@@ -319,7 +324,9 @@ def _query_for(selection: CompletionFilter, *, order: Order, after: str | None) 
         clauses.append(f"{_metadata_column(key)} eq @v{number}")
     if metadata and selection.model is not None:
         parameters["model"] = selection.model
-        clauses.append("( deployment eq @model or model eq @model )")  # the SDK substitutes space-separated @words
+        clauses.append(
+            "( deployment eq @model or model eq @model or served_by eq @model )"
+        )  # the SDK substitutes space-separated @words
     if selection.owner is not None:
         owner = stable_owner(selection.owner) or ""
         parameters["owner"] = owner

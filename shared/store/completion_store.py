@@ -323,6 +323,7 @@ def in_selection(completion: StoredCompletion, selection: CompletionFilter) -> b
     return selection.matches(
         created=completion.created,
         deployment=completion.deployment,
+        served_by=completion.served_by,
         model=completion.model,
         metadata=completion.metadata,
         owner=completion.owner,
@@ -351,6 +352,7 @@ def _entry(completion: StoredCompletion, size_bytes: int) -> IndexEntry:
     return IndexEntry(
         id=completion.id,
         deployment=completion.deployment,
+        served_by=completion.served_by,
         model=completion.model,
         metadata=completion.metadata,
         owner=completion.owner,

@@ -70,6 +70,15 @@ class JsonBlobs:
         except AzureError as exc:
             raise StorageUnavailable(self._unavailable) from exc
 
+    async def delete(self, name: str) -> None:
+        """Delete one blob; one already gone counts as deleted."""
+        try:
+            await self.container.delete_blob(name)
+        except ResourceNotFoundError:
+            pass
+        except AzureError as exc:
+            raise StorageUnavailable(self._unavailable) from exc
+
     async def delete_tree(self, prefix: str) -> None:
         names = await self.names(prefix)
         try:

@@ -21,7 +21,9 @@ class StoredCompletion(BaseModel):
     created: int
     """Unix seconds when Distillery captured the call."""
     deployment: str
-    """The deployment (Azure route) or model name (v1 route) the caller asked for."""
+    """The deployment (Azure route) or model name (v1 route) the caller asked for: an alias, when it is one."""
+    served_by: str | None = None
+    """Behind an alias: the deployment the alias chose for this call (None: `deployment` served it)."""
     model: str
     """The model the upstream says answered."""
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -43,7 +45,7 @@ class StoredCompletion(BaseModel):
             if key in self.request and key not in view:
                 view[key] = self.request[key]
         # Distillery's own fields sit in one namespace the SDK keeps as an extra and OpenAI never fills.
-        view["distillery"] = {"deployment": self.deployment}
+        view["distillery"] = {"deployment": self.deployment, "served_by": self.served_by or self.deployment}
         return view
 
     def as_list_item(self) -> dict[str, Any]:
