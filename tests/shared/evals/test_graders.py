@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from rapidfuzz.distance import Indel
 from rouge_score import rouge_scorer
 
 from shared.evals.graders import GradeResult, check_templates, grade, make_sample, parse_testing_criteria
-from shared.evals.templates import check_variables, render, render_messages
+from shared.evals.templates import MAX_TEMPLATE_CHARS, check_variables, render, render_messages, variables
 from shared.platform.errors import InvalidRequest
 from shared.upstream.client import HttpUpstream, openai_compatible_url
 from shared.upstream.model_calls import ModelCalls, UpstreamCallFailed
@@ -70,6 +71,29 @@ def test_templates_fill_item_and_sample_paths() -> None:
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "What is the capital of France?"},
     ]
+
+
+def test_unclosed_braces_are_scanned_in_linear_time() -> None:
+    """`{{` plus spaces took 8.7 s at 2,500 characters with the old pattern (cubic): at 25 times that
+    length a linear scan still takes milliseconds, so a generous bound tells the two apart."""
+    started = time.perf_counter()
+    for text in ("{{" + " " * 2_500, "{{" + " " * 60_000, "{{ a" * 15_000, "{{" + " " * 30_000 + "}"):
+        assert variables(text) == []
+        assert render(text, item=ITEM, sample=None) == text
+    assert time.perf_counter() - started < 2.0
+    assert variables("{{  item.answer  }} {{sample.output_text}}") == ["item.answer", "sample.output_text"]
+
+
+def test_an_over_long_template_is_a_400() -> None:
+    check_variables(["x" * MAX_TEMPLATE_CHARS], item_schema=None, sample_available=True, param="p")
+    with pytest.raises(InvalidRequest) as refused:
+        check_variables(["{{" + " " * MAX_TEMPLATE_CHARS], item_schema=None, sample_available=True, param="p")
+    assert refused.value.code == "template_too_long" and str(MAX_TEMPLATE_CHARS) in refused.value.message
+    with pytest.raises(InvalidRequest, match="characters"):
+        parse_and_check = parse_testing_criteria(
+            [{"type": "string_check", "name": "s", "input": "a" * 70_000, "reference": "b", "operation": "eq"}]
+        )
+        check_templates(parse_and_check, item_schema=None, sample_available=True)
 
 
 @pytest.mark.parametrize(
