@@ -16,6 +16,7 @@ from rapidfuzz.distance import Indel
 from rouge_score import rouge_scorer
 
 from shared.evals.graders import GradeResult, check_templates, grade, make_sample, parse_testing_criteria
+from shared.evals.metrics import TextMetrics
 from shared.evals.templates import MAX_TEMPLATE_CHARS, check_variables, render, render_messages, variables
 from shared.platform.errors import InvalidRequest
 from shared.upstream.client import HttpUpstream, openai_compatible_url
@@ -25,6 +26,7 @@ from tests.fakes import FakeUpstream, Reply, letter_embedding
 
 ITEM = {"question": "What is the capital of France?", "answer": "Paris", "tags": ["geo", "easy"]}
 EMBEDDINGS = "embed-deployment"
+METRICS = TextMetrics(max_chars=20_000, timeout_seconds=30)
 
 
 @pytest.fixture
@@ -45,7 +47,7 @@ async def calls(fake_upstream: FakeUpstream) -> AsyncIterator[ModelCalls]:
 
 async def grade_one(criterion: dict[str, Any], calls: ModelCalls, sample: dict[str, Any] | None = None) -> GradeResult:
     (parsed,) = parse_testing_criteria([criterion])
-    return await grade(parsed, item=ITEM, sample=sample, calls=calls, embeddings_deployment=EMBEDDINGS)
+    return await grade(parsed, item=ITEM, sample=sample, calls=calls, metrics=METRICS, embeddings_deployment=EMBEDDINGS)
 
 
 def sample_of(text: str) -> dict[str, Any]:
@@ -382,7 +384,7 @@ async def test_offline_embeddings_are_deterministic_and_graded() -> None:
             }
         ]
     )[0]
-    result = await grade(criterion, item={}, sample=None, calls=offline, embeddings_deployment="any")
+    result = await grade(criterion, item={}, sample=None, calls=offline, metrics=METRICS, embeddings_deployment="any")
     assert result.passed and result.score == pytest.approx(1.0)
 
 
