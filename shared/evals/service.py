@@ -341,16 +341,17 @@ class EvalService:
         for start, end in groups:
             if position is not None and (end <= position + 1 if order == "asc" else start >= position):
                 continue
-            async for line in self._group_lines(run, start, end, first=True, reverse=order == "desc"):
-                item = OutputItem.model_validate_json(line)
-                if position is not None and (item.index <= position if order == "asc" else item.index >= position):
-                    continue
-                if status is None or item.status == status:
-                    # A page also ends once its items fill half the read budget (page on with `after`).
-                    if len(page) == limit or (page and page_bytes + len(line) > self.budget.capacity // 2):
-                        return page, True
-                    page.append(item)
-                    page_bytes += len(line)
+            async with self._group_lines(run, start, end) as lines:
+                for line in reversed(lines) if order == "desc" else lines:
+                    item = OutputItem.model_validate_json(line)
+                    if position is not None and (item.index <= position if order == "asc" else item.index >= position):
+                        continue
+                    if status is None or item.status == status:
+                        # A page also ends once its items fill half the read budget (page on with `after`).
+                        if len(page) == limit or (page and page_bytes + len(line) > self.budget.capacity // 2):
+                            return page, True
+                        page.append(item)
+                        page_bytes += len(line)
         return page, False
 
     async def output_item(self, eval_id: str, run_id: str, item_id: str, *, owner: str | None) -> OutputItem:
@@ -359,9 +360,10 @@ class EvalService:
         group = run.group_of(index) if index is not None else None
         if index is not None and group is not None:
             prefix = b'{"index":%d,' % index
-            async for line in self._group_lines(run, *group, first=True):
-                if line.startswith(prefix):  # only the wanted line is parsed
-                    return OutputItem.model_validate_json(line)
+            async with self._group_lines(run, *group) as lines:
+                for line in lines:
+                    if line.startswith(prefix):  # only the wanted line is parsed
+                        return OutputItem.model_validate_json(line)
         raise NotFound(f"No output item found with id '{item_id}'.", param="output_item_id")
 
     async def compare(self, eval_id: str, run_ids: list[str], *, owner: str | None) -> dict[str, Any]:
@@ -374,23 +376,28 @@ class EvalService:
             if not run.finished:
                 raise InvalidRequest(f"Run '{run.id}' is still {run.status}; compare finished runs.", param="runs")
         comparison = RunComparison(record, runs)
-        first, second = self._outputs(runs[0], first=True), self._outputs(runs[1], first=False)
-        a, b = await anext(first, None), await anext(second, None)
-        while a is not None and b is not None:
-            if a.index == b.index:
-                comparison.add(a, b)
-            if a.index <= b.index:
-                a = await anext(first, None)
-            else:
-                b = await anext(second, None)
-        for rest in (first, second):
-            await rest.aclose()
+        async with (
+            contextlib.aclosing(self._outputs(runs[0], first=True)) as first,
+            contextlib.aclosing(self._outputs(runs[1], first=False)) as second,
+        ):
+            a, b = await anext(first, None), await anext(second, None)
+            while a is not None and b is not None:
+                if a.index == b.index:
+                    comparison.add(a, b)
+                if a.index <= b.index:
+                    a = await anext(first, None)
+                else:
+                    b = await anext(second, None)
         return comparison.result()
 
     async def _outputs(self, run: RunRecord, *, first: bool) -> AsyncGenerator[OutputItem]:
-        for start, end in run.groups():
-            async for line in self._group_lines(run, start, end, first=first):
-                yield OutputItem.model_validate_json(line)
+        """`first`: this reader's first group waits for room in the budget; after that (and for the
+        other run's reader) the two readers each hold one group and add the next without waiting,
+        as waiting on bytes the other reader holds would deadlock."""
+        for position, (start, end) in enumerate(run.groups()):
+            async with self._group_lines(run, start, end, first=first and position == 0) as lines:
+                for line in lines:
+                    yield OutputItem.model_validate_json(line)
 
     # The queue.
 
@@ -510,10 +517,8 @@ class EvalService:
         while run.next_index in written:
             start, end = run.next_index, written[run.next_index]
             candidate = run.model if run.model != STORED_ANSWERS_MODEL else None
-            tallies = [
-                _tally(OutputItem.model_validate_json(line), candidate)
-                async for line in self._group_lines(run, start, end, first=True)
-            ]
+            async with self._group_lines(run, start, end) as lines:
+                tallies = [_tally(OutputItem.model_validate_json(line), candidate) for line in lines]
             usage: dict[str, dict[str, int]] = {}
             for tally in tallies:
                 for model, spent in tally.usage:
@@ -561,19 +566,19 @@ class EvalService:
                 await self.store.save_run(current, etag)
                 return
 
+    @contextlib.asynccontextmanager
     async def _group_lines(
-        self, run: RunRecord, start: int, end: int, *, first: bool, reverse: bool = False
-    ) -> AsyncIterator[bytes]:
-        """A group's items (JSON lines), its bytes held from the read budget until the caller moves on.
+        self, run: RunRecord, start: int, end: int, *, first: bool = True
+    ) -> AsyncIterator[list[bytes]]:
+        """A group's items (JSON lines, unparsed), its bytes held from the read budget inside the block.
 
         `first` False: the caller already holds part of the budget (it compares two runs), so the
-        group's bytes are added without waiting, which could deadlock."""
+        group's bytes are added without waiting."""
         size, chunks = await self.store.open_group(run.eval_id, run.id, start, end)
         held = await self.budget.acquire(size) if first else self.budget.force(size)
         try:
-            lines = [line for line in b"".join([chunk async for chunk in chunks]).split(b"\n") if line.strip()]
-            for line in reversed(lines) if reverse else lines:
-                yield line
+            raw = b"".join([chunk async for chunk in chunks])
+            yield [line for line in raw.split(b"\n") if line.strip()]
         finally:
             self.budget.release(held)
 

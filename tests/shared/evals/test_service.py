@@ -321,3 +321,70 @@ async def test_a_group_written_before_a_crash_is_counted_once_without_asking_aga
     assert again.result_counts == done.result_counts and again.per_criterion == done.per_criterion
     assert again.per_model_usage == done.per_model_usage and again.tokens_used == done.tokens_used == 70
     assert await output_indexes(services, run) == list(range(7))
+
+
+async def test_a_token_cap_of_one_with_many_criteria_spends_a_bounded_number_of_calls(
+    services: Services, fake_upstream: FakeUpstream
+) -> None:
+    """Was: `max_total_tokens: 1` with 300 criteria spent 252,000 tokens in 2,400 calls."""
+    judges = [
+        {
+            "type": "label_model",
+            "name": f"judge{n}",
+            "model": "grader",
+            "input": [{"role": "user", "content": "{{sample.output_text}}"}],
+            "labels": ["good", "bad"],
+            "passing_labels": ["good"],
+        }
+        for n in range(50)
+    ]
+    record = await new_eval(services, judges)
+    run = await start(services, record, rerun(20, max_total_tokens=1))
+    await drain(services)
+    done = await state(services, run)
+    assert done.status is RunStatus.FAILED and done.error is not None and done.error.code == "token_cap_reached"
+    spent = candidate_calls(fake_upstream)
+    assert 1 <= len(spent) <= services.evals.limits.concurrency  # only calls that started before the cap was met
+    assert done.tokens_used == 10 * len(spent)
+
+
+async def test_grading_pages_and_compare_hold_their_bytes_from_the_read_budget(
+    azurite: Azurite, make_services: ServicesFactory, fake_upstream: FakeUpstream
+) -> None:
+    """Was: eight 3.8 MB items made a run add 830 MB, a compare 1.36 GB, an output-items page 850 MB."""
+    small = await make_services(
+        OPENAI_BASE_URL=fake_upstream.base_url, EVAL_CONCURRENCY="4", DOCUMENT_READ_BUDGET_BYTES=str(64 * 1024)
+    )
+    async with QueueClient.from_connection_string(azurite.connection_string, small.settings.eval_jobs_queue) as queue:
+        await queue.create_queue()
+    budget = small.store.budget
+    record = await new_eval(small, [{**ECHOES, "input": "{{sample.output_text}}", "reference": "x"}])
+    runs = []
+    for answer in ("x", "y"):
+        rows = [{"item": {"q": f"{n}" + "z" * 30_000}, "sample": {"output_text": answer}} for n in range(6)]
+        params = RunCreateParams.model_validate(
+            {"data_source": {"type": "jsonl", "source": {"type": "file_content", "content": rows}}}
+        )
+        runs.append(await start(small, record, params))
+    budget.peak = 0
+    await drain(small)
+    assert 30_000 <= budget.peak <= budget.capacity  # one 30 KB item in flight at a time, never more than it allows
+    assert [(await state(small, run)).result_counts.total for run in runs] == [6, 6]
+
+    budget.peak = 0
+    page, has_more = await small.evals.output_items(
+        runs[0].eval_id, runs[0].id, after=None, limit=100, order="asc", status=None, owner=None
+    )
+    assert has_more and 1 <= len(page) < 6  # the page ended early: its items filled half the budget
+    assert budget.peak <= budget.capacity and budget.in_flight == 0
+    rest, _ = await small.evals.output_items(
+        runs[0].eval_id, runs[0].id, after=page[-1].id, limit=100, order="asc", status=None, owner=None
+    )
+    assert rest[0].index == page[-1].index + 1
+
+    budget.peak = 0
+    comparison = await small.evals.compare(record.id, [run.id for run in runs], owner=None)
+    assert comparison["items_compared"] == 6
+    assert comparison["per_testing_criteria"][0]["wins"] == {runs[0].id: 6, runs[1].id: 0}
+    assert budget.peak <= 2 * budget.capacity and budget.in_flight == 0  # one group of each run at a time
+    await small.close()
