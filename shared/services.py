@@ -31,6 +31,7 @@ from shared.datasets.records import DatasetRecords
 from shared.erasure.forgetting import Forgetting
 from shared.erasure.purge import PurgeService
 from shared.erasure.retention import RetentionSweep
+from shared.evals.metrics import TextMetrics
 from shared.evals.records import EvalStore
 from shared.evals.service import EvalLimits, EvalService
 from shared.fine_tuning.api import FineTuningApi
@@ -259,6 +260,13 @@ class Services:
         return self.blob_service.get_container_client(self.settings.evals_container)
 
     @cached_property
+    def text_metrics(self) -> TextMetrics:
+        return TextMetrics(
+            max_chars=self.settings.eval_max_compared_chars,
+            timeout_seconds=self.settings.eval_metric_timeout_seconds,
+        )
+
+    @cached_property
     def evals(self) -> EvalService:
         settings = self.settings
         return EvalService(
@@ -266,6 +274,8 @@ class Services:
             completions=self.store,
             datasets=self.dataset_jobs.records,
             calls=self.model_calls,
+            metrics=self.text_metrics,
+            budget=self.store.budget,
             job_queue=self.job_queue,
             queue_name=settings.eval_jobs_queue,
             limits=EvalLimits(
@@ -433,6 +443,9 @@ class Services:
         deployments = self.__dict__.get("student_deployments")
         if deployments is not None and deployments.control_plane is not None:
             await deployments.control_plane.close()
+        metrics = self.__dict__.get("text_metrics")
+        if metrics is not None:
+            metrics.close()
         credential = self.__dict__.get("credential")
         if credential is not None:
             await credential.close()

@@ -123,6 +123,9 @@ var appSettings = {
   EVAL_CONCURRENCY: '8'
   EVAL_DEFAULT_TOKEN_CAP: string(evalDefaultTokenCap)
   EVAL_EMBEDDINGS_DEPLOYMENT: evalEmbeddingsDeployment
+  // ROUGE/BLEU/METEOR are quadratic: longer texts are error results, slow ones are stopped.
+  EVAL_MAX_COMPARED_CHARS: '20000'
+  EVAL_METRIC_TIMEOUT_SECONDS: '30'
   MODEL_CALL_MAX_ATTEMPTS: '5'
   FINE_TUNING_CONTAINER: fineTuningContainerName
   FINE_TUNING_JOBS_QUEUE: fineTuningJobsQueueName

@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     """Tokens a run may use (candidate and grader calls) unless it sets `max_total_tokens`."""
     eval_embeddings_deployment: str = Field("text-embedding-3-large", alias="EVAL_EMBEDDINGS_DEPLOYMENT")
     """The embeddings deployment the `cosine` text-similarity grader calls."""
+    eval_max_compared_chars: int = Field(20_000, ge=100, le=1_000_000, alias="EVAL_MAX_COMPARED_CHARS")
+    """Longest text a `text_similarity` metric compares; a longer pair is an `error` result (ROUGE is quadratic)."""
+    eval_metric_timeout_seconds: float = Field(30.0, gt=0, le=600, alias="EVAL_METRIC_TIMEOUT_SECONDS")
+    """Longest one text-similarity score may take in the metric process pool before it is an `error` result."""
     model_call_max_attempts: int = Field(5, ge=1, le=20, alias="MODEL_CALL_MAX_ATTEMPTS")
     """Tries of one eval or grader call through 429s and 5xx, honouring the upstream's retry-after."""
 
