@@ -403,6 +403,7 @@ class Services:
             limits=BuildLimits(
                 chunk_seconds=settings.dataset_chunk_seconds,
                 chunk_completions=settings.dataset_chunk_completions,
+                slice_completions=settings.dataset_slice_completions,
                 read_concurrency=settings.dataset_read_concurrency,
                 max_example_tokens=settings.dataset_max_example_tokens,
                 max_delivery_count=settings.dataset_max_delivery_count,
