@@ -266,6 +266,7 @@ class DatasetJobs:
         if not checkpoint.walk_done:
             record.runs += 1
             etag = await self.records.save_slice(job, number, record, etag)
+            log.info("Dataset %s: slice %s part %s starts (run %s)", job.id, number, checkpoint.part, record.runs)
             await self._build_slice(job, number, record)
             if not checkpoint.walk_done:
                 checkpoint.part += 1
