@@ -91,7 +91,7 @@ class BuildLimits:
     read_concurrency: int = 32
     max_example_tokens: int = 65_536
     max_delivery_count: int = 5
-    slice_completions: int = 50_000
+    slice_completions: int = 10_000
     """A filter selection with more completions than this is built in slices of this many, in parallel."""
     block_bytes: int = 1024 * 1024
     """Staged block size: the memory an output file holds; 50,000 blocks cap a file at 48 GiB,
