@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-timers", action="store_true", help="do not fire timer triggers on schedule")
     parser.add_argument("--max-delivery-count", type=int, default=int(os.environ.get("LOCAL_MAX_DELIVERY_COUNT", 5)))
     parser.add_argument("--retry-seconds", type=float, default=float(os.environ.get("LOCAL_RETRY_SECONDS", 1)))
+    parser.add_argument(
+        "--lock-seconds",
+        type=int,
+        default=int(os.environ.get("LOCAL_LOCK_SECONDS", 300)),
+        help="message lock duration: a killed host's messages are redelivered this long after its last renewal",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)
@@ -120,7 +126,9 @@ def _serve(args: argparse.Namespace, listener: socket.socket, *, key_origin: str
     host = build_host(
         function_app.app,
         queue_connection=os.environ.get("AzureWebJobsStorage"),
-        queue_rules=QueueRules(max_delivery_count=args.max_delivery_count, retry_seconds=args.retry_seconds),
+        queue_rules=QueueRules(
+            max_delivery_count=args.max_delivery_count, retry_seconds=args.retry_seconds, lock_seconds=args.lock_seconds
+        ),
         run_timers=not args.no_timers,
         on_startup=start,
         on_shutdown=services.close,

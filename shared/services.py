@@ -72,7 +72,9 @@ from shared.upstream.offline_model import OfflineModel
 log = logging.getLogger(__name__)
 
 # Storage calls fail fast: a caller waiting on a proxied completion must not wait out long retries.
-_STORAGE_TIMEOUTS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 30}
+# `use_env_settings` off: aiohttp would otherwise look up netrc and proxy variables on a thread for
+# every storage request (two thread-pool hops each); the app reaches storage directly.
+_STORAGE_TIMEOUTS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 30, "use_env_settings": False}
 _BLOB_FIRST_GET: dict[str, Any] = {"max_single_get_size": 256 * 1024}
 """A download's first response is at most this big: it tells a document's size before the rest is
 fetched, so the read budget is taken before a large document is in memory (default: 32 MiB)."""
@@ -198,7 +200,7 @@ class Services:
             return ServiceBusJobQueue.for_namespace(self.settings.service_bus_namespace, self.credential)
         if self.settings.storage_connection_string is not None:
             connection = self.settings.storage_connection_string.get_secret_value()
-            return StorageJobQueue(QueueServiceClient.from_connection_string(connection))
+            return StorageJobQueue(QueueServiceClient.from_connection_string(connection, use_env_settings=False))
         raise ConfigurationError(
             "Set ServiceBusConnection__fullyQualifiedNamespace: job queues need Service Bus in Azure"
         )
@@ -352,7 +354,7 @@ class Services:
             return ServiceBusSendProbe(ServiceBusClient(self.settings.service_bus_namespace, self.credential))
         if self.settings.storage_connection_string is not None:
             connection = self.settings.storage_connection_string.get_secret_value()
-            return StorageQueueSendProbe(QueueServiceClient.from_connection_string(connection))
+            return StorageQueueSendProbe(QueueServiceClient.from_connection_string(connection, use_env_settings=False))
         raise ConfigurationError(
             "Set ServiceBusConnection__fullyQualifiedNamespace: job queues need Service Bus in Azure"
         )
@@ -462,6 +464,7 @@ class Services:
             limits=BuildLimits(
                 chunk_seconds=settings.dataset_chunk_seconds,
                 chunk_completions=settings.dataset_chunk_completions,
+                slice_completions=settings.dataset_slice_completions,
                 read_concurrency=settings.dataset_read_concurrency,
                 max_example_tokens=settings.dataset_max_example_tokens,
                 max_delivery_count=settings.dataset_max_delivery_count,

@@ -111,6 +111,7 @@ var appSettings = {
   // last delivery (maxDeliveryCount 5 in servicebus.bicep).
   DATASET_CHUNK_SECONDS: string(datasetChunkSeconds)
   DATASET_CHUNK_COMPLETIONS: '100000'
+  DATASET_SLICE_COMPLETIONS: '10000'
   DATASET_READ_CONCURRENCY: '32'
   DATASET_MAX_EXAMPLE_TOKENS: string(datasetMaxExampleTokens)
   DATASET_MAX_DELIVERY_COUNT: '5'

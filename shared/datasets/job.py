@@ -132,12 +132,18 @@ class DatasetJobMessage(BaseModel):
     job_id: DatasetId
     """The dataset id; see `new_dataset_id` (any `dataset-` + 32 lowercase hex digits is accepted)."""
     part: int = Field(0, ge=0)
-    """0 for a new job; continuations the worker sends count up."""
+    """0 for a new job; continuations the worker sends count up (within a slice, the slice's own)."""
     request: DatasetParams
+    slice: int | None = Field(None, ge=0)
+    """Set by the worker only: this message builds slice n of a fanned-out build (see `Plan`)."""
+    generation: int = Field(0, ge=0)
+    """The job generation a slice message belongs to; a rebuild makes older slice messages stale."""
 
     @property
     def message_id(self) -> str:
         """The Service Bus message id: resends of the same part are duplicates Service Bus drops."""
+        if self.slice is not None:
+            return f"{self.job_id}-g{self.generation}-s{self.slice}-part{self.part}"
         return self.job_id if self.part == 0 else f"{self.job_id}-part{self.part}"
 
 
@@ -188,6 +194,49 @@ class JobError(BaseModel):
     message: str
 
 
+class SliceRange(BaseModel):
+    """The completions of one slice: the selection's walk after `after` up to and including `upto`."""
+
+    after: str | None
+    upto: str | None
+    """None for the last slice: to the end of the selection."""
+
+
+class Plan(BaseModel):
+    """How a filter selection is split into slices, each built by its own queue message.
+
+    The planning delivery walks the index rows only (no documents) and ends a slice every
+    `slice_completions` ids; each slice message is sent as soon as its range is known.
+    """
+
+    bounds: list[str] = Field(default_factory=list)
+    """The last id of each full slice, in walk order; slice n runs after bounds[n-1] up to bounds[n]."""
+    cursor: str | None = None
+    """The planning walk's position (a continuation of the planning resumes after it)."""
+    counted: int = 0
+    done: bool = False
+    """The walk reached the end: there are `len(bounds) + 1` slices, none empty."""
+
+    @property
+    def fanned_out(self) -> bool:
+        return self.done and bool(self.bounds)
+
+    def slice_range(self, number: int) -> SliceRange:
+        return SliceRange(
+            after=self.bounds[number - 1] if number > 0 else None,
+            upto=self.bounds[number] if number < len(self.bounds) else None,
+        )
+
+
+class SliceRecord(BaseModel):
+    """One slice's progress (`<id>/work/g<generation>-slice-<n>.json`), ETag'd like the job record."""
+
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint)
+    counts: DatasetCounts = Field(default_factory=DatasetCounts)
+    runs: int = 0
+    """Deliveries that started work on the slice (more than one: a delivery died and was redone)."""
+
+
 class DatasetJob(BaseModel):
     """The job record (`<id>/job.json`)."""
 
@@ -210,6 +259,8 @@ class DatasetJob(BaseModel):
     """Bumped by each rebuild; the files of generation n > 0 live under `<id>/r<n>/`."""
     rebuilds: int = 0
     """Times the dataset was rebuilt because a completion it held was deleted (right to be forgotten)."""
+    plan: Plan | None = None
+    """A filter selection's split into slices; None until planned (and for `ids` selections)."""
 
     def file_path(self, name: str) -> str:
         """Where this generation's file `name` lives below `<id>/`: a stale build never writes over a rebuild."""

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     """Time one delivery works on a dataset before it checkpoints and queues a continuation."""
     dataset_chunk_completions: int = Field(100_000, ge=1, alias="DATASET_CHUNK_COMPLETIONS")
     """Most stored completions one delivery reads before it checkpoints and queues a continuation."""
+    dataset_slice_completions: int = Field(10_000, ge=1, alias="DATASET_SLICE_COMPLETIONS")
+    """A filter selection with more completions than this is built in slices of this many, one queue message
+    each, so instances build them in parallel."""
     dataset_read_concurrency: int = Field(32, ge=1, le=256, alias="DATASET_READ_CONCURRENCY")
     """Stored completions read at once while building a dataset."""
     dataset_max_example_tokens: int = Field(65_536, ge=1, alias="DATASET_MAX_EXAMPLE_TOKENS")
