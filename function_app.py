@@ -14,6 +14,7 @@ from blueprints import (
     pane,
     purges,
     reports,
+    scores,
     stored_completions,
 )
 from shared.platform.settings import get_settings
@@ -27,6 +28,7 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 for blueprint in (
     chat_completions.bp,
     stored_completions.bp,
+    scores.bp,
     datasets.bp,
     evals.bp,
     fine_tuning.bp,

@@ -22,6 +22,7 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRet
 from azure.storage.queue.aio import QueueServiceClient
 
 from shared.capture.proxy import ChatCapture
+from shared.curation.scoring import Scoring
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.membership import DatasetMembership
 from shared.datasets.records import DatasetRecords
@@ -358,6 +359,10 @@ class Services:
     @cached_property
     def forgetting(self) -> Forgetting:
         return Forgetting(store=self.store, datasets=self.dataset_jobs)
+
+    @cached_property
+    def scoring(self) -> Scoring:
+        return Scoring(store=self.store)
 
     @cached_property
     def purges(self) -> PurgeService:

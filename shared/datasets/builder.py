@@ -464,6 +464,7 @@ class _Chunk:
             model=completion.model,
             metadata=completion.metadata,
             owner=completion.owner,
+            scores=completion.score_values(),
         ):
             return self._skip(formats.SkipReason.NO_LONGER_MATCHES)
         output = formats.assistant_output(completion)
