@@ -39,8 +39,8 @@ class Scoring:
         self._store = store
 
     async def add(self, completion_id: str, params: ScoreParams, *, author: str, owner: str | None) -> dict[str, Any]:
-        score = Score(**params.model_dump(), author=author, created_at=int(time.time()))
-        await self._store.add_score(completion_id, score, owner=owner)
+        score = _score(params, author)
+        await self._store.add_scores(completion_id, [score], owner=owner)
         return score.view(completion_id)
 
     async def list(self, completion_id: str, *, owner: str | None) -> dict[str, Any]:
@@ -57,21 +57,34 @@ class Scoring:
         }
 
     async def add_many(self, params: BatchScoresParams, *, author: str, owner: str | None) -> dict[str, Any]:
-        """Each item succeeds or fails on its own: a result per item, in order, errors in the OpenAI shape."""
+        """A result per item, in order, errors in the OpenAI shape. Each completion's items are one
+        document write (so they never race each other), and succeed or fail together."""
+        by_completion: dict[str, list[int]] = {}
+        for position, item in enumerate(params.scores):
+            by_completion.setdefault(item.completion_id, []).append(position)
+        results: list[dict[str, Any]] = [{} for _ in params.scores]
         slots = asyncio.Semaphore(BATCH_IN_FLIGHT)
 
-        async def one(item: Any) -> dict[str, Any]:
+        async def one(completion_id: str, positions: list[int]) -> None:
+            scores = [_score(params.scores[position], author) for position in positions]
             async with slots:
                 try:
-                    ids.require_completion_id(item.completion_id)
-                    fields = item.model_dump(exclude={"completion_id"})
-                    return await self.add(item.completion_id, ScoreParams(**fields), author=author, owner=owner)
+                    await self._store.add_scores(ids.require_completion_id(completion_id), scores, owner=owner)
+                    views = [score.view(completion_id) for score in scores]
                 except DistilleryError as error:
-                    return {"object": "chat.completion.score", "completion_id": item.completion_id, **error.body()}
+                    failure = {"object": "chat.completion.score", "completion_id": completion_id, **error.body()}
+                    views = [failure] * len(positions)
+            for position, view in zip(positions, views, strict=True):
+                results[position] = view
 
-        results = await asyncio.gather(*(one(item) for item in params.scores))
+        await asyncio.gather(*(one(completion_id, positions) for completion_id, positions in by_completion.items()))
         failed = sum(1 for result in results if "error" in result)
         return {"object": "list", "data": results, "succeeded": len(results) - failed, "failed": failed}
+
+
+def _score(params: ScoreParams, author: str) -> Score:
+    fields = params.model_dump(include={"name", "value", "comment", "source"})
+    return Score(**fields, author=author, created_at=int(time.time()))
 
 
 def require_score_name(name: str) -> str:

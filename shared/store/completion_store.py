@@ -114,18 +114,22 @@ class CompletionStore:
             completion_id, lambda completion: completion.model_copy(update={"metadata": dict(metadata)}), owner=owner
         )
 
-    async def add_score(self, completion_id: str, score: Score, *, owner: str | None = None) -> StoredCompletion:
-        """Keep a score, replacing the completion's score of the same name."""
+    async def add_scores(
+        self, completion_id: str, scores: list[Score], *, owner: str | None = None
+    ) -> StoredCompletion:
+        """Keep scores in one document write, each replacing the completion's score of the same name."""
 
         def scored(completion: StoredCompletion) -> StoredCompletion:
-            kept = [existing for existing in completion.scores if existing.name != score.name]
-            if len(kept) >= MAX_SCORES_PER_COMPLETION:
+            names = {score.name for score in scores}
+            latest = list({score.name: score for score in scores}.values())
+            kept = [existing for existing in completion.scores if existing.name not in names]
+            if len(kept) + len(latest) > MAX_SCORES_PER_COMPLETION:
                 raise InvalidRequest(
                     f"A chat completion holds at most {MAX_SCORES_PER_COMPLETION} scores; delete one first.",
                     param="name",
                     code="too_many_scores",
                 )
-            return completion.model_copy(update={"scores": [*kept, score]})
+            return completion.model_copy(update={"scores": [*kept, *latest]})
 
         return await self._change(completion_id, scored, owner=owner)
 

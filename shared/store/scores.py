@@ -43,7 +43,7 @@ class ScoreParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: ScoreName
-    value: Any
+    value: ScoreValue
     """A number, a boolean or a label (a string of up to 128 characters)."""
     comment: Annotated[str, StringConstraints(max_length=MAX_COMMENT_CHARS)] | None = None
     source: ScoreSource = "human"

@@ -28,13 +28,13 @@ async def _seeded(store: CompletionStore, tag: str, count: int) -> list[str]:
 
 async def test_filters_by_boolean_number_and_label(store: CompletionStore) -> None:
     a, b, c, d = await _seeded(store, "t", 4)
-    await store.add_score(a, score("helpful", True))
-    await store.add_score(a, score("quality", 5))
-    await store.add_score(b, score("helpful", False))
-    await store.add_score(b, score("quality", 3.5))
-    await store.add_score(c, score("quality", 1.0))
-    await store.add_score(c, score("tone", "friendly"))
-    await store.add_score(d, score("quality", "1"))  # a label, never the number 1
+    await store.add_scores(a, [score("helpful", True)])
+    await store.add_scores(a, [score("quality", 5)])
+    await store.add_scores(b, [score("helpful", False)])
+    await store.add_scores(b, [score("quality", 3.5)])
+    await store.add_scores(c, [score("quality", 1.0)])
+    await store.add_scores(c, [score("tone", "friendly")])
+    await store.add_scores(d, [score("quality", "1")])  # a label, never the number 1
 
     def where(**scores: object) -> CompletionFilter:
         return CompletionFilter.model_validate({"scores": scores})
@@ -58,8 +58,8 @@ async def test_filters_by_boolean_number_and_label(store: CompletionStore) -> No
 
 async def test_a_new_score_of_a_name_replaces_the_old_and_moves_its_rows(store: CompletionStore) -> None:
     (one,) = await _seeded(store, "r", 1)
-    await store.add_score(one, score("helpful", True))
-    updated = await store.add_score(one, score("helpful", False, author="key:bob"))
+    await store.add_scores(one, [score("helpful", True)])
+    updated = await store.add_scores(one, [score("helpful", False, author="key:bob")])
     assert [(s.name, s.value, s.author) for s in updated.scores] == [("helpful", False, "key:bob")]
     assert await store.index.count(CompletionFilter.model_validate({"scores": {"helpful": True}})) == 0
     assert await _ids(store, CompletionFilter.model_validate({"scores": {"helpful": False}})) == [one]
@@ -73,18 +73,18 @@ async def test_a_new_score_of_a_name_replaces_the_old_and_moves_its_rows(store: 
 async def test_a_completion_holds_a_bounded_number_of_scores(store: CompletionStore) -> None:
     (one,) = await _seeded(store, "b", 1)
     for n in range(MAX_SCORES_PER_COMPLETION):
-        await store.add_score(one, score(f"s{n}", n))
+        await store.add_scores(one, [score(f"s{n}", n)])
     with pytest.raises(InvalidRequest, match="at most"):
-        await store.add_score(one, score("one-more", 1))
-    await store.add_score(one, score("s0", 10))  # replacing is still allowed
+        await store.add_scores(one, [score("one-more", 1)])
+    await store.add_scores(one, [score("s0", 10)])  # replacing is still allowed
 
 
 async def test_owner_scope_applies_to_scores(store: CompletionStore) -> None:
     mine = completion(owner="key:alice")
     await store.put(mine)
     with pytest.raises(NotFound):
-        await store.add_score(mine.id, score("helpful", True), owner="key:bob")
-    await store.add_score(mine.id, score("helpful", True), owner="key:alice")
+        await store.add_scores(mine.id, [score("helpful", True)], owner="key:bob")
+    await store.add_scores(mine.id, [score("helpful", True)], owner="key:alice")
     scoped = CompletionFilter.model_validate({"scores": {"helpful": True}, "owner": "key:bob"})
     assert await store.index.count(scoped) == 0
 
