@@ -15,6 +15,7 @@ from blueprints import (
     pane,
     purges,
     reports,
+    scores,
     stored_completions,
 )
 from shared.platform.settings import get_settings
@@ -28,6 +29,7 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 for blueprint in (
     chat_completions.bp,
     stored_completions.bp,
+    scores.bp,
     datasets.bp,
     evals.bp,
     fine_tuning.bp,

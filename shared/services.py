@@ -25,6 +25,7 @@ from shared.aliases.records import Comparison
 from shared.aliases.routes import AliasRoutes
 from shared.aliases.service import Aliases
 from shared.capture.proxy import ChatCapture
+from shared.curation.scoring import Scoring
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.membership import DatasetMembership
 from shared.datasets.records import DatasetRecords
@@ -416,6 +417,10 @@ class Services:
     @cached_property
     def forgetting(self) -> Forgetting:
         return Forgetting(store=self.store, datasets=self.dataset_jobs)
+
+    @cached_property
+    def scoring(self) -> Scoring:
+        return Scoring(store=self.store)
 
     @cached_property
     def purges(self) -> PurgeService:

@@ -19,6 +19,11 @@ def test_capture_stored_completion_and_pane_routes(functions: dict[str, Any]) ->
         "pane_page": ("{ignored:maxlength(0)?}", ("GET",)),
         "pane_asset": ("pane/{name}", ("GET",)),
         "get_caller": ("api/caller", ("GET",)),
+        "add_score": ("api/completions/{completion_id}/scores", ("POST",)),
+        "list_scores": ("api/completions/{completion_id}/scores", ("GET",)),
+        "delete_score": ("api/completions/{completion_id}/scores/{name}", ("DELETE",)),
+        "add_scores": ("api/scores", ("POST",)),
+        "count_completions": ("api/completions/count", ("GET",)),
     }
     for prefix, suffix in (("openai", ""), ("openai/v1", "_v1")):
         expected |= {

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 
 from shared.datasets import formats
 from shared.datasets.check import check_example
+from shared.datasets.dedup import PromptFilter, dedup_report
 from shared.datasets.job import (
     MESSAGE_VERSION,
     MIN_DISTILLATION_EXAMPLES,
@@ -502,13 +503,18 @@ class DatasetJobs:
             "kind": job.kind,
             "name": job.name,
             "created_at": job.created_at,
-            "selection": {key: view[key] for key in ("filter", "ids_count", "validation_fraction", "seed", "group_by")},
+            "selection": {
+                key: view[key] for key in ("filter", "ids_count", "validation_fraction", "seed", "group_by", "dedup")
+            },
             "source": {
                 "completions": job.counts.written,
                 "ids_digest": f"{job.checkpoint.source_digest:064x}",
                 "ids_digest_method": "sum of sha256(completion id) over written completions, mod 2**256",
             },
             "counts": job.counts.model_dump(),
+            "dedup": dedup_report(job.request.dedup, job.counts.skipped, leakage_checked=job.request.fraction > 0)
+            if job.request is not None
+            else None,
             "files": [file.model_dump() for file in job.files],
             "tokens": sum(file.tokens for file in job.files),
             "token_count_method": TOKEN_COUNT_METHOD,
@@ -624,12 +630,15 @@ class _Chunk:
         self._buffers: dict[str, _Buffer] = {}
         self._fingerprints = FingerprintSet()
         self._new_fingerprints = array("Q")
+        leakage = self._request.kind is DatasetKind.DISTILLATION and self._request.fraction > 0
+        self._prompts = PromptFilter(self._request.dedup, check_leakage=leakage)
 
     async def run(self) -> None:
         limits, checkpoint = self._jobs.limits, self._job.checkpoint
         distillation = self._request.kind is DatasetKind.DISTILLATION
         if distillation:
             await self._load_fingerprints()
+        await self._load_prompts()
         deadline = time.monotonic() + limits.chunk_seconds
         taken = 0
         exhausted = True
@@ -645,6 +654,7 @@ class _Chunk:
             await self._stage(name)
         if distillation and self._new_fingerprints:
             await self._save_fingerprints()
+        await self._save_prompts()
         checkpoint.walk_done = exhausted
 
     def _consume(self, completion_id: str, completion: StoredCompletion | None) -> None:
@@ -661,6 +671,7 @@ class _Chunk:
             model=completion.model,
             metadata=completion.metadata,
             owner=completion.owner,
+            scores=completion.score_values(),
         ):
             return self._skip(formats.SkipReason.NO_LONGER_MATCHES)
         output = formats.assistant_output(completion)
@@ -688,6 +699,9 @@ class _Chunk:
             if not self._fingerprints.add(fingerprint):
                 return self._skip(formats.SkipReason.DUPLICATE)
             self._new_fingerprints.append(fingerprint or 1)
+        dropped = self._prompts.admit(completion.request["messages"], split=int(name == formats.VALIDATION_FILE))
+        if dropped is not None:
+            return self._skip(dropped)
         buffer = self._buffers.setdefault(name, _Buffer())
         buffer.lines.append(line)
         buffer.bytes += len(line)
@@ -817,6 +831,25 @@ class _Chunk:
     async def _load_fingerprints(self) -> None:
         for fingerprint in await self._jobs.fingerprints(self._job.id, self._job.checkpoint.fingerprint_runs):
             self._fingerprints.add(fingerprint)
+
+    async def _load_prompts(self) -> None:
+        for run_id in self._job.checkpoint.prompt_runs:
+            blob = self._jobs.records.blob(self._job.id, f"{WORK_PREFIX}prompts-{run_id}.bin")
+            try:
+                self._prompts.load(await (await blob.download_blob()).readall())
+            except AzureError as exc:
+                raise StorageUnavailable("The dataset store is unavailable.") from exc
+
+    async def _save_prompts(self) -> None:
+        saved = self._prompts.saved()
+        if not saved:
+            return
+        blob = self._jobs.records.blob(self._job.id, f"{WORK_PREFIX}prompts-{self._run_id}.bin")
+        try:
+            await blob.upload_blob(saved, overwrite=True)
+        except AzureError as exc:
+            raise StorageUnavailable("The dataset store is unavailable.") from exc
+        self._job.checkpoint.prompt_runs.append(self._run_id)
 
     async def _save_fingerprints(self) -> None:
         blob = self._jobs.records.blob(self._job.id, f"{WORK_PREFIX}fingerprints-{self._run_id}.bin")

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
+from shared.datasets.dedup import DedupParams
 from shared.platform.access import OwnerId, same_owner
 from shared.platform.errors import InvalidRequest, NotFound
 from shared.platform.request_body import MetadataKey, validation_error
@@ -83,6 +84,8 @@ class DatasetParams(BaseModel):
     group_by: MetadataKey | None = None
     """Distillation only: metadata key whose value keeps a group in one file (default: each completion)."""
     name: str | None = Field(None, max_length=256)
+    dedup: DedupParams = Field(default_factory=DedupParams)
+    """Drop repeated prompts: `{"mode": "off" | "exact" | "near", "threshold": 0.8}`."""
     owner: OwnerId = None
     """Set by the service under owner scoping (never by callers): only this owner's completions are used."""
 
@@ -105,7 +108,7 @@ class DatasetParams(BaseModel):
     @classmethod
     def _not_everything(cls, value: CompletionFilter | None) -> CompletionFilter | None:
         if value is not None and value.is_empty():
-            raise ValueError("set at least one of metadata, model, created_after, created_before")
+            raise ValueError("set at least one of metadata, scores, model, created_after, created_before")
         return value
 
     @model_validator(mode="after")
@@ -173,6 +176,8 @@ class Checkpoint(BaseModel):
     blocks: dict[str, list[StagedBlock]] = Field(default_factory=dict)
     fingerprint_runs: list[str] = Field(default_factory=list)
     """Runs whose duplicate fingerprints are saved as `<id>/work/fingerprints-<run>.bin`."""
+    prompt_runs: list[str] = Field(default_factory=list)
+    """Runs whose admitted prompts (dedup and leakage state) are saved as `<id>/work/prompts-<run>.bin`."""
     source_digest: int = 0
     """Sum of sha256(id) of written completions, mod 2**256: order- and chunk-independent."""
     walk_done: bool = False
@@ -292,6 +297,7 @@ class DatasetJob(BaseModel):
             "validation_fraction": request.fraction if request else None,
             "seed": request.seed if request else None,
             "group_by": request.group_by if request else None,
+            "dedup": request.dedup.model_dump() if request else None,
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,

@@ -680,6 +680,7 @@ class EvalService:
                 model=completion.model,
                 metadata=completion.metadata,
                 owner=completion.owner,
+                scores=completion.score_values(),
             ):
                 line = formats.jsonl_line(formats.evaluation_line(completion, output))
                 size += len(line)
@@ -825,6 +826,7 @@ def _completion_filter(source: StoredCompletionsSource, record: EvalRecord, owne
     try:
         return CompletionFilter(
             metadata=metadata,
+            scores=source.scores or {},
             model=source.model,
             created_after=source.created_after,
             created_before=source.created_before,

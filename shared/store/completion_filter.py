@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.platform.access import OwnerId, same_owner
 from shared.platform.request_body import Metadata
+from shared.store.scores import ScoreConditions, ScoreValue
 
 Order = Literal["asc", "desc"]
 
@@ -19,6 +20,8 @@ class CompletionFilter(BaseModel):
 
     metadata: Metadata = Field(default_factory=dict)
     """Every pair must match exactly."""
+    scores: ScoreConditions = Field(default_factory=dict)
+    """Every named score must exist and pass its condition: `{"helpful": true, "quality": {"gte": 4}}`."""
     model: str | None = Field(None, min_length=1)
     """Matches the deployment name the caller used (an alias, too), the deployment that served it, or the model
     the upstream reported."""
@@ -40,7 +43,13 @@ class CompletionFilter(BaseModel):
         return self
 
     def is_empty(self) -> bool:
-        return not (self.metadata or self.model or self.created_after is not None or self.created_before is not None)
+        return not (
+            self.metadata
+            or self.scores
+            or self.model
+            or self.created_after is not None
+            or self.created_before is not None
+        )
 
     def matches(
         self,
@@ -51,10 +60,12 @@ class CompletionFilter(BaseModel):
         metadata: dict[str, str],
         owner: str | None,
         served_by: str | None = None,
+        scores: dict[str, ScoreValue] | None = None,
     ) -> bool:
         """The authoritative check, applied to the stored document itself."""
         return (
             all(metadata.get(key) == value for key, value in self.metadata.items())
+            and all(condition.accepts((scores or {}).get(name)) for name, condition in self.scores.items())
             and (self.model is None or self.model in (deployment, model, served_by))
             and (self.created_after is None or created >= self.created_after)
             and (self.created_before is None or created < self.created_before)
