@@ -5,6 +5,7 @@ import logging
 import azure.functions as func
 
 from blueprints import (
+    aliases,
     chat_completions,
     datasets,
     evals,
@@ -14,6 +15,7 @@ from blueprints import (
     pane,
     purges,
     reports,
+    scores,
     stored_completions,
 )
 from shared.platform.settings import get_settings
@@ -27,6 +29,7 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 for blueprint in (
     chat_completions.bp,
     stored_completions.bp,
+    scores.bp,
     datasets.bp,
     evals.bp,
     fine_tuning.bp,
@@ -35,5 +38,6 @@ for blueprint in (
     purges.bp,
     openapi.bp,
     pane.bp,
+    aliases.bp,
 ):
     app.register_functions(blueprint)

@@ -21,7 +21,11 @@ from azure.servicebus.aio import ServiceBusClient
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRetry
 from azure.storage.queue.aio import QueueServiceClient
 
+from shared.aliases.records import Comparison
+from shared.aliases.routes import AliasRoutes
+from shared.aliases.service import Aliases
 from shared.capture.proxy import ChatCapture
+from shared.curation.scoring import Scoring
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.membership import DatasetMembership
 from shared.datasets.records import DatasetRecords
@@ -29,9 +33,11 @@ from shared.erasure.forgetting import Forgetting
 from shared.erasure.purge import PurgeService
 from shared.erasure.retention import RetentionSweep
 from shared.evals.files import EvalFiles
+from shared.evals.metrics import TextMetrics
 from shared.evals.records import EvalStore
 from shared.evals.service import EvalLimits, EvalService
 from shared.fine_tuning.api import FineTuningApi
+from shared.fine_tuning.comparison import StudentComparison
 from shared.fine_tuning.control_plane import AccountId, ControlPlane
 from shared.fine_tuning.deployments import StudentDeployments
 from shared.fine_tuning.jobs import FineTuningJobs
@@ -75,7 +81,9 @@ from shared.upstream.offline_model import OfflineModel
 log = logging.getLogger(__name__)
 
 # Storage calls fail fast: a caller waiting on a proxied completion must not wait out long retries.
-_STORAGE_TIMEOUTS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 30}
+# `use_env_settings` off: aiohttp would otherwise look up netrc and proxy variables on a thread for
+# every storage request (two thread-pool hops each); the app reaches storage directly.
+_STORAGE_TIMEOUTS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 30, "use_env_settings": False}
 _BLOB_FIRST_GET: dict[str, Any] = {"max_single_get_size": 256 * 1024}
 """A download's first response is at most this big: it tells a document's size before the rest is
 fetched, so the read budget is taken before a large document is in memory (default: 32 MiB)."""
@@ -157,6 +165,42 @@ class Services:
             store_enabled=self.settings.store_enabled,
             quota=self.quota_gate,
             log_content=self.settings.log_content,
+            route=self.alias_routes.route,
+        )
+
+    @cached_property
+    def aliases_container(self) -> ContainerClient:
+        return self.blob_service.get_container_client(self.settings.aliases_container)
+
+    @cached_property
+    def alias_blobs(self) -> JsonBlobs:
+        return JsonBlobs(container=self.aliases_container, label="alias")
+
+    @cached_property
+    def alias_routes(self) -> AliasRoutes:
+        return AliasRoutes(
+            blobs=self.alias_blobs,
+            ttl_seconds=self.settings.alias_cache_seconds,
+        )
+
+    @cached_property
+    def aliases(self) -> Aliases:
+        async def compare(eval_id: str, run_ids: list[str]) -> dict[str, Any]:
+            return await self.evals.compare(eval_id, run_ids, owner=None)
+
+        async def find_comparison(deployment: str) -> Comparison | None:
+            runs = await self.student_deployments.comparison_of(deployment)
+            if runs is None or runs.eval_id is None or runs.teacher_run_id is None or runs.student_run_id is None:
+                return None
+            return Comparison(
+                eval_id=runs.eval_id, teacher_run_id=runs.teacher_run_id, student_run_id=runs.student_run_id
+            )
+
+        return Aliases(
+            blobs=self.alias_blobs,
+            routes=self.alias_routes,
+            compare=compare,
+            find_comparison=find_comparison,
         )
 
     @cached_property
@@ -165,7 +209,7 @@ class Services:
             return ServiceBusJobQueue.for_namespace(self.settings.service_bus_namespace, self.credential)
         if self.settings.storage_connection_string is not None:
             connection = self.settings.storage_connection_string.get_secret_value()
-            return StorageJobQueue(QueueServiceClient.from_connection_string(connection))
+            return StorageJobQueue(QueueServiceClient.from_connection_string(connection, use_env_settings=False))
         raise ConfigurationError(
             "Set ServiceBusConnection__fullyQualifiedNamespace: job queues need Service Bus in Azure"
         )
@@ -234,6 +278,13 @@ class Services:
         return EvalFiles(container=self.evals_container)
 
     @cached_property
+    def text_metrics(self) -> TextMetrics:
+        return TextMetrics(
+            max_chars=self.settings.eval_max_compared_chars,
+            timeout_seconds=self.settings.eval_metric_timeout_seconds,
+        )
+
+    @cached_property
     def evals(self) -> EvalService:
         settings = self.settings
         return EvalService(
@@ -243,6 +294,8 @@ class Services:
             membership=DatasetMembership(self.index_table),
             files=self.eval_files,
             calls=self.model_calls,
+            metrics=self.text_metrics,
+            budget=self.store.budget,
             job_queue=self.job_queue,
             queue_name=settings.eval_jobs_queue,
             limits=EvalLimits(
@@ -281,6 +334,11 @@ class Services:
             missing_control_plane=missing_control_plane(settings),
             default_sku=settings.fine_tuning_deployment_sku,
             default_capacity=settings.fine_tuning_deployment_capacity,
+            comparison=StudentComparison(
+                evals=self.evals,
+                datasets=self.dataset_jobs.records,
+                judge_deployment=settings.comparison_judge_deployment,
+            ),
         )
 
     @cached_property
@@ -315,7 +373,7 @@ class Services:
             return ServiceBusSendProbe(ServiceBusClient(self.settings.service_bus_namespace, self.credential))
         if self.settings.storage_connection_string is not None:
             connection = self.settings.storage_connection_string.get_secret_value()
-            return StorageQueueSendProbe(QueueServiceClient.from_connection_string(connection))
+            return StorageQueueSendProbe(QueueServiceClient.from_connection_string(connection, use_env_settings=False))
         raise ConfigurationError(
             "Set ServiceBusConnection__fullyQualifiedNamespace: job queues need Service Bus in Azure"
         )
@@ -335,6 +393,7 @@ class Services:
                 (self.reports_container, "REPORTS_CONTAINER"),
                 (self.evals_container, "EVALS_CONTAINER"),
                 (self.fine_tuning_container, "FINE_TUNING_CONTAINER"),
+                (self.aliases_container, "ALIASES_CONTAINER"),
             ],
             table=self.index_table,
             table_setting="COMPLETION_INDEX_TABLE",
@@ -381,6 +440,10 @@ class Services:
         return Forgetting(store=self.store, datasets=self.dataset_jobs, evals=self.evals, fine_tuning=self.fine_tuning)
 
     @cached_property
+    def scoring(self) -> Scoring:
+        return Scoring(store=self.store)
+
+    @cached_property
     def purges(self) -> PurgeService:
         return PurgeService(
             store=self.store,
@@ -408,6 +471,9 @@ class Services:
         deployments = self.__dict__.get("student_deployments")
         if deployments is not None and deployments.control_plane is not None:
             await deployments.control_plane.close()
+        metrics = self.__dict__.get("text_metrics")
+        if metrics is not None:
+            metrics.close()
         credential = self.__dict__.get("credential")
         if credential is not None:
             await credential.close()
@@ -424,6 +490,7 @@ class Services:
             limits=BuildLimits(
                 chunk_seconds=settings.dataset_chunk_seconds,
                 chunk_completions=settings.dataset_chunk_completions,
+                slice_completions=settings.dataset_slice_completions,
                 read_concurrency=settings.dataset_read_concurrency,
                 max_example_tokens=settings.dataset_max_example_tokens,
                 max_delivery_count=settings.dataset_max_delivery_count,
@@ -439,6 +506,7 @@ class Services:
             self.datasets_container,
             self.evals_container,
             self.fine_tuning_container,
+            self.aliases_container,
         ):
             with contextlib.suppress(ResourceExistsError):
                 await container.create_container()
@@ -533,7 +601,7 @@ def missing_control_plane(settings: Settings) -> str:
             "Deploying a fine-tuned model needs the Azure OpenAI account's resource id: set AZURE_OPENAI_RESOURCE_ID "
             "(/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.CognitiveServices/accounts/<name>) and "
             "give the app's identity 'Cognitive Services OpenAI Contributor' on that account (the Bicep does both "
-            f"when azureOpenAiResourceId is given); {register}"
+            f"when azureOpenAiResourceId and enableFineTuning are given); {register}"
         )
     if settings.openai_base_url is not None:
         return (

@@ -1,5 +1,5 @@
-"""Cancel answers the run `canceled` at once, and nothing is spent after it: the batch in flight is
-counted, no later batch starts."""
+"""Cancel answers the run `canceled` at once, and nothing is spent after it: the window sees it at its
+next group write, the items in flight end and are counted, no later item starts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,17 @@ import asyncio
 from shared.evals.records import RunStatus
 from shared.services import Services
 from tests.fakes import FakeUpstream, Reply
-from tests.shared.evals.test_service import candidate_calls, new_eval, receive, rerun, services, start, state
+from tests.shared.evals.test_service import (
+    candidate_calls,
+    new_eval,
+    output_indexes,
+    receive,
+    rerun,
+    services,
+    start,
+    state,
+    with_limits,
+)
 
 __all__ = ["services"]
 
@@ -21,7 +31,8 @@ async def test_cancel_mid_run_answers_canceled_and_starts_no_more_calls(
     body = await receive(services)
     assert body is not None
     fake_upstream.script(*[Reply(delay_seconds=0.05)] * 12)
-    delivery = asyncio.create_task(services.evals.handle(body, delivery_count=1))
+    engine = with_limits(services, save_every_seconds=0.0)  # a group write (and a cancel check) per item
+    delivery = asyncio.create_task(engine.handle(body, delivery_count=1))
     for _ in range(500):
         if (await state(services, run)).next_index >= 2 or delivery.done():
             break
@@ -32,6 +43,7 @@ async def test_cancel_mid_run_answers_canceled_and_starts_no_more_calls(
     await delivery
     done = await state(services, run)
     assert done.status is RunStatus.CANCELED and done.next_index < 12
-    assert len(candidate_calls(fake_upstream)) <= asked + 2  # at most the batch in flight (concurrency 2)
+    # at most the items in flight: the window (2 x concurrency 2)
+    assert len(candidate_calls(fake_upstream)) <= asked + 4
     assert done.result_counts.total == done.next_index  # and it was counted
-    assert await services.evals.store.output_indexes(run.eval_id, run.id) == list(range(done.next_index))
+    assert await output_indexes(services, run) == list(range(done.next_index))

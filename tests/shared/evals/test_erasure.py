@@ -9,7 +9,7 @@ from shared.erasure.retention import RetentionSweep
 from shared.evals.params import EvalCreateParams, RunCreateParams
 from shared.evals.records import RunRecord, RunStatus
 from shared.services import Services
-from tests.shared.evals.test_service import drain, services, state
+from tests.shared.evals.test_service import drain, output_indexes, services, state
 from tests.shared.seed import completion
 
 __all__ = ["services"]
@@ -63,7 +63,7 @@ async def test_a_deleted_completion_is_erased_from_eval_runs(services: Services,
     assert done.status is RunStatus.COMPLETED and done.items_total == 3
     assert done.result_counts.model_dump() == {"total": 2, "passed": 2, "failed": 0, "errored": 0}
     assert done.per_criterion["same"].passed == 2
-    assert await services.evals.store.output_indexes(run.eval_id, run.id) == [0, 2]
+    assert await output_indexes(services, run) == [0, 2]
     items = (await services.evals.store.read_items(run.eval_id, run.id)).splitlines()
     assert len(items) == 3 and items[1] == b'{"erased":true}'
 
@@ -93,7 +93,7 @@ async def test_an_item_erased_before_it_is_graded_is_skipped(services: Services,
     done = await state(services, run)
     assert done.status is RunStatus.COMPLETED and done.items_total == 2
     assert done.result_counts.model_dump() == {"total": 1, "passed": 1, "failed": 0, "errored": 0}
-    assert await services.evals.store.output_indexes(run.eval_id, run.id) == [1]
+    assert await output_indexes(services, run) == [1]
 
 
 async def test_retention_deletes_old_eval_runs_and_files(services: Services, tag: str) -> None:

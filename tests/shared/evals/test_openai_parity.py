@@ -14,6 +14,7 @@ from shared.evals.graders import check_templates, grade, parse_testing_criteria
 from shared.upstream.client import HttpUpstream, openai_compatible_url
 from shared.upstream.model_calls import ModelCalls
 from tests.fakes import FakeUpstream, Reply
+from tests.shared.evals.test_graders import METRICS
 
 ITEM = {"question": "What is the capital of France?"}
 SAMPLE = {"output_text": "Paris", "model": "m", "output": [{"role": "assistant", "content": "Paris"}]}
@@ -59,7 +60,7 @@ async def test_score_model_schema_is_strict_mode_safe_and_the_range_still_holds(
         ]
     )
     fake_upstream.script(Reply(message={"role": "assistant", "content": '{"steps": [], "score": 7}'}))
-    result = await grade(criterion, item=ITEM, sample=SAMPLE, calls=calls, embeddings_deployment="e")
+    result = await grade(criterion, item=ITEM, sample=SAMPLE, calls=calls, metrics=METRICS, embeddings_deployment="e")
     (request,) = fake_upstream.requests
     response_format = request["body"]["response_format"]["json_schema"]
     assert response_format["strict"] is True and not keys(response_format["schema"]) & STRICT_FORBIDDEN
@@ -92,7 +93,7 @@ async def test_grader_content_as_a_part_or_parts(calls: ModelCalls, fake_upstrea
     )
     check_templates(criteria, item_schema=None, sample_available=True)
     fake_upstream.script(Reply(message={"role": "assistant", "content": '{"steps": [], "label": "good"}'}))
-    result = await grade(criteria[0], item=ITEM, sample=SAMPLE, calls=calls, embeddings_deployment="e")
+    result = await grade(criteria[0], item=ITEM, sample=SAMPLE, calls=calls, metrics=METRICS, embeddings_deployment="e")
     assert result.passed and result.error is None
     (request,) = fake_upstream.requests
     assert request["body"]["messages"] == [
@@ -116,6 +117,6 @@ async def test_cosine_of_an_empty_text_is_zero_without_an_embeddings_call(
             }
         ]
     )
-    result = await grade(criterion, item=ITEM, sample=SAMPLE, calls=calls, embeddings_deployment="e")
+    result = await grade(criterion, item=ITEM, sample=SAMPLE, calls=calls, metrics=METRICS, embeddings_deployment="e")
     assert (result.score, result.passed, result.error) == (0.0, False, None)
     assert fake_upstream.requests == []
