@@ -33,6 +33,7 @@ async def test_every_probe_passes_on_a_healthy_set_up(
         f"blob_container:{settings.reports_container}": ProbeStatus.OK,
         f"blob_container:{settings.evals_container}": ProbeStatus.OK,
         f"blob_container:{settings.fine_tuning_container}": ProbeStatus.OK,
+        f"blob_container:{settings.aliases_container}": ProbeStatus.OK,
         f"table:{settings.completion_index_table}": ProbeStatus.OK,
         f"queue:{settings.dataset_jobs_queue}": ProbeStatus.OK,
         f"queue:{settings.purge_jobs_queue}": ProbeStatus.OK,
