@@ -6,6 +6,7 @@ import azure.functions as func
 
 from blueprints import (
     chat_completions,
+    completion_index,
     datasets,
     evals,
     fine_tuning,
@@ -27,6 +28,7 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 for blueprint in (
     chat_completions.bp,
     stored_completions.bp,
+    completion_index.bp,
     datasets.bp,
     evals.bp,
     fine_tuning.bp,

@@ -98,11 +98,28 @@ class QueueWorker:
             if not messages:
                 await asyncio.sleep(self.rules.idle_poll_seconds)
                 continue
-            await asyncio.gather(*(self.deliver(message) for message in messages))
+            if self.batched:
+                await self.deliver_batch(messages)
+            else:
+                await asyncio.gather(*(self.deliver(message) for message in messages))
 
-    async def deliver(self, message: Any) -> None:
+    @property
+    def batched(self) -> bool:
+        """`cardinality=MANY`: the function takes every message received at once, as a list."""
+        return str(getattr(self.function.get_trigger(), "cardinality", "") or "").lower().endswith("many")
+
+    async def deliver_batch(self, messages: list[Any]) -> None:
+        try:
+            await invoke(self.function, [self._delivery(message) for message in messages])
+        except Exception as exc:  # noqa: BLE001 - as Service Bus does: the whole batch is delivered again
+            await asyncio.gather(*(self._settle_failure(message, exc) for message in messages))
+        else:
+            await asyncio.gather(*(self.queue.delete_message(message) for message in messages))
+
+    @staticmethod
+    def _delivery(message: Any) -> ServiceBusMessage:
         body, properties = read_local_message(message.content or "")
-        delivery = ServiceBusMessage(
+        return ServiceBusMessage(
             body=body.encode(),
             message_id=message.id,
             delivery_count=message.dequeue_count,
@@ -111,8 +128,10 @@ class QueueWorker:
             application_properties=properties,
             user_properties={},
         )
+
+    async def deliver(self, message: Any) -> None:
         try:
-            await invoke(self.function, delivery)
+            await invoke(self.function, self._delivery(message))
         except Exception as exc:  # noqa: BLE001 - a failed delivery is retried or dead-lettered, as Service Bus does
             await self._settle_failure(message, exc)
         else:
@@ -172,6 +191,7 @@ def build_host(
     queue_connection: str | None,
     queue_rules: QueueRules | None = None,
     run_timers: bool = True,
+    run_queues: bool = True,
     on_startup: Callable[[], Any] | None = None,
 ) -> Starlette:
     """An ASGI app serving `app`'s functions; background delivery starts with its lifespan."""
@@ -190,10 +210,14 @@ def build_host(
         if on_startup is not None:
             await on_startup()
         tasks: list[asyncio.Task[None]] = []
-        service = QueueServiceClient.from_connection_string(queue_connection) if queue_connection else None
+        service = (
+            QueueServiceClient.from_connection_string(queue_connection, use_env_settings=False)
+            if queue_connection
+            else None
+        )
         for function in functions.values():
             trigger = function.get_trigger()
-            if trigger.get_binding_name() == "serviceBusTrigger" and service is not None:
+            if trigger.get_binding_name() == "serviceBusTrigger" and service is not None and run_queues:
                 worker = QueueWorker(function, service, resolve(trigger.queue_name), rules)
                 tasks.append(asyncio.create_task(worker.run(), name=function.get_function_name()))
             elif trigger.get_binding_name() == "timerTrigger" and run_timers:

@@ -56,6 +56,7 @@ from shared.reports.quota import QuotaGate, QuotaReporter
 from shared.reports.report_requests import ReportKind, ReportRequests
 from shared.reports.report_store import ReportStore
 from shared.store.completion_index import CompletionIndex
+from shared.store.completion_indexer import CompletionIndexer
 from shared.store.completion_store import CompletionStore
 from shared.store.json_blobs import JsonBlobs
 from shared.store.read_budget import ByteBudget
@@ -67,7 +68,9 @@ from shared.upstream.offline_model import OfflineModel
 log = logging.getLogger(__name__)
 
 # Storage calls fail fast: a caller waiting on a proxied completion must not wait out long retries.
-_STORAGE_TIMEOUTS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 30}
+# `use_env_settings` off: aiohttp would otherwise look up netrc and proxy variables on a thread for
+# every storage request (two thread-pool hops each); the app reaches storage directly.
+_STORAGE_TIMEOUTS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 30, "use_env_settings": False}
 _BLOB_FIRST_GET: dict[str, Any] = {"max_single_get_size": 256 * 1024}
 """A download's first response is at most this big: it tells a document's size before the rest is
 fetched, so the read budget is taken before a large document is in memory (default: 32 MiB)."""
@@ -138,6 +141,16 @@ class Services:
         )
 
     @cached_property
+    def indexer(self) -> CompletionIndexer:
+        return CompletionIndexer(
+            store=self.store,
+            table=self.index_table,
+            container_name=self.settings.completions_container,
+            usage=self.usage,
+            sweep_grace_seconds=self.settings.index_sweep_grace_seconds,
+        )
+
+    @cached_property
     def upstream(self) -> Upstream:
         return build_upstream(self.settings, self.credential)
 
@@ -157,7 +170,7 @@ class Services:
             return ServiceBusJobQueue.for_namespace(self.settings.service_bus_namespace, self.credential)
         if self.settings.storage_connection_string is not None:
             connection = self.settings.storage_connection_string.get_secret_value()
-            return StorageJobQueue(QueueServiceClient.from_connection_string(connection))
+            return StorageJobQueue(QueueServiceClient.from_connection_string(connection, use_env_settings=False))
         raise ConfigurationError(
             "Set ServiceBusConnection__fullyQualifiedNamespace: job queues need Service Bus in Azure"
         )
@@ -297,7 +310,7 @@ class Services:
             return ServiceBusSendProbe(ServiceBusClient(self.settings.service_bus_namespace, self.credential))
         if self.settings.storage_connection_string is not None:
             connection = self.settings.storage_connection_string.get_secret_value()
-            return StorageQueueSendProbe(QueueServiceClient.from_connection_string(connection))
+            return StorageQueueSendProbe(QueueServiceClient.from_connection_string(connection, use_env_settings=False))
         raise ConfigurationError(
             "Set ServiceBusConnection__fullyQualifiedNamespace: job queues need Service Bus in Azure"
         )
