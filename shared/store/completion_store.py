@@ -199,12 +199,16 @@ class CompletionStore:
     async def delete(self, completion_id: str, *, owner: str | None = None) -> bool:
         """Delete a completion: its index rows first, then its document. True when a document was removed.
 
+        The usage counters only lose what the indexer added: a completion deleted before its index
+        rows were written was never counted.
+
         A document already gone (a crash, an old lifecycle rule) still has its index rows removed, found
         from the index entry itself, so metadata and owner never outlive the document.
         """
-        completion = await self._read_if_present(ids.require_completion_id(completion_id))
+        completion, entry = await asyncio.gather(
+            self._read_if_present(ids.require_completion_id(completion_id)), self.index.lookup(completion_id)
+        )
         if completion is None:
-            entry = await self.index.lookup(completion_id)
             if entry is None or (owner is not None and not same_owner(entry.owner, owner)):
                 raise _not_found(completion_id)
             await self.index.forget(completion_id)
@@ -213,9 +217,10 @@ class CompletionStore:
         if owner is not None and not same_owner(completion.owner, owner):
             raise _not_found(completion_id)
         await self.index.forget(completion_id)
-        await self._counted(
-            self.index.remove(_entry(completion, 0)), -len(_encode(completion)), -1, owner=completion.owner
-        )
+        if entry is None:  # never indexed (its event is still on the way): never counted either
+            await self.index.remove(_entry(completion, 0))
+        else:
+            await self._counted(self.index.remove(_entry(completion, 0)), -entry.size_bytes, -1, owner=completion.owner)
         await self._forget_document(completion_id)
         return True
 

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
+import openai
 
-from local_host.process import RunningHost
 from shared.store import ids
 
 
@@ -26,27 +26,17 @@ def wait_until(
     raise AssertionError(f"{path} never got there: {body}")
 
 
-def wait_listed(host: RunningHost, completion_ids: Iterable[str], seconds: float = 15) -> float:
+def wait_listed(client: openai.OpenAI, completion_ids: Iterable[str], seconds: float = 15) -> float:
     """Wait until lists show every one of these stored completions (their index rows are written
     after the answer, from the blob-created event); returns the seconds it took."""
     wanted = set(completion_ids)
-    if not wanted:
-        return 0.0
-    times = [ids.captured_at_us(completion_id) for completion_id in wanted]
+    times = [ids.captured_at_us(completion_id) for completion_id in wanted] or [0]
     window = {"created_after": min(times) // 1_000_000, "created_before": max(times) // 1_000_000 + 1}
     started = time.monotonic()
     listed: set[str] = set()
-    with host.http() as http:
-        while time.monotonic() - started < seconds:
-            listed = set()
-            params: dict[str, Any] = {**window, "limit": 100}
-            while True:
-                page = http.get("/openai/v1/chat/completions", params=params).json()
-                listed.update(item["id"] for item in page["data"])
-                if not page["has_more"]:
-                    break
-                params["after"] = page["data"][-1]["id"]
-            if wanted <= listed:
-                return time.monotonic() - started
-            time.sleep(0.05)
+    while time.monotonic() - started < seconds:
+        listed = {kept.id for kept in client.chat.completions.list(limit=100, extra_query=window)}
+        if wanted <= listed:
+            return time.monotonic() - started
+        time.sleep(0.05)
     raise AssertionError(f"not listed after {seconds} s: {sorted(wanted - listed)}")

@@ -42,7 +42,7 @@ def test_retrieve_at_once_and_listed_within_the_lag_bound(
     ]
     for completion in created:  # the document is the one write the answer waited for
         assert client.chat.completions.retrieve(completion.id).choices[0].message.content
-    lag = wait_listed(host, [c.id for c in created])
+    lag = wait_listed(client, [c.id for c in created])
     assert lag < LAG_BOUND_SECONDS
     assert [c.id for c in client.chat.completions.list(metadata={"tag": tag})] == [c.id for c in created]
 
@@ -71,7 +71,7 @@ def test_a_worker_killed_before_indexing_is_repaired_by_redelivery(
 ) -> None:
     names, completion_id = _killed_after_capture(azurite, upstream, tmp_path, tag)
     with start_host(azurite.connection_string, tmp_path, OPENAI_BASE_URL=upstream.base_url, **names) as second:
-        wait_listed(second, [completion_id])
+        wait_listed(second.openai_client(), [completion_id])
         listed = second.openai_client().chat.completions.list(metadata={"tag": tag})
         assert [c.id for c in listed] == [completion_id]
 
@@ -110,4 +110,4 @@ def test_store_true_answers_after_one_write(
             model="gpt-4o", store=True, metadata={"tag": tag}, messages=MESSAGES
         ).id
     assert client.chat.completions.retrieve(completion_id).metadata == {"tag": tag}
-    wait_listed(host, [completion_id])
+    wait_listed(client, [completion_id])
