@@ -70,7 +70,7 @@ class CompletionStore:
         Its index rows (and usage counters) follow asynchronously from the blob-created event, so
         `get` works at once and lists show it within seconds.
         """
-        with span("completion_store.capture", {COMPLETION_ID: completion.id}) as current:
+        with span("completion_store.put", {COMPLETION_ID: completion.id}) as current:
             document = self._sized(completion)
             current.set_attribute("distillery.document_bytes", len(document))
             await self._upload(completion.id, document)
