@@ -17,6 +17,7 @@ from local_host.azurite import Azurite, free_port
 from shared.platform.access import Right
 from tests.callers import principal, start_keyed_host
 from tests.conftest import RunningHost, start_host
+from tests.e2e.polling import wait_listed
 from tests.fakes import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -50,6 +51,7 @@ def store_one(host: RunningHost, key: str | None = None, **metadata: str) -> str
             json={"model": "gpt-4o", "store": True, "metadata": metadata, "messages": MESSAGES},
         )
     assert response.status_code == 200 and response.headers["x-distillery-stored"] == "true", response.text
+    wait_listed(host.openai_client(), [response.json()["id"]])
     return str(response.json()["id"])
 
 
