@@ -108,22 +108,23 @@ class CompletionIndexer:
 
         Raises `StorageUnavailable` when the rows could not be written, so the events are redelivered.
         """
+        wanted = sorted(set(completion_ids))
+        if not wanted:
+            return 0
+        indexed, forgotten = await asyncio.gather(
+            self._store.index.indexed_among(wanted), self._store.index.forgotten_among(wanted)
+        )
         gate = asyncio.Semaphore(_READS_IN_FLIGHT)
 
-        async def examine(completion_id: str) -> tuple[IndexEntry, bool] | None:
+        async def read(completion_id: str) -> IndexEntry | None:
             async with gate:
-                forgotten, existing, entry = await asyncio.gather(
-                    self._store.index.is_forgotten(completion_id),
-                    self._store.index.lookup(completion_id),
-                    self._store.indexable(completion_id),
-                )
-            if forgotten or entry is None:  # deleted since (or a delete that died halfway): never revived
-                return None
-            return entry, existing is None
+                return await self._store.indexable(completion_id)
 
-        examined = [found for found in await asyncio.gather(*map(examine, completion_ids)) if found is not None]
-        await self._store.index.add_many([entry for entry, _ in examined])
-        new = [entry for entry, is_new in examined if is_new]
+        # A deleted id (or a delete that died halfway) is never revived; a document gone since is skipped.
+        alive = [completion_id for completion_id in wanted if completion_id not in forgotten]
+        entries = [entry for entry in await asyncio.gather(*map(read, alive)) if entry is not None]
+        await self._store.index.add_many(entries)
+        new = [entry for entry in entries if entry.id not in indexed]
         await self._count(new)
         return len(new)
 

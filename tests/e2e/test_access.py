@@ -252,6 +252,7 @@ def test_trusted_principal_roles_map_to_rights(
         created = carol.post("/openai/v1/chat/completions", json=chat)
         assert created.status_code == 200 and created.headers["x-distillery-stored"] == "true"
         carols = created.json()["id"]
+        wait_listed(host.openai_client(), [carols])
         listed = carol.get("/openai/v1/chat/completions", params={"metadata[tag]": tag}).json()
         assert [c["id"] for c in listed["data"]] == [carols]  # owner scoping applies to principals too
         assert (
@@ -320,6 +321,7 @@ def test_reports_show_a_scoped_caller_no_other_owners_models_metadata_or_identit
             json={"model": "alices-model", "store": True, "metadata": {"project": secret}, "messages": MESSAGES},
         )
         assert stored.status_code == 200
+    wait_listed(host.openai_client(), [stored.json()["id"]])
     with host.http() as admin:  # all-owners: the whole report (built now, so it holds alice's completion)
         for timer in ("quota_report", "permission_report"):
             assert admin.post(f"/admin/functions/{timer}", json={"input": ""}).status_code == 202
