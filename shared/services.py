@@ -365,7 +365,10 @@ class Services:
     @cached_property
     def retention(self) -> RetentionSweep:
         return RetentionSweep(
-            store=self.store, retention_days=self.settings.retention_days, on_deleted=self.forgetting.deleted
+            store=self.store,
+            indexer=self.indexer,
+            retention_days=self.settings.retention_days,
+            on_deleted=self.forgetting.deleted,
         )
 
     @cached_property
