@@ -47,9 +47,10 @@ $(INFRA_VENV)/.installed: requirements-infra.txt
 # A file checkov cannot parse is a file it checked nothing in: that fails too.
 infra-check: $(INFRA_VENV)/.installed
 	@mkdir -p .make
-	$(INFRA_VENV)/bin/checkov --directory infra --framework bicep secrets --skip-download --compact --quiet > .make/checkov.txt || { cat .make/checkov.txt; exit 1; }
+	$(INFRA_VENV)/bin/checkov --directory infra --framework bicep secrets --skip-download --compact --quiet > .make/checkov.txt 2>&1 || { cat .make/checkov.txt; exit 1; }
 	@cat .make/checkov.txt
 	@! grep -q "Parsing errors" .make/checkov.txt || { echo "checkov could not parse a Bicep file, so it checked nothing in it"; exit 1; }
+	@! grep -q "Traceback" .make/checkov.txt || { echo "a checkov check crashed (see the traceback above), so it checked nothing there"; exit 1; }
 
 format: setup
 	$(VENV)/bin/ruff check --fix .

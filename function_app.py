@@ -5,6 +5,7 @@ import logging
 import azure.functions as func
 
 from blueprints import (
+    aliases,
     chat_completions,
     completion_index,
     datasets,
@@ -15,6 +16,7 @@ from blueprints import (
     pane,
     purges,
     reports,
+    scores,
     stored_completions,
 )
 from shared.platform.settings import get_settings
@@ -28,6 +30,7 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 for blueprint in (
     chat_completions.bp,
     stored_completions.bp,
+    scores.bp,
     completion_index.bp,
     datasets.bp,
     evals.bp,
@@ -37,5 +40,6 @@ for blueprint in (
     purges.bp,
     openapi.bp,
     pane.bp,
+    aliases.bp,
 ):
     app.register_functions(blueprint)

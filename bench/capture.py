@@ -3,8 +3,10 @@
 Part 1 sends the same chat completion, interleaved round by round so machine noise hits all targets
 alike, to: the zero-latency upstream directly, the proxy with store=false, and the proxy with
 store=true (durable: the answer returns after the blob and index rows are written), then both again
-on a host with telemetry on (`TELEMETRY_EXPORTER=console`, to its log file). It prints p50/p99
-latency at one request in flight, requests/s at 16 in flight, and the p50 overhead.
+on a host with telemetry on (`TELEMETRY_EXPORTER=console`, to its log file), and store=false through
+an alias of the same deployment. It prints p50/p99 latency at one request in flight, requests/s at 16
+in flight, and the p50 overhead; then what one alias lookup costs in process, hit and miss (every
+proxied call pays one: the name is looked up whether or not it is an alias).
 
 Part 2 grows the store to each size and times a metadata-filtered list (limit 20) through
 `CompletionStore.list`, counting the index rows storage returned, beside a bare one-page partition
@@ -33,10 +35,15 @@ from azure.storage.blob.aio import ContainerClient
 
 from local_host.azurite import Azurite, free_port, start_azurite
 from local_host.process import start_host
+from shared.aliases.records import AliasParams
+from shared.aliases.routes import AliasRoutes
+from shared.aliases.service import Aliases
+from shared.capture.chat_request import ChatRequest
 from shared.store import ids
 from shared.store.completion_filter import CompletionFilter
 from shared.store.completion_index import CompletionIndex, IndexEntry
 from shared.store.completion_store import CompletionStore
+from shared.store.json_blobs import JsonBlobs
 from shared.store.stored_completion import StoredCompletion
 
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say ok fifty times."}]}
@@ -90,14 +97,18 @@ def proxy_overhead(azurite: Azurite, requests: int, rounds: int) -> None:
                 proxy = f"{host.url}/openai/v1/chat/completions"
                 traced_proxy, traced_key = f"{traced.url}/openai/v1/chat/completions", {"api-key": traced.key}
                 stored = {**BODY, "store": True, "metadata": {"bench": "capture"}}
+                alias = {"targets": [{"deployment": BODY["model"], "share": 100}]}
+                httpx.put(f"{host.url}/api/aliases/bench-alias", json=alias, headers=key).raise_for_status()
                 targets = {
                     "direct to upstream": (f"{upstream_url}/chat/completions", {}, BODY),
                     "proxy, store=false": (proxy, key, BODY),
                     "proxy, store=true": (proxy, key, stored),
                     "+ telemetry, false": (traced_proxy, traced_key, BODY),
                     "+ telemetry, true": (traced_proxy, traced_key, stored),
+                    "via alias, false": (proxy, key, {**BODY, "model": "bench-alias"}),
                 }
                 asyncio.run(_measure_targets(targets, requests, rounds))
+                asyncio.run(alias_lookup_cost(azurite))
             finally:
                 host.stop()
                 traced.stop()
@@ -159,6 +170,31 @@ async def storage_floor(azurite: Azurite, samples: int = 200) -> None:
     print(f"\nStorage floor on this Azurite ({samples} samples, interleaved)")
     for label, values in timings.items():
         print(f"{label:<46}{statistics.median(values):>8.2f} ms p50")
+
+
+async def alias_lookup_cost(azurite: Azurite, calls: int = 100_000) -> None:
+    """One alias lookup as the proxy makes it, after the first read: from the worker's memory."""
+    async with ContainerClient.from_connection_string(azurite.connection_string, f"alias{int(time.time())}") as box:
+        await box.create_container()
+        blobs = JsonBlobs(container=box, label="alias")
+        aliases = Aliases(blobs=blobs, routes=AliasRoutes(blobs=blobs, ttl_seconds=10), compare=_no_compare)
+        await aliases.put(
+            "bot", AliasParams.model_validate({"targets": [{"deployment": "bench", "share": 100}]}), by="bench"
+        )
+        request = ChatRequest.model_validate(BODY)
+        print(f"\nAlias lookup in process ({calls} calls each, after the first read)")
+        for name in ("bot", "not-an-alias"):
+            await aliases.routes.route(name, request)
+            began = time.perf_counter()
+            for _ in range(calls):
+                await aliases.routes.route(name, request)
+            per_call_us = (time.perf_counter() - began) / calls * 1e6
+            print(f"{'alias (hit)' if name == 'bot' else 'plain name (miss)':<22}{per_call_us:>9.2f} µs per call")
+        await box.delete_container()
+
+
+async def _no_compare(eval_id: str, run_ids: list[str]) -> dict[str, Any]:
+    raise AssertionError("the benchmark promotes nothing")
 
 
 async def _wait_ready(url: str) -> None:

@@ -1,29 +1,37 @@
-"""`python -m bench.datasets`: dataset build throughput and peak memory, beside a bare download.
+"""`python -m bench.datasets`: dataset builds beside a bare list-and-download, one slice and fanned out.
 
-Seeds stored completions straight into Azurite (documents and index rows, many writes in flight),
-then for each size measures, in the same run and on the same documents:
-- a bare concurrent download of every document (32 in flight, bytes read and dropped), and
-- a distillation build through `DatasetJobs.run` (index walk, 32 reads in flight, conversion, format
-  check, token counts, dedupe, staged blocks, commit, sha256 of the committed files, manifest).
-It prints completions/s for both and their ratio, then the build's peak traced Python memory
-(tracemalloc, in a second build so tracing does not slow the timed one) and how 100k compares to 10k.
+Seeds stored completions straight into Azurite, then, in the same run and on the same documents,
+runs each of these in fresh worker processes (so each peak RSS is the worker's own):
+- bare: walk the index for the selection and download every document (32 in flight, bytes dropped);
+- one slice: the build with fan-out off (slices larger than the selection), one worker: index walk,
+  membership rows, 32 reads in flight, conversion, format check, token counts, dedupe, staged
+  blocks, commit, sha256 of the committed files, manifest;
+- fanned out: the same build in slices of `--slice` completions, `--workers` worker processes taking
+  the messages from one queue (as Flex instances take them from Service Bus).
+It prints the times and ratios side by side, the peak RSS per worker, the per-slice throughput, and
+from those the expected time for 1M completions on Flex Consumption (see the README).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
 import time
-import tracemalloc
 import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from local_host.azurite import start_azurite
-from shared.datasets.builder import BuildLimits, DatasetJobs
+from azure.storage.queue.aio import QueueClient
+
+from local_host.azurite import ROOT, start_azurite
 from shared.datasets.job import DatasetJob, DatasetJobMessage, DatasetParams, DatasetStatus, new_dataset_id
-from shared.datasets.membership import DatasetMembership
-from shared.datasets.records import DatasetRecords
+from shared.platform.job_queue import read_local_message
 from shared.platform.settings import Settings
 from shared.services import Services
 from shared.store import ids
@@ -33,9 +41,15 @@ from shared.store.stored_completion import StoredCompletion
 
 IN_FLIGHT = 32
 SYSTEM = "You are a support assistant for a cloud storage product. Answer briefly and cite the doc page. " * 3
+TAG = {"bench": "1"}
+FLEX_MAX_INSTANCES = 40
+"""`maximumInstanceCount` in infra/main.bicep (Flex Consumption allows up to 1,000)."""
+SERVICE_BUS_CALLS_PER_INSTANCE = 4
+"""host.json `extensions.serviceBus.maxConcurrentCalls`: target-based scaling's executions per instance."""
+PROJECTED = 1_000_000
 
 
-def completion(number: int, now_us: int, metadata: dict[str, str]) -> StoredCompletion:
+def completion(number: int, now_us: int) -> StoredCompletion:
     """A ~1.5 KB stored completion, unique text so no line is a duplicate."""
     question = f"Question {number}: how do I rotate the access keys of storage account acct{number % 997}?"
     answer = f"Answer {number}: open the account, choose Access keys, rotate key1, update clients, then key2. " * 4
@@ -44,7 +58,7 @@ def completion(number: int, now_us: int, metadata: dict[str, str]) -> StoredComp
         created=now_us // 1_000_000,
         deployment="gpt-4o",
         model="gpt-4o-2024-08-06",
-        metadata=metadata,
+        metadata=TAG,
         request={
             "model": "gpt-4o",
             "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
@@ -58,33 +72,23 @@ def completion(number: int, now_us: int, metadata: dict[str, str]) -> StoredComp
     )
 
 
-async def seed(services: Services, sizes: list[int]) -> list[str]:
-    """Bulk-load the largest size; the first `size` completions carry `upto<size>: 1`.
-
-    Writes exactly the blobs and rows `CompletionStore.put` writes, only batched (100-row transactions
-    per partition), so 100k completions take minutes rather than an hour on Azurite.
-    """
+async def seed(services: Services, size: int) -> None:
+    """Write exactly the blobs and rows `CompletionStore.put` writes, only batched (100-row
+    transactions per partition), so 100k completions take minutes rather than an hour on Azurite."""
     start_us = time.time_ns() // 1000 - 10_000_000_000
-    total = max(sizes)
     started = time.perf_counter()
-    made: list[str] = []
     entries: list[IndexEntry] = []
     uploads: list[tuple[str, bytes]] = []
-    for number in range(total):
-        metadata = {f"upto{size}": "1" for size in sizes if number < size}
-        item = completion(number, start_us + number, metadata)
-        made.append(item.id)
+    for number in range(size):
+        item = completion(number, start_us + number)
         document = item.model_dump_json().encode()
         uploads.append((f"{item.id}.json", document))
         entries.append(
-            IndexEntry(
-                id=item.id, deployment=item.deployment, model=item.model, metadata=metadata, size_bytes=len(document)
-            )
+            IndexEntry(id=item.id, deployment=item.deployment, model=item.model, metadata=TAG, size_bytes=len(document))
         )
     await in_flight([services.completions_container.upload_blob(n, d, overwrite=True) for n, d in uploads], 64)
     await CompletionIndex(services.index_table).add_many(entries, in_flight=16)
-    print(f"seeded {total:,} completions in {time.perf_counter() - started:,.0f} s", flush=True)
-    return made
+    print(f"seeded {size:,} completions in {time.perf_counter() - started:,.0f} s", flush=True)
 
 
 async def in_flight(operations: list[Coroutine[Any, Any, Any]], limit: int) -> None:
@@ -97,86 +101,212 @@ async def in_flight(operations: list[Coroutine[Any, Any, Any]], limit: int) -> N
     await asyncio.gather(*(worker() for _ in range(limit)))
 
 
-async def bare_download(services: Services, completion_ids: list[str]) -> float:
-    container = services.completions_container
-    names = iter(completion_ids)
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def bare_worker() -> dict[str, Any]:
+    """Walk the index alone, then walk it again feeding 32 downloads: the floor a build is held to."""
+    services = Services(Settings())  # type: ignore[call-arg]
+    index, container = services.store.index, services.completions_container
+    started = time.perf_counter()
+    walked = sum([1 async for _ in index.walk(CompletionFilter(metadata=TAG), page_size=1000)])
+    walk_seconds = time.perf_counter() - started
+    names: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1000)
+
+    async def lister() -> None:
+        async for entry in index.walk(CompletionFilter(metadata=TAG), page_size=1000):
+            await names.put(f"{entry.id}.json")
+        for _ in range(IN_FLIGHT):
+            await names.put(None)
 
     async def reader() -> None:
-        for completion_id in names:
-            await (await container.download_blob(f"{completion_id}.json")).readall()
+        while (name := await names.get()) is not None:
+            await (await container.download_blob(name)).readall()
 
     started = time.perf_counter()
-    await asyncio.gather(*(reader() for _ in range(IN_FLIGHT)))
-    return time.perf_counter() - started
+    await asyncio.gather(lister(), *(reader() for _ in range(IN_FLIGHT)))
+    seconds = time.perf_counter() - started
+    await services.close()
+    return {"seconds": seconds, "walk_seconds": walk_seconds, "count": walked, "rss_mb": peak_rss_mb()}
 
 
-async def build(jobs: DatasetJobs, size: int) -> tuple[float, DatasetJob]:
-    request = DatasetParams(
-        kind="distillation",  # type: ignore[arg-type]
-        filter=CompletionFilter(metadata={f"upto{size}": "1"}),
-        validation_fraction=0.1,
-    )
-    job = DatasetJob.queued(new_dataset_id(), request)
-    await jobs.records.create(job)
+async def build_worker(job_id: str) -> dict[str, Any]:
+    """Take dataset messages from the queue one at a time until the job is finished."""
+    services = Services(Settings())  # type: ignore[call-arg]
+    jobs, settings = services.dataset_jobs, services.settings
+    connection = os.environ["AzureWebJobsStorage"]
+    deliveries = []
+    async with QueueClient.from_connection_string(connection, settings.dataset_jobs_queue) as queue:
+        print("ready", flush=True)
+        while True:
+            received = [m async for m in queue.receive_messages(max_messages=1, visibility_timeout=900)]
+            if not received:
+                job, _ = await jobs.records.read(job_id)
+                if job.finished:
+                    break
+                await asyncio.sleep(0.02)
+                continue
+            body = read_local_message(received[0].content)[0].encode()
+            started = time.perf_counter()
+            await jobs.handle(body, delivery_count=received[0].dequeue_count)
+            seconds = time.perf_counter() - started
+            await queue.delete_message(received[0])
+            deliveries.append({"slice": DatasetJobMessage.model_validate_json(body).slice, "seconds": seconds})
+    await services.close()
+    return {"deliveries": deliveries, "rss_mb": peak_rss_mb()}
+
+
+def worker_env(names: dict[str, str], connection: str, slice_completions: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        **names,
+        "AzureWebJobsStorage": connection,
+        "DATASET_SLICE_COMPLETIONS": str(slice_completions),
+    }
+
+
+def run_workers(env: dict[str, str], args: list[str], count: int, on_ready: Any = None) -> list[dict[str, Any]]:
+    """Start `count` workers, call `on_ready` once all are up, and collect their JSON reports."""
+    command = [sys.executable, "-m", "bench.datasets", *args]
+    workers = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True) for _ in range(count)]
+    for worker in workers:
+        assert worker.stdout is not None
+        if on_ready is not None:
+            assert worker.stdout.readline().strip() == "ready"
+    if on_ready is not None:
+        on_ready()
+    reports = []
+    for worker in workers:
+        out, _ = worker.communicate()
+        assert worker.returncode == 0, out
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    return reports
+
+
+async def timed_build(services: Services, env: dict[str, str], workers: int) -> tuple[float, DatasetJob, list[dict]]:
+    request = DatasetParams(kind="distillation", filter=CompletionFilter(metadata=TAG), validation_fraction=0.1)  # type: ignore[arg-type]
+    job_id = new_dataset_id()
+    message = DatasetJobMessage(version=1, job_id=job_id, request=request)
+    await services.dataset_jobs.records.create(DatasetJob.queued(job_id, request))
+    started: list[float] = []
+
+    def submit() -> None:
+        started.append(time.perf_counter())
+        asyncio.run(send(services.settings, message))
+
+    reports = await asyncio.to_thread(run_workers, env, ["--worker", "build", "--job", job_id], workers, submit)
+    elapsed = time.perf_counter() - started[0]
+    job, _ = await services.dataset_jobs.records.read(job_id)
+    assert job.status is DatasetStatus.SUCCEEDED, job.error
+    return elapsed, job, reports
+
+
+async def send(settings: Settings, message: DatasetJobMessage) -> None:
+    services = Services(settings)
+    await services.job_queue.send(settings.dataset_jobs_queue, message.model_dump_json(), message_id=message.message_id)
+    await services.job_queue.close()
+
+
+async def hash_read_mb_per_s(services: Services, job: DatasetJob) -> float:
+    """How fast the finisher reads a committed file back to hash it (one pass)."""
     started = time.perf_counter()
-    await jobs.run(DatasetJobMessage(version=1, job_id=job.id, request=request))
-    elapsed = time.perf_counter() - started
-    done, _ = await jobs.records.read(job.id)
-    assert done.status is DatasetStatus.SUCCEEDED and done.counts.written == size, done.error
-    return elapsed, done
+    total = 0
+    for file in job.files:
+        _, chunks = await services.dataset_jobs.records.open_file(job.id, file.name)
+        async for chunk in chunks:
+            total += len(chunk)
+    return total / 1e6 / (time.perf_counter() - started)
 
 
-async def main(sizes: list[int]) -> None:
+def median_by(runs: list[Any], key: Any) -> Any:
+    return sorted(runs, key=key)[len(runs) // 2]
+
+
+async def main(size: int, slice_size: int, workers: int, rounds: int) -> None:
     azurite = start_azurite()
     suffix = uuid.uuid4().hex[:8]
-    services = Services(
-        Settings(  # type: ignore[call-arg]
-            AzureWebJobsStorage=azurite.connection_string,
-            COMPLETIONS_CONTAINER=f"bench{suffix}",
-            COMPLETION_INDEX_TABLE=f"bench{suffix}",
-            DATASETS_CONTAINER=f"datasets{suffix}",
-        )
-    )
+    names = {
+        "COMPLETIONS_CONTAINER": f"bench{suffix}",
+        "COMPLETION_INDEX_TABLE": f"bench{suffix}",
+        "DATASETS_CONTAINER": f"datasets{suffix}",
+        "DATASET_JOBS_QUEUE": f"datasets{suffix}",
+    }
+    services = Services(Settings(AzureWebJobsStorage=azurite.connection_string, **names))  # type: ignore[call-arg]
     try:
         await services.ensure_storage()
-        completion_ids = await seed(services, sizes)
-        jobs = DatasetJobs(
-            records=DatasetRecords(container=services.datasets_container),
-            store=services.store,
-            membership=DatasetMembership(services.index_table),
-            job_queue=services.job_queue,
-            queue_name="unused",
-            limits=BuildLimits(chunk_seconds=1e9, chunk_completions=10**9, read_concurrency=IN_FLIGHT),
-        )
-        rows = []
-        for size in sizes:
-            download_s = await bare_download(services, completion_ids[:size])
-            build_s, job = await build(jobs, size)
-            tracemalloc.start()
-            await build(jobs, size)
-            _, peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
-            megabytes = sum(file.bytes for file in job.files) / 1e6
-            rows.append((size, size / download_s, size / build_s, peak, megabytes))
-            print(
-                f"{size:>8,} completions: bare download {size / download_s:7,.0f}/s | build {size / build_s:7,.0f}/s"
-                f" | ratio {download_s / build_s:4.0%} | build peak memory {peak / 1e6:6.1f} MB | output {megabytes:,.1f} MB",
-                flush=True,
-            )
-        small, large = rows[0], rows[-1]
-        growth = large[3] / small[3] - 1
-        print(
-            f"peak memory at {large[0]:,} is {growth:+.0%} vs {small[0]:,} "
-            f"({'within' if growth <= 0.10 else 'NOT within'} 10%)"
-        )
+        async with QueueClient.from_connection_string(azurite.connection_string, names["DATASET_JOBS_QUEUE"]) as queue:
+            await queue.create_queue()
+        await seed(services, size)
+        one_env = worker_env(names, azurite.connection_string, slice_completions=size + 1)
+        fan_env = worker_env(names, azurite.connection_string, slice_completions=slice_size)
+        bares, ones, fans = [], [], []
+        for _ in range(rounds):  # interleaved, so a busy moment on the box hits every kind alike
+            [bare] = await asyncio.to_thread(run_workers, one_env, ["--worker", "bare"], 1)
+            bares.append(bare)
+            ones.append(await timed_build(services, one_env, 1))
+            fans.append(await timed_build(services, fan_env, workers))
+            assert [f.sha256 for f in fans[-1][1].files] == [f.sha256 for f in ones[-1][1].files], "bytes differ"
+        bare = median_by(bares, lambda report: report["seconds"])
+        one_s, one_job, [one_report] = median_by(ones, lambda build: build[0])
+        fan_s, _, fan_reports = median_by(fans, lambda build: build[0])
+        hash_rate = await hash_read_mb_per_s(services, one_job)
     finally:
-        await services.blob_service.close()
-        await services.table_service.close()
+        await services.close()
         azurite.stop()
+
+    slices = [d for report in fan_reports for d in report["deliveries"] if d["slice"] is not None]
+    per_slice = size / sum(d["seconds"] for d in slices) if slices else float("nan")  # per second of slice delivery
+    bare_s = bare["seconds"]
+    print(
+        f"\n{size:,} completions, {os.cpu_count()} cores, Azurite, median of {rounds} interleaved rounds;"
+        " times in seconds (ratio = bare time / build time)"
+    )
+    print(f"  bare list-and-download  {bare_s:8.1f}  {size / bare_s:7,.0f}/s  peak RSS {bare['rss_mb']:5.0f} MB")
+    print(
+        f"  one-slice build         {one_s:8.1f}  {size / one_s:7,.0f}/s  ratio {bare_s / one_s:5.2f}"
+        f"  peak RSS {one_report['rss_mb']:5.0f} MB"
+    )
+    print(
+        f"  fanned out: {len(slices)} slices on {workers} workers {fan_s:5.1f}  {size / fan_s:7,.0f}/s"
+        f"  ratio {bare_s / fan_s:5.2f}  vs one slice {one_s / fan_s:4.2f}x"
+        f"  peak RSS {max(r['rss_mb'] for r in fan_reports):5.0f} MB per worker"
+    )
+    print("  same bytes: the fanned-out files' sha256 equal the one-slice build's")
+
+    # Expected time for 1M on Flex Consumption, from what was measured here.
+    walk_rate = bare["count"] / bare["walk_seconds"]
+    one_rate = size / one_s
+    out_bytes = sum(f.bytes for f in one_job.files) / size
+    slice_count = math.ceil(PROJECTED / Settings.model_fields["dataset_slice_completions"].default)
+    instances = min(FLEX_MAX_INSTANCES, math.ceil(slice_count / SERVICE_BUS_CALLS_PER_INSTANCE))
+    plan_s = PROJECTED / walk_rate
+    build_s = PROJECTED / (instances * one_rate)
+    hash_s = PROJECTED * out_bytes / 1e6 / hash_rate
+    print(
+        f"\nper-slice throughput {per_slice:,.0f}/s with {workers} workers sharing {os.cpu_count()} cores;"
+        f" one worker alone {one_rate:,.0f}/s; index walk {walk_rate:,.0f} rows/s; hash read {hash_rate:,.0f} MB/s"
+    )
+    print(
+        f"1M on Flex Consumption: {slice_count} slices -> {instances} instances"
+        f" (ceil(slices / {SERVICE_BUS_CALLS_PER_INSTANCE} calls per instance), at most {FLEX_MAX_INSTANCES})"
+        f" at {one_rate:,.0f}/s each: plan {plan_s:.0f} s + slices {build_s:.0f} s + hash {hash_s:.0f} s"
+        f" = {(plan_s + build_s + hash_s) / 60:.1f} min (upper bound: slices start while the plan runs)"
+    )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.datasets", description=__doc__)
-    parser.add_argument("--sizes", default="10000,100000", help="comma-separated completion counts")
+    parser.add_argument("--size", type=int, default=20_000, help="completions seeded and built")
+    parser.add_argument("--slice", type=int, default=2_500, help="completions per slice in the fanned-out build")
+    parser.add_argument("--workers", type=int, default=3, help="worker processes sharing the queue")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are printed")
+    parser.add_argument("--worker", choices=["bare", "build"], help=argparse.SUPPRESS)
+    parser.add_argument("--job", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    asyncio.run(main(sorted(int(size) for size in arguments.sizes.split(","))))
+    if arguments.worker == "bare":
+        print(json.dumps(asyncio.run(bare_worker())))
+    elif arguments.worker == "build":
+        print(json.dumps(asyncio.run(build_worker(arguments.job))))
+    else:
+        asyncio.run(main(arguments.size, arguments.slice, arguments.workers, arguments.rounds))

@@ -8,7 +8,11 @@ concurrency (8):
 - `grade()` alone per grader: `string_check` and each `text_similarity` metric but `cosine`
   (no upstream: the grader's own cost);
 - whole runs on Azurite through `EvalService` (items fixed, candidate re-run, graded, written and
-  counted): a `string_check` run and a `rouge_l` run.
+  counted): a `string_check` run and a `rouge_l` run — the goal is >= 0.3x the raw call rate;
+- the p99 latency of chat calls made on the same worker (event loop) while it grades rows of 1 MB
+  (over `EVAL_MAX_COMPARED_CHARS`: refused) and rows at that cap (scored in the metric pool) with
+  `rouge_l`, beside the same p99 on an idle worker;
+- in a fresh process, the peak RSS a run over eight 3.8 MB items adds, beside the read budget.
 
 It prints the median items/s of the rounds and each as a ratio of the raw call rate.
 """
@@ -17,12 +21,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import httpx
@@ -110,7 +118,12 @@ async def measure(azurite: Azurite, base_url: str, items: int, rounds: int) -> N
                     await rate(
                         items,
                         lambda _n, c=criterion: grade(  # type: ignore[misc]
-                            c, item=item, sample=sample, calls=calls, embeddings_deployment="none"
+                            c,
+                            item=item,
+                            sample=sample,
+                            calls=calls,
+                            metrics=services.text_metrics,
+                            embeddings_deployment="none",
                         ),
                     )
                 )
@@ -118,6 +131,7 @@ async def measure(azurite: Azurite, base_url: str, items: int, rounds: int) -> N
                 results.setdefault(f"whole run, re-run + {name}", []).append(
                     await whole_run(services, graders[name], items)
                 )
+        latencies = await chat_latency_while_grading(services, calls, rounds)
         await services.close()
     raw = statistics.median(results["raw upstream chat call"])
     print(f"{items} items per measurement, {CONCURRENCY} at a time, median of {rounds} rounds")
@@ -125,6 +139,73 @@ async def measure(azurite: Azurite, base_url: str, items: int, rounds: int) -> N
     for label, values in results.items():
         median = statistics.median(values)
         print(f"{label:<40}{median:>12.0f}{median / raw:>14.2f}")
+    idle = latencies.pop("idle")
+    print(f"\nchat-call p99 on the worker (ms), {CHAT_CALLS} calls one after another:")
+    print(f"{'while':<40}{'p99 ms':>12}{'x idle':>14}")
+    print(f"{'idle':<40}{idle * 1000:>12.2f}{1:>14.2f}")
+    for label, value in latencies.items():
+        print(f"{label:<40}{value * 1000:>12.2f}{value / idle:>14.2f}")
+
+
+CHAT_CALLS = 400
+
+
+def p99(values: list[float]) -> float:
+    return sorted(values)[min(len(values) - 1, int(len(values) * 0.99))]
+
+
+async def chat_latency_while_grading(services: Services, calls: ModelCalls, rounds: int) -> dict[str, float]:
+    """p99 of chat calls on this event loop: idle, and while rouge_l grades big rows beside them."""
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    cap = services.settings.eval_max_compared_chars
+    vocabulary = TEXT.split()
+
+    def text(chars: int, seed: int) -> str:
+        words: list[str] = []
+        size = 0
+        while size < chars:
+            word = vocabulary[(len(words) * 7 + seed + len(words) // 3) % len(vocabulary)]
+            words.append(word)
+            size += len(word) + 1
+        return " ".join(words)[:chars]
+
+    async def chats(until: asyncio.Future[Any] | None) -> list[float]:
+        latencies: list[float] = []
+        while len(latencies) < CHAT_CALLS or (until is not None and not until.done()):
+            started = time.perf_counter()
+            await calls.chat(deployment="bench", body=body)
+            latencies.append(time.perf_counter() - started)
+        return latencies
+
+    criterion = parse_testing_criteria([similarity("rouge_l")])[0]
+    variants = {"1 MB rows (refused by the cap)": 1_000_000, f"rows at the cap ({cap} chars, pool)": cap}
+    row_count = {1_000_000: CONCURRENCY, cap: 2}
+    results: dict[str, list[float]] = {"idle": []}
+    for _ in range(rounds):
+        results["idle"].append(p99(await chats(None)))
+        for label, chars in variants.items():
+            rows = [
+                ({"reference": text(chars, n)}, {"output_text": text(chars, n + 1)}) for n in range(row_count[chars])
+            ]
+            grading = asyncio.ensure_future(
+                asyncio.gather(
+                    *(
+                        grade(
+                            criterion,
+                            item=item,
+                            sample=sample,
+                            calls=calls,
+                            metrics=services.text_metrics,
+                            embeddings_deployment="none",
+                        )
+                        for item, sample in rows
+                    )
+                )
+            )
+            measured = await chats(grading)
+            await grading
+            results.setdefault(label, []).append(p99(measured))
+    return {label: statistics.median(values) for label, values in results.items()}
 
 
 async def whole_run(services: Services, criterion: dict[str, object], items: int) -> float:
@@ -165,11 +246,83 @@ async def whole_run(services: Services, criterion: dict[str, object], items: int
     return items / elapsed
 
 
+DOCUMENT_BYTES = 3_800_000
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def run_memory(connection_string: str) -> None:
+    """In a fresh process: the RSS a run over eight 3.8 MB items adds at its peak."""
+    services = Services(
+        Settings(
+            AzureWebJobsStorage=connection_string,  # type: ignore[call-arg]
+            EVALS_CONTAINER=f"bench{uuid.uuid4().hex[:8]}",
+            EVAL_JOBS_QUEUE=f"bench{uuid.uuid4().hex[:8]}",
+        )
+    )
+    await services.ensure_storage()
+    evals = services.evals
+    record = await evals.create_eval(
+        EvalCreateParams.model_validate(
+            {
+                "data_source_config": {"type": "custom", "item_schema": {"type": "object"}},
+                "testing_criteria": [
+                    {
+                        "type": "string_check",
+                        "name": "s",
+                        "input": "{{item.text}}",
+                        "reference": "a",
+                        "operation": "like",
+                    }
+                ],
+            }
+        ),
+        owner=None,
+    )
+    rows = [{"item": {"n": n, "text": f"{n} " + "word " * (DOCUMENT_BYTES // 5)}} for n in range(8)]
+    params = RunCreateParams.model_validate(
+        {"data_source": {"type": "jsonl", "source": {"type": "file_content", "content": rows}}}
+    )
+    run, _ = await evals.create_run(record.id, params, owner=None, report_base="http://bench")
+    del rows, params
+    gc.collect()
+    baseline = peak = rss_bytes()
+    sampling = True
+
+    def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, rss_bytes())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    await evals.handle(EvalJobMessage(eval_id=record.id, run_id=run.id).model_dump_json().encode(), delivery_count=1)
+    page, _ = await evals.output_items(record.id, run.id, after=None, limit=100, order="asc", status=None, owner=None)
+    sampling = False
+    sampler.join()
+    done, _ = await evals.store.read_run(record.id, run.id)
+    assert done.result_counts.total == 8, done.result_counts
+    budget = services.settings.document_read_budget_bytes
+    print(
+        f"run over 8 items of 3.8 MB, then an output-items page ({len(page)} items): RSS +{(peak - baseline) / 1e6:.0f} MB "
+        f"at peak, read budget {budget / 1e6:.0f} MB ({(peak - baseline) / budget:.1f}x)"
+    )
+    await services.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--memory-child", metavar="CONNECTION_STRING", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_child:
+        asyncio.run(run_memory(args.memory_child))
+        return
     port = free_port()
     upstream = subprocess.Popen([sys.executable, "-m", "bench.zero_upstream", str(port)])
     azurite = start_azurite()
@@ -185,6 +338,7 @@ def main() -> None:
                     raise
                 time.sleep(0.05)
         asyncio.run(measure(azurite, base_url, args.items, args.rounds))
+        subprocess.run([sys.executable, "-m", "bench.evals", "--memory-child", azurite.connection_string], check=True)
     finally:
         azurite.stop()
         upstream.terminate()

@@ -27,10 +27,6 @@ class ApiError(Exception):
         self.status = status
         self.code = code
 
-    def describe(self) -> str:
-        where = " ".join(str(part) for part in (self.status, self.code) if part)
-        return f"{self.message} ({where})" if where else self.message
-
 
 @dataclass(frozen=True)
 class Connection:
@@ -71,14 +67,24 @@ class DistilleryClient:
         raise_for_error(response)
         return response
 
-    def report(self, path: str, *, wait_seconds: float = REPORT_WAIT_SECONDS) -> Any:
+    def report(
+        self,
+        path: str,
+        *,
+        wait_seconds: float = REPORT_WAIT_SECONDS,
+        on_pending: Callable[[], None] = lambda: None,
+    ) -> Any:
         """A report route's answer. Before the first report exists the service answers 202 and builds it
-        on its queue: poll as its `retry-after` asks, up to `wait_seconds`."""
+        on its queue: call `on_pending` once, then poll as its `retry-after` asks, up to `wait_seconds`."""
         deadline = time.monotonic() + wait_seconds
+        pending = False
         while True:
             response = self._send("GET", path)
             if response.status_code != 202:
                 return _decoded(response)
+            if not pending:
+                pending = True
+                on_pending()
             if time.monotonic() >= deadline:
                 raise ApiError(
                     f"The service is still building its first report at {path}; try again in a minute.",
@@ -161,7 +167,9 @@ def raise_for_error(response: httpx.Response) -> None:
 
 def unreachable(url: str, exc: httpx.TransportError) -> ApiError:
     """A transport failure, named by its kind only (its text can carry the request's details)."""
-    return ApiError(f"Could not reach {url} ({type(exc).__name__}). Is the service running? Check --url.")
+    return ApiError(
+        f"Could not reach {url} ({type(exc).__name__}). Is the service running? Check --url.", code="unreachable"
+    )
 
 
 def _without_none(params: dict[str, Any]) -> dict[str, Any]:

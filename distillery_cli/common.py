@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from contextlib import ExitStack
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import typer
@@ -13,19 +14,75 @@ from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
+from rich.text import Text
 
 from distillery_cli.client import Connection, DistilleryClient
 
+# The exit codes of every command (README "Exit codes" shows this table; tests/cli/test_main.py checks it).
+EXIT_OK = 0
 EXIT_API_ERROR = 1
-"""The service refused or failed the request (its message is printed), or could not be reached."""
+"""The service failed (5xx, 429, a first report still pending, an answer that is not JSON or not plausible),
+could not be reached, or a local file could not be read or written; a job is not finished or a delete was
+declined: the same command may succeed later."""
 EXIT_USAGE = 2
-"""A bad flag or argument (the same code click gives its own usage errors)."""
+"""The command must change: a bad option or argument (click's own usage errors give 2 too), or the service
+rejected the request (every other 4xx: invalid body, unknown id, wrong key, no right to it)."""
 EXIT_PROBLEMS = 3
-"""check-file found bad lines, a waited-for job failed or was cancelled, or health found a failed probe."""
+"""The command ran and found problems: check-file found bad lines, a waited-for job failed or was cancelled,
+or health found a failed probe. With --json the result is on stdout as usual."""
+
+
+class CommandFailed(Exception):
+    """A command that cannot go on: printed as `Error: message` on stderr, or with --json as an
+    OpenAI-shaped error object on stdout (`error_document`), then exit `exit_code`."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        exit_code: int = EXIT_API_ERROR,
+        type: str = "error",
+        code: str | None = None,
+        status: int | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+        self.type = type
+        self.code = code
+        self.status = status
+        self.param = param
+
+
+def error_document(failure: CommandFailed) -> dict[str, Any]:
+    """What --json prints for a failure: the service's error shape, plus the HTTP status and the exit code."""
+    return {
+        "error": {
+            "message": failure.message,
+            "type": failure.type,
+            "param": failure.param,
+            "code": failure.code,
+            "status": failure.status,
+            "exit_code": failure.exit_code,
+        }
+    }
+
 
 POLL_SECONDS = 0.5
 
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
+
+def _json_wanted(ctx: typer.Context, value: bool) -> bool:
+    """--json after the command, or before it (`distillery --json quota`)."""
+    return value or bool(ctx.find_root().params.get("json_output"))
+
+
+Json = Annotated[
+    bool,
+    typer.Option(
+        "--json", callback=_json_wanted, help='Print JSON for scripts instead of tables (errors too: {"error": …}).'
+    ),
+]
 Model = Annotated[str | None, typer.Option("--model", help="Deployment or reported model name.")]
 Metadata = Annotated[
     list[str] | None,
@@ -50,31 +107,67 @@ def client(ctx: typer.Context) -> DistilleryClient:
     return made
 
 
-# Markup is off: completions, metadata and error messages are the callers' text ("[offline-echo] …"),
-# never rich markup. Colour goes through `style=` instead.
+# Stored content is anyone's text: an escape sequence in it would drive the reader's terminal (OSC 52
+# writes the clipboard, CSI 2J clears the screen, OSC 8 hides a link). C0 and C1 controls but tab and
+# newline, DEL, and the bidirectional overrides that reorder what is shown, are printed as escapes.
+_CONTROLS = (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0))
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_ESCAPES = {c: f"\\x{c:02x}" for c in _CONTROLS} | {c: f"\\u{c:04x}" for c in _BIDI}
+# json.dumps already writes C0 controls as \u00XX; DEL, C1 and bidi controls it leaves as they are.
+_JSON_ESCAPES = {c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0), *_BIDI)}
+
+
+def printable(text: str) -> str:
+    """`text` with every character that could control the terminal written as a visible escape (`\\x1b`)."""
+    return text.translate(_ESCAPES)
+
+
+def _printable_cell(cell: Any) -> Any:
+    if isinstance(cell, str):
+        return printable(cell)
+    if isinstance(cell, Text):
+        return Text(printable(cell.plain), style=cell.style)
+    return cell
+
+
+class _Terminal(Console):
+    """A console that prints strings only through `printable`. Markup is off: completions, metadata and
+    error messages are the callers' text ("[offline-echo] …"), never rich markup; colour goes through `style=`."""
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        super().print(*(_printable_cell(item) for item in objects), **options)
+
+
+class _Table(Table):
+    """A table whose cells go through `printable`."""
+
+    def add_row(self, *renderables: Any, **options: Any) -> None:
+        super().add_row(*(_printable_cell(cell) for cell in renderables), **options)
+
+
 def stdout() -> Console:
-    return Console(highlight=False, soft_wrap=True, markup=False)
+    return _Terminal(highlight=False, soft_wrap=True, markup=False)
 
 
 def stderr() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+    return _Terminal(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def table(*columns: str | Column) -> Table:
     """A compact table: header rule only, so ids and hashes keep their width."""
-    return Table(*columns, box=box.SIMPLE_HEAD, pad_edge=False)
+    return _Table(*columns, box=box.SIMPLE_HEAD, pad_edge=False)
 
 
 def fact_grid() -> Table:
     """A two-column grid of names and values."""
-    grid = Table.grid(padding=(0, 2))
+    grid = _Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
     return grid
 
 
 def print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False).translate(_JSON_ESCAPES))
 
 
 def parse_pairs(pairs: list[str] | None, option: str = "--metadata") -> dict[str, str]:
@@ -101,7 +194,7 @@ def parse_time(value: str | None, option: str) -> int | None:
             f"'{value}' is neither Unix seconds nor an ISO 8601 date.", param_hint=option
         ) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+        moment = moment.replace(tzinfo=timezone.utc)
     return int(moment.timestamp())
 
 
@@ -127,13 +220,29 @@ def completion_query(selection: dict[str, Any]) -> list[tuple[str, Any]]:
 def when(unix: int | float | None) -> str:
     if unix is None:
         return "-"
-    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(unix, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def problems(message: str) -> typer.Exit:
     """Print why the command found problems and the exit that says so."""
     stderr().print(message, style="red")
     return typer.Exit(EXIT_PROBLEMS)
+
+
+def first_report(api: DistilleryClient, path: str) -> Any:
+    """A report, telling on stderr while the service builds its first one (up to two minutes): a spinner
+    on a terminal, one plain line otherwise (a log or a pipe gets no spinner frames)."""
+    console = stderr()
+    message = f"The service is building its first report at {path}; this can take up to two minutes…"
+    with ExitStack() as shown:
+
+        def pending() -> None:
+            if console.is_terminal:
+                shown.enter_context(console.status(message))
+            else:
+                console.print(message)
+
+        return api.report(path, on_pending=pending)
 
 
 def wait_until(
@@ -145,7 +254,7 @@ def wait_until(
     """Poll a job until `finished`, showing (description, done, total) on stderr; the last state."""
     columns = (
         SpinnerColumn(),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -155,7 +264,7 @@ def wait_until(
         while True:
             state = poll()
             description, done, total = progress(state)
-            bar.update(task, description=description, completed=done, total=total)
+            bar.update(task, description=printable(description), completed=done, total=total)
             if finished(state):
                 if total is None:
                     bar.update(task, total=done)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Column
+from rich.table import Column, Table
 
 from distillery_cli.client import COMPLETIONS_PATH, PAGE_LIMIT
 from distillery_cli.common import (
-    EXIT_API_ERROR,
+    CommandFailed,
     CreatedAfter,
     CreatedBefore,
     Json,
@@ -52,6 +52,33 @@ def _pairs(metadata: dict[str, str] | None, separator: str = ", ") -> str:
     return separator.join(f"{key}={value}" for key, value in (metadata or {}).items())
 
 
+_GAP = 3
+"""Columns of `table()` are this far apart."""
+_ANSWER_MIN = 20
+
+
+def _listing(found: list[dict[str, Any]], width: int) -> Table:
+    """The list's table for a terminal `width` wide: the id and the answer always, then created, model and
+    metadata while their widest cell still fits (an 80-column terminal keeps one line per completion)."""
+    id_width = max((len(c["id"]) for c in found), default=2)
+    pairs = [f"{key}={value}" for c in found for key, value in (c.get("metadata") or {}).items()]
+    optional = [
+        (Column("created (UTC)", no_wrap=True), 19),
+        (Column("model", no_wrap=True), max((len(str(c.get("model", ""))) for c in found), default=5)),
+        (Column("metadata", overflow="fold"), min(40, max(map(len, pairs), default=8))),
+    ]
+    used = id_width + _GAP + _ANSWER_MIN
+    shown = []
+    for column, needed in optional:
+        if used + _GAP + needed <= width:
+            used += _GAP + needed
+            column.min_width = needed
+            shown.append(column)
+    return table(
+        Column("id", no_wrap=True, min_width=id_width), *shown, Column("answer", ratio=1, min_width=_ANSWER_MIN)
+    )
+
+
 @app.command("list")
 def list_completions(
     ctx: typer.Context,
@@ -80,23 +107,21 @@ def list_completions(
     if json_output:
         print_json({"object": "list", "data": found, "has_more": more})
         return
-    pairs = [f"{key}={value}" for c in found for key, value in (c.get("metadata") or {}).items()]
-    listing = table(
-        Column("id", no_wrap=True, min_width=max((len(c["id"]) for c in found), default=2)),
-        Column("created (UTC)", no_wrap=True),
-        Column("model", no_wrap=True),
-        Column("metadata", overflow="fold", min_width=min(40, max(map(len, pairs), default=8))),
-        Column("answer", ratio=1, min_width=24),
-    )
-    for completion in found:
-        listing.add_row(
-            completion["id"],
-            when(completion.get("created")),
-            completion.get("model", ""),
-            _pairs(completion.get("metadata"), "\n"),
-            _short(answer_text(completion)),
-        )
-    stdout().print(listing)
+    console = stdout()
+    listing = _listing(found, console.width)
+    cells = [
+        {
+            "id": completion["id"],
+            "created (UTC)": when(completion.get("created")),
+            "model": completion.get("model", ""),
+            "metadata": _pairs(completion.get("metadata"), "\n"),
+            "answer": _short(answer_text(completion)),
+        }
+        for completion in found
+    ]
+    for row in cells:
+        listing.add_row(*(row[str(column.header)] for column in listing.columns))
+    console.print(listing)
     note = f"{len(found)} completion(s)"
     if found and more:
         note += f"; more: --after {found[-1]['id']}"
@@ -143,8 +168,7 @@ def delete_completion(
 ) -> None:
     """Delete a stored completion (its document and index rows)."""
     if not yes and not typer.confirm(f"Delete {completion_id}?", err=True):
-        stderr().print("Nothing deleted.")
-        raise typer.Exit(EXIT_API_ERROR)
+        raise CommandFailed("Nothing deleted: the deletion was not confirmed.", code="not_confirmed")
     deleted = client(ctx).delete(f"{COMPLETIONS_PATH}/{completion_id}")
     if json_output:
         print_json(deleted)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from distillery_cli.client import DistilleryClient
+from distillery_cli.client import ApiError, DistilleryClient
 from distillery_cli.common import (
-    EXIT_API_ERROR,
+    CommandFailed,
     CreatedAfter,
     CreatedBefore,
     Json,
@@ -35,6 +36,8 @@ app = typer.Typer(help="Build JSONL datasets from stored completions, and downlo
 
 FINISHED = ("succeeded", "failed")
 MANIFEST = "manifest.json"
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A dataset file name as the service writes them (train.jsonl): no separator, no `..`, no drive, not absolute."""
 
 
 def _path(dataset_id: str) -> str:
@@ -67,6 +70,7 @@ def _show(job: dict[str, Any]) -> None:
         "finished (UTC)": when(job.get("finished_at")),
         "selected / written": f"{counts.get('selected', 0)} / {counts.get('written', 0)}",
         "skipped": ", ".join(f"{reason}={n}" for reason, n in skipped.items() if n) or "-",
+        "rebuilds": job.get("rebuilds", 0),
     }
     if job.get("error"):
         rows["error"] = f"{job['error'].get('code')}: {job['error'].get('message')}"
@@ -149,6 +153,15 @@ def show_dataset(
         _show(job)
 
 
+def _plain_name(name: Any) -> str:
+    """A file name from the service, refused unless it is a plain name: the files land under --out only."""
+    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
+        raise ApiError(
+            f"The service named a dataset file {name!r}, which is not a plain file name; nothing was written."
+        )
+    return name
+
+
 @app.command("download")
 def download_dataset(
     ctx: typer.Context,
@@ -161,13 +174,12 @@ def download_dataset(
     api = client(ctx)
     job = wait_for_dataset(api, dataset_id) if wait else api.get(_path(dataset_id))
     if job["status"] == "failed":
-        raise problems(f"dataset {dataset_id} failed: {(job.get('error') or {}).get('message')}")
+        _finish(job, json_output)
     if job["status"] != "succeeded":
-        stderr().print(f"dataset {dataset_id} is {job['status']}, not finished: pass --wait", style="red")
-        raise typer.Exit(EXIT_API_ERROR)
+        raise CommandFailed(f"dataset {dataset_id} is {job['status']}, not finished: pass --wait", code="not_finished")
+    expected = {_plain_name(file["name"]): file for file in job["files"]}
     directory = out or Path(dataset_id)
     directory.mkdir(parents=True, exist_ok=True)
-    expected = {file["name"]: file for file in job["files"]}
     saved = []
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=stderr()) as progress:
@@ -183,10 +195,10 @@ def download_dataset(
                     progress.advance(task, len(chunk))
             if name in expected and expected[name].get("sha256") and digest.hexdigest() != expected[name]["sha256"]:
                 partial.unlink()
-                stderr().print(
-                    f"{name}: sha256 {digest.hexdigest()} is not the dataset's {expected[name]['sha256']}", style="red"
+                raise CommandFailed(
+                    f"{name}: sha256 {digest.hexdigest()} is not the dataset's {expected[name]['sha256']}",
+                    code="checksum_mismatch",
                 )
-                raise typer.Exit(EXIT_API_ERROR)
             partial.replace(target)
             saved.append(
                 {"name": name, "path": str(target), "bytes": target.stat().st_size, "sha256": digest.hexdigest()}
@@ -195,6 +207,6 @@ def download_dataset(
         print_json({"dataset": dataset_id, "files": saved})
         return
     listing = table("file", "bytes", "sha256")
-    for file in saved:
-        listing.add_row(file["path"], str(file["bytes"]), file["sha256"])
+    for row in saved:
+        listing.add_row(row["path"], str(row["bytes"]), row["sha256"])
     stdout().print(listing)

@@ -12,6 +12,7 @@ import typer
 from distillery_cli.client import DistilleryClient
 from distillery_cli.common import (
     EXIT_USAGE,
+    CommandFailed,
     CreatedAfter,
     CreatedBefore,
     Json,
@@ -74,8 +75,9 @@ def _rows(path: Path) -> list[dict[str, Any]]:
         try:
             row = json.loads(line)
         except ValueError:
-            stderr().print(f"{path}:{number}: not JSON", style="red")
-            raise typer.Exit(EXIT_USAGE) from None
+            raise CommandFailed(
+                f"{path}:{number}: not JSON", exit_code=EXIT_USAGE, type="usage_error", param="--data"
+            ) from None
         rows.append(row if isinstance(row, dict) and "item" in row else {"item": row})
     return rows
 

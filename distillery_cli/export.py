@@ -18,6 +18,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from distillery_cli.client import COMPLETIONS_PATH, PAGE_LIMIT
 from distillery_cli.common import (
     EXIT_USAGE,
+    CommandFailed,
     CreatedAfter,
     CreatedBefore,
     Json,
@@ -63,10 +64,12 @@ def resume_point(path: Path) -> str | None:
     except (ValueError, TypeError, KeyError):
         completion_id = None
     if not isinstance(completion_id, str):
-        stderr().print(
-            f"{path} does not end with an exported completion; choose another --out or pass --restart.", style="red"
+        raise CommandFailed(
+            f"{path} does not end with an exported completion; choose another --out or pass --restart.",
+            exit_code=EXIT_USAGE,
+            type="usage_error",
+            param="--out",
         )
-        raise typer.Exit(EXIT_USAGE)
     return completion_id
 
 

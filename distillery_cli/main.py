@@ -1,12 +1,13 @@
 """The `distillery` command: a thin client of a Distillery deployment's HTTP API.
 
-Exit codes: 0 ok; 1 the API answered an error (its message is printed) or could not be reached;
-2 usage error; 3 check-file found problems, a waited-for job failed, or health found a failed probe.
+Exit codes: one table for every command, in `common` (EXIT_*) and the README.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,14 +16,17 @@ import typer
 from rich.text import Text
 from typer.core import TyperGroup
 
-from distillery_cli import completions, datasets, evals, finetune
+from distillery_cli import aliases, completions, datasets, evals, finetune
 from distillery_cli.client import DEFAULT_URL, ApiError, Connection
 from distillery_cli.common import (
     EXIT_API_ERROR,
     EXIT_USAGE,
+    CommandFailed,
     Json,
     client,
+    error_document,
     fact_grid,
+    first_report,
     print_json,
     problems,
     stderr,
@@ -31,22 +35,84 @@ from distillery_cli.common import (
 )
 from distillery_cli.export import export
 
+_json_errors: ContextVar[bool] = ContextVar("json_errors", default=False)
+"""Whether this invocation asked for --json anywhere (before `--`): then failures are JSON too."""
+
+
+def _failure(error: Any) -> CommandFailed:
+    """Every way a command can fail, as one `CommandFailed` with its exit code from the table."""
+    if isinstance(error, CommandFailed):
+        return error
+    if isinstance(error, ApiError):
+        rejected = error.status is not None and 400 <= error.status < 500 and error.status != 429
+        return CommandFailed(
+            error.message,
+            exit_code=EXIT_USAGE if rejected else EXIT_API_ERROR,
+            type="invalid_request_error"
+            if rejected
+            else "connection_error"
+            if error.code == "unreachable"
+            else "api_error",
+            code=error.code,
+            status=error.status,
+        )
+    if isinstance(error, httpx.HTTPError):
+        return CommandFailed(f"the request failed ({type(error).__name__}).", type="connection_error")
+    if _is_click_error(error):
+        param = error.param_hint if isinstance(error, typer.BadParameter) else None
+        return CommandFailed(
+            error.format_message(),
+            exit_code=error.exit_code,
+            type="usage_error" if error.exit_code == EXIT_USAGE else "error",
+            param=param if isinstance(param, str) else None,
+        )
+    assert isinstance(error, OSError)
+    return CommandFailed(f"{error.strerror or type(error).__name__}: {error.filename or ''}", type="file_error")
+
+
+def _is_click_error(error: BaseException) -> Any:
+    """click's own errors (a bad option, a missing argument): typer carries its own click, whose exceptions
+    are TyperExceptions with an exit code and a message. Exit and Abort are TyperExceptions too, not errors."""
+    return (
+        isinstance(error, typer.TyperException)
+        and not isinstance(error, typer.Exit | typer.Abort)
+        and hasattr(error, "format_message")
+    )
+
+
+@contextmanager
+def _failures_reported() -> Iterator[None]:
+    """A failure becomes its message (or --json error object) and its exit code, never a traceback."""
+    try:
+        yield
+    except typer.TyperException as error:
+        if not _is_click_error(error) or not _json_errors.get():
+            raise  # click prints the usage line and the hint, and exits 2
+        failure = _failure(error)
+        print_json(error_document(failure))
+        raise typer.Exit(failure.exit_code) from None
+    except (CommandFailed, ApiError, httpx.HTTPError, OSError) as error:
+        failure = _failure(error)
+        if _json_errors.get():
+            print_json(error_document(failure))
+        else:
+            where = " ".join(str(part) for part in (failure.status, failure.code) if part)
+            stderr().print(f"Error: {failure.message}" + (f" ({where})" if where else ""), style="red")
+        raise typer.Exit(failure.exit_code) from None
+
 
 class _Commands(TyperGroup):
-    """Turns an API error into its message and exit 1, never a traceback."""
+    """Reports every failure (parsing the command line included) through `_failures_reported`."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        if parent is None:
+            _json_errors.set("--json" in (args[: args.index("--")] if "--" in args else args))
+        with _failures_reported():
+            return super().make_context(info_name, args, parent=parent, **extra)
 
     def invoke(self, ctx: Any) -> Any:
-        try:
+        with _failures_reported():
             return super().invoke(ctx)
-        except ApiError as error:
-            stderr().print(f"Error: {error.describe()}", style="red")
-            raise typer.Exit(EXIT_API_ERROR) from None
-        except httpx.HTTPError as error:
-            stderr().print(f"Error: the request failed ({type(error).__name__}).", style="red")
-            raise typer.Exit(EXIT_API_ERROR) from None
-        except OSError as error:
-            stderr().print(f"Error: {error.strerror or type(error).__name__}: {error.filename or ''}", style="red")
-            raise typer.Exit(EXIT_API_ERROR) from None
 
 
 app = typer.Typer(
@@ -61,6 +127,7 @@ app.add_typer(completions.app, name="completions")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(evals.app, name="eval")
 app.add_typer(finetune.app, name="finetune")
+app.add_typer(aliases.app, name="alias")
 app.command("export")(export)
 
 
@@ -70,8 +137,9 @@ def entra_token_provider(scope: str) -> Callable[[], str]:
         from azure.core.exceptions import ClientAuthenticationError
         from azure.identity import DefaultAzureCredential, get_bearer_token_provider
     except ImportError:
-        stderr().print("--entra needs azure-identity: pip install 'distillery[entra]'", style="red")
-        raise typer.Exit(EXIT_USAGE) from None
+        raise CommandFailed(
+            "--entra needs azure-identity: pip install 'distillery[entra]'", exit_code=EXIT_USAGE
+        ) from None
     provider = get_bearer_token_provider(DefaultAzureCredential(), scope)
 
     def token() -> str:
@@ -106,6 +174,9 @@ def connect(
         ),
     ] = None,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for each HTTP answer.")] = 60.0,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print JSON for scripts, errors too (the same as --json after the command).")
+    ] = False,
 ) -> None:
     """Connect to a Distillery deployment (`make run` locally, or Azure) by URL and key or Entra token."""
     token = None
@@ -121,7 +192,7 @@ def connect(
 @app.command("quota")
 def quota(ctx: typer.Context, json_output: Json = False) -> None:
     """The storage quota report: used against the cap, breakdowns and the projected full date."""
-    report = client(ctx).report("/api/quota")
+    report = first_report(client(ctx), "/api/quota")
     if json_output:
         print_json(report)
         return
@@ -154,7 +225,7 @@ def health(ctx: typer.Context, json_output: Json = False) -> None:
     """
     api = client(ctx)
     ready = api.get("/api/health")
-    report = api.report("/api/health/permissions")
+    report = first_report(api, "/api/health/permissions")
     if json_output:
         print_json({"status": ready.get("status"), "upstream": ready.get("upstream"), "permissions": report})
     else:

@@ -23,8 +23,11 @@ param principalType string = 'User'
 @description('Azure OpenAI endpoint to proxy, e.g. https://myaccount.openai.azure.com/; empty when OPENAI_BASE_URL is used or for the offline model.')
 param azureOpenAiEndpoint string = ''
 
-@description('Resource id of that existing Azure OpenAI account; when set, the app (and principalId) get Cognitive Services OpenAI Contributor on it (calls, fine-tuning, and deploying fine-tuned models).')
+@description('Resource id of that existing Azure OpenAI account; when set, the app (and principalId) get Cognitive Services OpenAI User on it, or Contributor with enableFineTuning.')
 param azureOpenAiResourceId string = ''
+
+@description('Fine-tune and deploy students on that account: grants Cognitive Services OpenAI Contributor instead of OpenAI User.')
+param enableFineTuning bool = false
 
 @description('Azure OpenAI data-plane API version the proxy calls.')
 param azureOpenAiApiVersion string = '2024-10-21'
@@ -78,6 +81,9 @@ param datasetMaxExampleTokens int = 65536
 @description('Embeddings deployment the cosine text-similarity grader calls.')
 param evalEmbeddingsDeployment string = 'text-embedding-3-large'
 
+@description('Deployment of the score_model judge the automatic student/teacher comparison adds (empty: no judge).')
+param comparisonJudgeDeployment string = ''
+
 @description('Tokens an eval run may use (candidate and grader calls) unless the run sets max_total_tokens.')
 param evalDefaultTokenCap int = 2000000
 
@@ -90,7 +96,7 @@ param ownerScoping bool = false
 @description('Request bodies larger than this are refused with 413 before any upstream call.')
 param maxBodyBytes int = 4194304
 
-@description('Turn on App Service Authentication with Microsoft Entra ID in front of every route but /api/health.')
+@description('Turn on App Service Authentication with Microsoft Entra ID in front of every route but /, /pane/* and /api/health (no data there).')
 param enableEntraAuth bool = false
 
 @description('Application (client) id of the Entra app registration that callers request tokens for; required with enableEntraAuth.')
@@ -133,6 +139,7 @@ var containers = {
   reports: 'reports'
   evals: 'evals'
   fineTuning: 'finetuning'
+  aliases: 'aliases'
   deployment: 'deploymentpackage'
 }
 var completionIndexTable = 'completionindex'
@@ -171,7 +178,7 @@ module storage 'app/storage.bicep' = {
     name: names.storage
     location: location
     tags: tags
-    containerNames: [containers.completions, containers.datasets, containers.reports, containers.evals, containers.fineTuning, containers.deployment]
+    containerNames: [containers.completions, containers.datasets, containers.reports, containers.evals, containers.fineTuning, containers.aliases, containers.deployment]
     tableNames: [completionIndexTable]
     recoveryDays: recoveryDays
   }
@@ -227,6 +234,7 @@ module roles 'app/roles.bicep' = {
     storageAccountName: storage.outputs.name
     serviceBusNamespaceName: serviceBus.outputs.name
     serviceBusQueueNames: serviceBus.outputs.queueNames
+    queueScalingPrincipals: appPrincipals
     applicationInsightsName: monitoring.outputs.applicationInsightsName
   }
 }
@@ -238,6 +246,7 @@ module openAiRoles 'app/roles.bicep' = if (hasOpenAiAccount) {
   params: {
     principals: concat(appPrincipals, developerPrincipals)
     openAiAccountName: hasOpenAiAccount ? last(openAiIdParts) : ''
+    openAiFineTuning: enableFineTuning
   }
 }
 
@@ -266,8 +275,10 @@ module api 'app/api.bicep' = {
     evalsContainerName: containers.evals
     evalJobsQueueName: queues.evalJobs
     evalEmbeddingsDeployment: evalEmbeddingsDeployment
+    comparisonJudgeDeployment: comparisonJudgeDeployment
     evalDefaultTokenCap: evalDefaultTokenCap
     fineTuningContainerName: containers.fineTuning
+    aliasesContainerName: containers.aliases
     fineTuningJobsQueueName: queues.fineTuningJobs
     fineTuningTrackSchedule: fineTuningTrackSchedule
     fineTuningDeploymentSku: fineTuningDeploymentSku
@@ -293,11 +304,19 @@ module api 'app/api.bicep' = {
     ownerScoping: ownerScoping
     maxBodyBytes: maxBodyBytes
     enableEntraAuth: enableEntraAuth
-    authClientId: authClientId
-    authTenantId: authTenantId
   }
   // The host reads its deployment package and storage with these roles from its first start.
   dependsOn: [roles]
+}
+
+module auth 'app/auth.bicep' = if (enableEntraAuth) {
+  name: 'auth'
+  scope: rg
+  params: {
+    siteName: api.outputs.name
+    clientId: authClientId
+    tenantId: authTenantId
+  }
 }
 
 output AZURE_LOCATION string = location

@@ -60,6 +60,11 @@ class LocalBlobEvents:
         with contextlib.suppress(ResourceExistsError):
             await self._queue.create_queue()
 
+    async def close(self) -> None:
+        """Let the events being posted finish, then close the queue client."""
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._queue.close()
+
     def captured(self, completion_id: str) -> None:
         task = asyncio.get_running_loop().create_task(self._post(completion_id))
         self._pending.add(task)

@@ -3,7 +3,10 @@
 - HTTP triggers become Starlette routes with the same paths (`host.json` sets an empty prefix).
 - Service Bus queue triggers are fed from an Azurite storage queue of the same name, with Service
   Bus's delivery rules: a failed delivery is retried after a delay, and after `max_delivery_count`
-  attempts the message moves to `<queue>-deadletter` with the reason.
+  attempts the message moves to `<queue>-deadletter` with the reason. Each host runs up to
+  `concurrency` deliveries and takes a new message as soon as one ends; a running delivery's lock is
+  renewed (as the Functions host does), so several hosts can share one queue as competing consumers
+  and a killed host's messages reappear for another host once their lock runs out.
 - Timer triggers fire on their NCRONTAB schedules (`past_due` set when a tick fires late).
 - `GET /admin/functions` lists functions and `POST /admin/functions/{name}` runs a non-HTTP one now,
   like the host's admin API.
@@ -60,6 +63,7 @@ class QueueRules:
 
     max_delivery_count: int = 5
     lock_seconds: int = 300
+    """A delivery holds its message this long past its last lock renewal (Service Bus `lockDuration`)."""
     retry_seconds: float = 1.0
     concurrency: int = 4
     idle_poll_seconds: float = 0.2
@@ -71,6 +75,14 @@ async def invoke(function: func.decorators.function_app.Function, value: Any) ->
     trigger = function.get_trigger()
     result = user_function(**{trigger.name: value})
     return await result if inspect.isawaitable(result) else result
+
+
+class _HeldMessage:
+    """A message being delivered, with its latest pop receipt (a lock renewal replaces it)."""
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+        self.lock = asyncio.Lock()
 
 
 class QueueWorker:
@@ -86,22 +98,37 @@ class QueueWorker:
         for queue in (self.queue, self.deadletter):
             with contextlib.suppress(ResourceExistsError):
                 await queue.create_queue()
-        while True:
-            messages = [
-                message
-                async for message in self.queue.receive_messages(
-                    messages_per_page=self.rules.concurrency,
-                    max_messages=self.rules.concurrency,
-                    visibility_timeout=self.rules.lock_seconds,
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                free = self.rules.concurrency - len(running)
+                # a many-message trigger takes one delivery slot per batch of up to `concurrency` messages
+                messages = [] if free == 0 else await self._receive(self.rules.concurrency if self.batched else free)
+                deliveries = (
+                    ([self.deliver_batch(messages)] if messages else [])
+                    if self.batched
+                    else [self.deliver(message) for message in messages]
                 )
-            ]
-            if not messages:
-                await asyncio.sleep(self.rules.idle_poll_seconds)
-                continue
-            if self.batched:
-                await self.deliver_batch(messages)
-            else:
-                await asyncio.gather(*(self.deliver(message) for message in messages))
+                for delivery in deliveries:
+                    task = asyncio.create_task(delivery)
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if free == 0:
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                elif not messages:
+                    await asyncio.sleep(self.rules.idle_poll_seconds)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _receive(self, count: int) -> list[Any]:
+        return [
+            message
+            async for message in self.queue.receive_messages(
+                messages_per_page=count, max_messages=count, visibility_timeout=self.rules.lock_seconds
+            )
+        ]
 
     @property
     def batched(self) -> bool:
@@ -109,12 +136,52 @@ class QueueWorker:
         return str(getattr(self.function.get_trigger(), "cardinality", "") or "").lower().endswith("many")
 
     async def deliver_batch(self, messages: list[Any]) -> None:
+        """Run one batch delivery, renewing every message's lock while it runs; as Service Bus does, a failure
+        delivers the whole batch again."""
+        helds = [_HeldMessage(message) for message in messages]
+        renewing = [asyncio.create_task(self._renew_lock(held)) for held in helds]
         try:
-            await invoke(self.function, [self._delivery(message) for message in messages])
-        except Exception as exc:  # noqa: BLE001 - as Service Bus does: the whole batch is delivered again
-            await asyncio.gather(*(self._settle_failure(message, exc) for message in messages))
+            try:
+                await invoke(self.function, [self._delivery(held.message) for held in helds])
+            except Exception as exc:  # noqa: BLE001 - retried or dead-lettered message by message
+                await asyncio.gather(*(self._settle_held(held, exc) for held in helds))
+            else:
+                await asyncio.gather(*(self._settle_held(held, None) for held in helds))
+        finally:
+            for task in renewing:
+                task.cancel()
+            await asyncio.gather(*renewing, return_exceptions=True)
+
+    async def _settle_held(self, held: _HeldMessage, exc: Exception | None) -> None:
+        async with held.lock:
+            if exc is None:
+                await self.queue.delete_message(held.message)
+            else:
+                await self._settle_failure(held.message, exc)
+
+    async def deliver(self, message: Any) -> None:
+        """Run one delivery, renewing its lock while it runs; each renewal gives the message a new receipt."""
+        held = _HeldMessage(message)
+        renewing = asyncio.create_task(self._renew_lock(held))
+        try:
+            await self._deliver(held)
+        finally:
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
+
+    async def _renew_lock(self, held: _HeldMessage) -> None:
+        while True:
+            await asyncio.sleep(self.rules.lock_seconds / 3)
+            async with held.lock:
+                held.message = await self.queue.update_message(held.message, visibility_timeout=self.rules.lock_seconds)
+
+    async def _deliver(self, held: _HeldMessage) -> None:
+        try:
+            await invoke(self.function, self._delivery(held.message))
+        except Exception as exc:  # noqa: BLE001 - a failed delivery is retried or dead-lettered, as Service Bus does
+            await self._settle_held(held, exc)
         else:
-            await asyncio.gather(*(self.queue.delete_message(message) for message in messages))
+            await self._settle_held(held, None)
 
     @staticmethod
     def _delivery(message: Any) -> ServiceBusMessage:
@@ -128,14 +195,6 @@ class QueueWorker:
             application_properties=properties,
             user_properties={},
         )
-
-    async def deliver(self, message: Any) -> None:
-        try:
-            await invoke(self.function, self._delivery(message))
-        except Exception as exc:  # noqa: BLE001 - a failed delivery is retried or dead-lettered, as Service Bus does
-            await self._settle_failure(message, exc)
-        else:
-            await self.queue.delete_message(message)
 
     async def _settle_failure(self, message: Any, exc: Exception) -> None:
         name = self.function.get_function_name()
@@ -193,8 +252,12 @@ def build_host(
     run_timers: bool = True,
     run_queues: bool = True,
     on_startup: Callable[[], Any] | None = None,
+    on_shutdown: Callable[[], Any] | None = None,
 ) -> Starlette:
-    """An ASGI app serving `app`'s functions; background delivery starts with its lifespan."""
+    """An ASGI app serving `app`'s functions; background delivery starts with its lifespan.
+
+    `on_shutdown` runs after delivery stops, so the app's clients are closed once nothing uses them.
+    """
     functions = {function.get_function_name(): function for function in app.get_functions()}
     rules = queue_rules or QueueRules()
     routes = [
@@ -232,6 +295,8 @@ def build_host(
             await asyncio.gather(*tasks, return_exceptions=True)
             if service is not None:
                 await service.close()
+            if on_shutdown is not None:
+                await on_shutdown()
 
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: _unrouted, 405: _unrouted})
 

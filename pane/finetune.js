@@ -2,6 +2,7 @@
 // training loss), cancel it, and deploy the student (or register a deployment made elsewhere).
 
 import { del, get, post } from "./api.js";
+import { comparisonCard } from "./comparison.js";
 import { confirmDialog, h, number, replace, statusBadge, svg, when } from "./dom.js";
 import { dialogShell, field } from "./jobs.js";
 
@@ -126,6 +127,7 @@ async function renderJob(main, id, ctx) {
   const events = h("div", { class: "events" });
   const deployments = h("div", { class: "deployments" });
   const controls = h("div", { class: "controls" });
+  const comparisons = h("div", { class: "comparisons" });
   const view = h(
     "section",
     { class: "view fine-tuning-job", "aria-labelledby": "ft-job-title" },
@@ -133,10 +135,12 @@ async function renderJob(main, id, ctx) {
     h("h1", { id: "ft-job-title" }, "Fine-tuning job ", h("code", {}, id)),
     h("article", { class: "card" }, status, controls, loss),
     h("article", { class: "card", "aria-labelledby": "ft-deployments-title" }, h("h2", { id: "ft-deployments-title" }, "Deployments"), deployments),
+    comparisons,
     h("article", { class: "card", "aria-labelledby": "ft-events-title" }, h("h2", { id: "ft-events-title" }, "Events"), events),
   );
   replace(main, view);
   let drawnStatus = null;
+  let drawnComparisons = null;
   const refresh = async () => {
     job = await get(jobPath(id));
     draw();
@@ -146,6 +150,13 @@ async function renderJob(main, id, ctx) {
     replace(loss, lossChart(job));
     drawEvents(events, job);
     drawDeployments(deployments, job, ctx, refresh);
+    // A comparison card follows its own runs: redrawn only when a deployment gets (another) comparison.
+    const judged = (job.deployments || []).filter((d) => d.comparison && d.provisioning_state !== "Deleted");
+    const key = JSON.stringify(judged.map((d) => [d.name, d.comparison]));
+    if (drawnComparisons !== key) {
+      drawnComparisons = key;
+      replace(comparisons, judged.map(comparisonCard));
+    }
     if (drawnStatus !== job.status) {
       drawnStatus = job.status;
       drawControls(controls, job, ctx, refresh);

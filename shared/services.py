@@ -21,16 +21,22 @@ from azure.servicebus.aio import ServiceBusClient
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRetry
 from azure.storage.queue.aio import QueueServiceClient
 
+from shared.aliases.records import Comparison
+from shared.aliases.routes import AliasRoutes
+from shared.aliases.service import Aliases
 from shared.capture.proxy import ChatCapture
+from shared.curation.scoring import Scoring
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.membership import DatasetMembership
 from shared.datasets.records import DatasetRecords
 from shared.erasure.forgetting import Forgetting
 from shared.erasure.purge import PurgeService
 from shared.erasure.retention import RetentionSweep
+from shared.evals.metrics import TextMetrics
 from shared.evals.records import EvalStore
 from shared.evals.service import EvalLimits, EvalService
 from shared.fine_tuning.api import FineTuningApi
+from shared.fine_tuning.comparison import StudentComparison
 from shared.fine_tuning.control_plane import AccountId, ControlPlane
 from shared.fine_tuning.deployments import StudentDeployments
 from shared.fine_tuning.jobs import FineTuningJobs
@@ -162,6 +168,42 @@ class Services:
             store_enabled=self.settings.store_enabled,
             quota=self.quota_gate,
             log_content=self.settings.log_content,
+            route=self.alias_routes.route,
+        )
+
+    @cached_property
+    def aliases_container(self) -> ContainerClient:
+        return self.blob_service.get_container_client(self.settings.aliases_container)
+
+    @cached_property
+    def alias_blobs(self) -> JsonBlobs:
+        return JsonBlobs(container=self.aliases_container, label="alias")
+
+    @cached_property
+    def alias_routes(self) -> AliasRoutes:
+        return AliasRoutes(
+            blobs=self.alias_blobs,
+            ttl_seconds=self.settings.alias_cache_seconds,
+        )
+
+    @cached_property
+    def aliases(self) -> Aliases:
+        async def compare(eval_id: str, run_ids: list[str]) -> dict[str, Any]:
+            return await self.evals.compare(eval_id, run_ids, owner=None)
+
+        async def find_comparison(deployment: str) -> Comparison | None:
+            runs = await self.student_deployments.comparison_of(deployment)
+            if runs is None or runs.eval_id is None or runs.teacher_run_id is None or runs.student_run_id is None:
+                return None
+            return Comparison(
+                eval_id=runs.eval_id, teacher_run_id=runs.teacher_run_id, student_run_id=runs.student_run_id
+            )
+
+        return Aliases(
+            blobs=self.alias_blobs,
+            routes=self.alias_routes,
+            compare=compare,
+            find_comparison=find_comparison,
         )
 
     @cached_property
@@ -232,6 +274,13 @@ class Services:
         return self.blob_service.get_container_client(self.settings.evals_container)
 
     @cached_property
+    def text_metrics(self) -> TextMetrics:
+        return TextMetrics(
+            max_chars=self.settings.eval_max_compared_chars,
+            timeout_seconds=self.settings.eval_metric_timeout_seconds,
+        )
+
+    @cached_property
     def evals(self) -> EvalService:
         settings = self.settings
         return EvalService(
@@ -239,6 +288,8 @@ class Services:
             completions=self.store,
             datasets=self.dataset_jobs.records,
             calls=self.model_calls,
+            metrics=self.text_metrics,
+            budget=self.store.budget,
             job_queue=self.job_queue,
             queue_name=settings.eval_jobs_queue,
             limits=EvalLimits(
@@ -277,6 +328,11 @@ class Services:
             missing_control_plane=missing_control_plane(settings),
             default_sku=settings.fine_tuning_deployment_sku,
             default_capacity=settings.fine_tuning_deployment_capacity,
+            comparison=StudentComparison(
+                evals=self.evals,
+                datasets=self.dataset_jobs.records,
+                judge_deployment=settings.comparison_judge_deployment,
+            ),
         )
 
     @cached_property
@@ -330,6 +386,7 @@ class Services:
                 (self.reports_container, "REPORTS_CONTAINER"),
                 (self.evals_container, "EVALS_CONTAINER"),
                 (self.fine_tuning_container, "FINE_TUNING_CONTAINER"),
+                (self.aliases_container, "ALIASES_CONTAINER"),
             ],
             table=self.index_table,
             table_setting="COMPLETION_INDEX_TABLE",
@@ -376,6 +433,10 @@ class Services:
         return Forgetting(store=self.store, datasets=self.dataset_jobs)
 
     @cached_property
+    def scoring(self) -> Scoring:
+        return Scoring(store=self.store)
+
+    @cached_property
     def purges(self) -> PurgeService:
         return PurgeService(
             store=self.store,
@@ -403,6 +464,9 @@ class Services:
         deployments = self.__dict__.get("student_deployments")
         if deployments is not None and deployments.control_plane is not None:
             await deployments.control_plane.close()
+        metrics = self.__dict__.get("text_metrics")
+        if metrics is not None:
+            metrics.close()
         credential = self.__dict__.get("credential")
         if credential is not None:
             await credential.close()
@@ -419,6 +483,7 @@ class Services:
             limits=BuildLimits(
                 chunk_seconds=settings.dataset_chunk_seconds,
                 chunk_completions=settings.dataset_chunk_completions,
+                slice_completions=settings.dataset_slice_completions,
                 read_concurrency=settings.dataset_read_concurrency,
                 max_example_tokens=settings.dataset_max_example_tokens,
                 max_delivery_count=settings.dataset_max_delivery_count,
@@ -434,6 +499,7 @@ class Services:
             self.datasets_container,
             self.evals_container,
             self.fine_tuning_container,
+            self.aliases_container,
         ):
             with contextlib.suppress(ResourceExistsError):
                 await container.create_container()
@@ -516,7 +582,7 @@ def missing_control_plane(settings: Settings) -> str:
             "Deploying a fine-tuned model needs the Azure OpenAI account's resource id: set AZURE_OPENAI_RESOURCE_ID "
             "(/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.CognitiveServices/accounts/<name>) and "
             "give the app's identity 'Cognitive Services OpenAI Contributor' on that account (the Bicep does both "
-            f"when azureOpenAiResourceId is given); {register}"
+            f"when azureOpenAiResourceId and enableFineTuning are given); {register}"
         )
     if settings.openai_base_url is not None:
         return (

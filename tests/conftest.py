@@ -82,6 +82,7 @@ async def make_services(azurite: Azurite) -> AsyncIterator[ServicesFactory]:
             "EVAL_JOBS_QUEUE": f"evals{suffix}",
             "FINE_TUNING_CONTAINER": f"finetuning{suffix}",
             "FINE_TUNING_JOBS_QUEUE": f"finetuning{suffix}",
+            "ALIASES_CONTAINER": f"aliases{suffix}",
             **dict.fromkeys(UPSTREAM_SETTINGS),
             **settings,
         }

@@ -19,6 +19,11 @@ def test_capture_stored_completion_and_pane_routes(functions: dict[str, Any]) ->
         "pane_page": ("{ignored:maxlength(0)?}", ("GET",)),
         "pane_asset": ("pane/{name}", ("GET",)),
         "get_caller": ("api/caller", ("GET",)),
+        "add_score": ("api/completions/{completion_id}/scores", ("POST",)),
+        "list_scores": ("api/completions/{completion_id}/scores", ("GET",)),
+        "delete_score": ("api/completions/{completion_id}/scores/{name}", ("DELETE",)),
+        "add_scores": ("api/scores", ("POST",)),
+        "count_completions": ("api/completions/count", ("GET",)),
     }
     for prefix, suffix in (("openai", ""), ("openai/v1", "_v1")):
         expected |= {
@@ -46,3 +51,15 @@ def test_http_functions_take_the_streaming_request_type(functions: dict[str, Any
             continue
         hints = typing.get_type_hints(function.get_user_function())
         assert (hints.get("req"), hints.get("return")) == (Request, Response), name
+
+
+def test_alias_routes(functions: dict[str, Any]) -> None:
+    expected = {
+        "list_aliases": ("api/aliases", ("GET",)),
+        "put_alias": ("api/aliases/{name}", ("PUT",)),
+        "retrieve_alias": ("api/aliases/{name}", ("GET",)),
+        "delete_alias": ("api/aliases/{name}", ("DELETE",)),
+        "promote_alias": ("api/aliases/{name}/promote", ("POST",)),
+        "rollback_alias": ("api/aliases/{name}/rollback", ("POST",)),
+    }
+    assert {name: _http(functions[name]) for name in expected} == expected

@@ -21,8 +21,10 @@ param completionEventsQueueName string
 param evalsContainerName string
 param evalJobsQueueName string
 param evalEmbeddingsDeployment string
+param comparisonJudgeDeployment string
 param evalDefaultTokenCap int
 param fineTuningContainerName string
+param aliasesContainerName string
 param fineTuningJobsQueueName string
 param fineTuningTrackSchedule string
 param fineTuningDeploymentSku string
@@ -48,8 +50,6 @@ param apiKeys string
 param ownerScoping bool
 param maxBodyBytes int
 param enableEntraAuth bool
-param authClientId string
-param authTenantId string
 
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' existing = {
   name: identityName
@@ -112,6 +112,7 @@ var appSettings = {
   // last delivery (maxDeliveryCount 5 in servicebus.bicep).
   DATASET_CHUNK_SECONDS: string(datasetChunkSeconds)
   DATASET_CHUNK_COMPLETIONS: '100000'
+  DATASET_SLICE_COMPLETIONS: '10000'
   DATASET_READ_CONCURRENCY: '32'
   DATASET_MAX_EXAMPLE_TOKENS: string(datasetMaxExampleTokens)
   DATASET_MAX_DELIVERY_COUNT: '5'
@@ -128,6 +129,9 @@ var appSettings = {
   EVAL_CONCURRENCY: '8'
   EVAL_DEFAULT_TOKEN_CAP: string(evalDefaultTokenCap)
   EVAL_EMBEDDINGS_DEPLOYMENT: evalEmbeddingsDeployment
+  // ROUGE/BLEU/METEOR are quadratic: longer texts are error results, slow ones are stopped.
+  EVAL_MAX_COMPARED_CHARS: '20000'
+  EVAL_METRIC_TIMEOUT_SECONDS: '30'
   MODEL_CALL_MAX_ATTEMPTS: '5'
   FINE_TUNING_CONTAINER: fineTuningContainerName
   FINE_TUNING_JOBS_QUEUE: fineTuningJobsQueueName
@@ -140,6 +144,8 @@ var appSettings = {
   FINE_TUNING_DEPLOYMENT_SKU: fineTuningDeploymentSku
   FINE_TUNING_DEPLOYMENT_CAPACITY: string(fineTuningDeploymentCapacity)
   AZURE_RESOURCE_MANAGER_ENDPOINT: environment().resourceManager
+  ALIASES_CONTAINER: aliasesContainerName
+  ALIAS_CACHE_SECONDS: '10'
   RETENTION_DAYS: string(retentionDays)
   RETENTION_SCHEDULE: retentionSchedule
   STORAGE_QUOTA_BYTES: storageQuotaBytes
@@ -160,7 +166,8 @@ var upstreamSettings = union(
   empty(azureOpenAiEndpoint) ? {} : { AZURE_OPENAI_ENDPOINT: azureOpenAiEndpoint },
   empty(azureOpenAiResourceId) ? {} : { AZURE_OPENAI_RESOURCE_ID: azureOpenAiResourceId },
   empty(openAiBaseUrl) ? {} : { OPENAI_BASE_URL: openAiBaseUrl },
-  empty(permissionProbeDeployment) ? {} : { PERMISSION_PROBE_DEPLOYMENT: permissionProbeDeployment }
+  empty(permissionProbeDeployment) ? {} : { PERMISSION_PROBE_DEPLOYMENT: permissionProbeDeployment },
+  empty(comparisonJudgeDeployment) ? {} : { COMPARISON_JUDGE_DEPLOYMENT: comparisonJudgeDeployment }
 )
 
 resource site 'Microsoft.Web/sites@2024-04-01' = {
@@ -217,7 +224,7 @@ resource settings 'Microsoft.Web/sites/config@2024-04-01' = {
   // checkov:skip=CKV_AZURE_80:.NET Framework version: a Python app.
   // checkov:skip=CKV_AZURE_88:Azure Files content share: Flex Consumption deploys from the blob container instead.
   // checkov:skip=CKV_AZURE_222:Public network access is set on the site (see its skip).
-  // checkov:skip=CKV_AZURE_13:Authentication lives in the optional authsettingsV2 resource below (enableEntraAuth).
+  // checkov:skip=CKV_AZURE_13:Authentication is the optional authsettingsV2 resource in auth.bicep (enableEntraAuth).
   parent: site
   name: 'appsettings'
   properties: union(hostSettings, appSettings, upstreamSettings)
@@ -229,45 +236,6 @@ resource scmBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@20
   parent: site
   name: 'scm'
   properties: { allow: false }
-}
-
-// Entra ID in front of the app: callers need a token for authClientId; App Service validates it,
-// strips any forged X-MS-CLIENT-PRINCIPAL header and passes the signed-in principal to the app.
-resource auth 'Microsoft.Web/sites/config@2024-04-01' = if (enableEntraAuth) {
-  // checkov reads this sites/config child as a site's 'web' config; those checks do not apply here:
-  // checkov:skip=CKV_AZURE_63:App Service HTTP logs: Application Insights records every request instead.
-  // checkov:skip=CKV_AZURE_65:Detailed IIS error pages: not a Linux Functions feature; exceptions go to Application Insights.
-  // checkov:skip=CKV_AZURE_66:IIS failed request tracing: same as CKV_AZURE_65.
-  // checkov:skip=CKV_AZURE_80:.NET Framework version: a Python app.
-  // checkov:skip=CKV_AZURE_88:Azure Files content share: Flex Consumption deploys from the blob container instead.
-  // checkov:skip=CKV_AZURE_222:Public network access is set on the site (see its skip).
-  // checkov:skip=CKV_AZURE_13:This is the authentication; checkov reads only the older authsettings shape.
-  // checkov:skip=CKV_AZURE_70:checkov's HTTPS check fails on this resource; httpsOnly is set on the site.
-  parent: site
-  name: 'authsettingsV2'
-  properties: {
-    platform: { enabled: true }
-    globalValidation: {
-      requireAuthentication: true
-      unauthenticatedClientAction: 'Return401'
-      excludedPaths: ['/api/health']
-    }
-    identityProviders: {
-      azureActiveDirectory: {
-        enabled: true
-        registration: {
-          clientId: authClientId
-          openIdIssuer: '${environment().authentication.loginEndpoint}${authTenantId}/v2.0'
-        }
-        validation: {
-          allowedAudiences: ['api://${authClientId}', authClientId]
-        }
-      }
-    }
-    login: {
-      tokenStore: { enabled: false }
-    }
-  }
 }
 
 output name string = site.name

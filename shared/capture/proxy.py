@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -64,6 +64,10 @@ class NotStoredReason(StrEnum):
     DOCUMENT_TOO_LARGE = "document_too_large"
 
 
+Route = Callable[[str, ChatRequest], Awaitable[str | None]]
+"""(deployment asked for, request) -> the deployment that serves it when the name is an alias, else None."""
+
+
 @dataclass
 class ProxyReply:
     """What goes back to the caller: a whole body, or SSE events as they arrive."""
@@ -85,8 +89,10 @@ class ChatCapture:
         store_enabled: bool,
         quota: QuotaGate | None = None,
         log_content: bool = False,
+        route: Route | None = None,
     ) -> None:
         self._upstream = upstream
+        self._route = route
         self._store = store
         self._store_enabled = store_enabled
         self._quota = quota
@@ -156,10 +162,14 @@ class ChatCapture:
             if earlier is not None:
                 return _replay(earlier, stream=bool(request.stream), options=request.stream_options)
 
+        served_by = await self._route(deployment, request) if self._route is not None else None
         stack = AsyncExitStack()
         upstream_started = time.perf_counter()
         response: UpstreamResponse = await stack.enter_async_context(
-            self._upstream.open(deployment=deployment, body=request.upstream_body(model=request.model))
+            self._upstream.open(
+                deployment=served_by or deployment,
+                body=request.upstream_body(model=served_by if served_by and request.model else request.model),
+            )
         )
         headers.update(response.headers)
         if not response.ok:
@@ -172,7 +182,7 @@ class ChatCapture:
             headers.update({"content-type": "text/event-stream", "cache-control": "no-cache"})
             if storing:
                 headers[STORED_HEADER] = "pending"
-            events = self._relay(stack, response, request, deployment, caller, completion_id, span)
+            events = self._relay(stack, response, request, deployment, served_by, caller, completion_id, span)
             return ProxyReply(status=response.status, headers=headers, events=events)
 
         async with stack:
@@ -186,7 +196,9 @@ class ChatCapture:
         completion = json.loads(body)
         completion["id"] = completion_id
         body = _dumps(completion)
-        reason = await self._keep(completion_id, request, deployment, caller, completion, streamed=False)
+        reason = await self._keep(
+            completion_id, request, deployment, caller, completion, streamed=False, served_by=served_by
+        )
         if reason is None:
             headers[STORED_HEADER] = "true"
         else:
@@ -199,6 +211,7 @@ class ChatCapture:
         response: UpstreamResponse,
         request: ChatRequest,
         deployment: str,
+        served_by: str | None,
         caller: Caller,
         completion_id: str | None,
         span: Span,
@@ -218,7 +231,9 @@ class ChatCapture:
                     with trace.use_span(
                         span, record_exception=False, set_status_on_exception=False
                     ):  # the store write is the proxy span's child; nothing yields here
-                        reason = await self._store_stream(assembler, completion_id, request, deployment, caller)
+                        reason = await self._store_stream(
+                            assembler, completion_id, request, deployment, served_by, caller
+                        )
                     span.set_attribute(STORED, "true" if reason is None else "false")
                     if reason is not None:
                         span.set_attribute(NOT_STORED_REASON, reason.value)
@@ -235,13 +250,16 @@ class ChatCapture:
         completion_id: str,
         request: ChatRequest,
         deployment: str,
+        served_by: str | None,
         caller: Caller,
     ) -> NotStoredReason | None:
         if assembler.failed:
             return NotStoredReason.UPSTREAM_ERROR
         completion = assembler.completion()
         completion["id"] = completion_id
-        return await self._keep(completion_id, request, deployment, caller, completion, streamed=True)
+        return await self._keep(
+            completion_id, request, deployment, caller, completion, streamed=True, served_by=served_by
+        )
 
     async def _keep(
         self,
@@ -252,13 +270,15 @@ class ChatCapture:
         completion: dict[str, Any],
         *,
         streamed: bool,
+        served_by: str | None,
     ) -> NotStoredReason | None:
         try:
             stored = StoredCompletion(
                 id=completion_id,
                 created=ids.captured_at_us(completion_id) // 1_000_000,
                 deployment=deployment,
-                model=str(completion.get("model") or deployment),
+                served_by=served_by,
+                model=str(completion.get("model") or served_by or deployment),
                 metadata=request.metadata or {},
                 owner=caller.owner,
                 streamed=streamed,

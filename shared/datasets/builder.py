@@ -7,6 +7,13 @@ an ETag condition and queues a continuation; the delivery that reaches the end c
 lists, hashes the committed files and writes the manifest. A delivery that dies leaves only
 uncommitted blocks with its own random run id, which no commit ever lists: the redelivered message
 resumes from the last checkpoint, so no line is lost or written twice.
+
+A filter selection over more than one slice's worth of completions fans out: the first delivery
+plans (walks index rows only, no documents) and sends one message per slice as soon as its id range
+is known, so Service Bus spreads the slices over instances. Each slice stages blocks of the same
+output blobs and keeps its own checkpoint record; the delivery that finds every slice done lists
+all their blocks in selection order in one commit (no byte is copied), hashes the committed files
+and writes the manifest, so the files are byte for byte those of a one-slice build.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from pydantic import ValidationError
 
 from shared.datasets import formats
 from shared.datasets.check import check_example
+from shared.datasets.dedup import PromptFilter, dedup_report
 from shared.datasets.job import (
     MESSAGE_VERSION,
     MIN_DISTILLATION_EXAMPLES,
@@ -41,6 +49,8 @@ from shared.datasets.job import (
     DatasetParams,
     DatasetStatus,
     JobError,
+    Plan,
+    SliceRecord,
     StagedBlock,
     is_dataset_id,
     new_dataset_id,
@@ -53,6 +63,7 @@ from shared.platform.errors import DistilleryError, NotFound, StorageUnavailable
 from shared.platform.job_queue import JobQueue
 from shared.platform.telemetry import job_chunk
 from shared.reports.quota import QuotaGate
+from shared.store import ids
 from shared.store.completion_store import CompletionStore
 from shared.store.stored_completion import StoredCompletion
 
@@ -81,6 +92,8 @@ class BuildLimits:
     read_concurrency: int = 32
     max_example_tokens: int = 65_536
     max_delivery_count: int = 5
+    slice_completions: int = 10_000
+    """A filter selection with more completions than this is built in slices of this many, in parallel."""
     block_bytes: int = 1024 * 1024
     """Staged block size: the memory an output file holds; 50,000 blocks cap a file at 48 GiB,
     far above the fine-tuning services' 512 MB file limit."""
@@ -150,6 +163,9 @@ class DatasetJobs:
         if job.finished:
             log.info("Dataset %s is already %s; message part %s ignored", job.id, job.status, message.part)
             return
+        if message.slice is not None:
+            await self._run_slice(job, message)
+            return
         checkpoint = job.checkpoint
         if message.part < checkpoint.part:
             # A redelivery of a part that already ran: make sure its continuation was sent.
@@ -165,6 +181,10 @@ class DatasetJobs:
         job.runs += 1
         job.error = None
         etag = await self.records.save(job, etag)
+        if self._plans(job):
+            etag, fanned_out = await self._plan(job, etag, message)
+            if fanned_out:
+                return
         if not checkpoint.walk_done:
             walked = checkpoint.walked
             with job_chunk("dataset", job.id, part=checkpoint.part) as chunk:
@@ -179,6 +199,161 @@ class DatasetJobs:
                 await self._send(message.model_copy(update={"part": checkpoint.part}))
                 return
         await self._finish(job, etag)
+
+    def _plans(self, job: DatasetJob) -> bool:
+        """Filter selections are planned (and maybe fanned out); `ids` selections stay one slice (5,000 at most)."""
+        assert job.request is not None
+        started_unplanned = job.plan is None and (job.checkpoint.walked > 0 or job.checkpoint.walk_done)
+        return job.request.filter is not None and not started_unplanned and not (job.plan and job.plan.done)
+
+    async def _plan(self, job: DatasetJob, etag: str, message: DatasetJobMessage) -> tuple[str, bool]:
+        """Walk the selection's index rows, ending a slice every `slice_completions` ids and sending its
+        message at once; the new ETag, and whether this delivery is done (fanned out or continued).
+
+        Each bound is saved before its message is sent, and a redelivery resends every known slice:
+        a resent slice finds its record done and changes nothing.
+        """
+        assert job.request is not None and job.request.filter is not None
+        plan = job.plan = job.plan or Plan()
+        for number in range(len(plan.bounds)):
+            await self._send_slice(job, number)
+        size, deadline = self.limits.slice_completions, time.monotonic() + self.limits.chunk_seconds
+        walk = self._store.index.walk(job.request.filter, after=plan.cursor, page_size=_WALK_PAGE)
+        async for entry in walk:
+            if plan.counted and plan.counted % size == 0 and plan.cursor is not None:  # a full slice ends before it
+                plan.bounds.append(plan.cursor)
+                etag = await self.records.save(job, etag)
+                await self._send_slice(job, len(plan.bounds) - 1)
+            plan.counted += 1
+            plan.cursor = entry.id
+            if time.monotonic() >= deadline:
+                job.checkpoint.part += 1
+                etag = await self.records.save(job, etag)
+                await self._send(message.model_copy(update={"part": job.checkpoint.part}))
+                return etag, True
+        plan.done = True
+        etag = await self.records.save(job, etag)
+        if not plan.fanned_out:
+            return etag, False
+        log.info("Dataset %s: %s completions planned as %s slices", job.id, plan.counted, len(plan.bounds) + 1)
+        await self._send_slice(job, len(plan.bounds))
+        await self._try_finish(job.id)
+        return etag, True
+
+    async def _send_slice(self, job: DatasetJob, number: int) -> None:
+        assert job.request is not None
+        message = DatasetJobMessage(
+            version=MESSAGE_VERSION, job_id=job.id, request=job.request, slice=number, generation=job.generation
+        )
+        await self._send(message)
+
+    async def _run_slice(self, job: DatasetJob, message: DatasetJobMessage) -> None:
+        """Build one slice by one chunk, or finish the job when it was the last slice to end."""
+        number, plan = message.slice, job.plan
+        assert number is not None
+        if message.generation != job.generation or plan is None or number > len(plan.bounds):
+            log.info("Dataset %s: slice %s of generation %s is stale; ignored", job.id, number, message.generation)
+            return
+        record, etag = await self.records.read_slice(job, number)
+        checkpoint = record.checkpoint
+        if etag is None:
+            checkpoint.after = plan.slice_range(number).after
+        if message.part < checkpoint.part:
+            await self._send(message.model_copy(update={"part": checkpoint.part}))  # its continuation may be lost
+            return
+        if message.part > checkpoint.part:
+            log.warning("Dataset %s: slice %s part %s is ahead of it; ignored", job.id, number, message.part)
+            return
+        if not checkpoint.walk_done:
+            record.runs += 1
+            etag = await self.records.save_slice(job, number, record, etag)
+            log.info("Dataset %s: slice %s part %s starts (run %s)", job.id, number, checkpoint.part, record.runs)
+            await self._build_slice(job, number, record)
+            if not checkpoint.walk_done:
+                checkpoint.part += 1
+            etag = await self.records.save_slice(job, number, record, etag)
+            if not checkpoint.walk_done:
+                await self._send(message.model_copy(update={"part": checkpoint.part}))
+                return
+        await self._try_finish(job.id)
+
+    async def _build_slice(self, job: DatasetJob, number: int, record: SliceRecord, *, bounded: bool = True) -> None:
+        """Run one chunk of a slice on its own checkpoint and counts (updated in place)."""
+        assert job.plan is not None
+        view = job.model_copy(update={"checkpoint": record.checkpoint, "counts": record.counts})
+        walked = record.checkpoint.walked
+        with job_chunk("dataset", job.id, part=record.checkpoint.part) as chunk:
+            try:
+                await _Chunk(self, view, upto=job.plan.slice_range(number).upto, bounded=bounded).run()
+            finally:
+                chunk.items = record.checkpoint.walked - walked
+
+    async def _try_finish(self, job_id: str) -> None:
+        """Finish a fanned-out build once every slice is done: the delivery that sees it first does.
+
+        Each slice saves its own record before it reads the others' (and the planner saves `done`
+        before it does), so at least one delivery sees them all done; two that both do commit the
+        same block list and the second's ETag'd save of the job record stops it.
+        """
+        job, etag = await self.records.read(job_id, include_deleted=True)
+        if job.finished or job.plan is None or not job.plan.fanned_out:
+            return
+        slices = list(await asyncio.gather(*(self.records.read_slice(job, n) for n in range(len(job.plan.bounds) + 1))))
+        if not all(record.checkpoint.walk_done for record, _ in slices):
+            return
+        if job.kind is DatasetKind.DISTILLATION:
+            await self._drop_duplicates_across_slices(job, slices)
+        checkpoint, counts = job.checkpoint, job.counts
+        for record, _ in slices:
+            counts.selected += record.counts.selected
+            counts.written += record.counts.written
+            for reason, n in record.counts.skipped.items():
+                counts.skipped[reason] = counts.skipped.get(reason, 0) + n
+            checkpoint.walked += record.checkpoint.walked
+            checkpoint.source_digest = (checkpoint.source_digest + record.checkpoint.source_digest) % _DIGEST_MODULUS
+            for name, blocks in record.checkpoint.blocks.items():
+                checkpoint.blocks.setdefault(name, []).extend(blocks)
+            job.runs += record.runs
+        checkpoint.walk_done = True
+        await self._finish(job, etag)
+
+    async def _drop_duplicates_across_slices(
+        self, job: DatasetJob, slices: list[tuple[SliceRecord, str | None]]
+    ) -> None:
+        """Keep each example's first occurrence in selection order, as a one-slice build does.
+
+        Slices dedupe only within themselves; a slice holding an example an earlier slice also wrote
+        is built again here, seeded with the earlier slices' fingerprints (rare: exact duplicates).
+        """
+        seen, earlier = FingerprintSet(), list[str]()
+        for number, (record, etag) in enumerate(slices):
+            fingerprints = await self.fingerprints(job.id, record.checkpoint.fingerprint_runs)
+            if any(fingerprint in seen for fingerprint in fingerprints):
+                log.info("Dataset %s: slice %s repeats earlier examples; building it again", job.id, number)
+                assert job.plan is not None
+                fresh = SliceRecord(
+                    checkpoint=Checkpoint(after=job.plan.slice_range(number).after, fingerprint_runs=list(earlier)),
+                    runs=record.runs + 1,
+                )
+                await self._build_slice(job, number, fresh, bounded=False)
+                fresh.checkpoint.fingerprint_runs = fresh.checkpoint.fingerprint_runs[len(earlier) :]
+                await self.records.save_slice(job, number, fresh, etag)
+                slices[number] = record, _ = fresh, None
+                fingerprints = await self.fingerprints(job.id, record.checkpoint.fingerprint_runs)
+            for fingerprint in fingerprints:
+                seen.add(fingerprint)
+            earlier.extend(record.checkpoint.fingerprint_runs)
+
+    async def fingerprints(self, job_id: str, runs: list[str]) -> array[int]:
+        """The example fingerprints these runs saved (`<id>/work/fingerprints-<run>.bin`)."""
+        found = array("Q")
+        for run_id in runs:
+            blob = self.records.blob(job_id, f"{WORK_PREFIX}fingerprints-{run_id}.bin")
+            try:
+                found.frombytes(await (await blob.download_blob()).readall())
+            except AzureError as exc:
+                raise StorageUnavailable("The dataset store is unavailable.") from exc
+        return found
 
     async def _parse(self, body: bytes) -> DatasetJobMessage:
         try:
@@ -224,6 +399,8 @@ class DatasetJobs:
         rebuilt = [dataset_id for dataset_id in holders if await self.rebuild(dataset_id)]
         if rebuilt:
             log.info("Deleted completions were in %s dataset(s); rebuilding %s", len(rebuilt), ", ".join(rebuilt))
+        if holders:
+            await self.membership.release(completion_ids)
         return rebuilt
 
     async def rebuild(self, dataset_id: str) -> bool:
@@ -251,6 +428,7 @@ class DatasetJobs:
                     "started_at": None,
                     "finished_at": None,
                     "token_count_method": None,
+                    "plan": None,
                 }
             )
             try:
@@ -325,13 +503,18 @@ class DatasetJobs:
             "kind": job.kind,
             "name": job.name,
             "created_at": job.created_at,
-            "selection": {key: view[key] for key in ("filter", "ids_count", "validation_fraction", "seed", "group_by")},
+            "selection": {
+                key: view[key] for key in ("filter", "ids_count", "validation_fraction", "seed", "group_by", "dedup")
+            },
             "source": {
                 "completions": job.counts.written,
                 "ids_digest": f"{job.checkpoint.source_digest:064x}",
                 "ids_digest_method": "sum of sha256(completion id) over written completions, mod 2**256",
             },
             "counts": job.counts.model_dump(),
+            "dedup": dedup_report(job.request.dedup, job.counts.skipped, leakage_checked=job.request.fraction > 0)
+            if job.request is not None
+            else None,
             "files": [file.model_dump() for file in job.files],
             "tokens": sum(file.tokens for file in job.files),
             "token_count_method": TOKEN_COUNT_METHOD,
@@ -352,6 +535,11 @@ def source_digest(completion_ids: list[str]) -> str:
 
 def _id_digest(completion_id: str) -> int:
     return int.from_bytes(hashlib.sha256(completion_id.encode()).digest(), "big")
+
+
+def _walk_position(completion_id: str) -> tuple[int, str]:
+    """Where an id comes in the index walk: capture time, then id."""
+    return ids.captured_at_us(completion_id), completion_id
 
 
 def _minimum(kind: DatasetKind) -> int:
@@ -387,6 +575,16 @@ class FingerprintSet:
         self._slots = array("Q", bytes(8 * 1024))
         self._count = 0
 
+    def __contains__(self, fingerprint: int) -> bool:
+        fingerprint = fingerprint or 1
+        mask = len(self._slots) - 1
+        slot = fingerprint & mask
+        while (held := self._slots[slot]) != 0:
+            if held == fingerprint:
+                return True
+            slot = (slot + 1) & mask
+        return False
+
     def add(self, fingerprint: int) -> bool:
         """True when the fingerprint is new."""
         fingerprint = fingerprint or 1  # 0 marks an empty slot
@@ -420,20 +618,27 @@ class _Buffer:
 class _Chunk:
     """One delivery's share of the walk; updates `job` (checkpoint and counts) in memory only."""
 
-    def __init__(self, jobs: DatasetJobs, job: DatasetJob) -> None:
+    def __init__(self, jobs: DatasetJobs, job: DatasetJob, *, upto: str | None = None, bounded: bool = True) -> None:
         assert job.request is not None
         self._jobs, self._job, self._request = jobs, job, job.request
+        self._upto = None if upto is None else _walk_position(upto)
+        """A slice's last id: the walk stops after it."""
+        self._bounded = bounded
+        """False: run to the end of the selection whatever the chunk budget (a slice rebuilt while finishing)."""
         self._run_id = secrets.token_hex(8)
         self._blocks_staged = 0
         self._buffers: dict[str, _Buffer] = {}
         self._fingerprints = FingerprintSet()
         self._new_fingerprints = array("Q")
+        leakage = self._request.kind is DatasetKind.DISTILLATION and self._request.fraction > 0
+        self._prompts = PromptFilter(self._request.dedup, check_leakage=leakage)
 
     async def run(self) -> None:
         limits, checkpoint = self._jobs.limits, self._job.checkpoint
         distillation = self._request.kind is DatasetKind.DISTILLATION
         if distillation:
             await self._load_fingerprints()
+        await self._load_prompts()
         deadline = time.monotonic() + limits.chunk_seconds
         taken = 0
         exhausted = True
@@ -442,13 +647,14 @@ class _Chunk:
                 self._consume(completion_id, completion)
                 taken += 1
                 await self._stage_full_buffers()
-                if taken >= limits.chunk_completions or time.monotonic() >= deadline:
+                if self._bounded and (taken >= limits.chunk_completions or time.monotonic() >= deadline):
                     exhausted = False
                     break
         for name in list(self._buffers):
             await self._stage(name)
         if distillation and self._new_fingerprints:
             await self._save_fingerprints()
+        await self._save_prompts()
         checkpoint.walk_done = exhausted
 
     def _consume(self, completion_id: str, completion: StoredCompletion | None) -> None:
@@ -461,9 +667,11 @@ class _Chunk:
         if request.filter is not None and not request.filter.matches(
             created=completion.created,
             deployment=completion.deployment,
+            served_by=completion.served_by,
             model=completion.model,
             metadata=completion.metadata,
             owner=completion.owner,
+            scores=completion.score_values(),
         ):
             return self._skip(formats.SkipReason.NO_LONGER_MATCHES)
         output = formats.assistant_output(completion)
@@ -491,6 +699,9 @@ class _Chunk:
             if not self._fingerprints.add(fingerprint):
                 return self._skip(formats.SkipReason.DUPLICATE)
             self._new_fingerprints.append(fingerprint or 1)
+        dropped = self._prompts.admit(completion.request["messages"], split=int(name == formats.VALIDATION_FILE))
+        if dropped is not None:
+            return self._skip(dropped)
         buffer = self._buffers.setdefault(name, _Buffer())
         buffer.lines.append(line)
         buffer.bytes += len(line)
@@ -596,6 +807,8 @@ class _Chunk:
         else:
             assert self._request.filter is not None
             async for entry in index.walk(self._request.filter, after=checkpoint.after, page_size=_WALK_PAGE):
+                if self._upto is not None and _walk_position(entry.id) > self._upto:
+                    return
                 yield entry.id, entry.size_bytes
 
     async def _stage_full_buffers(self) -> None:
@@ -616,14 +829,27 @@ class _Chunk:
         self._job.checkpoint.blocks.setdefault(name, []).append(staged)
 
     async def _load_fingerprints(self) -> None:
-        for run_id in self._job.checkpoint.fingerprint_runs:
-            blob = self._jobs.records.blob(self._job.id, f"{WORK_PREFIX}fingerprints-{run_id}.bin")
+        for fingerprint in await self._jobs.fingerprints(self._job.id, self._job.checkpoint.fingerprint_runs):
+            self._fingerprints.add(fingerprint)
+
+    async def _load_prompts(self) -> None:
+        for run_id in self._job.checkpoint.prompt_runs:
+            blob = self._jobs.records.blob(self._job.id, f"{WORK_PREFIX}prompts-{run_id}.bin")
             try:
-                saved = array("Q", await (await blob.download_blob()).readall())
+                self._prompts.load(await (await blob.download_blob()).readall())
             except AzureError as exc:
                 raise StorageUnavailable("The dataset store is unavailable.") from exc
-            for fingerprint in saved:
-                self._fingerprints.add(fingerprint)
+
+    async def _save_prompts(self) -> None:
+        saved = self._prompts.saved()
+        if not saved:
+            return
+        blob = self._jobs.records.blob(self._job.id, f"{WORK_PREFIX}prompts-{self._run_id}.bin")
+        try:
+            await blob.upload_blob(saved, overwrite=True)
+        except AzureError as exc:
+            raise StorageUnavailable("The dataset store is unavailable.") from exc
+        self._job.checkpoint.prompt_runs.append(self._run_id)
 
     async def _save_fingerprints(self) -> None:
         blob = self._jobs.records.blob(self._job.id, f"{WORK_PREFIX}fingerprints-{self._run_id}.bin")

@@ -2,7 +2,8 @@
 
 Every line Distillery writes to a distillation file passes it, and users can run it on any JSONL
 file before uploading: `python -m shared.datasets.check FILE [--max-tokens N]` prints each bad line
-with the rule it breaks and exits 1 when there is one.
+with the rule it breaks and exits as `distillery check-file` does: 3 when a line is bad, 2 when the file
+cannot be read.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 from shared.datasets.tokens import count_messages
 
 DEFAULT_MAX_TOKENS = 65_536
+EXIT_BAD_LINES = 3
+"""The command-line tool's exit code for "ran and found problems"; 2 is a usage error (a file not there)."""
 ROLES = frozenset({"system", "user", "assistant", "tool", "function"})
 MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id", "function_call", "weight"})
 EXAMPLE_KEYS = frozenset({"messages", "tools", "parallel_tool_calls", "functions"})
@@ -149,12 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("file", type=Path)
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="per-example token limit")
     args = parser.parse_args(argv)
+    if not args.file.is_file():
+        parser.error(f"no file {args.file}")  # exits 2
     bad_lines: set[int] = set()
     for found in check_file(args.file, max_tokens=args.max_tokens):
         bad_lines.add(found.line)
         print(f"{args.file}:{found.line}: {found.problem.rule}: {found.problem.message}")  # noqa: T201
     print(f"{len(bad_lines)} bad line(s)" if bad_lines else "ok: every line is a valid fine-tuning example")  # noqa: T201
-    return 1 if bad_lines else 0
+    return EXIT_BAD_LINES if bad_lines else 0
 
 
 if __name__ == "__main__":

@@ -38,6 +38,12 @@ class SkipReason(StrEnum):
     """Fails the fine-tuning format check (e.g. longer than the token limit)."""
     DUPLICATE = "duplicate"
     """Exactly the same conversation as an earlier line."""
+    DUPLICATE_PROMPT = "duplicate_prompt"
+    """The same prompt as an earlier example (dedup `exact` or `near`)."""
+    NEAR_DUPLICATE = "near_duplicate"
+    """A near-duplicate of an earlier example's prompt (dedup `near`)."""
+    EVAL_LEAKAGE = "eval_leakage"
+    """A near-duplicate of an example in the other split (train vs validation): always dropped."""
 
 
 def assistant_output(completion: StoredCompletion) -> dict[str, Any] | SkipReason:

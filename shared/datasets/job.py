@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
+from shared.datasets.dedup import DedupParams
 from shared.platform.access import OwnerId, same_owner
 from shared.platform.errors import InvalidRequest, NotFound
 from shared.platform.request_body import MetadataKey, validation_error
@@ -83,6 +84,8 @@ class DatasetParams(BaseModel):
     group_by: MetadataKey | None = None
     """Distillation only: metadata key whose value keeps a group in one file (default: each completion)."""
     name: str | None = Field(None, max_length=256)
+    dedup: DedupParams = Field(default_factory=DedupParams)
+    """Drop repeated prompts: `{"mode": "off" | "exact" | "near", "threshold": 0.8}`."""
     owner: OwnerId = None
     """Set by the service under owner scoping (never by callers): only this owner's completions are used."""
 
@@ -105,7 +108,7 @@ class DatasetParams(BaseModel):
     @classmethod
     def _not_everything(cls, value: CompletionFilter | None) -> CompletionFilter | None:
         if value is not None and value.is_empty():
-            raise ValueError("set at least one of metadata, model, created_after, created_before")
+            raise ValueError("set at least one of metadata, scores, model, created_after, created_before")
         return value
 
     @model_validator(mode="after")
@@ -132,12 +135,18 @@ class DatasetJobMessage(BaseModel):
     job_id: DatasetId
     """The dataset id; see `new_dataset_id` (any `dataset-` + 32 lowercase hex digits is accepted)."""
     part: int = Field(0, ge=0)
-    """0 for a new job; continuations the worker sends count up."""
+    """0 for a new job; continuations the worker sends count up (within a slice, the slice's own)."""
     request: DatasetParams
+    slice: int | None = Field(None, ge=0)
+    """Set by the worker only: this message builds slice n of a fanned-out build (see `Plan`)."""
+    generation: int = Field(0, ge=0)
+    """The job generation a slice message belongs to; a rebuild makes older slice messages stale."""
 
     @property
     def message_id(self) -> str:
         """The Service Bus message id: resends of the same part are duplicates Service Bus drops."""
+        if self.slice is not None:
+            return f"{self.job_id}-g{self.generation}-s{self.slice}-part{self.part}"
         return self.job_id if self.part == 0 else f"{self.job_id}-part{self.part}"
 
 
@@ -167,6 +176,8 @@ class Checkpoint(BaseModel):
     blocks: dict[str, list[StagedBlock]] = Field(default_factory=dict)
     fingerprint_runs: list[str] = Field(default_factory=list)
     """Runs whose duplicate fingerprints are saved as `<id>/work/fingerprints-<run>.bin`."""
+    prompt_runs: list[str] = Field(default_factory=list)
+    """Runs whose admitted prompts (dedup and leakage state) are saved as `<id>/work/prompts-<run>.bin`."""
     source_digest: int = 0
     """Sum of sha256(id) of written completions, mod 2**256: order- and chunk-independent."""
     walk_done: bool = False
@@ -186,6 +197,49 @@ class DatasetCounts(BaseModel):
 class JobError(BaseModel):
     code: str
     message: str
+
+
+class SliceRange(BaseModel):
+    """The completions of one slice: the selection's walk after `after` up to and including `upto`."""
+
+    after: str | None
+    upto: str | None
+    """None for the last slice: to the end of the selection."""
+
+
+class Plan(BaseModel):
+    """How a filter selection is split into slices, each built by its own queue message.
+
+    The planning delivery walks the index rows only (no documents) and ends a slice every
+    `slice_completions` ids; each slice message is sent as soon as its range is known.
+    """
+
+    bounds: list[str] = Field(default_factory=list)
+    """The last id of each full slice, in walk order; slice n runs after bounds[n-1] up to bounds[n]."""
+    cursor: str | None = None
+    """The planning walk's position (a continuation of the planning resumes after it)."""
+    counted: int = 0
+    done: bool = False
+    """The walk reached the end: there are `len(bounds) + 1` slices, none empty."""
+
+    @property
+    def fanned_out(self) -> bool:
+        return self.done and bool(self.bounds)
+
+    def slice_range(self, number: int) -> SliceRange:
+        return SliceRange(
+            after=self.bounds[number - 1] if number > 0 else None,
+            upto=self.bounds[number] if number < len(self.bounds) else None,
+        )
+
+
+class SliceRecord(BaseModel):
+    """One slice's progress (`<id>/work/g<generation>-slice-<n>.json`), ETag'd like the job record."""
+
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint)
+    counts: DatasetCounts = Field(default_factory=DatasetCounts)
+    runs: int = 0
+    """Deliveries that started work on the slice (more than one: a delivery died and was redone)."""
 
 
 class DatasetJob(BaseModel):
@@ -210,6 +264,8 @@ class DatasetJob(BaseModel):
     """Bumped by each rebuild; the files of generation n > 0 live under `<id>/r<n>/`."""
     rebuilds: int = 0
     """Times the dataset was rebuilt because a completion it held was deleted (right to be forgotten)."""
+    plan: Plan | None = None
+    """A filter selection's split into slices; None until planned (and for `ids` selections)."""
 
     def file_path(self, name: str) -> str:
         """Where this generation's file `name` lives below `<id>/`: a stale build never writes over a rebuild."""
@@ -241,6 +297,7 @@ class DatasetJob(BaseModel):
             "validation_fraction": request.fraction if request else None,
             "seed": request.seed if request else None,
             "group_by": request.group_by if request else None,
+            "dedup": request.dedup.model_dump() if request else None,
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,

@@ -5,7 +5,8 @@ dataset in the completion index table: partition `ds-` + the id's capture-time b
 `<completion id>:<dataset id>`, no other column). Every delete path removes the document first and
 looks the rows up after, so a build that read a document before its deletion is always found,
 however the two interleave. A row for a completion the build then skipped only causes an
-unnecessary rebuild.
+unnecessary rebuild. Once the holders are rebuilding, the deleted ids' rows are dropped, so
+deleting an id twice rebuilds nothing the second time.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from azure.core.exceptions import AzureError, ServiceRequestError, ServiceResponseError
-from azure.data.tables import UpdateMode
+from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
 from shared.platform.errors import StorageUnavailable
@@ -59,19 +60,48 @@ class DatasetMembership:
 
     async def holders(self, completion_ids: Iterable[str]) -> set[str]:
         """The datasets that recorded any of these completions: one range query per capture-time bucket."""
+        return {dataset_id for _, _, dataset_id in await self._rows(completion_ids)}
+
+    async def release(self, completion_ids: Iterable[str]) -> None:
+        """Drop the rows of deleted completions once their datasets are rebuilding without them.
+
+        A second delete of the same id then finds no holder and rebuilds nothing. A build that records
+        one of these ids after its rows were read can no longer read the document, so its row is moot.
+        """
+        by_partition: dict[str, list[str]] = defaultdict(list)
+        for partition, row_key, _ in await self._rows(completion_ids):
+            by_partition[partition].append(row_key)
+        try:
+            for partition, row_keys in by_partition.items():
+                for start in range(0, len(row_keys), _TRANSACTION):
+                    operations = [
+                        ("delete", {"PartitionKey": partition, "RowKey": row_key})
+                        for row_key in row_keys[start : start + _TRANSACTION]
+                    ]
+                    try:
+                        await self._table.submit_transaction(operations)
+                    except TableTransactionError:  # a concurrent delete took a row first: go one by one
+                        for _, entity in operations:
+                            await self._table.delete_entity(partition, entity["RowKey"])  # a 404 is ignored
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+
+    async def _rows(self, completion_ids: Iterable[str]) -> list[tuple[str, str, str]]:
+        """(partition, row key, dataset id) of every row these completions have."""
         by_partition: dict[str, set[str]] = defaultdict(set)
         for completion_id in completion_ids:
             by_partition[_partition(completion_id)].add(completion_id)
-        found: set[str] = set()
+        found: list[tuple[str, str, str]] = []
         try:
             for partition, wanted in by_partition.items():
                 query = "PartitionKey eq @p and RowKey ge @low and RowKey lt @high"
                 # ';' sorts just after ':': every row of an id lies in [id + ':', id + ';').
                 parameters = {"p": partition, "low": min(wanted) + ":", "high": max(wanted) + ";"}
                 async for row in self._table.query_entities(query, parameters=parameters, select=["RowKey"]):
-                    completion_id, _, dataset_id = str(row["RowKey"]).partition(":")
+                    row_key = str(row["RowKey"])
+                    completion_id, _, dataset_id = row_key.partition(":")
                     if completion_id in wanted:
-                        found.add(dataset_id)
+                        found.append((partition, row_key, dataset_id))
         except AzureError as exc:
             raise StorageUnavailable("The completion index is unavailable.") from exc
         return found

@@ -10,17 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob.aio import BlobClient, ContainerClient
 
-from shared.datasets.job import DatasetJob, DatasetStatus, require_dataset_id
+from shared.datasets.job import DatasetJob, DatasetStatus, SliceRecord, require_dataset_id
 from shared.platform.errors import Conflict, NotFound, StorageUnavailable
 
 JOB_BLOB = "job.json"
 WORK_PREFIX = "work/"
 READ_RANGE_BYTES = 4 * 1024 * 1024
+
+
+def _slice_name(job: DatasetJob, number: int) -> str:
+    return f"{WORK_PREFIX}g{job.generation}-slice-{number:05d}.json"
 
 
 class JobSuperseded(Exception):
@@ -66,6 +71,32 @@ class DatasetRecords:
                 job.model_dump_json(), overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified
             )
         except (ResourceModifiedError, ResourceNotFoundError):
+            raise JobSuperseded(job.id) from None
+        except AzureError as exc:
+            if getattr(exc, "status_code", None) == 412:
+                raise JobSuperseded(job.id) from None
+            raise StorageUnavailable("The dataset store is unavailable.") from exc
+        return str(result["etag"])
+
+    async def read_slice(self, job: DatasetJob, number: int) -> tuple[SliceRecord, str | None]:
+        """A slice's record and ETag; a fresh record and None when no delivery has started it."""
+        try:
+            download = await self.blob(job.id, _slice_name(job, number)).download_blob()
+            raw = await download.readall()
+        except ResourceNotFoundError:
+            return SliceRecord(), None
+        except AzureError as exc:
+            raise StorageUnavailable("The dataset store is unavailable.") from exc
+        return SliceRecord.model_validate_json(raw), str(download.properties.etag)
+
+    async def save_slice(self, job: DatasetJob, number: int, record: SliceRecord, etag: str | None) -> str:
+        """Write a slice's record only if it is still the version read (or still absent); the new ETag."""
+        condition: dict[str, Any] = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+        try:
+            result = await self.blob(job.id, _slice_name(job, number)).upload_blob(
+                record.model_dump_json(), overwrite=etag is not None, **condition
+            )
+        except (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError):
             raise JobSuperseded(job.id) from None
         except AzureError as exc:
             if getattr(exc, "status_code", None) == 412:

@@ -28,7 +28,7 @@ class Forgetting:
         try:
             await self._store.delete(ids.require_completion_id(completion_id), owner=owner)
         except NotFound:
-            # A retry after the datasets step failed: the id is gone but was deleted, so finish the job.
+            # A retry after the datasets step failed finishes it; once it succeeded, no dataset holds the id any more.
             if await self._store.index.is_forgotten(completion_id):
                 await self.deleted([completion_id])
             raise

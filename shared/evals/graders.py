@@ -7,7 +7,9 @@
   `gleu` NLTK's sentence GLEU; `meteor` NLTK's METEOR with exact and Porter-stem matches (no WordNet
   synonyms: WordNet's data needs a download this service does not make); `rouge_1`…`rouge_5`,
   `rouge_l` the F-measure of Google's rouge-score (stemming on); `cosine` the cosine similarity of
-  the two texts' embeddings from the `EVAL_EMBEDDINGS_DEPLOYMENT` deployment.
+  the two texts' embeddings from the `EVAL_EMBEDDINGS_DEPLOYMENT` deployment. Texts longer than
+  `EVAL_MAX_COMPARED_CHARS` are an `error` result; long pairs are scored off the event loop
+  (`shared.evals.metrics`).
 - `label_model` / `score_model`: a model (the criterion's `model`, a deployment) is asked with
   structured output for a label from `labels` / a number in `range`; an answer outside them is an
   error for that item, never a pass.
@@ -19,17 +21,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from functools import cache
 from typing import Annotated, Any, Literal
 
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from shared.evals.metrics import MetricRefused, TextMetrics
 from shared.evals.templates import check_variables, content_text, render, render_messages
 from shared.platform.errors import InvalidRequest
 from shared.upstream.model_calls import ModelCalls, UpstreamCallFailed
 
 REFUSED_GRADERS = frozenset({"python", "multi"})
+MAX_TESTING_CRITERIA = 50
+"""Criteria one eval holds at most: each may call a model once per item."""
 
 
 class _Grader(BaseModel):
@@ -142,6 +146,12 @@ def parse_testing_criteria(raw: Any) -> list[TestingCriterion]:
     """Validate `testing_criteria`; a 400 names the criterion and field (`testing_criteria[1].operation`)."""
     if not isinstance(raw, list) or not raw:
         raise InvalidRequest("'testing_criteria' must be a non-empty list of graders.", param="testing_criteria")
+    if len(raw) > MAX_TESTING_CRITERIA:
+        raise InvalidRequest(
+            f"'testing_criteria' has {len(raw)} graders; an eval holds at most {MAX_TESTING_CRITERIA}.",
+            param="testing_criteria",
+            code="too_many_testing_criteria",
+        )
     for position, criterion in enumerate(raw):
         kind = criterion.get("type") if isinstance(criterion, dict) else None
         if kind in REFUSED_GRADERS:
@@ -246,6 +256,7 @@ async def grade(
     item: dict[str, Any],
     sample: dict[str, Any] | None,
     calls: ModelCalls,
+    metrics: TextMetrics,
     embeddings_deployment: str,
 ) -> GradeResult:
     try:
@@ -258,11 +269,13 @@ async def grade(
             if criterion.evaluation_metric == "cosine":
                 score = await _cosine(calls, embeddings_deployment, hypothesis, reference)
             else:
-                score = _METRICS[criterion.evaluation_metric](hypothesis, reference)
+                score = await metrics.score(criterion.evaluation_metric, hypothesis, reference)
             return _result(criterion, score, passed=score >= criterion.pass_threshold)
         return await _grade_with_model(criterion, item, sample, calls)
     except UpstreamCallFailed as exc:
         return _result(criterion, 0.0, passed=False, error=f"The grader model call failed: {exc.message}")
+    except MetricRefused as exc:
+        return _result(criterion, 0.0, passed=False, error=str(exc))
 
 
 def _result(criterion: TestingCriterion, score: float, *, passed: bool, **extra: Any) -> GradeResult:
@@ -367,61 +380,3 @@ def _json_or_none(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return None
-
-
-# Text-similarity metrics: (hypothesis, reference) -> score in [0, 1]; libraries load on first use.
-def _fuzzy_match(hypothesis: str, reference: str) -> float:
-    from rapidfuzz import fuzz
-
-    return float(fuzz.ratio(hypothesis, reference)) / 100.0
-
-
-def _bleu(hypothesis: str, reference: str) -> float:
-    import sacrebleu
-
-    return float(sacrebleu.sentence_bleu(hypothesis, [reference]).score) / 100.0
-
-
-def _gleu(hypothesis: str, reference: str) -> float:
-    from nltk.translate.gleu_score import sentence_gleu
-
-    return float(sentence_gleu([reference.split()], hypothesis.split()))
-
-
-class _NoSynonyms:
-    """Stands in for WordNet in NLTK's METEOR: exact and stem matches only (see the module docstring)."""
-
-    def synsets(self, *_args: Any, **_kwargs: Any) -> list[Any]:
-        return []
-
-
-def _meteor(hypothesis: str, reference: str) -> float:
-    from nltk.translate.meteor_score import single_meteor_score
-
-    if not hypothesis.split() or not reference.split():
-        return 0.0
-    return float(single_meteor_score(reference.split(), hypothesis.split(), wordnet=_NoSynonyms()))
-
-
-@cache
-def _rouge_scorer(kind: str) -> Any:
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer([kind], use_stemmer=True)
-
-
-def _rouge(kind: str) -> Callable[[str, str], float]:
-    def score(hypothesis: str, reference: str) -> float:
-        return float(_rouge_scorer(kind).score(reference, hypothesis)[kind].fmeasure)
-
-    return score
-
-
-_METRICS: dict[str, Callable[[str, str], float]] = {
-    "fuzzy_match": _fuzzy_match,
-    "bleu": _bleu,
-    "gleu": _gleu,
-    "meteor": _meteor,
-    **{f"rouge_{n}": _rouge(f"rouge{n}") for n in range(1, 6)},
-    "rouge_l": _rouge("rougeL"),
-}

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shared.evals.graders import GraderMessage
 from shared.platform.request_body import Metadata, validation_error
+from shared.store.scores import ScoreConditions
 
 MAX_RUN_ITEMS = 10_000
 """Items one run grades at most (a stored-completions `limit`, a file's rows)."""
@@ -81,6 +82,8 @@ class FileIdSource(_Params):
 class StoredCompletionsSource(_Params):
     type: Literal["stored_completions"]
     metadata: Metadata | None = None
+    scores: ScoreConditions | None = None
+    """Distillery's addition: only completions whose scores pass, as in a list's `scores.…` filter."""
     model: str | None = Field(None, min_length=1)
     created_after: int | None = Field(None, ge=0)
     created_before: int | None = Field(None, ge=0)

@@ -4,16 +4,23 @@
     <eval id>/runs/<run id>/request.json          what the run was asked (immutable)
     <eval id>/runs/<run id>/run.json              its state: status, counts, usage, checkpoint
     <eval id>/runs/<run id>/items.jsonl           the data-source items, fixed when the run starts
-    <eval id>/runs/<run id>/output/<index>.json   one graded item, written once
+    <eval id>/runs/<run id>/output/<start>-<end>.jsonl
+                                                  graded items start..end-1, one JSON line each
 
 Ids start with inverted time, so listings come newest first; state writes are conditional on the
-ETag read, so two deliveries of one message never both advance a run.
+ETag read, so two deliveries of one message never both advance a run. Graded items are written in
+groups of consecutive indexes (one blob write per group, not per item); only the groups the run's
+state lists in `output_groups` count — a group written by a delivery that died before saving the
+state is counted by the next delivery, a group that lost a race is ignored.
 """
 
 from __future__ import annotations
 
+import bisect
+import re
 import secrets
 import time
+from collections.abc import AsyncIterator
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -137,10 +144,26 @@ class RunRecord(BaseModel):
     cancel_requested: bool = False
     lineage: Lineage = Field(default_factory=Lineage)
     deliveries: int = 0
+    output_groups: list[int] = Field(default_factory=list)
+    """End index (exclusive) of each counted output group, ascending; each starts where the last ended."""
+    delivery_open: bool = False
+    """A delivery started and has not ended (nor checkpointed): seen by the next one, it was killed."""
+    last_failure: str | None = None
+    """Why the last delivery failed (for the run's error when the queue gives up)."""
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
+
+    def group_of(self, index: int) -> tuple[int, int] | None:
+        """The counted output group (start, end) holding `index`, if any."""
+        position = bisect.bisect_right(self.output_groups, index)
+        if position == len(self.output_groups):
+            return None
+        return (self.output_groups[position - 1] if position else 0), self.output_groups[position]
+
+    def groups(self) -> list[tuple[int, int]]:
+        return list(zip([0, *self.output_groups[:-1]], self.output_groups, strict=True))
 
     def view(self, request: RunCreateParams) -> dict[str, Any]:
         return {
@@ -283,25 +306,24 @@ class EvalStore:
         )
         return raw
 
-    async def write_output(self, output: OutputItem) -> OutputItem:
-        """Write a graded item once; a second writer gets the first one's (so nothing is graded twice)."""
-        name = _output_name(output.eval_id, output.run_id, output.index)
-        try:
-            await self.blobs.put(name, output.model_dump_json(), create=True)
-        except Superseded:
-            return await self.read_output(output.eval_id, output.run_id, output.index)
-        return output
+    async def write_group(self, eval_id: str, run_id: str, start: int, end: int, data: bytes) -> None:
+        """Write graded items start..end-1 once; `Superseded` when a delivery already wrote that range."""
+        await self.blobs.put(_group_name(eval_id, run_id, start, end), data, create=True)
 
-    async def read_output(self, eval_id: str, run_id: str, index: int) -> OutputItem:
-        raw, _ = await self.blobs.get(
-            _output_name(eval_id, run_id, index), missing="No output item found with that id."
-        )
-        return OutputItem.model_validate_json(raw)
+    async def open_group(self, eval_id: str, run_id: str, start: int, end: int) -> tuple[int, AsyncIterator[bytes]]:
+        """A group's size (known before its bytes are fetched, for the read budget) and its bytes."""
+        return await self.blobs.open(_group_name(eval_id, run_id, start, end), missing="An output group is missing.")
 
-    async def output_indexes(self, eval_id: str, run_id: str) -> list[int]:
-        """Indexes of the graded items, ascending."""
+    async def written_groups(self, eval_id: str, run_id: str) -> dict[int, int]:
+        """start -> end of the output groups written (counted or not); the shortest when two start alike."""
         prefix = f"{eval_id}/runs/{run_id}/output/"
-        return sorted(int(name[len(prefix) : -5]) for name in await self.blobs.names(prefix))
+        groups: dict[int, int] = {}
+        for name in await self.blobs.names(prefix):
+            match = _GROUP.fullmatch(name[len(prefix) :])
+            if match is not None:
+                start, end = int(match.group(1)), int(match.group(2))
+                groups[start] = min(end, groups.get(start, end))
+        return groups
 
     async def ids(self, prefix: str) -> list[str]:
         """The ids directly under `prefix` (evals at '', runs at '<eval id>/runs/'), newest first."""
@@ -311,5 +333,8 @@ class EvalStore:
         await self.blobs.delete_tree(prefix)
 
 
-def _output_name(eval_id: str, run_id: str, index: int) -> str:
-    return f"{eval_id}/runs/{run_id}/output/{index:08d}.json"
+_GROUP = re.compile(r"(\d{8})-(\d{8})\.jsonl")
+
+
+def _group_name(eval_id: str, run_id: str, start: int, end: int) -> str:
+    return f"{eval_id}/runs/{run_id}/output/{start:08d}-{end:08d}.jsonl"

@@ -1,11 +1,11 @@
 """The eval service the HTTP functions and the eval queue trigger call.
 
-A run is graded on the job queue, a batch of `concurrency` items at a time: each item is answered
-by the candidate deployment (or keeps the answer its source holds), graded by every criterion and
-written once as `output/<index>.json`; then the run's counts advance, conditional on the ETag read.
-A delivery that outlives its time budget checkpoints and queues a continuation; a redelivered
-message finds the items already written and counts them exactly once; a delivery that keeps
-failing marks the run failed on its last try, and the queue dead-letters the message.
+A run is graded on the job queue by a continuous window of items (`_Window`): each item is
+answered by the candidate deployment (or keeps the answer its source holds) and graded by every
+criterion; consecutive graded items are written as one group blob and counted with one state
+write, conditional on the ETag read. A delivery that outlives its time budget checkpoints and
+queues a continuation; a redelivered message counts the groups a killed delivery wrote exactly
+once; the queue's last delivery of a failing message marks the run failed with the reason.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.datasets import formats
 from shared.datasets.records import DatasetRecords
-from shared.evals.compare import compare_runs
+from shared.evals.compare import RunComparison
 from shared.evals.graders import (
     LabelModelGrader,
     ScoreModelGrader,
@@ -36,6 +36,8 @@ from shared.evals.graders import (
     parse_testing_criteria,
     stored_sample,
 )
+from shared.evals.metering import MeteredCalls, TokenCapReached, TokenMeter
+from shared.evals.metrics import TextMetrics
 from shared.evals.params import (
     DATASET_FILE_ID,
     MAX_RUN_ITEM_BYTES,
@@ -70,6 +72,7 @@ from shared.platform.telemetry import JobChunk, job_chunk
 from shared.store.completion_filter import CompletionFilter
 from shared.store.completion_store import CompletionStore
 from shared.store.json_blobs import Superseded
+from shared.store.read_budget import ByteBudget
 from shared.upstream.model_calls import ModelCalls, UpstreamCallFailed
 
 log = logging.getLogger(__name__)
@@ -114,6 +117,15 @@ class EvalLimits:
     max_delivery_count: int = 5
     default_token_cap: int = 2_000_000
     embeddings_deployment: str = "text-embedding-3-large"
+    save_every_items: int = 100
+    """Graded items written as one group and counted with one state write, at most..."""
+    save_every_seconds: float = 2.0
+    """...or at least this often (so a killed delivery loses little and a cancel is seen soon)..."""
+    group_max_bytes: int = 4 * 1024 * 1024
+    """...or once a group holds this many bytes (a reader holds a whole group from its budget)."""
+    overrun_seconds: float = 60.0
+    """Items still in flight this long after `chunk_seconds` are stopped: 300 s by default, inside
+    the queue's 5-minute message lock even before any renewal."""
 
 
 class EvalJobMessage(BaseModel):
@@ -139,6 +151,8 @@ class EvalService:
         completions: CompletionStore,
         datasets: DatasetRecords,
         calls: ModelCalls,
+        metrics: TextMetrics,
+        budget: ByteBudget,
         job_queue: JobQueue,
         queue_name: str,
         limits: EvalLimits,
@@ -148,7 +162,10 @@ class EvalService:
         self._fine_tuning_job_of = fine_tuning_job_of
         self._completions = completions
         self._datasets = datasets
-        self._calls = calls
+        self.calls = calls
+        self._metrics = metrics
+        self.budget = budget
+        """The worker's read budget (`DOCUMENT_READ_BUDGET_BYTES`): items in flight and output groups read."""
         self._queue = job_queue
         self._queue_name = queue_name
         self.limits = limits
@@ -310,30 +327,44 @@ class EvalService:
         status: str | None,
         owner: str | None,
     ) -> tuple[list[OutputItem], bool]:
-        await self._visible_run(eval_id, run_id, owner)
-        indexes = await self.store.output_indexes(eval_id, run_id)
-        if order == "desc":
-            indexes.reverse()
+        run = await self._visible_run(eval_id, run_id, owner)
+        position = None
         if after is not None:
             position = output_item_index(run_id, after)
             if position is None:
                 raise InvalidRequest("'after' is not an output item id of this run.", param="after")
-            indexes = [i for i in indexes if (i > position if order == "asc" else i < position)]
+        groups = run.groups()
+        if order == "desc":
+            groups.reverse()
         page: list[OutputItem] = []
-        for index in indexes:
-            item = await self.store.read_output(eval_id, run_id, index)
-            if status is None or item.status == status:
-                if len(page) == limit:
-                    return page, True
-                page.append(item)
+        page_bytes = 0
+        for start, end in groups:
+            if position is not None and (end <= position + 1 if order == "asc" else start >= position):
+                continue
+            async with self._group_lines(run, start, end) as lines:
+                for line in reversed(lines) if order == "desc" else lines:
+                    item = OutputItem.model_validate_json(line)
+                    if position is not None and (item.index <= position if order == "asc" else item.index >= position):
+                        continue
+                    if status is None or item.status == status:
+                        # A page also ends once its items fill half the read budget (page on with `after`).
+                        if len(page) == limit or (page and page_bytes + len(line) > self.budget.capacity // 2):
+                            return page, True
+                        page.append(item)
+                        page_bytes += len(line)
         return page, False
 
     async def output_item(self, eval_id: str, run_id: str, item_id: str, *, owner: str | None) -> OutputItem:
-        await self._visible_run(eval_id, run_id, owner)
+        run = await self._visible_run(eval_id, run_id, owner)
         index = output_item_index(run_id, item_id)
-        if index is None:
-            raise NotFound(f"No output item found with id '{item_id}'.", param="output_item_id")
-        return await self.store.read_output(eval_id, run_id, index)
+        group = run.group_of(index) if index is not None else None
+        if index is not None and group is not None:
+            prefix = b'{"index":%d,' % index
+            async with self._group_lines(run, *group) as lines:
+                for line in lines:
+                    if line.startswith(prefix):  # only the wanted line is parsed
+                        return OutputItem.model_validate_json(line)
+        raise NotFound(f"No output item found with id '{item_id}'.", param="output_item_id")
 
     async def compare(self, eval_id: str, run_ids: list[str], *, owner: str | None) -> dict[str, Any]:
         """Per criterion, over the items both runs graded: wins, losses, ties and the pass-rate delta (b - a)."""
@@ -344,18 +375,47 @@ class EvalService:
         for run in runs:
             if not run.finished:
                 raise InvalidRequest(f"Run '{run.id}' is still {run.status}; compare finished runs.", param="runs")
-        outputs = [await self._all_outputs(eval_id, run.id) for run in runs]
-        return compare_runs(record, runs, outputs)
+        comparison = RunComparison(record, runs)
+        async with (
+            contextlib.aclosing(self._outputs(runs[0], first=True)) as first,
+            contextlib.aclosing(self._outputs(runs[1], first=False)) as second,
+        ):
+            a, b = await anext(first, None), await anext(second, None)
+            while a is not None and b is not None:
+                if a.index == b.index:
+                    comparison.add(a, b)
+                if a.index <= b.index:
+                    a = await anext(first, None)
+                else:
+                    b = await anext(second, None)
+        return comparison.result()
+
+    async def _outputs(self, run: RunRecord, *, first: bool) -> AsyncGenerator[OutputItem]:
+        """`first`: this reader's first group waits for room in the budget; after that (and for the
+        other run's reader) the two readers each hold one group and add the next without waiting,
+        as waiting on bytes the other reader holds would deadlock."""
+        for position, (start, end) in enumerate(run.groups()):
+            async with self._group_lines(run, start, end, first=first and position == 0) as lines:
+                for line in lines:
+                    yield OutputItem.model_validate_json(line)
 
     # The queue.
 
     async def handle(self, body: bytes, *, delivery_count: int) -> None:
-        """One queue delivery; raising makes the queue retry, and finally dead-letter, the message."""
+        """One queue delivery; raising makes the queue retry, and finally dead-letter, the message.
+
+        The queue's last delivery of a message that failed before does not try again: it ends the
+        run `failed` with the last failure's reason (or says the last delivery was interrupted). A
+        worker killed on the last try could otherwise leave the run `in_progress` forever.
+        """
         try:
             message = EvalJobMessage.model_validate_json(body)
         except ValidationError as exc:
             log.error("Invalid eval job message: %s", exc.errors(include_input=False, include_url=False)[:3])
             raise
+        final = delivery_count >= self.limits.max_delivery_count
+        if final and delivery_count > 1:
+            return await self._give_up(message, delivery_count)
         try:
             with job_chunk("eval_run", message.run_id, part=message.part) as chunk:
                 chunk.span.set_attribute("distillery.eval_id", message.eval_id)
@@ -363,7 +423,6 @@ class EvalService:
         except Superseded:
             log.info("Eval run %s: another delivery advanced, cancelled or deleted it", message.run_id)
         except Exception as exc:
-            final = delivery_count >= self.limits.max_delivery_count
             reason = exc.message if isinstance(exc, DistilleryError) else f"unexpected {type(exc).__name__}"
             log.warning(
                 "Eval run %s: delivery %s failed (final: %s): %s", message.run_id, delivery_count, final, reason
@@ -371,7 +430,32 @@ class EvalService:
             if final:
                 error = RunError(code="run_failed", message=f"The run failed {delivery_count} times: {reason}")
                 await self._settle_failure(message.eval_id, message.run_id, error)
+            else:
+                await self._note_failure(message.eval_id, message.run_id, reason)
             raise
+
+    async def _give_up(self, message: EvalJobMessage, delivery_count: int) -> None:
+        with contextlib.suppress(NotFound, Superseded, DistilleryError):
+            run, _ = await self.store.read_run(message.eval_id, message.run_id)
+            if run.finished or message.part != run.part:
+                return
+            if run.delivery_open:
+                reason = (
+                    f"delivery {delivery_count - 1} stopped without finishing (the worker was stopped, or it ran "
+                    f"out of time) after {run.next_index} of {run.items_total} items were counted"
+                )
+            else:
+                reason = run.last_failure or "the queue delivered it again without a recorded failure"
+            message_text = f"The run failed {delivery_count - 1} times: {reason}."
+            log.warning("Eval run %s: last delivery, marking it failed: %s", run.id, reason)
+            await self._settle_failure(run.eval_id, run.id, RunError(code="run_failed", message=message_text))
+
+    async def _note_failure(self, eval_id: str, run_id: str, reason: str) -> None:
+        with contextlib.suppress(NotFound, Superseded, DistilleryError):
+            run, etag = await self.store.read_run(eval_id, run_id)
+            if not run.finished:
+                run.last_failure, run.delivery_open = reason, False
+                await self.store.save_run(run, etag)
 
     async def _run(self, message: EvalJobMessage, chunk: JobChunk) -> None:
         try:
@@ -384,75 +468,135 @@ class EvalService:
         if message.part < run.part:  # a redelivery of a part that already ran: make sure its continuation was sent
             await self._send(message.model_copy(update={"part": run.part}))
             return
+        started = time.monotonic()
         record, _ = await self.store.read_eval(run.eval_id)
         request = await self.store.read_request(run.eval_id, run.id)
         if run.status is RunStatus.QUEUED:
             run.status = RunStatus.IN_PROGRESS
         run.deliveries += 1
+        run.delivery_open = True
         etag = await self.store.save_run(run, etag)
         items = await self._items(run, record, request)
         if run.items_total is None:
             run.items_total = len(items)
             run.lineage.completion_ids_digest = _ids_digest(items) if run.lineage.completion_filter else None
             etag = await self.store.save_run(run, etag)
-        graded = set(await self.store.output_indexes(run.eval_id, run.id))  # by deliveries cut off before counting
-        started, first = time.monotonic(), run.next_index
-        while run.next_index < len(items):
-            if run.cancel_requested:
-                return await self._finish(run, etag, RunStatus.CANCELED)
-            if run.tokens_used >= run.token_cap:
-                message_text = (
-                    f"The run used {run.tokens_used} tokens, reaching its cap of {run.token_cap}: it stopped after "
-                    f"{run.next_index} of {len(items)} items, whose results are kept."
-                )
-                run.error = RunError(code="token_cap_reached", message=message_text)
-                return await self._finish(run, etag, RunStatus.FAILED)
-            batch = range(run.next_index, min(len(items), run.next_index + self.limits.concurrency))
-            outputs = await asyncio.gather(
-                *(self._output(run, record, request, index, items[index], index in graded) for index in batch)
+        run, etag = await self._recover(run, etag)
+        first = run.next_index
+        window = _Window(self, run, etag, record, request, items, started)
+        try:
+            stop = await window.grade()
+        finally:
+            chunk.items = window.run.next_index - first
+        run, etag = window.run, window.etag
+        if run.next_index >= len(items):
+            return await self._finish(run, etag, RunStatus.CANCELED if run.cancel_requested else RunStatus.COMPLETED)
+        if stop == "canceled":
+            return await self._finish(run, etag, RunStatus.CANCELED)
+        if stop == "token_cap":
+            message_text = (
+                f"The run used {run.tokens_used} tokens, reaching its cap of {run.token_cap}: it stopped after "
+                f"{run.next_index} of {len(items)} items, whose results are kept."
             )
-            run, etag = await self._advance(run, etag, batch, outputs)
-            chunk.items = run.next_index - first
-            if run.next_index < len(items) and time.monotonic() - started > self.limits.chunk_seconds:
-                run.part += 1
-                await self.store.save_run(run, etag)
-                await self._send(message.model_copy(update={"part": run.part}))
-                return None
-        return await self._finish(run, etag, RunStatus.CANCELED if run.cancel_requested else RunStatus.COMPLETED)
+            run.error = RunError(code="token_cap_reached", message=message_text)
+            return await self._finish(run, etag, RunStatus.FAILED)
+        run.part += 1
+        run.delivery_open = False
+        await self.store.save_run(run, etag)
+        await self._send(message.model_copy(update={"part": run.part}))
 
     async def _finish(self, run: RunRecord, etag: str, status: RunStatus) -> None:
         run.status = status
+        run.delivery_open = False
         await self.store.save_run(run, etag)
         log.info("Eval run %s %s: %s", run.id, status, run.result_counts.model_dump())
 
-    async def _advance(
-        self, run: RunRecord, etag: str, batch: range, outputs: list[OutputItem]
+    async def _recover(self, run: RunRecord, etag: str) -> tuple[RunRecord, str]:
+        """Count the groups a killed delivery wrote but did not count, in order: no upstream call again."""
+        written = await self.store.written_groups(run.eval_id, run.id)
+        while run.next_index in written:
+            start, end = run.next_index, written[run.next_index]
+            candidate = run.model if run.model != STORED_ANSWERS_MODEL else None
+            async with self._group_lines(run, start, end) as lines:
+                tallies = [_tally(OutputItem.model_validate_json(line), candidate) for line in lines]
+            usage: dict[str, dict[str, int]] = {}
+            for tally in tallies:
+                for model, spent in tally.usage:
+                    total = usage.setdefault(model, {"invocation_count": 0})
+                    for key, value in spent.items():
+                        total[key] = total.get(key, 0) + value
+                    total["invocation_count"] += 1
+            log.info("Eval run %s: counting items %s-%s a stopped delivery wrote", run.id, start, end - 1)
+            run, etag = await self._count_group(run, etag, start, end, tallies, usage)
+        return run, etag
+
+    async def _count_group(
+        self,
+        run: RunRecord,
+        etag: str,
+        start: int,
+        end: int,
+        tallies: list[_Tally],
+        usage: dict[str, dict[str, int]],
     ) -> tuple[RunRecord, str]:
-        """Count a graded batch exactly once: only onto the state that still ends where the batch starts."""
+        """Count a written group exactly once: only onto the state that still ends where it starts."""
         while True:
-            if run.next_index != batch.start or run.finished:
+            if run.next_index != start or run.finished:
+                await self._add_usage_only(run, usage)
                 raise Superseded(run.id)
             updated = run.model_copy(deep=True)
-            for output in outputs:
-                _count(updated, output)
-            updated.next_index = batch.stop
+            for tally in tallies:
+                tally.count(updated)
+            _add_usage(updated, usage)
+            updated.next_index = end
+            updated.output_groups.append(end)
             try:
                 return updated, await self.store.save_run(updated, etag)
             except Superseded:
                 run, etag = await self.store.read_run(run.eval_id, run.id)  # a cancel landed: count onto it
 
-    async def _output(
-        self, run: RunRecord, record: EvalRecord, request: RunCreateParams, index: int, line: bytes, graded: bool
-    ) -> OutputItem:
-        if graded:
-            return await self.store.read_output(run.eval_id, run.id, index)
+    async def _add_usage_only(self, run: RunRecord, usage: dict[str, dict[str, int]]) -> None:
+        """Tokens spent on items another delivery counted still count toward the cap."""
+        if not usage:
+            return
+        while True:
+            current, etag = await self.store.read_run(run.eval_id, run.id)
+            _add_usage(current, usage)
+            with contextlib.suppress(Superseded):
+                await self.store.save_run(current, etag)
+                return
+
+    @contextlib.asynccontextmanager
+    async def _group_lines(
+        self, run: RunRecord, start: int, end: int, *, first: bool = True
+    ) -> AsyncIterator[list[bytes]]:
+        """A group's items (JSON lines, unparsed), its bytes held from the read budget inside the block.
+
+        `first` False: the caller already holds part of the budget (it compares two runs), so the
+        group's bytes are added without waiting."""
+        size, chunks = await self.store.open_group(run.eval_id, run.id, start, end)
+        held = await self.budget.acquire(size) if first else self.budget.force(size)
+        try:
+            raw = b"".join([chunk async for chunk in chunks])
+            yield [line for line in raw.split(b"\n") if line.strip()]
+        finally:
+            self.budget.release(held)
+
+    async def _grade_item(
+        self, run: RunRecord, record: EvalRecord, request: RunCreateParams, index: int, line: bytes, calls: ModelCalls
+    ) -> tuple[bytes, _Tally] | None:
+        """An item graded and serialized (its parsed form is dropped here); None when the token cap left
+        no room for its candidate call (the item stays ungraded)."""
         row = json.loads(line)
         item, given_sample = row["item"], row.get("sample")
         sample: dict[str, Any] | None
         sample_error = None
         source = request.data_source
         if isinstance(source, CompletionsRunDataSource) and source.model is not None:
-            sample, sample_error = await self._answer(source, item)
+            try:
+                sample, sample_error = await self._answer(source, item, calls)
+            except TokenCapReached:
+                return None
         elif isinstance(given_sample, dict):
             sample = given_sample if "output" in given_sample else _as_sample(item, given_sample)
         else:
@@ -463,7 +607,8 @@ class EvalService:
                     criterion,
                     item=item,
                     sample=sample,
-                    calls=self._calls,
+                    calls=calls,
+                    metrics=self._metrics,
                     embeddings_deployment=self.limits.embeddings_deployment,
                 )
                 for criterion in record.testing_criteria
@@ -479,10 +624,10 @@ class EvalService:
             results=list(results),
             sample_error=sample_error,
         )
-        return await self.store.write_output(output)
+        return output.model_dump_json().encode(), _tally(output)
 
     async def _answer(
-        self, source: CompletionsRunDataSource, item: dict[str, Any]
+        self, source: CompletionsRunDataSource, item: dict[str, Any], calls: ModelCalls
     ) -> tuple[dict[str, Any], str | None]:
         """The candidate's sample for an item, or the sample of an error when the upstream refused."""
         assert source.model is not None
@@ -491,7 +636,9 @@ class EvalService:
         if source.sampling_params is not None:
             body.update(source.sampling_params.model_dump(exclude_none=True))
         try:
-            completion = await self._calls.chat(deployment=source.model, body=body)
+            completion = await calls.chat(deployment=source.model, body=body)
+        except TokenCapReached:
+            raise
         except UpstreamCallFailed as exc:
             error = f"The candidate call failed (HTTP {exc.upstream_status}, {exc.code}): {exc.message}"
             return make_sample(input_messages=messages, completion=None, error=error), error
@@ -529,9 +676,11 @@ class EvalService:
             if isinstance(output, dict) and selection.matches(
                 created=completion.created,
                 deployment=completion.deployment,
+                served_by=completion.served_by,
                 model=completion.model,
                 metadata=completion.metadata,
                 owner=completion.owner,
+                scores=completion.score_values(),
             ):
                 line = formats.jsonl_line(formats.evaluation_line(completion, output))
                 size += len(line)
@@ -564,16 +713,6 @@ class EvalService:
                 raise InvalidRequest(f"'{source.id}' has more than {MAX_RUN_ITEMS} rows, the most one run grades.")
         return rows
 
-    async def _all_outputs(self, eval_id: str, run_id: str) -> dict[int, OutputItem]:
-        gate = asyncio.Semaphore(32)
-
-        async def read(index: int) -> OutputItem:
-            async with gate:
-                return await self.store.read_output(eval_id, run_id, index)
-
-        indexes = await self.store.output_indexes(eval_id, run_id)
-        return {item.index: item for item in await asyncio.gather(*(read(index) for index in indexes))}
-
     # Checks before a run is queued.
 
     def _check_run_templates(self, record: EvalRecord, params: RunCreateParams) -> None:
@@ -603,7 +742,7 @@ class EvalService:
 
     async def _check_deployments(self, record: EvalRecord, model: str | None) -> None:
         """Every deployment the run will call answers (a 404 is a 400 now, not errors on every item later)."""
-        probe = replace(self._calls, max_attempts=1)
+        probe = replace(self.calls, max_attempts=1)
         wanted: dict[str, str] = {}
         if model is not None:
             wanted[model] = "data_source.model"
@@ -687,6 +826,7 @@ def _completion_filter(source: StoredCompletionsSource, record: EvalRecord, owne
     try:
         return CompletionFilter(
             metadata=metadata,
+            scores=source.scores or {},
             model=source.model,
             created_after=source.created_after,
             created_before=source.created_before,
@@ -720,32 +860,51 @@ def _as_sample(item: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _count(run: RunRecord, output: OutputItem) -> None:
-    counts = run.result_counts
-    counts.total += 1
-    status = output.status
-    counts.passed += status == "pass"
-    counts.failed += status == "fail"
-    counts.errored += status == "error"
-    for result in output.results:
-        criterion = run.per_criterion.setdefault(result.name, CriterionCounts())
-        if result.error is None:
-            criterion.passed += result.passed
-            criterion.failed += not result.passed
-    sample_usage = (output.sample or {}).get("usage") if run.model != STORED_ANSWERS_MODEL else None
-    if isinstance(sample_usage, dict):
-        _add_usage(run, run.model, sample_usage)
-    for result in output.results:
-        for model, usage in result.usage.items():
-            _add_usage(run, model, usage)
+@dataclass(frozen=True)
+class _Tally:
+    """What counting one graded item needs, kept instead of the item itself (which may be megabytes)."""
+
+    status: str
+    criteria: tuple[tuple[str, bool | None], ...]
+    """(criterion, passed), None when it errored."""
+    usage: tuple[tuple[str, dict[str, int]], ...]
+    """(model, usage) of each call the item records (for counting a group a stopped delivery wrote)."""
+
+    def count(self, run: RunRecord) -> None:
+        counts = run.result_counts
+        counts.total += 1
+        counts.passed += self.status == "pass"
+        counts.failed += self.status == "fail"
+        counts.errored += self.status == "error"
+        for name, passed in self.criteria:
+            criterion = run.per_criterion.setdefault(name, CriterionCounts())
+            if passed is not None:
+                criterion.passed += passed
+                criterion.failed += not passed
 
 
-def _add_usage(run: RunRecord, model: str, usage: dict[str, Any]) -> None:
-    total = run.per_model_usage.setdefault(model, ModelUsage())
-    total.invocation_count += 1
-    for key in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"):
-        setattr(total, key, getattr(total, key) + int(usage.get(key) or 0))
-    run.tokens_used += int(usage.get("total_tokens") or 0)
+def _tally(output: OutputItem, candidate: str | None = None) -> _Tally:
+    """`candidate`: the deployment that answered the item, whose usage its sample records."""
+    usage: list[tuple[str, dict[str, int]]] = []
+    sample_usage = (output.sample or {}).get("usage")
+    if candidate is not None and isinstance(sample_usage, dict) and output.sample_error is None:
+        usage.append((candidate, {key: int(value or 0) for key, value in sample_usage.items()}))
+    for result in output.results:
+        usage.extend((name, dict(spent)) for name, spent in result.usage.items())
+    return _Tally(
+        status=output.status,
+        criteria=tuple((r.name, None if r.error is not None else r.passed) for r in output.results),
+        usage=tuple(usage),
+    )
+
+
+def _add_usage(run: RunRecord, usage: dict[str, dict[str, int]]) -> None:
+    for model, spent in usage.items():
+        total = run.per_model_usage.setdefault(model, ModelUsage())
+        total.invocation_count += spent.get("invocation_count", 0)
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"):
+            setattr(total, key, getattr(total, key) + int(spent.get(key) or 0))
+        run.tokens_used += int(spent.get("total_tokens") or 0)
 
 
 def _after(ids: list[str], after: str | None) -> list[str]:
@@ -767,3 +926,165 @@ def _json_object(line: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+class _Window:
+    """One delivery's grading: a continuous window of items in flight, counted in groups.
+
+    Up to twice `concurrency` items are in flight (their model calls share `concurrency` slots), a
+    new one starting as soon as one ends, each holding its bytes from the read budget until it is
+    written. Items end out of order; the longest run of consecutive ended items from the counted
+    point is written as one group and counted (one blob write and one state write) every
+    `save_every_items` items or `save_every_seconds`, or when its bytes reach `group_max_bytes`.
+    A killed delivery loses only the items not yet written, which the next delivery grades again.
+
+    No item starts after `chunk_seconds` from the delivery's start; items still in flight at
+    `overrun_seconds` after that are stopped (not written), so a delivery ends well inside its
+    message lock and two deliveries never grade at once.
+    """
+
+    def __init__(
+        self,
+        service: EvalService,
+        run: RunRecord,
+        etag: str,
+        record: EvalRecord,
+        request: RunCreateParams,
+        items: list[bytes],
+        started: float,
+    ) -> None:
+        self.service, self.run, self.etag = service, run, etag
+        self.record, self.request, self.items = record, request, items
+        limits = service.limits
+        self.limits = limits
+        self.soft_deadline = started + limits.chunk_seconds
+        self.hard_deadline = started + limits.chunk_seconds + limits.overrun_seconds
+        self.meter = TokenMeter(cap=run.token_cap, used=run.tokens_used)
+        self.calls = MeteredCalls(
+            upstream=service.calls.upstream,
+            max_attempts=service.calls.max_attempts,
+            max_wait_seconds=service.calls.max_wait_seconds,
+            backoff_seconds=service.calls.backoff_seconds,
+            meter=self.meter,
+            gate=asyncio.Semaphore(limits.concurrency),
+        )
+        self.in_flight: dict[asyncio.Task[tuple[bytes, _Tally] | None], tuple[int, int]] = {}
+        self.ended: dict[int, tuple[tuple[bytes, _Tally] | None, int]] = {}
+        """index -> (graded item or None when the cap refused it, budget bytes held)."""
+
+    async def grade(self) -> Literal["done", "canceled", "token_cap", "time"]:
+        budget = self.service.budget
+        window = 2 * self.limits.concurrency
+        ahead = window + self.limits.save_every_items
+        next_start = first = self.run.next_index
+        stop: Literal["done", "canceled", "token_cap", "time"] | None = None
+        last_save = time.monotonic()
+        try:
+            while True:
+                while stop is None and next_start < len(self.items) and len(self.in_flight) < window:
+                    if next_start >= self.run.next_index + ahead:
+                        break  # a slow item holds the counted point: do not run far past it
+                    if time.monotonic() >= self.soft_deadline and next_start > first:  # one item at least
+                        stop = "time"
+                    elif self.meter.exhausted:
+                        stop = "token_cap"
+                    elif self.run.cancel_requested:
+                        stop = "canceled"
+                    if stop is not None:
+                        break
+                    line = self.items[next_start]
+                    if not budget.fits(len(line)) and (self.in_flight or self.ended):
+                        break  # wait for our own items to end and be written first
+                    held = await budget.acquire(len(line))
+                    task = asyncio.create_task(
+                        self.service._grade_item(self.run, self.record, self.request, next_start, line, self.calls)
+                    )
+                    self.in_flight[task] = (next_start, held)
+                    next_start += 1
+                if not self.in_flight and not self.ended:
+                    return stop or "done"
+                now = time.monotonic()
+                if self.in_flight:
+                    wake = self.hard_deadline
+                    if self._prefix_end() > self.run.next_index:  # something to write when it is time
+                        wake = min(last_save + self.limits.save_every_seconds, wake)
+                    finished, _ = await asyncio.wait(
+                        self.in_flight, timeout=max(0.0, wake - now), return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in finished:
+                        index, held = self.in_flight.pop(task)
+                        self.ended[index] = (task.result(), held)
+                    if time.monotonic() >= self.hard_deadline and self.in_flight:
+                        await self._stop_in_flight()
+                        stop = "time"
+                refused = await self._write_if_due(last_save, force=not self.in_flight or stop is not None)
+                if refused is not None:
+                    last_save = refused
+                if self.run.cancel_requested and stop is None:
+                    stop = "canceled"
+                if self.meter.exhausted and stop is None:
+                    stop = "token_cap"
+                if not self.in_flight and self._prefix_end() == self.run.next_index:
+                    # nothing runs, nothing more to write: what ended past a refused item is dropped
+                    self._drop_ended()
+                    if stop is not None or next_start >= len(self.items):
+                        return stop or "done"
+                    next_start = self.run.next_index
+        finally:
+            if self.in_flight:
+                await self._stop_in_flight()
+            self._drop_ended()
+            usage = self.meter.take_usage()
+            if usage:  # spent by items that were never written: still counted toward the cap
+                with contextlib.suppress(DistilleryError, NotFound):
+                    await self.service._add_usage_only(self.run, usage)
+
+    def _prefix_end(self) -> int:
+        end = self.run.next_index
+        while end in self.ended and self.ended[end][0] is not None:
+            end += 1
+        return end
+
+    async def _write_if_due(self, last_save: float, *, force: bool) -> float | None:
+        """Write and count the consecutive ended items if it is time; returns when it wrote."""
+        start, end = self.run.next_index, self._prefix_end()
+        if end == start:
+            return None
+        graded = [item for index in range(start, end) if (item := self.ended[index][0]) is not None]
+        size = sum(len(data) for data, _ in graded)
+        due = (
+            force
+            or end - start >= self.limits.save_every_items
+            or time.monotonic() - last_save >= self.limits.save_every_seconds
+            or size >= self.limits.group_max_bytes
+            or not self.service.budget.fits(len(self.items[end]) if end < len(self.items) else 0)
+        )
+        if not due:
+            return None
+        data = b"\n".join(item[0] for item in graded)
+        store = self.service.store
+        try:
+            await store.write_group(self.run.eval_id, self.run.id, start, end, data)
+        except Superseded:  # another delivery wrote this range: it is running, so this one stops
+            raise
+        finally:
+            for index in range(start, end):
+                self.service.budget.release(self.ended.pop(index)[1])
+        tallies = [item[1] for item in graded]
+        self.run, self.etag = await self.service._count_group(
+            self.run, self.etag, start, end, tallies, self.meter.take_usage()
+        )
+        self.meter.used = max(self.meter.used, self.run.tokens_used)
+        return time.monotonic()
+
+    async def _stop_in_flight(self) -> None:
+        tasks = list(self.in_flight)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:
+            self.service.budget.release(self.in_flight.pop(task)[1])
+
+    def _drop_ended(self) -> None:
+        for index in list(self.ended):
+            self.service.budget.release(self.ended.pop(index)[1])

@@ -4,6 +4,10 @@ A variable is a dotted path into the data-source item (`item.`) or the model's s
 list positions are numbers (`item.input.0.content`). Strings are inserted as they are, anything else
 as JSON; a path with nothing at its end renders as an empty string. Unknown variables are refused
 when the eval is created or a run is started (`check_variables`), not discovered item by item.
+
+The variable pattern never backtracks: `{{`, then characters other than braces, then `}}`, trimmed
+afterwards, so finding variables is linear in the template's length (a lazy pattern padded with optional spaces on
+both sides took cubic time on `{{` plus spaces). Templates are also capped at `MAX_TEMPLATE_CHARS`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from typing import Any
 
 from shared.platform.errors import InvalidRequest
 
-VARIABLE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+VARIABLE = re.compile(r"\{\{([^{}]*)\}\}")
+MAX_TEMPLATE_CHARS = 65_536
+"""Longest template (a grader's input or reference, a message's text); longer is a 400."""
 _PATH = re.compile(r"(item|sample)(\.[A-Za-z0-9_\-]+)*")
 
 SAMPLE_FIELDS = frozenset(
@@ -28,7 +34,7 @@ def render(template: str, *, item: dict[str, Any], sample: dict[str, Any] | None
     namespaces = {"item": item, "sample": sample or {}}
 
     def fill(match: re.Match[str]) -> str:
-        root, *path = match.group(1).split(".")
+        root, *path = match.group(1).strip().split(".")
         value = _lookup(namespaces.get(root), path)
         if value is None:
             return ""
@@ -49,7 +55,7 @@ def render_messages(
 
 
 def variables(text: str) -> list[str]:
-    return [match.group(1) for match in VARIABLE.finditer(text)]
+    return [match.group(1).strip() for match in VARIABLE.finditer(text)]
 
 
 def check_variables(
@@ -59,6 +65,12 @@ def check_variables(
     `item.<field>` the data source's item schema does not declare (when it declares its properties)."""
     declared = _declared_fields(item_schema)
     for text in texts:
+        if len(text) > MAX_TEMPLATE_CHARS:
+            raise InvalidRequest(
+                f"A template has {len(text)} characters; the most is {MAX_TEMPLATE_CHARS}.",
+                param=param,
+                code="template_too_long",
+            )
         for variable in variables(text):
             if not _PATH.fullmatch(variable):
                 raise InvalidRequest(

@@ -177,7 +177,7 @@ def explain(error: FineTuningUpstreamError) -> tuple[str, str]:
         return (
             f"The upstream refused this service's identity: {said}",
             f"Assign '{CONTRIBUTOR_ROLE}' on the Azure OpenAI resource to the app's managed identity "
-            "(the Bicep does when AZURE_OPENAI_RESOURCE_ID is set); 'Cognitive Services OpenAI User' only calls models.",
+            "(the Bicep does with enableFineTuning); 'Cognitive Services OpenAI User' only calls models.",
         )
     if error.upstream_status == 429 or "quota" in text:
         return (

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from shared.fine_tuning.comparison import ComparisonRuns, StudentComparison
 from shared.fine_tuning.control_plane import TERMINAL_STATES, ControlPlane, ControlPlaneError
 from shared.fine_tuning.jobs import FineTuningError, FineTuningJobs, FineTuningRecord, StudentDeployment
 from shared.platform.errors import Conflict, InvalidRequest, NotFound
@@ -67,8 +68,10 @@ class StudentDeployments:
         missing_control_plane: str,
         default_sku: str,
         default_capacity: int,
+        comparison: StudentComparison | None = None,
     ) -> None:
         self._jobs = jobs
+        self._comparison = comparison
         self.control_plane = control_plane
         self._missing_control_plane = missing_control_plane
         """What to set (or do instead) when there is no control plane, in words."""
@@ -119,6 +122,10 @@ class StudentDeployments:
                 updated_at=now,
             )
         await self._update(job_id, owner, lambda r: _replace(r, deployment))
+        if deployment.provisioning_state == "Succeeded":  # registered by hand: ready now
+            _replace(record, deployment)
+            await self._judge(record, [deployment.name])
+            deployment = _find(record, deployment.name) or deployment
         return deployment
 
     async def list(self, job_id: str, *, owner: str | None) -> list[StudentDeployment]:
@@ -148,6 +155,16 @@ class StudentDeployments:
         await self._update(job_id, owner, lambda r: _replace(r, deleted))
         return deleted
 
+    async def comparison_of(self, deployment: str) -> ComparisonRuns | None:
+        """The automatic comparison recorded for a deployment (the newest job's), for the promotion gate."""
+        found = None
+        async for record, _ in self._jobs.records():
+            for candidate in record.deployments:
+                runs = candidate.comparison
+                if candidate.name == deployment and candidate.provisioning_state != DELETED and runs and runs.eval_id:
+                    found = runs
+        return found
+
     async def track(self) -> int:
         """The timer: read every provisioning deployment again from Azure; returns how many it read."""
         read = 0
@@ -162,6 +179,7 @@ class StudentDeployments:
     async def _refresh(self, record: FineTuningRecord, etag: str) -> FineTuningRecord:
         if self.control_plane is None or not any(_provisioning(d) for d in record.deployments):
             return record
+        ready = []
         for index, deployment in enumerate(record.deployments):
             if not _provisioning(deployment):
                 continue
@@ -175,6 +193,8 @@ class StudentDeployments:
                 update: dict[str, object] = {"provisioning_state": "Failed", "error": error}
             else:
                 update = {"provisioning_state": state.provisioning_state}
+                if state.provisioning_state == "Succeeded":
+                    ready.append(deployment.name)
                 if state.provisioning_state == "Failed":
                     update["error"] = FineTuningError(
                         code="deployment_failed",
@@ -183,8 +203,27 @@ class StudentDeployments:
                         "and create it again (another SKU or a smaller capacity).",
                     )
             record.deployments[index] = deployment.model_copy(update={**update, "updated_at": now})
-        await self._jobs.save(record, etag)
+        await self._jobs.save(record, etag)  # only the delivery that wrote the change goes on to judge it
+        await self._judge(record, ready)
         return record
+
+    async def _judge(self, record: FineTuningRecord, names: Sequence[str]) -> None:
+        """Start the comparison with the teacher for deployments that just became ready, and record it."""
+        plan = record.params.comparison
+        if self._comparison is None or not names or (plan is not None and not plan.enabled):
+            return
+        for name in names:
+            runs = await self._comparison.start(
+                job_id=record.id, dataset_id=record.dataset_id, deployment=name, owner=record.owner, plan=plan
+            )
+
+            def attach(r: FineTuningRecord, name: str = name, runs: ComparisonRuns = runs) -> None:
+                r.deployments = [
+                    d.model_copy(update={"comparison": runs}) if d.name == name else d for d in r.deployments
+                ]
+
+            attach(record)
+            await self._update(record.id, None, attach)
 
     async def _update(self, job_id: str, owner: str | None, change: Callable[[FineTuningRecord], None]) -> None:
         """Apply `change` to the stored record, read again until it is written over no one else's change."""

@@ -34,6 +34,7 @@ from shared.datasets.job import MIN_DISTILLATION_EXAMPLES, DatasetKind, DatasetS
 from shared.datasets.records import DatasetRecords
 from shared.evals.records import new_id
 from shared.fine_tuning.api import FineTuningApi, FineTuningUpstreamError, explain
+from shared.fine_tuning.comparison import ComparisonPlan, ComparisonRuns
 from shared.platform.access import OwnerId, same_owner
 from shared.platform.errors import DistilleryError, InvalidRequest, NotFound
 from shared.platform.job_queue import JobQueue
@@ -70,6 +71,8 @@ class FineTuningParams(BaseModel):
     """Azure OpenAI's `trainingType`: where the model trains (ignored by other upstreams)."""
     validation: bool = True
     """Send the dataset's `validation.jsonl` too, when it has one."""
+    comparison: ComparisonPlan | None = None
+    """How the student is judged against its teacher once deployed (default: on, the default graders)."""
 
     @field_validator("suffix")
     @classmethod
@@ -106,6 +109,8 @@ class StudentDeployment(BaseModel):
     created_at: int
     updated_at: int
     error: FineTuningError | None = None
+    comparison: ComparisonRuns | None = None
+    """The automatic comparison with the teacher, started when the deployment became ready."""
 
     def view(self, job_id: str) -> dict[str, Any]:
         return {
@@ -121,6 +126,7 @@ class StudentDeployment(BaseModel):
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "error": self.error.model_dump() if self.error else None,
+            "comparison": self.comparison.model_dump() if self.comparison else None,
         }
 
 
@@ -188,6 +194,9 @@ class FineTuningRecord(BaseModel):
                 "upstream_job_id": self.upstream_job_id,
                 "fine_tuned_model": self.fine_tuned_model,
                 "deployments": [deployment.name for deployment in self.deployments],
+                "comparisons": {
+                    d.name: d.comparison.model_dump(exclude_none=True) for d in self.deployments if d.comparison
+                },
             },
         }
 

@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     """Time one delivery works on a dataset before it checkpoints and queues a continuation."""
     dataset_chunk_completions: int = Field(100_000, ge=1, alias="DATASET_CHUNK_COMPLETIONS")
     """Most stored completions one delivery reads before it checkpoints and queues a continuation."""
+    dataset_slice_completions: int = Field(10_000, ge=1, alias="DATASET_SLICE_COMPLETIONS")
+    """A filter selection with more completions than this is built in slices of this many, one queue message
+    each, so instances build them in parallel."""
     dataset_read_concurrency: int = Field(32, ge=1, le=256, alias="DATASET_READ_CONCURRENCY")
     """Stored completions read at once while building a dataset."""
     dataset_max_example_tokens: int = Field(65_536, ge=1, alias="DATASET_MAX_EXAMPLE_TOKENS")
@@ -141,6 +144,10 @@ class Settings(BaseSettings):
     """Tokens a run may use (candidate and grader calls) unless it sets `max_total_tokens`."""
     eval_embeddings_deployment: str = Field("text-embedding-3-large", alias="EVAL_EMBEDDINGS_DEPLOYMENT")
     """The embeddings deployment the `cosine` text-similarity grader calls."""
+    eval_max_compared_chars: int = Field(20_000, ge=100, le=1_000_000, alias="EVAL_MAX_COMPARED_CHARS")
+    """Longest text a `text_similarity` metric compares; a longer pair is an `error` result (ROUGE is quadratic)."""
+    eval_metric_timeout_seconds: float = Field(30.0, gt=0, le=600, alias="EVAL_METRIC_TIMEOUT_SECONDS")
+    """Longest one text-similarity score may take in the metric process pool before it is an `error` result."""
     model_call_max_attempts: int = Field(5, ge=1, le=20, alias="MODEL_CALL_MAX_ATTEMPTS")
     """Tries of one eval or grader call through 429s and 5xx, honouring the upstream's retry-after."""
 
@@ -168,6 +175,14 @@ class Settings(BaseSettings):
     """SKU of a fine-tuned model's deployment unless the request names one: Developer tier has no hosting fee."""
     fine_tuning_deployment_capacity: int = Field(50, ge=1, alias="FINE_TUNING_DEPLOYMENT_CAPACITY")
     """Capacity (thousands of tokens per minute) of that deployment unless the request names one."""
+    comparison_judge_deployment: str | None = Field(None, min_length=1, alias="COMPARISON_JUDGE_DEPLOYMENT")
+    """The deployment of the `score_model` judge the automatic student/teacher comparison adds; unset: no judge."""
+
+    # Aliases (shared/aliases).
+    aliases_container: str = Field("aliases", alias="ALIASES_CONTAINER")
+    """Alias records: targets, shares, gate and history of changes."""
+    alias_cache_seconds: float = Field(10.0, gt=0, le=3600, alias="ALIAS_CACHE_SECONDS")
+    """How long a worker answers alias lookups from memory before it reads the alias again (in the background)."""
 
     # Telemetry (shared/platform/telemetry.py).
     telemetry_exporter: TelemetryExporter | None = Field(None, alias="TELEMETRY_EXPORTER")

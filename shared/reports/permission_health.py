@@ -6,7 +6,7 @@ write, query and delete a probe row; send to each job queue without triggering a
 token and call the upstream with `max_tokens: 1`) and reports the exact error and a fix hint.
 
 A queue send is proven without delivering anything: on Service Bus a message is *scheduled* a day
-ahead and the schedule cancelled at once (the Data Owner role the queues grant covers both); on the local storage
+ahead and the schedule cancelled at once (the Data Sender role the queues grant covers both); on the local storage
 queue a message is sent invisible for an hour and deleted by its receipt. No handler ever sees one.
 """
 
@@ -337,7 +337,7 @@ def _fix(kind: Kind, target: Target, exc: BaseException) -> str:
 
 
 def _role(kind: Kind) -> str:
-    return _ROLES.get(kind, "Azure Service Bus Data Owner (Storage Queue Data Contributor locally)")
+    return _ROLES.get(kind, "Azure Service Bus Data Sender (Storage Queue Data Contributor locally)")
 
 
 def _code(exc: BaseException) -> str | None:

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.platform.access import OwnerId, same_owner
 from shared.platform.request_body import Metadata
+from shared.store.scores import ScoreConditions, ScoreValue
 
 Order = Literal["asc", "desc"]
 
@@ -19,8 +20,11 @@ class CompletionFilter(BaseModel):
 
     metadata: Metadata = Field(default_factory=dict)
     """Every pair must match exactly."""
+    scores: ScoreConditions = Field(default_factory=dict)
+    """Every named score must exist and pass its condition: `{"helpful": true, "quality": {"gte": 4}}`."""
     model: str | None = Field(None, min_length=1)
-    """Matches the deployment name the caller used or the model the upstream reported."""
+    """Matches the deployment name the caller used (an alias, too), the deployment that served it, or the model
+    the upstream reported."""
     created_after: int | None = Field(None, ge=0)
     """Unix seconds, inclusive: `created >= created_after`."""
     created_before: int | None = Field(None, ge=0)
@@ -39,15 +43,30 @@ class CompletionFilter(BaseModel):
         return self
 
     def is_empty(self) -> bool:
-        return not (self.metadata or self.model or self.created_after is not None or self.created_before is not None)
+        return not (
+            self.metadata
+            or self.scores
+            or self.model
+            or self.created_after is not None
+            or self.created_before is not None
+        )
 
     def matches(
-        self, *, created: int, deployment: str, model: str, metadata: dict[str, str], owner: str | None
+        self,
+        *,
+        created: int,
+        deployment: str,
+        model: str,
+        metadata: dict[str, str],
+        owner: str | None,
+        served_by: str | None = None,
+        scores: dict[str, ScoreValue] | None = None,
     ) -> bool:
         """The authoritative check, applied to the stored document itself."""
         return (
             all(metadata.get(key) == value for key, value in self.metadata.items())
-            and (self.model is None or self.model in (deployment, model))
+            and all(condition.accepts((scores or {}).get(name)) for name, condition in self.scores.items())
+            and (self.model is None or self.model in (deployment, model, served_by))
             and (self.created_after is None or created >= self.created_after)
             and (self.created_before is None or created < self.created_before)
             and (self.owner is None or same_owner(owner, self.owner))

@@ -1,7 +1,8 @@
 """The completion index in Azure Table Storage: filtered lists cost a page of matches, not a scan.
 
 Each stored completion writes two rows (ascending and descending order) into one partition per
-*term* it can be found by: `all`, each model name, each metadata pair. A list query reads the
+*term* it can be found by: `all`, each model name, each metadata pair, each score's name and each
+score's name and value. A list query reads the
 partition of its most selective term, in key order, starting at the cursor; every other condition
 is a server-side filter on the row's denormalised columns, so storage returns at most `limit + 1`
 rows. Partition keys are hashes of the term, so no user text ever becomes a key; user text only
@@ -22,6 +23,7 @@ import heapq
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from decimal import Decimal
 from typing import Any
 
 from azure.core.exceptions import (
@@ -39,6 +41,7 @@ from shared.platform.access import OwnerId, legacy_owner, stable_owner
 from shared.platform.errors import StorageUnavailable
 from shared.store import ids
 from shared.store.completion_filter import CompletionFilter, Order
+from shared.store.scores import ScoreCondition, ScoreValue
 
 _KEY_SPAN = 10**16
 """Capture times are microseconds below this bound (the year 2286)."""
@@ -58,8 +61,10 @@ class IndexEntry(BaseModel):
     deployment: str
     model: str
     metadata: dict[str, str]
+    scores: dict[str, ScoreValue] = {}
     owner: OwnerId = None
     size_bytes: int = 0
+    served_by: str | None = None
 
     @property
     def captured_us(self) -> int:
@@ -87,6 +92,30 @@ def _metadata_column(key: str) -> str:
     return "m_" + _digest(key)[:16]
 
 
+def _score_name_partition(name: str) -> str:
+    """Every completion with this score, whatever its value: where a range (`quality>=4`) is read."""
+    return "n" + _digest("score\0" + name)[:40]
+
+
+def _score_partition(name: str, value: ScoreValue) -> str:
+    """Completions whose score has exactly this value (`helpful=true`, `tone=friendly`)."""
+    return "s" + _digest(name + "\0" + _score_term(value))[:40]
+
+
+def _score_term(value: ScoreValue) -> str:
+    if isinstance(value, bool):
+        return "b:" + ("true" if value else "false")
+    if isinstance(value, float):
+        return "n:" + repr(value)
+    return "l:" + value
+
+
+def _score_column(name: str, value: ScoreValue | float) -> str:
+    """One column per score name and kind, so a comparison never meets a value of another type."""
+    kind = "sb" if isinstance(value, bool) else "sn" if isinstance(value, float | int) else "sl"
+    return f"{kind}_" + _digest(name)[:16]
+
+
 def _row_key(order: Order, captured_us: int, completion_id: str) -> str:
     return f"{order[0]}{_position(order, captured_us):016d}{completion_id}"
 
@@ -110,7 +139,11 @@ def _shards(term: str) -> Iterator[str]:
 
 def _partitions(entry: IndexEntry) -> set[str]:
     terms = {_ALL_PARTITION, _model_partition(entry.deployment), _model_partition(entry.model)}
+    if entry.served_by is not None:  # behind an alias: found by the deployment that served it, too
+        terms.add(_model_partition(entry.served_by))
     terms.update(_metadata_partition(key, value) for key, value in entry.metadata.items())
+    terms.update(_score_name_partition(name) for name in entry.scores)
+    terms.update(_score_partition(name, value) for name, value in entry.scores.items())
     shard = shard_of(entry.id)
     return {_sharded(term, shard) for term in terms}
 
@@ -131,8 +164,12 @@ def _rows(entry: IndexEntry, partition: str) -> list[dict[str, Any]]:
         "metadata": json.dumps(entry.metadata, ensure_ascii=False),
         "owner": entry.owner or "",
         "size_bytes": entry.size_bytes,
+        "served_by": entry.served_by or "",
     }
+    if entry.scores:
+        columns["scores"] = json.dumps(entry.scores, ensure_ascii=False)
     columns.update({_metadata_column(key): value for key, value in entry.metadata.items()})
+    columns.update({_score_column(name, value): value for name, value in entry.scores.items()})
     return [
         {"PartitionKey": partition, "RowKey": _row_key(order, entry.captured_us, entry.id), **columns}
         for order in ("asc", "desc")
@@ -145,8 +182,10 @@ def _entry(row: dict[str, Any]) -> IndexEntry:
         deployment=row["deployment"],
         model=row["model"],
         metadata=json.loads(row["metadata"]),
+        scores=json.loads(row.get("scores") or "{}"),
         owner=row.get("owner") or None,
         size_bytes=int(row.get("size_bytes", 0)),
+        served_by=row.get("served_by") or None,
     )
 
 
@@ -257,6 +296,23 @@ class CompletionIndex:
         """Every match, one page in memory at a time (for dataset builds and purges)."""
         async for entry in self._query(selection, order=order, after=after, page_size=page_size):
             yield entry
+
+    async def count(self, selection: CompletionFilter) -> int:
+        """How many index rows match: the same partition and server-side filters as a list, only keys read."""
+        term, query, parameters = _query_for(selection, order="asc", after=None)
+
+        async def shard_count(partition: str) -> int:
+            total = 0
+            async for _ in self._table.query_entities(
+                query, parameters={**parameters, "partition": partition}, select=["RowKey"], results_per_page=1000
+            ):
+                total += 1
+            return total
+
+        try:
+            return sum(await asyncio.gather(*map(shard_count, _shards(term))))
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
 
     async def size_of(self, completion_id: str) -> int | None:
         """The document size the index recorded for a completion (one point read), None without a row."""
@@ -385,15 +441,21 @@ def _query_for(selection: CompletionFilter, *, order: Order, after: str | None) 
     """The term whose shards are read, the OData filter and its parameters (`@partition` is each
     shard's); user text only ever appears as a parameter."""
     metadata = sorted(selection.metadata.items())
+    scores = sorted(selection.scores.items())
+    exact = [(name, condition.eq) for name, condition in scores if condition.eq is not None]
     parameters: dict[str, Any] = {}
     clauses: list[str] = []
+    others = metadata[1:]
     if metadata:
         partition = _metadata_partition(*metadata[0])
-        others = metadata[1:]
+    elif exact:
+        partition = _score_partition(*exact[0])
+    elif scores:
+        partition = _score_name_partition(scores[0][0])
     elif selection.model is not None:
-        partition, others = _model_partition(selection.model), []
+        partition = _model_partition(selection.model)
     else:
-        partition, others = _ALL_PARTITION, []
+        partition = _ALL_PARTITION
     clauses.append("PartitionKey eq @partition")
 
     low, high = _row_range(selection, order)
@@ -405,9 +467,13 @@ def _query_for(selection: CompletionFilter, *, order: Order, after: str | None) 
     for number, (key, value) in enumerate(others):
         parameters[f"v{number}"] = value
         clauses.append(f"{_metadata_column(key)} eq @v{number}")
-    if metadata and selection.model is not None:
+    for number, (name, condition) in enumerate(scores):
+        clauses += _score_clauses(number, name, condition, parameters)
+    if selection.model is not None and partition != _model_partition(selection.model):
         parameters["model"] = selection.model
-        clauses.append("( deployment eq @model or model eq @model )")  # the SDK substitutes space-separated @words
+        clauses.append(
+            "( deployment eq @model or model eq @model or served_by eq @model )"
+        )  # the SDK substitutes space-separated @words
     if selection.owner is not None:
         owner = stable_owner(selection.owner) or ""
         parameters["owner"] = owner
@@ -418,6 +484,26 @@ def _query_for(selection: CompletionFilter, *, order: Order, after: str | None) 
             parameters["legacy_owner"] = legacy
             clauses.append("( owner eq @owner or owner eq @legacy_owner )")
     return partition, " and ".join(clauses), parameters
+
+
+def _score_clauses(number: int, name: str, condition: ScoreCondition, parameters: dict[str, Any]) -> list[str]:
+    """Server-side tests on the score's column for its kind: a row without that score never passes."""
+    clauses = []
+    if isinstance(condition.eq, float):
+        clauses.append(f"{_score_column(name, condition.eq)} eq {_double_literal(condition.eq)}")
+    elif condition.eq is not None:
+        parameters[f"s{number}"] = condition.eq
+        clauses.append(f"{_score_column(name, condition.eq)} eq @s{number}")
+    for operator, bound in condition.bounds():
+        clauses.append(f"{_score_column(name, bound)} {operator} {_double_literal(bound)}")
+    return clauses
+
+
+def _double_literal(number: float) -> str:
+    """A finite float as an OData double, written out here: the SDK turns a parameter of 1.0 into `true`
+    (it tests `value in [True, False]`), and a validated float carries no user text to quote."""
+    text = format(Decimal(repr(number)), "f")
+    return text if "." in text else text + ".0"
 
 
 def _row_range(selection: CompletionFilter, order: Order) -> tuple[str, str]:

@@ -11,6 +11,7 @@ from shared.platform.errors import InvalidRequest
 from shared.platform.request_body import Metadata, validation_error
 from shared.store import ids
 from shared.store.completion_filter import CompletionFilter, Order
+from shared.store.scores import parse_score_query
 
 MAX_PAGE = 100
 IGNORED_QUERY = frozenset({"api-version"})
@@ -44,24 +45,37 @@ class CompletionUpdateParams(BaseModel):
 
 
 def parse_completion_list_params(query: Iterable[tuple[str, str]]) -> CompletionListParams:
+    return _parse_list_query(query, paging=True)
+
+
+def parse_completion_count_params(query: Iterable[tuple[str, str]]) -> CompletionFilter:
+    """The list's filter parameters alone (`metadata[…]`, `scores.…`, `model`, `created_…`)."""
+    return _parse_list_query(query, paging=False).filter
+
+
+def _parse_list_query(query: Iterable[tuple[str, str]], *, paging: bool) -> CompletionListParams:
     metadata: dict[str, str] = {}
+    scores: dict[str, dict[str, Any]] = {}
     fields: dict[str, Any] = {}
     filter_fields: dict[str, Any] = {}
     for name, value in query:
         if name.startswith("metadata[") and name.endswith("]"):
             metadata[name[len("metadata[") : -1]] = value
+        elif name.startswith("scores."):
+            score, condition = parse_score_query(name, value)
+            scores.setdefault(score, {}).update(condition)
         elif name in ("created_after", "created_before"):
             filter_fields[name] = query_integer(name, value, low=0, high=MAX_CREATED)
         elif name == "model":
             filter_fields[name] = value
-        elif name == "limit":
+        elif name == "limit" and paging:
             fields[name] = query_integer(name, value, low=1, high=MAX_PAGE)
-        elif name in ("after", "order"):
+        elif name in ("after", "order") and paging:
             fields[name] = value
         elif name not in IGNORED_QUERY:
             raise InvalidRequest(f"Unrecognized query parameter: '{name}'.", param=name)
     try:
-        selection = CompletionFilter.model_validate({"metadata": metadata, **filter_fields})
+        selection = CompletionFilter.model_validate({"metadata": metadata, "scores": scores, **filter_fields})
         params = CompletionListParams.model_validate({"filter": selection, **fields})
     except ValidationError as exc:
         raise _query_error(exc) from None
@@ -127,4 +141,7 @@ def _query_error(exc: ValidationError) -> InvalidRequest:
         return InvalidRequest("'order' must be 'asc' or 'desc'.", param="order", code="invalid_value")
     if param == "metadata":
         return validation_error(exc)
+    if param == "scores":
+        where = "scores." + loc[1] if len(loc) > 1 else "scores"
+        return InvalidRequest(f"Invalid score filter '{where}': {first['msg']}.", param=where, code="invalid_value")
     return InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param, code="invalid_value")

@@ -20,12 +20,13 @@ from azure.storage.blob.aio import ContainerClient
 from pydantic import BaseModel
 
 from shared.platform.access import same_owner
-from shared.platform.errors import Conflict, DocumentTooLarge, NotFound, StorageUnavailable
+from shared.platform.errors import Conflict, DocumentTooLarge, InvalidRequest, NotFound, StorageUnavailable
 from shared.platform.telemetry import COMPLETION_ID, span
 from shared.store import ids
 from shared.store.completion_filter import CompletionFilter, Order
 from shared.store.completion_index import CompletionIndex, IndexEntry
 from shared.store.read_budget import ByteBudget
+from shared.store.scores import MAX_SCORES_PER_COMPLETION, Score
 from shared.store.stored_completion import StoredCompletion
 from shared.store.usage import UsageCounter
 
@@ -157,8 +158,50 @@ class CompletionStore:
         When the index cannot follow, the document is put back (if still ours) and the old rows
         restored, so a failed update leaves no row disagreeing with its document.
         """
+        return await self._change(
+            completion_id, lambda completion: completion.model_copy(update={"metadata": dict(metadata)}), owner=owner
+        )
+
+    async def add_scores(
+        self, completion_id: str, scores: list[Score], *, owner: str | None = None
+    ) -> StoredCompletion:
+        """Keep scores in one document write, each replacing the completion's score of the same name."""
+
+        def scored(completion: StoredCompletion) -> StoredCompletion:
+            names = {score.name for score in scores}
+            latest = list({score.name: score for score in scores}.values())
+            kept = [existing for existing in completion.scores if existing.name not in names]
+            if len(kept) + len(latest) > MAX_SCORES_PER_COMPLETION:
+                raise InvalidRequest(
+                    f"A chat completion holds at most {MAX_SCORES_PER_COMPLETION} scores; delete one first.",
+                    param="name",
+                    code="too_many_scores",
+                )
+            return completion.model_copy(update={"scores": [*kept, *latest]})
+
+        return await self._change(completion_id, scored, owner=owner)
+
+    async def remove_score(self, completion_id: str, name: str, *, owner: str | None = None) -> StoredCompletion:
+        """Drop the completion's score of this name; a 404 when it has none."""
+
+        def unscored(completion: StoredCompletion) -> StoredCompletion:
+            kept = [existing for existing in completion.scores if existing.name != name]
+            if len(kept) == len(completion.scores):
+                raise NotFound(f"The chat completion '{completion_id}' has no score named '{name}'.", param="name")
+            return completion.model_copy(update={"scores": kept})
+
+        return await self._change(completion_id, unscored, owner=owner)
+
+    async def _change(
+        self,
+        completion_id: str,
+        change: Callable[[StoredCompletion], StoredCompletion],
+        *,
+        owner: str | None,
+    ) -> StoredCompletion:
+        """Rewrite a document and move its index rows to match (metadata and scores are both indexed)."""
         completion, etag = await self._read(ids.require_completion_id(completion_id), owner=owner)
-        updated = completion.model_copy(update={"metadata": dict(metadata)})
+        updated = change(completion)
         document = self._sized(updated)
         try:
             written = await self._container.get_blob_client(_blob_name(completion_id)).upload_blob(
@@ -168,7 +211,7 @@ class CompletionStore:
                 match_condition=MatchConditions.IfNotModified,
             )
         except ResourceModifiedError:
-            raise Conflict("The chat completion was changed by another request; retry the update.") from None
+            raise Conflict("The chat completion was changed by another request; retry.") from None
         except AzureError as exc:
             raise StorageUnavailable("The completion store is unavailable.") from exc
         try:
@@ -382,9 +425,11 @@ def in_selection(completion: StoredCompletion, selection: CompletionFilter) -> b
     return selection.matches(
         created=completion.created,
         deployment=completion.deployment,
+        served_by=completion.served_by,
         model=completion.model,
         metadata=completion.metadata,
         owner=completion.owner,
+        scores=completion.score_values(),
     )
 
 
@@ -410,8 +455,10 @@ def _entry(completion: StoredCompletion, size_bytes: int) -> IndexEntry:
     return IndexEntry(
         id=completion.id,
         deployment=completion.deployment,
+        served_by=completion.served_by,
         model=completion.model,
         metadata=completion.metadata,
+        scores=completion.score_values(),
         owner=completion.owner,
         size_bytes=size_bytes,
     )

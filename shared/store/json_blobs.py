@@ -6,6 +6,7 @@ of one queue message can never both advance the same record.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from azure.core import MatchConditions
@@ -33,6 +34,24 @@ class JsonBlobs:
             raise NotFound(missing) from None
         except AzureError as exc:
             raise StorageUnavailable(self._unavailable) from exc
+
+    async def open(self, name: str, *, missing: str) -> tuple[int, AsyncIterator[bytes]]:
+        """The blob's size, then its bytes in chunks: a reader takes the size from its read budget first."""
+        try:
+            download = await self.container.download_blob(name)
+        except ResourceNotFoundError:
+            raise NotFound(missing) from None
+        except AzureError as exc:
+            raise StorageUnavailable(self._unavailable) from exc
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in download.chunks():
+                    yield chunk
+            except AzureError as exc:
+                raise StorageUnavailable(self._unavailable) from exc
+
+        return download.size, chunks()
 
     async def put(self, name: str, data: str | bytes, *, create: bool = False, etag: str | None = None) -> str:
         """Write and return the new ETag; `Superseded` when `create` finds it there or `etag` is stale."""
@@ -67,6 +86,15 @@ class JsonBlobs:
             ]
         except ResourceNotFoundError:
             return []
+        except AzureError as exc:
+            raise StorageUnavailable(self._unavailable) from exc
+
+    async def delete(self, name: str) -> None:
+        """Delete one blob; one already gone counts as deleted."""
+        try:
+            await self.container.delete_blob(name)
+        except ResourceNotFoundError:
+            pass
         except AzureError as exc:
             raise StorageUnavailable(self._unavailable) from exc
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from shared.platform.access import OwnerId
+from shared.store.scores import Score, ScoreValue
 
 FORMAT_VERSION: Literal[1] = 1
 PREVIEW_CHARS = 200
@@ -21,12 +22,16 @@ class StoredCompletion(BaseModel):
     created: int
     """Unix seconds when Distillery captured the call."""
     deployment: str
-    """The deployment (Azure route) or model name (v1 route) the caller asked for."""
+    """The deployment (Azure route) or model name (v1 route) the caller asked for: an alias, when it is one."""
+    served_by: str | None = None
+    """Behind an alias: the deployment the alias chose for this call (None: `deployment` served it)."""
     model: str
     """The model the upstream says answered."""
     metadata: dict[str, str] = Field(default_factory=dict)
     owner: OwnerId = None
     """Stable id of the caller identity that created it (`key:<name>`, `entra:<tenant>/<object id>`)."""
+    scores: list[Score] = Field(default_factory=list)
+    """Judgements of this completion, one per name (`POST /api/completions/{id}/scores`)."""
     streamed: bool = False
     request: dict[str, Any]
     """The request body as received (messages, tools and every parameter)."""
@@ -43,15 +48,20 @@ class StoredCompletion(BaseModel):
             if key in self.request and key not in view:
                 view[key] = self.request[key]
         # Distillery's own fields sit in one namespace the SDK keeps as an extra and OpenAI never fills.
-        view["distillery"] = {"deployment": self.deployment}
+        view["distillery"] = {"deployment": self.deployment, "served_by": self.served_by or self.deployment}
         return view
 
     def as_list_item(self) -> dict[str, Any]:
         """The `chat.completion` a list returns: the retrieve view plus a short preview of the question,
-        so a table of completions needs no request per row for its input."""
+        so a table of completions needs no request per row for its input, and its scores' values."""
         view = self.as_chat_completion()
         view["distillery"]["preview"] = self.preview()
+        view["distillery"]["scores"] = self.score_values()
         return view
+
+    def score_values(self) -> dict[str, ScoreValue]:
+        """Each score's name and value: what selections filter on and what the index holds."""
+        return {score.name: score.value for score in self.scores}
 
     def preview(self) -> str | None:
         """The first user message's text (its text parts joined), whitespace collapsed, at most

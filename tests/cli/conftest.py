@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import openai
 import pytest
@@ -45,3 +49,72 @@ def store(client: openai.OpenAI, count: int, *, model: str = "gpt-4o", **metadat
         stored = sorted(pool.map(create, range(count)))
     wait_listed(client, stored)
     return stored
+
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+class ScriptedService:
+    """A local HTTP server that answers each path as a test scripts it: a stand-in for a Distillery that
+    misbehaves (hostile file names, control characters, 202 before a first report, 4xx/5xx answers)."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, list[Answer]] = {}
+        self.default: Answer | None = None
+        """The answer to any path not scripted (else 404)."""
+        self.requests: list[str] = []
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                path = self.path.split("?")[0]
+                service.requests.append(f"{self.command} {path}")
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                queue = service.answers.get(path)
+                status, headers, body = (
+                    (queue.pop(0) if len(queue) > 1 else queue[0])
+                    if queue
+                    else service.default
+                    or (404, {}, json.dumps({"error": {"message": f"No route {path}", "code": "not_found"}}).encode())
+                )
+                self.send_response(status)
+                for name, value in {"content-type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_DELETE = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def answer(self, path: str, body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        """Add an answer for `path`: answers are given in order, and the last one repeats."""
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.answers.setdefault(path, []).append((status, headers or {}, raw))
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedService]:
+    service = ScriptedService()
+    yield service
+    service.close()
+
+
+def run_against(service: ScriptedService, *args: str, env: dict[str, str | None] | None = None) -> Result:
+    """Run one command against a scripted service."""
+    return CliRunner().invoke(
+        app,
+        ["--url", service.url, "--api-key", "k", *args],
+        env={"DISTILLERY_ENTRA_SCOPE": None, "COLUMNS": "200", **(env or {})},
+    )

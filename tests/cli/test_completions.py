@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from tests.cli.conftest import Cli, store
+from distillery_cli.client import COMPLETIONS_PATH
+from tests.cli.conftest import Cli, ScriptedService, run_against, store
 from tests.conftest import RunningHost
 from tests.fakes import FakeUpstream
 
@@ -72,5 +74,67 @@ def test_show_and_delete(cli: Cli, host: RunningHost, fake_upstream: FakeUpstrea
     deleted = cli("completions", "delete", completion_id, "--yes", "--json")
     assert deleted.exit_code == 0 and json.loads(deleted.stdout)["deleted"] is True
     gone = cli("completions", "show", completion_id)
-    assert gone.exit_code == 1 and "404" in gone.stderr and completion_id in gone.stderr
+    assert gone.exit_code == 2 and "404" in gone.stderr and completion_id in gone.stderr
     assert _ids(cli, "-m", f"tag={tag}") == []
+
+
+# A clipboard write (OSC 52), a screen clear, a hidden link (OSC 8), an 8-bit CSI and a right-to-left override.
+HOSTILE = (
+    "\x1b]52;c;cHduZWQ=\x07 \x1b[2J\x1b[H \x1b]8;;https://evil.example/\x1b\\click\x1b]8;;\x1b\\ \x9b31m \u202egnp.exe"
+)
+RAW = ("\x1b", "\x07", "\x9b", "\u202e")
+
+
+def test_control_characters_in_stored_content_are_escaped(
+    cli: Cli, host: RunningHost, fake_upstream: FakeUpstream, tag: str, scripted: ScriptedService
+) -> None:
+    completion_id = (
+        host.openai_client()
+        .chat.completions.create(
+            model="gpt-4o",
+            store=True,
+            metadata={"tag": tag, "note": HOSTILE},
+            messages=[{"role": "user", "content": HOSTILE}],
+        )
+        .id
+    )
+    for args in (["completions", "show", completion_id], ["completions", "list", "-m", f"tag={tag}"]):
+        result = cli(*args)
+        assert result.exit_code == 0, result.output
+        assert not any(raw in result.output for raw in RAW), (args, result.output)
+        assert "\\x1b]52;c;cHduZWQ=\\x07" in result.stdout and "\\x9b31m" in result.stdout, args
+    as_json = cli("completions", "show", completion_id, "--json")
+    assert not any(raw in as_json.stdout for raw in RAW)
+    document = json.loads(as_json.stdout)
+    assert document["metadata"]["note"] == HOSTILE and document["input_messages"][0]["content"] == HOSTILE
+
+    # The service's own messages are text from afar too.
+    scripted.answer(f"{COMPLETIONS_PATH}/x", {"error": {"message": f"no {HOSTILE}", "code": "nope"}}, status=404)
+    failed = run_against(scripted, "completions", "show", "x")
+    assert failed.exit_code != 0 and "\\x1b[2J" in failed.stderr
+    assert not any(raw in failed.output for raw in RAW)
+
+
+def _completion(number: int) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{number:032x}",
+        "object": "chat.completion",
+        "created": 1_796_000_000 + number,
+        "model": "gpt-4o-mini-2024-07-18",
+        "metadata": {"category": "release-notes", "user": "bob"},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "When is the next release? " * 4}}],
+    }
+
+
+def test_list_chooses_columns_by_terminal_width(scripted: ScriptedService) -> None:
+    page = {"object": "list", "data": [_completion(n) for n in range(3)], "has_more": False}
+    scripted.answer(COMPLETIONS_PATH, page)
+    narrow = run_against(scripted, "completions", "list", env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    lines = narrow.stdout.splitlines()
+    assert max(map(len, lines)) <= 80, narrow.stdout
+    for n in range(3):  # each id whole on its line, beside the start of its answer
+        assert any(f"chatcmpl-{n:032x}" in line and "When is" in line for line in lines), narrow.stdout
+    wide = run_against(scripted, "completions", "list", env={"COLUMNS": "200"})
+    assert all(header in wide.stdout for header in ("created (UTC)", "model", "metadata", "answer"))
+    assert "category=release-notes" in wide.stdout and max(map(len, wide.stdout.splitlines())) <= 200

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
+from typing import Any
 
-from tests.cli.conftest import Cli, store
+import pytest
+
+from tests.cli.conftest import Cli, ScriptedService, run_against, store
 from tests.conftest import RunningHost
 from tests.fakes import FakeUpstream
 
@@ -56,4 +60,42 @@ def test_download_waits_and_a_failed_job_exits_3(
     assert "too_few_examples" in failed.stdout and "failed" in failed.stderr
 
     missing = cli("datasets", "show", "dataset-" + "0" * 32)
-    assert missing.exit_code == 1 and "404" in missing.stderr
+    assert missing.exit_code == 2 and "404" in missing.stderr
+
+
+DATASET = "dataset-" + "a" * 32
+
+
+def _finished(*names: str, **extra: Any) -> dict[str, Any]:
+    files = [{"name": name, "lines": 1, "bytes": 8, "tokens": 2, "sha256": None} for name in names]
+    return {"id": DATASET, "object": "dataset", "kind": "evaluation", "status": "succeeded", "files": files, **extra}
+
+
+def test_download_writes_only_plain_file_names_under_out(
+    scripted: ScriptedService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hostile service names files that would land outside --out: nothing is written anywhere."""
+    work = tmp_path / "work" / "deeper"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    scripted.default = (200, {"content-type": "application/octet-stream"}, b"escaped\n")
+    for hostile in ("../../escaped.txt", str(tmp_path / "absolute.txt"), "sub/inner.jsonl", "..", ".profile", "a\\b"):
+        scripted.answers.clear()
+        scripted.answer(f"/api/datasets/{DATASET}", _finished("eval.jsonl", hostile))
+        result = run_against(scripted, "datasets", "download", DATASET, "--out", "out")
+        assert result.exit_code == 1, (hostile, result.output)
+        assert "not a plain file name" in result.stderr and "nothing was written" in result.stderr
+        assert [path for path in tmp_path.rglob("*") if path.is_file()] == [], hostile
+
+    scripted.answers.clear()
+    scripted.answer(f"/api/datasets/{DATASET}", _finished("eval.jsonl"))
+    assert run_against(scripted, "datasets", "download", DATASET, "--out", "out").exit_code == 0
+    assert sorted(path.name for path in tmp_path.rglob("*") if path.is_file()) == ["eval.jsonl", "manifest.json"]
+    assert (work / "out" / "eval.jsonl").read_bytes() == b"escaped\n"
+
+
+def test_show_tells_the_rebuild_count(scripted: ScriptedService) -> None:
+    scripted.answer(f"/api/datasets/{DATASET}", _finished("eval.jsonl", rebuilds=2))
+    shown = run_against(scripted, "datasets", "show", DATASET)
+    assert shown.exit_code == 0, shown.output
+    assert re.search(r"^rebuilds\s+2\s*$", shown.stdout, re.MULTILINE), shown.stdout

@@ -54,4 +54,4 @@ def test_eval_run_waits_on_stored_completions_and_a_file(
     bad = cli("eval", "run", evaluation.id, "--data", "no-such-file.jsonl")
     assert bad.exit_code == 2 and "neither" in bad.output
     unknown = cli("eval", "run", "eval_" + "0" * 24, "--data", "stored_completions", "-m", f"tag={tag}")
-    assert unknown.exit_code == 1 and "404" in unknown.stderr
+    assert unknown.exit_code == 2 and "404" in unknown.stderr  # a 4xx: the command must change

@@ -10,7 +10,7 @@ from tests.fakes import FakeUpstream
 
 
 def distillation_dataset(cli: Cli, host: RunningHost, tag: str) -> str:
-    store(host.openai_client(), 12, tag=tag)
+    store(host.openai_client(), 24, tag=tag)  # the id-hashed split always leaves 10 training examples
     created = cli("datasets", "create", "--kind", "distillation", "-m", f"tag={tag}", "--wait", "--json")
     assert created.exit_code == 0, created.output
     return str(json.loads(created.stdout)["id"])
@@ -19,7 +19,7 @@ def distillation_dataset(cli: Cli, host: RunningHost, tag: str) -> str:
 def test_start_wait_show_and_deploy_by_hand(cli: Cli, host: RunningHost, fake_upstream: FakeUpstream, tag: str) -> None:
     dataset_id = distillation_dataset(cli, host, tag)
     refused = cli("finetune", "start", dataset_id, "--model", "gpt-4.1-mini", "--suffix", "v1.2")
-    assert refused.exit_code == 1 and "'.'" in refused.stderr
+    assert refused.exit_code == 2 and "'.'" in refused.stderr  # the service's 400
 
     started = cli(
         "finetune", "start", dataset_id, "--model", "gpt-4.1-mini", "--suffix", "docs", "--seed", "7",
@@ -37,7 +37,7 @@ def test_start_wait_show_and_deploy_by_hand(cli: Cli, host: RunningHost, fake_up
 
     # An OpenAI-compatible upstream has no control plane: the CLI says what is missing, then registers by hand.
     unavailable = cli("finetune", "deploy", job["id"])
-    assert unavailable.exit_code == 1 and "OPENAI_BASE_URL" in unavailable.stderr
+    assert unavailable.exit_code == 2 and "OPENAI_BASE_URL" in unavailable.stderr  # a 4xx
     registered = cli("finetune", "deploy", job["id"], "--existing", "--name", f"student-{tag}", "--json")
     assert registered.exit_code == 0, registered.output
     assert json.loads(registered.stdout)["provisioning_state"] == "Succeeded"

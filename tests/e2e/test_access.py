@@ -339,3 +339,30 @@ def test_reports_show_a_scoped_caller_no_other_owners_models_metadata_or_identit
         permissions = bob.get("/api/health/permissions")
         assert permissions.status_code == 403 and permissions.json()["error"]["code"] == "all_owners_required"
         assert "alice" not in permissions.text
+
+
+def test_owner_scoping_covers_scores(
+    scoped_host: tuple[RunningHost, dict[str, str]], fake_upstream: FakeUpstream, tag: str
+) -> None:
+    host, keys = scoped_host
+    alices = store_one(host, keys["alice"], tag=tag)
+    bobs = store_one(host, keys["bob"], tag=tag)
+    with host.http(keys["alice"]) as alice:
+        assert alice.post(f"/api/completions/{alices}/scores", json={"name": "good", "value": True}).status_code == 200
+    with host.http(keys["bob"]) as bob:
+        assert bob.post(f"/api/completions/{bobs}/scores", json={"name": "good", "value": True}).json()["author"] == (
+            "key:bob"
+        )
+        for method, path, body in [
+            ("GET", f"/api/completions/{alices}/scores", None),
+            ("POST", f"/api/completions/{alices}/scores", {"name": "good", "value": False}),
+            ("DELETE", f"/api/completions/{alices}/scores/good", None),
+        ]:
+            assert bob.request(method, path, json=body).status_code == 404, (method, path)
+        batch = bob.post("/api/scores", json={"scores": [{"completion_id": alices, "name": "good", "value": False}]})
+        assert batch.json()["data"][0]["error"]["code"] == "not_found"
+        assert bob.get("/api/completions/count", params={"scores.good": "true"}).json()["count"] == 1
+        scored = bob.get("/openai/v1/chat/completions", params={"metadata[tag]": tag, "scores.good": "true"}).json()
+        assert [c["id"] for c in scored["data"]] == [bobs]
+    with host.http(keys["alice"]) as alice:
+        assert alice.get(f"/api/completions/{alices}/scores").json()["data"][0]["value"] is True

@@ -194,4 +194,4 @@ def test_list_items_carry_the_deployment_and_a_bounded_preview(
     assert previews[0] == ("Why was my card declined? " + "x" * 500)[:199] + "…" and len(previews[0]) == 200
     assert previews[1:] == ["Two parts", None]
     retrieved = client.chat.completions.retrieve(ids[0]).model_extra
-    assert retrieved == {"distillery": {"deployment": "support-bot"}}, "the preview is for lists only"
+    assert retrieved == {"distillery": {"deployment": "support-bot", "served_by": "support-bot"}}, "no preview"

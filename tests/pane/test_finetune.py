@@ -99,3 +99,48 @@ def test_cancel_a_job_while_it_is_being_prepared(
     while not fake_upstream.deleted_files and time.monotonic() < deadline:
         time.sleep(0.1)
     assert fake_upstream.deleted_files and fake_upstream.files == {} and fake_upstream.jobs == {}
+
+
+def test_the_student_against_its_teacher_side_by_side(
+    page: Page, pane_host: Host, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    """Registering the student's deployment starts the comparison by itself; the job page shows it side by
+    side, with the held-out items the student lost openable on both answers."""
+    host, keys = pane_host
+    store(host, 30, tag=tag)
+    with httpx.Client(base_url=host.url, headers={"api-key": keys["full"]}, timeout=30) as http:
+        dataset = http.post(
+            "/api/datasets",
+            json={"kind": "distillation", "filter": {"metadata": {"tag": tag}}, "validation_fraction": 0.3},
+        ).json()
+        deadline = time.monotonic() + 60
+        while dataset.get("status") != "succeeded" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            dataset = http.get(f"/api/datasets/{dataset['id']}").json()
+        job = http.post(f"/api/datasets/{dataset['id']}/fine_tuning_jobs", json={"model": "gpt-4.1-mini"}).json()
+        while job["status"] != "succeeded" and time.monotonic() < deadline + 60:
+            time.sleep(0.2)
+            job = http.get(f"/api/fine_tuning_jobs/{job['id']}").json()
+        assert job["status"] == "succeeded", job
+        wrong = {"role": "assistant", "content": "Please contact our sales team about something unrelated."}
+        fake_upstream.script(Reply(), Reply(message=wrong), Reply(message=wrong))  # the ping, then two lost items
+        registered = http.post(
+            f"/api/fine_tuning_jobs/{job['id']}/deployments", json={"name": f"student-{tag}", "existing": True}
+        )
+        assert registered.status_code == 201 and registered.json()["comparison"]["eval_id"], registered.text
+
+    sign_in(page, host, keys["full"])
+    page.goto(f"{host.url}/#fine-tuning/{job['id']}")
+    card = page.locator(f'article.comparison[data-deployment="student-{tag}"]')
+    expect(card.get_by_role("heading", name=f"Student student-{tag} against its teacher")).to_be_visible()
+    row = card.locator('tr[data-criterion="close to the teacher"]')
+    expect(row).to_be_visible(timeout=60_000)
+    expect(row.locator("td").nth(0)).to_have_text("100.0%")  # the teacher's stored answers match themselves
+    expect(row.locator("td.losses")).to_have_text("2")
+    expect(row.locator("td.wins")).to_have_text("0")
+    expect(card.get_by_role("heading", name="Items the student lost (2)")).to_be_visible()
+    lost = card.locator(".lost-items details").first
+    lost.locator("summary").click()
+    expect(lost.locator(".answer.student")).to_have_text(wrong["content"])
+    expect(lost.locator(".answer.teacher")).to_contain_text("fake: ")
+    screenshot(page, "student-vs-teacher", full_page=True)

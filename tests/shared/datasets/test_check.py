@@ -92,13 +92,13 @@ def test_lines_report_line_numbers_and_bad_json() -> None:
     ]
 
 
-def test_cli_prints_each_bad_line_and_exits_one(tmp_path: Path) -> None:
+def test_cli_prints_each_bad_line_and_exits_three(tmp_path: Path) -> None:
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps(GOOD) + "\n" + json.dumps({"messages": [{"role": "robot", "content": "x"}]}) + "\n")
     run = subprocess.run(
         [sys.executable, "-m", "shared.datasets.check", str(path)], cwd=ROOT, capture_output=True, text=True
     )
-    assert run.returncode == 1
+    assert run.returncode == 3
     assert f"{path}:2: unrecognized_role:" in run.stdout
     assert f"{path}:2: example_missing_assistant_message:" in run.stdout
     assert ":1:" not in run.stdout

@@ -3,9 +3,16 @@ dataset file, even when the delete races the build."""
 
 from __future__ import annotations
 
+import pytest
+from azure.data.tables.aio import TableClient
+
+from local_host.azurite import Azurite
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.job import DatasetParams, DatasetStatus
+from shared.datasets.membership import DatasetMembership
+from shared.erasure.forgetting import Forgetting
 from shared.erasure.purge import parse_purge_params
+from shared.platform.errors import NotFound, StorageUnavailable
 from shared.services import Services
 from shared.store.completion_index import IndexEntry
 from tests.shared.datasets.conftest import download, drain, read_job, receive, seed, stored
@@ -48,6 +55,49 @@ async def test_a_deleted_completion_is_removed_from_its_dataset(services: Servic
     data = await download(services, dataset_id, "eval.jsonl")
     assert b"forget me" not in data and data.count(b"\n") == 3
     assert sorted(await files_of(services, dataset_id)) == ["job.json", "r1/eval.jsonl", "r1/manifest.json"]
+
+
+async def test_deleting_a_deleted_completion_again_changes_nothing(services: Services) -> None:
+    ids = await seed(services, [stored("keep", metadata=TAG), stored("forget me", metadata=TAG)])
+    dataset_id = await built(services)
+    await services.forgetting.delete(ids[-1])
+    await drain(services)
+    before = await read_job(services, dataset_id)
+    assert (before.status, before.rebuilds) == (DatasetStatus.SUCCEEDED, 1)
+
+    with pytest.raises(NotFound):
+        await services.forgetting.delete(ids[-1])
+
+    assert await read_job(services, dataset_id) == before  # no rebuild queued, same files
+    assert await receive(services) is None
+
+
+async def test_a_delete_retried_after_its_datasets_step_failed_still_rebuilds(
+    services: Services, azurite: Azurite
+) -> None:
+    """The document went but its datasets could not be looked up: the client's retry (a 404) finishes the job."""
+    ids = await seed(services, [stored("keep", metadata=TAG), stored("forget me", metadata=TAG)])
+    dataset_id = await built(services)
+    async with TableClient.from_connection_string(azurite.connection_string, "nosuchtable") as missing:
+        unreadable = DatasetJobs(
+            records=services.dataset_jobs.records,
+            store=services.store,
+            membership=DatasetMembership(missing),
+            job_queue=services.job_queue,
+            queue_name=services.settings.dataset_jobs_queue,
+            limits=services.dataset_jobs.limits,
+        )
+        with pytest.raises(StorageUnavailable):
+            await Forgetting(store=services.store, datasets=unreadable).delete(ids[-1])
+    assert (await read_job(services, dataset_id)).rebuilds == 0
+
+    with pytest.raises(NotFound):
+        await services.forgetting.delete(ids[-1])
+
+    await drain(services)
+    rebuilt = await read_job(services, dataset_id)
+    assert (rebuilt.status, rebuilt.rebuilds, rebuilt.counts.written) == (DatasetStatus.SUCCEEDED, 1, 1)
+    assert b"forget me" not in await download(services, dataset_id, "eval.jsonl")
 
 
 async def test_a_dataset_without_the_completion_is_left_alone(services: Services) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,8 +15,16 @@ from nltk.translate.gleu_score import sentence_gleu
 from rapidfuzz.distance import Indel
 from rouge_score import rouge_scorer
 
-from shared.evals.graders import GradeResult, check_templates, grade, make_sample, parse_testing_criteria
-from shared.evals.templates import check_variables, render, render_messages
+from shared.evals.graders import (
+    MAX_TESTING_CRITERIA,
+    GradeResult,
+    check_templates,
+    grade,
+    make_sample,
+    parse_testing_criteria,
+)
+from shared.evals.metrics import TextMetrics
+from shared.evals.templates import MAX_TEMPLATE_CHARS, check_variables, render, render_messages, variables
 from shared.platform.errors import InvalidRequest
 from shared.upstream.client import HttpUpstream, openai_compatible_url
 from shared.upstream.model_calls import ModelCalls, UpstreamCallFailed
@@ -24,6 +33,7 @@ from tests.fakes import FakeUpstream, Reply, letter_embedding
 
 ITEM = {"question": "What is the capital of France?", "answer": "Paris", "tags": ["geo", "easy"]}
 EMBEDDINGS = "embed-deployment"
+METRICS = TextMetrics(max_chars=20_000, timeout_seconds=30)
 
 
 @pytest.fixture
@@ -44,7 +54,7 @@ async def calls(fake_upstream: FakeUpstream) -> AsyncIterator[ModelCalls]:
 
 async def grade_one(criterion: dict[str, Any], calls: ModelCalls, sample: dict[str, Any] | None = None) -> GradeResult:
     (parsed,) = parse_testing_criteria([criterion])
-    return await grade(parsed, item=ITEM, sample=sample, calls=calls, embeddings_deployment=EMBEDDINGS)
+    return await grade(parsed, item=ITEM, sample=sample, calls=calls, metrics=METRICS, embeddings_deployment=EMBEDDINGS)
 
 
 def sample_of(text: str) -> dict[str, Any]:
@@ -70,6 +80,29 @@ def test_templates_fill_item_and_sample_paths() -> None:
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "What is the capital of France?"},
     ]
+
+
+def test_unclosed_braces_are_scanned_in_linear_time() -> None:
+    """`{{` plus spaces took 8.7 s at 2,500 characters with the old pattern (cubic): at 25 times that
+    length a linear scan still takes milliseconds, so a generous bound tells the two apart."""
+    started = time.perf_counter()
+    for text in ("{{" + " " * 2_500, "{{" + " " * 60_000, "{{ a" * 15_000, "{{" + " " * 30_000 + "}"):
+        assert variables(text) == []
+        assert render(text, item=ITEM, sample=None) == text
+    assert time.perf_counter() - started < 2.0
+    assert variables("{{  item.answer  }} {{sample.output_text}}") == ["item.answer", "sample.output_text"]
+
+
+def test_an_over_long_template_is_a_400() -> None:
+    check_variables(["x" * MAX_TEMPLATE_CHARS], item_schema=None, sample_available=True, param="p")
+    with pytest.raises(InvalidRequest) as refused:
+        check_variables(["{{" + " " * MAX_TEMPLATE_CHARS], item_schema=None, sample_available=True, param="p")
+    assert refused.value.code == "template_too_long" and str(MAX_TEMPLATE_CHARS) in refused.value.message
+    with pytest.raises(InvalidRequest, match="characters"):
+        parse_and_check = parse_testing_criteria(
+            [{"type": "string_check", "name": "s", "input": "a" * 70_000, "reference": "b", "operation": "eq"}]
+        )
+        check_templates(parse_and_check, item_schema=None, sample_available=True)
 
 
 @pytest.mark.parametrize(
@@ -358,7 +391,7 @@ async def test_offline_embeddings_are_deterministic_and_graded() -> None:
             }
         ]
     )[0]
-    result = await grade(criterion, item={}, sample=None, calls=offline, embeddings_deployment="any")
+    result = await grade(criterion, item={}, sample=None, calls=offline, metrics=METRICS, embeddings_deployment="any")
     assert result.passed and result.score == pytest.approx(1.0)
 
 
@@ -389,3 +422,82 @@ async def test_a_redirecting_upstream_is_neither_followed_nor_retried(
         await calls.chat(deployment="x", body={"messages": [{"role": "user", "content": "hi"}]})
     assert (raised.value.upstream_status, raised.value.code) == (307, "upstream_redirect")
     assert len(fake_upstream.requests) == 1
+
+
+def words(count: int, seed: int) -> str:
+    vocabulary = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+        "near",
+        "river",
+        "bank",
+        "today",
+        "while",
+        "birds",
+        "sing",
+    ]
+    return " ".join(vocabulary[(n * 7 + seed * 3 + n // 5) % len(vocabulary)] for n in range(count))
+
+
+async def test_an_over_long_pair_is_an_error_result_not_a_frozen_worker(calls: ModelCalls) -> None:
+    long_text = "word " * 5_000  # 25,000 characters: over the 20,000 cap
+    started = time.perf_counter()
+    result = await grade_one(similarity("rouge_l", long_text, "word"), calls)
+    assert time.perf_counter() - started < 1.0  # refused, not scored (scoring takes minutes)
+    assert result.error is not None and result.passed is False and result.score == 0
+    assert "25000 and 4 characters" in result.error and "EVAL_MAX_COMPARED_CHARS" in result.error
+
+
+async def test_a_score_past_its_timeout_is_an_error_and_the_pool_recovers(calls: ModelCalls) -> None:
+    metrics = TextMetrics(max_chars=20_000, timeout_seconds=0.3, processes=1)
+    try:
+        (slow,) = parse_testing_criteria([similarity("rouge_l", words(3_000, 1), words(3_000, 2))])
+        result = await grade(slow, item={}, sample=None, calls=calls, metrics=metrics, embeddings_deployment="e")
+        assert result.error is not None and "longer than 0.3 s" in result.error
+        metrics.timeout_seconds = 60
+        (fine,) = parse_testing_criteria([similarity("rouge_l", words(300, 1), words(300, 1))])
+        again = await grade(fine, item={}, sample=None, calls=calls, metrics=metrics, embeddings_deployment="e")
+        assert again.error is None and again.score == pytest.approx(1.0)
+    finally:
+        metrics.close()
+
+
+async def test_chat_calls_keep_flowing_while_big_rows_are_graded(
+    calls: ModelCalls, fake_upstream: FakeUpstream
+) -> None:
+    """ROUGE on a row near the cap takes seconds of CPU: in the pool, the event loop stays free."""
+    metrics = TextMetrics(max_chars=20_000, timeout_seconds=120, processes=2)
+    rows = [parse_testing_criteria([similarity("rouge_l", words(1_300, n), words(1_300, n + 1))])[0] for n in range(4)]
+    latencies: list[float] = []
+    grading = asyncio.gather(
+        *(grade(row, item={}, sample=None, calls=calls, metrics=metrics, embeddings_deployment="e") for row in rows)
+    )
+    try:
+        started = time.perf_counter()
+        while not grading.done():
+            asked = time.perf_counter()
+            await calls.chat(deployment="chat", body={"messages": [{"role": "user", "content": "hi"}]})
+            latencies.append(time.perf_counter() - asked)
+        graded_in = time.perf_counter() - started
+        assert all(result.error is None for result in grading.result())
+    finally:
+        metrics.close()
+    # Inline, each row would hold the loop for its whole score (over a second here): no call could
+    # answer faster than that. Off the loop, calls keep answering within a fraction of it.
+    assert graded_in > 1.0, "the rows graded too fast to show anything"
+    assert len(latencies) >= 10 and max(latencies) < graded_in / 2
+
+
+def test_more_testing_criteria_than_the_cap_is_a_400() -> None:
+    criterion = {"type": "string_check", "input": "a", "reference": "a", "operation": "eq"}
+    parse_testing_criteria([{**criterion, "name": f"c{n}"} for n in range(MAX_TESTING_CRITERIA)])
+    with pytest.raises(InvalidRequest) as refused:
+        parse_testing_criteria([{**criterion, "name": f"c{n}"} for n in range(MAX_TESTING_CRITERIA + 1)])
+    assert refused.value.code == "too_many_testing_criteria" and refused.value.param == "testing_criteria"

@@ -1,0 +1,82 @@
+"""Aliases: set one (canary shares), read it with its history, promote its canary through the gate, roll back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import azure.functions as func
+from azurefunctions.extensions.http.fastapi import Request, Response
+
+from blueprints.http_adapter import endpoint, json_response
+from shared.aliases.records import AliasParams, PromoteParams, RollbackParams, parse, require_alias_name
+from shared.platform.access import Caller, Right
+from shared.platform.request_body import parse_json_object
+from shared.services import get_services
+from shared.store.completion_params import list_object
+
+bp = func.Blueprint()
+
+
+@bp.route(route="api/aliases", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint(Right.READ)
+async def list_aliases(req: Request, caller: Caller | None) -> Response:
+    """Every alias, in name order."""
+    records = await get_services().aliases.list()
+    return json_response(list_object([record.view() for record in records], has_more=False))
+
+
+@bp.route(route="api/aliases/{name}", methods=["PUT"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint(Right.ACTION, body=AliasParams)
+async def put_alias(req: Request, caller: Caller | None) -> Response:
+    """Create or change an alias: one or two deployments with traffic shares summing to 100."""
+    name = require_alias_name(req.path_params["name"])
+    params = parse(AliasParams, parse_json_object(await req.body()))
+    record = await get_services().aliases.put(name, params, by=_who(caller))
+    return json_response(record.view())
+
+
+@bp.route(route="api/aliases/{name}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint(Right.READ)
+async def retrieve_alias(req: Request, caller: Caller | None) -> Response:
+    """One alias: its targets, sticky rule, gate, fallback and history of changes."""
+    record = await get_services().aliases.get(require_alias_name(req.path_params["name"]))
+    return json_response(record.view())
+
+
+@bp.route(route="api/aliases/{name}", methods=["DELETE"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint(Right.ACTION)
+async def delete_alias(req: Request, caller: Caller | None) -> Response:
+    """Forget an alias: its name is forwarded as a plain deployment name again."""
+    name = require_alias_name(req.path_params["name"])
+    await get_services().aliases.delete(name)
+    return json_response({"object": "alias.deleted", "name": name, "deleted": True})
+
+
+@bp.route(route="api/aliases/{name}/promote", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint(Right.ACTION, body=PromoteParams)
+async def promote_alias(req: Request, caller: Caller | None) -> Response:
+    """Give one target all traffic once its comparison with the teacher passes the gate (or `force`)."""
+    name = require_alias_name(req.path_params["name"])
+    params = parse(PromoteParams, await _optional_body(req))
+    record = await get_services().aliases.promote(name, params, by=_who(caller))
+    return json_response(record.view())
+
+
+@bp.route(route="api/aliases/{name}/rollback", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint(Right.ACTION, body=RollbackParams)
+async def rollback_alias(req: Request, caller: Caller | None) -> Response:
+    """Send all traffic back to the fallback (the deployment that served alone before the canary)."""
+    name = require_alias_name(req.path_params["name"])
+    params = parse(RollbackParams, await _optional_body(req))
+    record = await get_services().aliases.rollback(name, params, by=_who(caller))
+    return json_response(record.view())
+
+
+async def _optional_body(req: Request) -> dict[str, Any]:
+    raw = await req.body()
+    return parse_json_object(raw) if raw.strip() else {}
+
+
+def _who(caller: Caller | None) -> str:
+    assert caller is not None, "every alias change requires a right"
+    return caller.name

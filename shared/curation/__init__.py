@@ -1,0 +1,1 @@
+"""Curation: scores on stored completions, and bulk changes to everything a filter matches."""

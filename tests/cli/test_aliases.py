@@ -1,0 +1,29 @@
+"""`distillery alias set|show|promote|rollback` against the session's local host."""
+
+from __future__ import annotations
+
+import json
+
+from tests.cli.conftest import Cli
+
+
+def test_set_show_promote_and_roll_back(cli: Cli, tag: str) -> None:
+    alias, teacher, student = f"bot-{tag}", f"teacher-{tag}", f"student-{tag}"
+    bad = cli("alias", "set", alias, f"{teacher}=90", f"{student}=20")
+    assert bad.exit_code == 1 and "sum to 100" in bad.stderr
+    assert cli("alias", "set", alias, teacher).exit_code == 0
+    canary = cli("alias", "set", alias, f"{teacher}=90", f"{student}=10", "--sticky", "user", "--min-pass-rate", "0.9")
+    assert canary.exit_code == 0, canary.output
+    assert f"{teacher} 90%, {student} 10%" in canary.stdout and "pass rate >= 90%" in canary.stdout
+
+    refused = cli("alias", "promote", alias)
+    assert refused.exit_code == 1 and "no comparison" in refused.stderr
+    forced = cli("alias", "promote", alias, "--force", "--reason", "load test", "--json")
+    assert forced.exit_code == 0, forced.output
+    assert json.loads(forced.stdout)["targets"] == [{"deployment": student, "share": 100}]
+
+    rolled = cli("alias", "rollback", alias)
+    assert rolled.exit_code == 0, rolled.output
+    shown = cli("alias", "show", alias)
+    assert f"{teacher} 100%" in shown.stdout and "failed (forced)" in shown.stdout and "rollback" in shown.stdout
+    assert cli("alias", "rollback", alias).exit_code == 1  # nothing to roll back

@@ -1,0 +1,132 @@
+"""Fanned-out dataset builds: a filter selection split into slices, one queue message each, joined
+by one commit of every slice's staged blocks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.blob.aio import BlobClient
+
+from shared.datasets.builder import BuildLimits, DatasetJobs
+from shared.datasets.job import DatasetJobMessage, DatasetParams, DatasetStatus
+from shared.services import Services
+from tests.shared.datasets.conftest import download, drain, read_job, receive, seed, stored
+
+TAG = {"category": "slices-test"}
+
+
+def jobs_with(services: Services, **limits: int) -> DatasetJobs:
+    return DatasetJobs(
+        records=services.dataset_jobs.records,
+        store=services.store,
+        membership=services.dataset_jobs.membership,
+        job_queue=services.job_queue,
+        queue_name=services.settings.dataset_jobs_queue,
+        limits=BuildLimits(**limits),  # type: ignore[arg-type]
+    )
+
+
+async def files_of(services: Services, job_id: str) -> dict[str, bytes]:
+    job = await read_job(services, job_id)
+    assert job.status is DatasetStatus.SUCCEEDED, job.error
+    return {file.name: await download(services, job_id, file.name) for file in job.files}
+
+
+async def test_sliced_build_has_the_bytes_counts_and_manifest_of_a_one_slice_build(services: Services) -> None:
+    # q3 and q5 come back later (exact duplicate examples in later slices), so slices are built again.
+    texts = [f"q{n}" for n in range(40)] + ["q3", "q5"] + [f"r{n}" for n in range(10)]
+    await seed(services, [stored(text, metadata={**TAG, "user": f"u{n % 7}"}) for n, text in enumerate(texts)])
+    request = DatasetParams.model_validate(
+        {"kind": "distillation", "filter": {"metadata": TAG}, "validation_fraction": 0.3, "seed": 5}
+    )
+    one = jobs_with(services, block_bytes=400)
+    whole = await one.submit(request)
+    await drain(services, one)
+
+    sliced = jobs_with(services, block_bytes=400, slice_completions=9)
+    fanned = await sliced.submit(request)
+    await sliced.handle(await receive_one(services), delivery_count=1)  # the plan: 6 slice messages queued
+    planned = await read_job(services, fanned.id)
+    assert planned.plan is not None and planned.plan.done and len(planned.plan.bounds) == 5
+    await drain(services, sliced)
+
+    done, reference = await read_job(services, fanned.id), await read_job(services, whole.id)
+    assert await files_of(services, fanned.id) == await files_of(services, whole.id)
+    assert done.files == reference.files
+    assert done.counts == reference.counts and done.counts.skipped == {"duplicate": 2}
+    manifests = [json.loads(await download(services, job_id, "manifest.json")) for job_id in (fanned.id, whole.id)]
+    assert manifests[0]["source"] == manifests[1]["source"]
+    assert not [
+        name async for name in services.datasets_container.list_blob_names(name_starts_with=f"{fanned.id}/work/")
+    ]
+
+
+async def test_killed_slice_is_redone_without_duplicates(services: Services) -> None:
+    ids = await seed(services, [stored(f"q{n}", metadata=TAG) for n in range(30)])
+    request = DatasetParams.model_validate({"kind": "evaluation", "filter": {"metadata": TAG}})
+    sliced = jobs_with(services, block_bytes=300, slice_completions=10, read_concurrency=2)
+    job = await sliced.submit(request)
+    await sliced.handle(await receive_one(services), delivery_count=1)
+    slices = [await receive_one(services) for _ in range(3)]
+    assert [DatasetJobMessage.model_validate_json(body).slice for body in slices] == [0, 1, 2]
+
+    # Kill slice 1's delivery once it has staged blocks; the others run meanwhile.
+    blob = sliced.records.blob(job.id, "eval.jsonl")
+    killed = asyncio.create_task(sliced.handle(slices[1], delivery_count=1))
+    for _ in range(500):
+        if await staged_blocks(blob) >= 2 or killed.done():
+            break
+        await asyncio.sleep(0.005)
+    assert not killed.done(), "the slice finished before it could be interrupted"
+    killed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await killed
+    for body in (slices[0], slices[2]):
+        await sliced.handle(body, delivery_count=1)
+    assert (await read_job(services, job.id)).status is DatasetStatus.RUNNING
+    await sliced.handle(slices[1], delivery_count=2)  # the redelivery finishes the job
+    await sliced.handle(slices[1], delivery_count=3)  # a late duplicate changes nothing
+
+    done = await read_job(services, job.id)
+    assert done.status is DatasetStatus.SUCCEEDED
+    assert done.runs == 1 + 3 + 1  # the plan, three slices and the redone one
+    data = await download(services, job.id, "eval.jsonl")
+    assert [json.loads(line)["item"]["completion_id"] for line in data.splitlines()] == ids
+    assert done.counts.selected == done.counts.written == 30
+    one = jobs_with(services)
+    whole = await one.submit(request)
+    await drain(services, one)
+    assert data == await download(services, whole.id, "eval.jsonl")
+
+
+async def test_a_rebuild_makes_the_old_generations_slice_messages_stale(services: Services) -> None:
+    await seed(services, [stored(f"q{n}", metadata=TAG) for n in range(12)])
+    request = DatasetParams.model_validate({"kind": "evaluation", "filter": {"metadata": TAG}})
+    sliced = jobs_with(services, slice_completions=5)
+    job = await sliced.submit(request)
+    await sliced.handle(await receive_one(services), delivery_count=1)
+    stale = [await receive_one(services) for _ in range(3)]
+    assert await sliced.rebuild(job.id)
+    for body in stale:
+        await sliced.handle(body, delivery_count=1)
+    assert (await read_job(services, job.id)).status is DatasetStatus.QUEUED
+    await drain(services, sliced)
+    done = await read_job(services, job.id)
+    assert done.status is DatasetStatus.SUCCEEDED and done.generation == 1
+    assert done.counts.written == 12
+
+
+async def staged_blocks(blob: BlobClient) -> int:
+    try:
+        return len((await blob.get_block_list("uncommitted"))[1])
+    except ResourceNotFoundError:  # nothing staged yet
+        return 0
+
+
+async def receive_one(services: Services) -> bytes:
+    body = await receive(services)
+    assert body is not None
+    return body
