@@ -7,6 +7,7 @@ import azure.functions as func
 from blueprints import (
     aliases,
     chat_completions,
+    completion_index,
     datasets,
     evals,
     fine_tuning,
@@ -30,6 +31,7 @@ for blueprint in (
     chat_completions.bp,
     stored_completions.bp,
     scores.bp,
+    completion_index.bp,
     datasets.bp,
     evals.bp,
     fine_tuning.bp,

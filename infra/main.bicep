@@ -146,6 +146,7 @@ var completionIndexTable = 'completionindex'
 var queues = {
   datasetJobs: 'dataset-jobs'
   purgeJobs: 'purge-jobs'
+  completionEvents: 'completion-events'
   evalJobs: 'eval-jobs'
   fineTuningJobs: 'fine-tuning-jobs'
 }
@@ -190,8 +191,26 @@ module serviceBus 'app/servicebus.bicep' = {
     name: names.serviceBus
     location: location
     tags: tags
-    queueNames: [queues.datasetJobs, queues.purgeJobs, queues.evalJobs, queues.fineTuningJobs]
+    queueNames: [queues.datasetJobs, queues.purgeJobs, queues.evalJobs, queues.fineTuningJobs, queues.completionEvents]
   }
+}
+
+// Blob-created events of the completions container go to the completion events queue; the app's
+// identity (Azure Service Bus Data Owner on the namespace, roles.bicep) delivers them.
+module events 'app/events.bicep' = {
+  name: 'events'
+  scope: rg
+  params: {
+    name: '${names.storage}-events'
+    location: location
+    tags: tags
+    storageAccountName: storage.outputs.name
+    containerName: containers.completions
+    serviceBusNamespaceName: serviceBus.outputs.name
+    queueName: queues.completionEvents
+    identityName: identity.outputs.name
+  }
+  dependsOn: [roles]
 }
 
 module monitoring 'app/monitoring.bicep' = {
@@ -252,6 +271,7 @@ module api 'app/api.bicep' = {
     completionIndexTableName: completionIndexTable
     datasetJobsQueueName: queues.datasetJobs
     purgeJobsQueueName: queues.purgeJobs
+    completionEventsQueueName: queues.completionEvents
     evalsContainerName: containers.evals
     evalJobsQueueName: queues.evalJobs
     evalEmbeddingsDeployment: evalEmbeddingsDeployment

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvicorn
+from azure.storage.queue.aio import QueueClient
 
 from local_host.azurite import ROOT, connection_string, start_azurite
+from local_host.blob_events import LocalBlobEvents
 from local_host.host import QueueRules, build_host
 
 if TYPE_CHECKING:
@@ -37,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", type=Path, default=ROOT / "local.settings.json")
     parser.add_argument("--azurite", action="store_true", help="start Azurite on 10000-10002, data in .azurite/")
     parser.add_argument("--no-timers", action="store_true", help="do not fire timer triggers on schedule")
+    parser.add_argument(
+        "--no-queue-triggers", action="store_true", help="deliver no queue messages (they wait for another host)"
+    )
     parser.add_argument("--max-delivery-count", type=int, default=int(os.environ.get("LOCAL_MAX_DELIVERY_COUNT", 5)))
     parser.add_argument("--retry-seconds", type=float, default=float(os.environ.get("LOCAL_RETRY_SECONDS", 1)))
     parser.add_argument(
@@ -111,8 +116,10 @@ def _serve(args: argparse.Namespace, listener: socket.socket, *, key_origin: str
     label = upstream_label(services.settings)
     endpoint = f"http://{args.host}:{args.port}"
 
+    events: list[LocalBlobEvents] = []
+
     async def start() -> None:
-        await _start(services)
+        events.extend(await _start(services))
         print(
             f"Distillery is listening on {endpoint}\n"
             f"  API key:   {shown}\n"
@@ -123,6 +130,11 @@ def _serve(args: argparse.Namespace, listener: socket.socket, *, key_origin: str
             flush=True,
         )
 
+    async def stop() -> None:
+        for posting in events:
+            await posting.close()
+        await services.close()
+
     host = build_host(
         function_app.app,
         queue_connection=os.environ.get("AzureWebJobsStorage"),
@@ -130,8 +142,9 @@ def _serve(args: argparse.Namespace, listener: socket.socket, *, key_origin: str
             max_delivery_count=args.max_delivery_count, retry_seconds=args.retry_seconds, lock_seconds=args.lock_seconds
         ),
         run_timers=not args.no_timers,
+        run_queues=not args.no_queue_triggers,
         on_startup=start,
-        on_shutdown=services.close,
+        on_shutdown=stop,
     )
     config = uvicorn.Config(host, log_level="warning", lifespan="on")
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a local run ends (uvicorn.run does the same)
@@ -139,10 +152,21 @@ def _serve(args: argparse.Namespace, listener: socket.socket, *, key_origin: str
     return 0
 
 
-async def _start(services: Services) -> None:
-    """Fail fast on an unusable credential (Azure Functions has no async start-up hook to do this)."""
+async def _start(services: Services) -> list[LocalBlobEvents]:
+    """Fail fast on an unusable credential (Azure Functions has no async start-up hook to do this),
+    and stand in for Event Grid's blob-created events, which Azurite does not raise."""
     await services.check_credential()
     await services.ensure_storage()
+    connection = os.environ.get("AzureWebJobsStorage")
+    if not connection:
+        return []
+    queue = QueueClient.from_connection_string(
+        connection, services.settings.completion_events_queue, use_env_settings=False
+    )
+    events = LocalBlobEvents(queue, services.settings.completions_container)
+    await events.start()
+    services.store.on_captured = events.captured
+    return [events]
 
 
 def _load_local_settings(path: Path) -> None:

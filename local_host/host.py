@@ -102,9 +102,15 @@ class QueueWorker:
         try:
             while True:
                 free = self.rules.concurrency - len(running)
-                messages = [] if free == 0 else await self._receive(free)
-                for message in messages:
-                    task = asyncio.create_task(self.deliver(message))
+                # a many-message trigger takes one delivery slot per batch of up to `concurrency` messages
+                messages = [] if free == 0 else await self._receive(self.rules.concurrency if self.batched else free)
+                deliveries = (
+                    ([self.deliver_batch(messages)] if messages else [])
+                    if self.batched
+                    else [self.deliver(message) for message in messages]
+                )
+                for delivery in deliveries:
+                    task = asyncio.create_task(delivery)
                     running.add(task)
                     task.add_done_callback(running.discard)
                 if free == 0:
@@ -124,6 +130,35 @@ class QueueWorker:
             )
         ]
 
+    @property
+    def batched(self) -> bool:
+        """`cardinality=MANY`: the function takes every message received at once, as a list."""
+        return str(getattr(self.function.get_trigger(), "cardinality", "") or "").lower().endswith("many")
+
+    async def deliver_batch(self, messages: list[Any]) -> None:
+        """Run one batch delivery, renewing every message's lock while it runs; as Service Bus does, a failure
+        delivers the whole batch again."""
+        helds = [_HeldMessage(message) for message in messages]
+        renewing = [asyncio.create_task(self._renew_lock(held)) for held in helds]
+        try:
+            try:
+                await invoke(self.function, [self._delivery(held.message) for held in helds])
+            except Exception as exc:  # noqa: BLE001 - retried or dead-lettered message by message
+                await asyncio.gather(*(self._settle_held(held, exc) for held in helds))
+            else:
+                await asyncio.gather(*(self._settle_held(held, None) for held in helds))
+        finally:
+            for task in renewing:
+                task.cancel()
+            await asyncio.gather(*renewing, return_exceptions=True)
+
+    async def _settle_held(self, held: _HeldMessage, exc: Exception | None) -> None:
+        async with held.lock:
+            if exc is None:
+                await self.queue.delete_message(held.message)
+            else:
+                await self._settle_failure(held.message, exc)
+
     async def deliver(self, message: Any) -> None:
         """Run one delivery, renewing its lock while it runs; each renewal gives the message a new receipt."""
         held = _HeldMessage(message)
@@ -141,9 +176,17 @@ class QueueWorker:
                 held.message = await self.queue.update_message(held.message, visibility_timeout=self.rules.lock_seconds)
 
     async def _deliver(self, held: _HeldMessage) -> None:
-        message = held.message
+        try:
+            await invoke(self.function, self._delivery(held.message))
+        except Exception as exc:  # noqa: BLE001 - a failed delivery is retried or dead-lettered, as Service Bus does
+            await self._settle_held(held, exc)
+        else:
+            await self._settle_held(held, None)
+
+    @staticmethod
+    def _delivery(message: Any) -> ServiceBusMessage:
         body, properties = read_local_message(message.content or "")
-        delivery = ServiceBusMessage(
+        return ServiceBusMessage(
             body=body.encode(),
             message_id=message.id,
             delivery_count=message.dequeue_count,
@@ -152,14 +195,6 @@ class QueueWorker:
             application_properties=properties,
             user_properties={},
         )
-        try:
-            await invoke(self.function, delivery)
-        except Exception as exc:  # noqa: BLE001 - a failed delivery is retried or dead-lettered, as Service Bus does
-            async with held.lock:
-                await self._settle_failure(held.message, exc)
-        else:
-            async with held.lock:
-                await self.queue.delete_message(held.message)
 
     async def _settle_failure(self, message: Any, exc: Exception) -> None:
         name = self.function.get_function_name()
@@ -215,6 +250,7 @@ def build_host(
     queue_connection: str | None,
     queue_rules: QueueRules | None = None,
     run_timers: bool = True,
+    run_queues: bool = True,
     on_startup: Callable[[], Any] | None = None,
     on_shutdown: Callable[[], Any] | None = None,
 ) -> Starlette:
@@ -237,10 +273,14 @@ def build_host(
         if on_startup is not None:
             await on_startup()
         tasks: list[asyncio.Task[None]] = []
-        service = QueueServiceClient.from_connection_string(queue_connection) if queue_connection else None
+        service = (
+            QueueServiceClient.from_connection_string(queue_connection, use_env_settings=False)
+            if queue_connection
+            else None
+        )
         for function in functions.values():
             trigger = function.get_trigger()
-            if trigger.get_binding_name() == "serviceBusTrigger" and service is not None:
+            if trigger.get_binding_name() == "serviceBusTrigger" and service is not None and run_queues:
                 worker = QueueWorker(function, service, resolve(trigger.queue_name), rules)
                 tasks.append(asyncio.create_task(worker.run(), name=function.get_function_name()))
             elif trigger.get_binding_name() == "timerTrigger" and run_timers:

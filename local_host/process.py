@@ -69,6 +69,7 @@ def start_host(storage_connection: str, log_dir: Path, *extra_args: str, **setti
         DATASETS_CONTAINER=f"datasets{suffix}",
         DATASET_JOBS_QUEUE=f"dataset{suffix}",
         PURGE_JOBS_QUEUE=f"purge{suffix}",
+        COMPLETION_EVENTS_QUEUE=f"events{suffix}",
         EVALS_CONTAINER=f"evals{suffix}",
         EVAL_JOBS_QUEUE=f"evals{suffix}",
         FINE_TUNING_CONTAINER=f"finetuning{suffix}",

@@ -63,6 +63,7 @@ from shared.reports.quota import QuotaGate, QuotaReporter
 from shared.reports.report_requests import ReportKind, ReportRequests
 from shared.reports.report_store import ReportStore
 from shared.store.completion_index import CompletionIndex
+from shared.store.completion_indexer import CompletionIndexer
 from shared.store.completion_store import CompletionStore
 from shared.store.json_blobs import JsonBlobs
 from shared.store.read_budget import ByteBudget
@@ -151,6 +152,16 @@ class Services:
             usage=self.usage,
             max_document_bytes=self.settings.max_stored_document_bytes,
             budget=ByteBudget(self.settings.document_read_budget_bytes),
+        )
+
+    @cached_property
+    def indexer(self) -> CompletionIndexer:
+        return CompletionIndexer(
+            store=self.store,
+            table=self.index_table,
+            container_name=self.settings.completions_container,
+            usage=self.usage,
+            sweep_grace_seconds=self.settings.index_sweep_grace_seconds,
         )
 
     @cached_property
@@ -430,6 +441,7 @@ class Services:
     def retention(self) -> RetentionSweep:
         return RetentionSweep(
             store=self.store,
+            indexer=self.indexer,
             retention_days=self.settings.retention_days,
             on_deleted=self.forgetting.deleted,
             evals=self.evals,

@@ -17,6 +17,7 @@ param reportsContainerName string
 param completionIndexTableName string
 param datasetJobsQueueName string
 param purgeJobsQueueName string
+param completionEventsQueueName string
 param evalsContainerName string
 param evalJobsQueueName string
 param evalEmbeddingsDeployment string
@@ -116,6 +117,10 @@ var appSettings = {
   DATASET_MAX_EXAMPLE_TOKENS: string(datasetMaxExampleTokens)
   DATASET_MAX_DELIVERY_COUNT: '5'
   PURGE_JOBS_QUEUE: purgeJobsQueueName
+  // Blob-created events of the completions container (events.bicep): the index is built from them.
+  COMPLETION_EVENTS_QUEUE: completionEventsQueueName
+  INDEX_SWEEP_SCHEDULE: '0 * * * * *'
+  INDEX_SWEEP_GRACE_SECONDS: '60'
   EVALS_CONTAINER: evalsContainerName
   // Like datasets: a delivery checkpoints within the 5-minute lock; a failing run fails on the last of 5.
   EVAL_JOBS_QUEUE: evalJobsQueueName

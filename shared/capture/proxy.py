@@ -2,7 +2,8 @@
 
 Storing never breaks the caller: when the store is off, full or failing, the answer still goes back
 with `x-distillery-stored: false` and a reason header. A streamed answer is stored before its final
-`data: [DONE]` is sent, so it is retrievable the moment the client has read the stream.
+`data: [DONE]` is sent, so it is retrievable the moment the client has read the stream. Storing is
+one blob write; lists show the completion once its index rows follow (`shared/store/completion_indexer`).
 """
 
 from __future__ import annotations
@@ -153,9 +154,10 @@ class ChatCapture:
         if refusal is not None:
             storing = False
             _mark_not_stored(headers, NotStoredReason(refusal))
-        completion_id = await self._completion_id(caller, idempotency_key) if storing else None
+        completion_id, claimed_before = await self._completion_id(caller, idempotency_key) if storing else (None, False)
         if completion_id is not None:
             span.set_attribute(COMPLETION_ID, completion_id)
+        if completion_id is not None and claimed_before:  # a fresh id has no earlier answer to look for
             earlier = await self._stored(completion_id)
             if earlier is not None:
                 return _replay(earlier, stream=bool(request.stream), options=request.stream_options)
@@ -283,7 +285,7 @@ class ChatCapture:
                 request=request.model_dump(mode="json", exclude_unset=True),
                 response=completion,
             )
-            await self._store.put(stored)
+            await self._store.capture(stored)
             captured_completions.add(1, {STREAMED: streamed})
             if self._log_content and streamed:
                 log.info("Upstream answer for %s (LOG_CONTENT): %s", completion_id, _dumps(completion).decode())
@@ -306,20 +308,21 @@ class ChatCapture:
             return NotStoredReason.UPSTREAM_ERROR
         return None
 
-    async def _completion_id(self, caller: Caller, idempotency_key: str | None) -> str:
-        """A new id, or the id an earlier attempt with the same `Idempotency-Key` claimed."""
+    async def _completion_id(self, caller: Caller, idempotency_key: str | None) -> tuple[str, bool]:
+        """A new id, or the id an earlier attempt with the same `Idempotency-Key` claimed (then True)."""
         completion_id = ids.new_completion_id()
         if not idempotency_key:
-            return completion_id
+            return completion_id, False
         digest = hashlib.sha256(f"{caller.owner}\0{idempotency_key}".encode()).hexdigest()
         try:
             claimed = await self._store.index.claim_idempotency_key(digest, completion_id)
             if claimed == completion_id:
-                return completion_id
-            return await self._store.index.reclaim_forgotten(digest, claimed, completion_id)
+                return completion_id, False
+            chosen = await self._store.index.reclaim_forgotten(digest, claimed, completion_id)
+            return chosen, chosen != completion_id
         except StorageUnavailable:
             log.warning("Idempotency key not recorded: the completion index is unavailable")
-            return completion_id
+            return completion_id, False
 
     async def _stored(self, completion_id: str) -> StoredCompletion | None:
         try:

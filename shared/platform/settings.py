@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     """Service Bus namespace host for job queues; unset locally, where Azurite queues stand in."""
     dataset_jobs_queue: str = Field("dataset-jobs", alias="DATASET_JOBS_QUEUE")
     purge_jobs_queue: str = Field("purge-jobs", alias="PURGE_JOBS_QUEUE")
+    completion_events_queue: str = Field("completion-events", alias="COMPLETION_EVENTS_QUEUE")
+    """Queue of blob-created events (Event Grid in Azure, the local host locally) the index is built from."""
+    index_sweep_grace_seconds: int = Field(60, ge=0, le=3600, alias="INDEX_SWEEP_GRACE_SECONDS")
+    """Age at which the index sweep treats a document without index rows as missed by its event."""
 
     completions_container: str = Field("completions", alias="COMPLETIONS_CONTAINER")
     completion_index_table: str = Field("completionindex", alias="COMPLETION_INDEX_TABLE")

@@ -7,15 +7,22 @@ partition of its most selective term, in key order, starting at the cursor; ever
 is a server-side filter on the row's denormalised columns, so storage returns at most `limit + 1`
 rows. Partition keys are hashes of the term, so no user text ever becomes a key; user text only
 travels as OData *parameters*, which the SDK quotes.
+
+Every term is split into `SHARDS` partitions by a hash of the completion id, so no partition takes
+a row from every capture (`all` would otherwise cap the store at Azure Table's 2,000 entities/s per
+partition). A list reads the term's shards at once, each from the cursor, and merges them by row
+key, so its order and `after` paging are those of one partition. Idempotency keys are spread the
+same way, by their digest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -41,6 +48,9 @@ _KEY_SPAN = 10**16
 _US = 1_000_000
 _ALL_PARTITION = "all"
 _IDEMPOTENCY_PARTITION = "idempotency"
+SHARDS = 16
+"""Partitions per term. At 5,000 captures/s the busiest term takes 10,000 rows/s: 625 per shard,
+under a third of a partition's 2,000 entities/s (README, Performance)."""
 _FORGOTTEN_PARTITION = "forgotten"
 
 
@@ -114,14 +124,36 @@ def _position(order: Order, captured_us: int) -> int:
     return captured_us if order == "asc" else _KEY_SPAN - 1 - captured_us
 
 
+def shard_of(completion_id: str) -> int:
+    """The shard of every row of one completion (a hash of its id: captures spread evenly)."""
+    return int(_digest(completion_id)[:8], 16) % SHARDS
+
+
+def _sharded(term: str, shard: int) -> str:
+    return f"{term}-{shard:02d}"
+
+
+def _shards(term: str) -> Iterator[str]:
+    return (_sharded(term, shard) for shard in range(SHARDS))
+
+
 def _partitions(entry: IndexEntry) -> set[str]:
-    partitions = {_ALL_PARTITION, _model_partition(entry.deployment), _model_partition(entry.model)}
+    terms = {_ALL_PARTITION, _model_partition(entry.deployment), _model_partition(entry.model)}
     if entry.served_by is not None:  # behind an alias: found by the deployment that served it, too
-        partitions.add(_model_partition(entry.served_by))
-    partitions.update(_metadata_partition(key, value) for key, value in entry.metadata.items())
-    partitions.update(_score_name_partition(name) for name in entry.scores)
-    partitions.update(_score_partition(name, value) for name, value in entry.scores.items())
-    return partitions
+        terms.add(_model_partition(entry.served_by))
+    terms.update(_metadata_partition(key, value) for key, value in entry.metadata.items())
+    terms.update(_score_name_partition(name) for name in entry.scores)
+    terms.update(_score_partition(name, value) for name, value in entry.scores.items())
+    shard = shard_of(entry.id)
+    return {_sharded(term, shard) for term in terms}
+
+
+def _all_partition(completion_id: str) -> str:
+    return _sharded(_ALL_PARTITION, shard_of(completion_id))
+
+
+def _idempotency_partition(key_digest: str) -> str:
+    return _sharded(_IDEMPOTENCY_PARTITION, int(key_digest[:8], 16) % SHARDS)
 
 
 def _rows(entry: IndexEntry, partition: str) -> list[dict[str, Any]]:
@@ -187,9 +219,47 @@ class CompletionIndex:
         """The index's own entry for an id (its `all` row), found from the id alone: no document needed."""
         row_key = _row_key("asc", ids.captured_at_us(completion_id), completion_id)
         try:
-            return _entry(await self._table.get_entity(_ALL_PARTITION, row_key))
+            return _entry(await self._table.get_entity(_all_partition(completion_id), row_key))
         except ResourceNotFoundError:
             return None
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+
+    async def indexed_among(self, completion_ids: Sequence[str]) -> set[str]:
+        """Which of these ids have index rows: one range query per shard of `all`, not one read per id."""
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for completion_id in completion_ids:
+            by_shard[shard_of(completion_id)].append(completion_id)
+        found = await asyncio.gather(
+            *(
+                self._keys_between(
+                    _sharded(_ALL_PARTITION, shard),
+                    _row_key("asc", ids.captured_at_us(min(members)), min(members)),
+                    _row_key("asc", ids.captured_at_us(max(members)), max(members)),
+                    column="id",
+                )
+                for shard, members in by_shard.items()
+            )
+        )
+        return set(completion_ids) & set().union(*found)
+
+    async def forgotten_among(self, completion_ids: Sequence[str]) -> set[str]:
+        """Which of these ids were deleted (one range query of the `forgotten` partition)."""
+        if not completion_ids:
+            return set()
+        found = await self._keys_between(
+            _FORGOTTEN_PARTITION, min(completion_ids), max(completion_ids), column="RowKey"
+        )
+        return set(completion_ids) & found
+
+    async def _keys_between(self, partition: str, low: str, high: str, *, column: str) -> set[str]:
+        query = "PartitionKey eq @partition and RowKey ge @low and RowKey le @high"
+        parameters = {"partition": partition, "low": low, "high": high}
+        try:
+            return {
+                str(row[column])
+                async for row in self._table.query_entities(query, parameters=parameters, select=[column])
+            }
         except AzureError as exc:
             raise StorageUnavailable("The completion index is unavailable.") from exc
 
@@ -229,22 +299,26 @@ class CompletionIndex:
 
     async def count(self, selection: CompletionFilter) -> int:
         """How many index rows match: the same partition and server-side filters as a list, only keys read."""
-        query, parameters = _query_for(selection, order="asc", after=None)
-        total = 0
-        try:
+        term, query, parameters = _query_for(selection, order="asc", after=None)
+
+        async def shard_count(partition: str) -> int:
+            total = 0
             async for _ in self._table.query_entities(
-                query, parameters=parameters, select=["RowKey"], results_per_page=1000
+                query, parameters={**parameters, "partition": partition}, select=["RowKey"], results_per_page=1000
             ):
                 total += 1
+            return total
+
+        try:
+            return sum(await asyncio.gather(*map(shard_count, _shards(term))))
         except AzureError as exc:
             raise StorageUnavailable("The completion index is unavailable.") from exc
-        return total
 
     async def size_of(self, completion_id: str) -> int | None:
         """The document size the index recorded for a completion (one point read), None without a row."""
         row_key = _row_key("asc", ids.captured_at_us(completion_id), completion_id)
         try:
-            row = await self._table.get_entity(_ALL_PARTITION, row_key, select=["size_bytes"])
+            row = await self._table.get_entity(_all_partition(completion_id), row_key, select=["size_bytes"])
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
@@ -255,11 +329,11 @@ class CompletionIndex:
         """The id first claimed for this key: ours when we are first, the earlier one otherwise."""
         try:
             await self._table.create_entity(
-                {"PartitionKey": _IDEMPOTENCY_PARTITION, "RowKey": key_digest, "id": completion_id}
+                {"PartitionKey": _idempotency_partition(key_digest), "RowKey": key_digest, "id": completion_id}
             )
             return completion_id
         except ResourceExistsError:
-            row = await self._table.get_entity(_IDEMPOTENCY_PARTITION, key_digest)
+            row = await self._table.get_entity(_idempotency_partition(key_digest), key_digest)
             return str(row["id"])
         except AzureError as exc:
             raise StorageUnavailable("The completion index is unavailable.") from exc
@@ -294,7 +368,7 @@ class CompletionIndex:
             raise StorageUnavailable("The completion index is unavailable.") from exc
         try:
             await self._table.upsert_entity(
-                {"PartitionKey": _IDEMPOTENCY_PARTITION, "RowKey": key_digest, "id": completion_id}
+                {"PartitionKey": _idempotency_partition(key_digest), "RowKey": key_digest, "id": completion_id}
             )
         except AzureError as exc:
             raise StorageUnavailable("The completion index is unavailable.") from exc
@@ -303,10 +377,15 @@ class CompletionIndex:
     async def _query(
         self, selection: CompletionFilter, *, order: Order, after: str | None, page_size: int
     ) -> AsyncIterator[IndexEntry]:
-        query, parameters = _query_for(selection, order=order, after=after)
+        term, query, parameters = _query_for(selection, order=order, after=after)
+        shards = [
+            self._table.query_entities(
+                query, parameters={**parameters, "partition": partition}, results_per_page=page_size
+            )
+            for partition in _shards(term)
+        ]
         try:
-            rows = self._table.query_entities(query, parameters=parameters, results_per_page=page_size)
-            async for row in rows:
+            async for row in _merged(shards):
                 yield _entry(row)
         except AzureError as exc:
             raise StorageUnavailable("The completion index is unavailable.") from exc
@@ -345,8 +424,22 @@ async def _all_or_raise(operations: list[Any]) -> None:
         raise StorageUnavailable("The completion index is unavailable.") from failures[0]
 
 
-def _query_for(selection: CompletionFilter, *, order: Order, after: str | None) -> tuple[str, dict[str, Any]]:
-    """The OData filter and its parameters; user text only ever appears as a parameter."""
+async def _merged(shards: Sequence[AsyncIterator[Any]]) -> AsyncIterator[Any]:
+    """The rows of every shard in one row-key order; each shard's first page is read at once."""
+    firsts = await asyncio.gather(*(anext(shard, None) for shard in shards))
+    heads = [(row["RowKey"], number, row) for number, row in enumerate(firsts) if row is not None]
+    heapq.heapify(heads)
+    while heads:
+        _, number, row = heapq.heappop(heads)
+        yield row
+        following = await anext(shards[number], None)
+        if following is not None:
+            heapq.heappush(heads, (following["RowKey"], number, following))
+
+
+def _query_for(selection: CompletionFilter, *, order: Order, after: str | None) -> tuple[str, str, dict[str, Any]]:
+    """The term whose shards are read, the OData filter and its parameters (`@partition` is each
+    shard's); user text only ever appears as a parameter."""
     metadata = sorted(selection.metadata.items())
     scores = sorted(selection.scores.items())
     exact = [(name, condition.eq) for name, condition in scores if condition.eq is not None]
@@ -363,7 +456,6 @@ def _query_for(selection: CompletionFilter, *, order: Order, after: str | None) 
         partition = _model_partition(selection.model)
     else:
         partition = _ALL_PARTITION
-    parameters["partition"] = partition
     clauses.append("PartitionKey eq @partition")
 
     low, high = _row_range(selection, order)
@@ -391,7 +483,7 @@ def _query_for(selection: CompletionFilter, *, order: Order, after: str | None) 
         else:  # rows written before stable owner ids hold the key's bare name (read as `key:<name>`)
             parameters["legacy_owner"] = legacy
             clauses.append("( owner eq @owner or owner eq @legacy_owner )")
-    return " and ".join(clauses), parameters
+    return partition, " and ".join(clauses), parameters
 
 
 def _score_clauses(number: int, name: str, condition: ScoreCondition, parameters: dict[str, Any]) -> list[str]:

@@ -1,7 +1,9 @@
 """Stored completions: one blob document each, kept consistent with the completion index.
 
+A capture writes its document only (`capture`): the index rows are derived from the documents
+afterwards, by the completion indexer fed with blob-created events (see `completion_indexer`).
 Lists re-check each page against the documents themselves, so an index row whose document is
-missing or different (a crash between the two writes) is never served. That is what lets a store
+missing or different (a crash between two writes) is never served. That is what lets a store
 write its document and its index rows concurrently, and a delete remove rows before the document.
 """
 
@@ -30,6 +32,8 @@ from shared.store.usage import UsageCounter
 
 DEFAULT_MAX_DOCUMENT_BYTES = 6 * 1024 * 1024
 DEFAULT_READ_BUDGET_BYTES = 16 * 1024 * 1024
+_PREFIX_DROP = 7
+"""Hex digits of capture time a listing prefix leaves out: one prefix spans 16**7 µs (268 s)."""
 
 
 class CompletionPage(BaseModel):
@@ -57,9 +61,26 @@ class CompletionStore:
         self.max_document_bytes = max_document_bytes
         self.budget = budget or ByteBudget(DEFAULT_READ_BUDGET_BYTES)
         """Bytes of documents read at once, shared by every reader of this store in the worker."""
+        self.on_captured: Callable[[str], None] | None = None
+        """Called with the id after each captured document is written: the local host's stand-in for
+        Event Grid's blob-created event (in Azure, Event Grid itself sends it and this stays None)."""
+
+    async def capture(self, completion: StoredCompletion) -> int:
+        """Keep a just-captured completion with one durable write, its document; returns its size.
+
+        Its index rows (and usage counters) follow asynchronously from the blob-created event, so
+        `get` works at once and lists show it within seconds.
+        """
+        with span("completion_store.put", {COMPLETION_ID: completion.id}) as current:
+            document = self._sized(completion)
+            current.set_attribute("distillery.document_bytes", len(document))
+            await self._upload(completion.id, document)
+        if self.on_captured is not None:
+            self.on_captured(completion.id)
+        return len(document)
 
     async def put(self, completion: StoredCompletion) -> int:
-        """Store (or overwrite, for a retried call) a completion; returns the document's size in bytes.
+        """Store (or overwrite) a completion with its index rows at once (imports, tools); returns its size.
 
         Document and index rows are written concurrently: a list never serves a row whose document
         is missing (it re-checks documents), so the order of the two writes does not matter, and
@@ -95,6 +116,33 @@ class CompletionStore:
     async def get(self, completion_id: str, *, owner: str | None = None) -> StoredCompletion:
         completion, _ = await self._read(ids.require_completion_id(completion_id), owner=owner)
         return completion
+
+    async def indexable(self, completion_id: str) -> IndexEntry | None:
+        """The index entry a document calls for (None when it is gone), its size as stored."""
+        try:
+            completion, _, size = await self._read_sized(completion_id, owner=None)
+        except NotFound:
+            return None
+        return _entry(completion, size)
+
+    async def captured_between(self, start_us: int, end_us: int) -> AsyncIterator[str]:
+        """Ids of documents captured in [start_us, end_us), in id order, from the blob listing alone.
+
+        Ids begin with their capture time in hex, so each listing is one name prefix per 2**28 µs
+        (about 4.5 minutes) of the range: no document outside it is listed.
+        """
+        bucket = 16**_PREFIX_DROP
+        for first in range(start_us // bucket, (end_us - 1) // bucket + 1):
+            prefix = f"{ids.PREFIX}{first:0{ids.TIME_DIGITS - _PREFIX_DROP}x}"
+            try:
+                async for name in self._container.list_blob_names(name_starts_with=prefix):
+                    completion_id = str(name).removesuffix(".json")
+                    if ids.is_completion_id(completion_id) and start_us <= ids.captured_at_us(completion_id) < end_us:
+                        yield completion_id
+            except ResourceNotFoundError:
+                return
+            except AzureError as exc:
+                raise StorageUnavailable("The completion store is unavailable.") from exc
 
     async def exists(self, completion_id: str) -> bool:
         try:
@@ -194,12 +242,16 @@ class CompletionStore:
     async def delete(self, completion_id: str, *, owner: str | None = None) -> bool:
         """Delete a completion: its index rows first, then its document. True when a document was removed.
 
+        The usage counters only lose what the indexer added: a completion deleted before its index
+        rows were written was never counted.
+
         A document already gone (a crash, an old lifecycle rule) still has its index rows removed, found
         from the index entry itself, so metadata and owner never outlive the document.
         """
-        completion = await self._read_if_present(ids.require_completion_id(completion_id))
+        completion, entry = await asyncio.gather(
+            self._read_if_present(ids.require_completion_id(completion_id)), self.index.lookup(completion_id)
+        )
         if completion is None:
-            entry = await self.index.lookup(completion_id)
             if entry is None or (owner is not None and not same_owner(entry.owner, owner)):
                 raise _not_found(completion_id)
             await self.index.forget(completion_id)
@@ -208,9 +260,10 @@ class CompletionStore:
         if owner is not None and not same_owner(completion.owner, owner):
             raise _not_found(completion_id)
         await self.index.forget(completion_id)
-        await self._counted(
-            self.index.remove(_entry(completion, 0)), -len(_encode(completion)), -1, owner=completion.owner
-        )
+        if entry is None:  # never indexed (its event is still on the way): never counted either
+            await self.index.remove(_entry(completion, 0))
+        else:
+            await self._counted(self.index.remove(_entry(completion, 0)), -entry.size_bytes, -1, owner=completion.owner)
         await self._forget_document(completion_id)
         return True
 
@@ -305,6 +358,12 @@ class CompletionStore:
     async def _read(
         self, completion_id: str, *, owner: str | None, reserved: int | None = None
     ) -> tuple[StoredCompletion, str]:
+        completion, etag, _ = await self._read_sized(completion_id, owner=owner, reserved=reserved)
+        return completion, etag
+
+    async def _read_sized(
+        self, completion_id: str, *, owner: str | None, reserved: int | None = None
+    ) -> tuple[StoredCompletion, str, int]:
         """Read and parse a document, its bytes held from the budget while it is parsed.
 
         The first response (at most the client's `max_single_get_size`) tells the size; the rest is
@@ -332,7 +391,7 @@ class CompletionStore:
             self.budget.release(held)
         if owner is not None and not same_owner(completion.owner, owner):
             raise _not_found(completion_id)
-        return completion, download.properties.etag
+        return completion, download.properties.etag, download.size
 
     async def _read_if_present(self, completion_id: str, *, reserved: int | None = None) -> StoredCompletion | None:
         try:

@@ -13,13 +13,13 @@ import time
 from shared.platform.errors import InvalidRequest, NotFound
 
 PREFIX = "chatcmpl-"
-_TIME_DIGITS = 14
+TIME_DIGITS = 14
 _ID_PATTERN = re.compile(r"chatcmpl-[0-9a-f]{32}")
 
 
 def new_completion_id(*, now_us: int | None = None) -> str:
     micros = time.time_ns() // 1000 if now_us is None else now_us
-    return f"{PREFIX}{micros:0{_TIME_DIGITS}x}{secrets.token_hex(9)}"
+    return f"{PREFIX}{micros:0{TIME_DIGITS}x}{secrets.token_hex(9)}"
 
 
 def is_completion_id(value: str) -> bool:
@@ -28,7 +28,7 @@ def is_completion_id(value: str) -> bool:
 
 def captured_at_us(completion_id: str) -> int:
     """Capture time in microseconds, read back from the id."""
-    return int(completion_id[len(PREFIX) : len(PREFIX) + _TIME_DIGITS], 16)
+    return int(completion_id[len(PREFIX) : len(PREFIX) + TIME_DIGITS], 16)
 
 
 def require_completion_id(value: str) -> str:

@@ -24,6 +24,7 @@ def test_timers_name_their_schedule_settings(functions: dict[str, Any]) -> None:
         "permission_report": ("%PERMISSION_REPORT_SCHEDULE%", False),
         "retention_sweep": ("%RETENTION_SCHEDULE%", False),
         "track_fine_tuning_jobs": ("%FINE_TUNING_TRACK_SCHEDULE%", False),
+        "index_sweep": ("%INDEX_SWEEP_SCHEDULE%", False),
     }
     purge = functions["purge_job"].get_trigger()
     assert (purge.get_binding_name(), purge.queue_name, purge.connection) == (

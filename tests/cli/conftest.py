@@ -15,6 +15,7 @@ from typer.testing import CliRunner, Result
 
 from distillery_cli.main import app
 from tests.conftest import RunningHost
+from tests.e2e.polling import wait_listed
 
 Cli = Callable[..., Result]
 
@@ -45,7 +46,9 @@ def store(client: openai.OpenAI, count: int, *, model: str = "gpt-4o", **metadat
         ).id
 
     with ThreadPoolExecutor(4) as pool:
-        return sorted(pool.map(create, range(count)))
+        stored = sorted(pool.map(create, range(count)))
+    wait_listed(client, stored)
+    return stored
 
 
 Answer = tuple[int, dict[str, str], bytes]

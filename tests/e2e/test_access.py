@@ -17,6 +17,7 @@ from local_host.azurite import Azurite, free_port
 from shared.platform.access import Right
 from tests.callers import principal, start_keyed_host
 from tests.conftest import RunningHost, start_host
+from tests.e2e.polling import wait_listed
 from tests.fakes import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -50,6 +51,7 @@ def store_one(host: RunningHost, key: str | None = None, **metadata: str) -> str
             json={"model": "gpt-4o", "store": True, "metadata": metadata, "messages": MESSAGES},
         )
     assert response.status_code == 200 and response.headers["x-distillery-stored"] == "true", response.text
+    wait_listed(host.openai_client(), [response.json()["id"]])
     return str(response.json()["id"])
 
 
@@ -250,6 +252,7 @@ def test_trusted_principal_roles_map_to_rights(
         created = carol.post("/openai/v1/chat/completions", json=chat)
         assert created.status_code == 200 and created.headers["x-distillery-stored"] == "true"
         carols = created.json()["id"]
+        wait_listed(host.openai_client(), [carols])
         listed = carol.get("/openai/v1/chat/completions", params={"metadata[tag]": tag}).json()
         assert [c["id"] for c in listed["data"]] == [carols]  # owner scoping applies to principals too
         assert (
@@ -318,6 +321,7 @@ def test_reports_show_a_scoped_caller_no_other_owners_models_metadata_or_identit
             json={"model": "alices-model", "store": True, "metadata": {"project": secret}, "messages": MESSAGES},
         )
         assert stored.status_code == 200
+    wait_listed(host.openai_client(), [stored.json()["id"]])
     with host.http() as admin:  # all-owners: the whole report (built now, so it holds alice's completion)
         for timer in ("quota_report", "permission_report"):
             assert admin.post(f"/admin/functions/{timer}", json={"input": ""}).status_code == 202

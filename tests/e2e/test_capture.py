@@ -12,6 +12,7 @@ import pytest
 
 from local_host.azurite import Azurite
 from tests.conftest import RunningHost, start_host
+from tests.e2e.polling import wait_listed
 from tests.fakes import FAKE_MODEL, FakeUpstream, Reply
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}]
@@ -177,6 +178,7 @@ def test_sdk_retry_after_upstream_500_stores_exactly_once(
     client = host.openai_client(max_retries=2)
     created = client.chat.completions.create(model="gpt-4o", store=True, metadata={"tag": tag}, messages=MESSAGES)
     assert len(fake_upstream.requests) == 2
+    wait_listed(client, [created.id])
     assert [c.id for c in client.chat.completions.list(metadata={"tag": tag})] == [created.id]
 
 
@@ -193,6 +195,7 @@ def test_idempotency_key_retry_replays_the_stored_answer(
     assert again.parse().id == first.id
     assert again.headers["x-distillery-replayed"] == "true"
     assert len(fake_upstream.requests) == 1
+    wait_listed(client, [first.id])
     assert [c.id for c in client.chat.completions.list(metadata={"tag": tag})] == [first.id]
 
 
@@ -206,6 +209,7 @@ def test_streamed_retry_with_the_same_idempotency_key_replays_without_upstream(
     assert len(fake_upstream.requests) == 1
     assert {c.id for c in again} == {first[0].id}
     assert "".join(c.choices[0].delta.content or "" for c in again if c.choices) == "fake: hello there"
+    wait_listed(client, [first[0].id])
     assert [c.id for c in client.chat.completions.list(metadata={"tag": tag})] == [first[0].id]
 
 
@@ -293,4 +297,5 @@ def test_a_retry_after_delete_does_not_resurrect_the_old_id(
 
     assert again.id != first.id and replayed.id == again.id
     assert len(fake_upstream.requests) == 2
+    wait_listed(client, [again.id])
     assert [c.id for c in client.chat.completions.list(metadata={"tag": tag})] == [again.id]

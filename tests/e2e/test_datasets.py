@@ -17,7 +17,7 @@ from local_host.azurite import Azurite
 from shared.datasets.check import check_lines
 from shared.datasets.job import new_dataset_id
 from tests.conftest import RunningHost, start_host
-from tests.e2e.polling import wait_until
+from tests.e2e.polling import wait_listed, wait_until
 from tests.fakes import FakeUpstream, Reply
 
 TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}]
@@ -70,9 +70,10 @@ def test_sdk_completions_become_both_kinds_of_dataset(
             tools=TOOLS,  # type: ignore[arg-type]
         ).id
     )
-    client.chat.completions.create(
+    other = client.chat.completions.create(
         model="gpt-4o", store=True, metadata={"tag": tag + "-other"}, messages=[{"role": "user", "content": "no"}]
     )
+    wait_listed(client, [*created, other.id])
 
     with datasets_host.http() as http:
         started = http.post(
@@ -124,10 +125,13 @@ def test_too_few_completions_fail_with_a_count(
     datasets_host: RunningHost, fake_upstream: FakeUpstream, tag: str
 ) -> None:
     client = datasets_host.azure_client()
-    for _ in range(3):
+    created = [
         client.chat.completions.create(
             model="gpt-4o", store=True, metadata={"tag": tag}, messages=[{"role": "user", "content": "hi"}]
-        )
+        ).id
+        for _ in range(3)
+    ]
+    wait_listed(client, created)
     with datasets_host.http() as http:
         started = http.post("/api/datasets", json={"kind": "distillation", "filter": {"metadata": {"tag": tag}}})
         failed = wait_for(http, started.json()["id"], "succeeded", "failed")

@@ -11,7 +11,7 @@ import pytest
 
 from local_host.azurite import Azurite
 from tests.conftest import RunningHost, start_host
-from tests.e2e.polling import wait_until
+from tests.e2e.polling import wait_listed, wait_until
 from tests.e2e.test_datasets import wait_for
 from tests.e2e.test_fine_tuning import wait_for_job
 from tests.fake_control_plane import ACCOUNT_ID, FakeControlPlane
@@ -46,10 +46,13 @@ def test_deploy_follow_and_delete_the_student(
     azure_host: RunningHost, fake_upstream: FakeUpstream, control_plane: FakeControlPlane, tag: str
 ) -> None:
     client = azure_host.azure_client()
-    for n in range(12):
+    created = [
         client.chat.completions.create(
             model="teacher", store=True, metadata={"tag": tag}, messages=[{"role": "user", "content": f"q{n}"}]
-        )
+        ).id
+        for n in range(12)
+    ]
+    wait_listed(client, created)
     with azure_host.http() as http:
         started = http.post(
             "/api/datasets",

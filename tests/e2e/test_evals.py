@@ -14,6 +14,7 @@ from openai import OpenAI
 
 from local_host.azurite import Azurite
 from tests.conftest import RunningHost, start_host
+from tests.e2e.polling import wait_listed
 from tests.fakes import FakeUpstream, Reply
 
 CONTAINS_ANSWER = {
@@ -56,12 +57,14 @@ def wait_for_run(client: OpenAI, eval_id: str, run_id: str, seconds: float = 60)
 
 
 def store(client: OpenAI, tag: str, questions: list[str]) -> list[str]:
-    return [
+    stored = [
         client.chat.completions.create(
             model="teacher", store=True, metadata={"tag": tag}, messages=[{"role": "user", "content": question}]
         ).id
         for question in questions
     ]
+    wait_listed(client, stored)
+    return stored
 
 
 def test_stored_completions_eval_rerun_on_another_deployment(

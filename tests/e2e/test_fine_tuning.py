@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import RunningHost
-from tests.e2e.polling import wait_until
+from tests.e2e.polling import wait_listed, wait_until
 from tests.e2e.test_datasets import wait_for
 from tests.fakes import FakeUpstream
 
@@ -21,10 +21,13 @@ def wait_for_job(http: httpx.Client, job_id: str, seconds: float = 60) -> dict[s
 
 def test_distill_a_dataset_into_a_fine_tuned_model(host: RunningHost, fake_upstream: FakeUpstream, tag: str) -> None:
     client = host.openai_client()
-    for n in range(12):
+    created = [
         client.chat.completions.create(
             model="teacher", store=True, metadata={"tag": tag}, messages=[{"role": "user", "content": f"q{n}"}]
-        )
+        ).id
+        for n in range(12)
+    ]
+    wait_listed(client, created)
     with host.http() as http:
         started = http.post(
             "/api/datasets",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 
 from tests.conftest import RunningHost
-from tests.e2e.polling import wait_until
+from tests.e2e.polling import wait_listed, wait_until
 from tests.fakes import FakeUpstream
 
 
@@ -18,6 +18,7 @@ def test_a_deleted_completion_leaves_its_dataset(host: RunningHost, fake_upstrea
         ).id
         for n in range(3)
     ]
+    wait_listed(client, created)
     with host.http() as http:
         started = http.post("/api/datasets", json={"kind": "evaluation", "filter": {"metadata": {"tag": tag}}})
         assert started.status_code == 202, started.text
@@ -36,9 +37,10 @@ def test_a_deleted_completion_leaves_its_dataset(host: RunningHost, fake_upstrea
 
 def test_a_finished_purge_keeps_no_metadata_value(host: RunningHost, fake_upstream: FakeUpstream, tag: str) -> None:
     client = host.openai_client()
-    client.chat.completions.create(
+    forget = client.chat.completions.create(
         model="gpt-4o", store=True, metadata={"user": tag}, messages=[{"role": "user", "content": "forget me"}]
     )
+    wait_listed(client, [forget.id])
     with host.http() as http:
         queued = http.post("/api/purges", json={"filter": {"metadata": {"user": tag}}})
         assert queued.status_code == 202, queued.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import RunningHost
+from tests.e2e.polling import wait_listed
 from tests.fakes import FakeUpstream
 
 VALUES = ["it's", 'a"b', "a/b", "a\\b", "50% off", "x eq x", "' or '1' eq '1", "é漢字🙂", "nul\x00 ctl\x1f\x7f\x85", ""]
@@ -18,6 +19,7 @@ def test_hostile_metadata_round_trip(host: RunningHost, fake_upstream: FakeUpstr
             response = http.post("/openai/v1/chat/completions", json=body)
             assert response.status_code == 200 and response.headers["x-distillery-stored"] == "true", value
             stored[value] = response.json()["id"]
+        wait_listed(host.openai_client(), stored.values())
 
         def listed(**params: str) -> list[str]:
             response = http.get("/openai/chat/completions", params={"metadata[tag]": tag, **params})

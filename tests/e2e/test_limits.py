@@ -12,6 +12,7 @@ from local_host.azurite import Azurite
 from shared.platform.access import Right
 from tests.callers import start_keyed_host
 from tests.conftest import RunningHost
+from tests.e2e.polling import wait_listed
 from tests.fakes import FakeUpstream
 
 OWNER_QUOTA = 4000
@@ -68,6 +69,7 @@ def test_owner_quota_at_capture_and_dataset_creation(
             answer = ask(http, "hello " * 50, metadata={"tag": tag})
             if answer.headers["x-distillery-stored"] == "false":
                 break
+            wait_listed(host.openai_client(), [answer.json()["id"]])  # counted once indexed
         else:
             pytest.fail(f"alice kept storing past her {OWNER_QUOTA}-byte quota")
         assert answer.status_code == 200

@@ -6,7 +6,7 @@ import openai
 import pytest
 
 from tests.conftest import RunningHost
-from tests.e2e.polling import wait_until
+from tests.e2e.polling import wait_listed, wait_until
 from tests.fakes import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "forget me"}]
@@ -28,6 +28,7 @@ def test_purge_by_filter_forgets_every_match(host: RunningHost, fake_upstream: F
     kept = client.chat.completions.create(
         model="gpt-4o", store=True, metadata={"tag": tag, "user": "u2"}, messages=MESSAGES
     ).id
+    wait_listed(client, [*doomed, kept])
     selection = {"metadata": {"tag": tag, "user": "u1"}}
 
     with host.http() as http:

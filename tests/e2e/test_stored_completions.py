@@ -9,16 +9,20 @@ import openai
 import pytest
 
 from tests.conftest import RunningHost
+from tests.e2e.polling import wait_listed
 from tests.fakes import FAKE_MODEL, FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def _store(client: openai.OpenAI, count: int, **metadata: str) -> list[str]:
-    return [
+    """Store `count` completions and wait until lists show them (the index follows the answer)."""
+    stored = [
         client.chat.completions.create(model="gpt-4o", store=True, metadata=dict(metadata), messages=MESSAGES).id
         for _ in range(count)
     ]
+    wait_listed(client, stored)
+    return stored
 
 
 def test_list_filters_by_one_and_several_pairs(host: RunningHost, fake_upstream: FakeUpstream, tag: str) -> None:
@@ -40,6 +44,7 @@ def test_model_filter_matches_deployment_or_response_model(
         model="my-deployment", store=True, metadata={"tag": tag}, messages=MESSAGES
     ).id
     second = client.chat.completions.create(model="other", store=True, metadata={"tag": tag}, messages=MESSAGES).id
+    wait_listed(client, [first, second])
     assert [c.id for c in client.chat.completions.list(metadata={"tag": tag}, model="my-deployment")] == [first]
     assert [c.id for c in client.chat.completions.list(metadata={"tag": tag}, model=FAKE_MODEL)] == [first, second]
     assert [c.id for c in client.chat.completions.list(model="my-deployment") if c.metadata.get("tag") == tag] == [
@@ -180,6 +185,7 @@ def test_list_items_carry_the_deployment_and_a_bounded_preview(
         ).id
         for messages in asked
     ]
+    wait_listed(client, ids)
     listed = list(client.chat.completions.list(metadata={"tag": tag}))
     assert [c.id for c in listed] == ids and {c.model for c in listed} == {FAKE_MODEL}
     extras = [c.model_extra["distillery"] for c in listed if c.model_extra]

@@ -9,6 +9,7 @@ import pytest
 
 from local_host.azurite import Azurite, free_port
 from tests.conftest import RunningHost, start_host
+from tests.e2e.polling import wait_listed
 from tests.fakes import FakeUpstream, Reply
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -39,6 +40,7 @@ def test_azure_upstream_gets_the_deployment_route_and_key(
     assert seen["headers"]["api-key"] == "upstream-secret"
     assert "authorization" not in seen["headers"]
     assert client.chat.completions.retrieve(created.id).choices[0].message.content == "fake: hello there"
+    wait_listed(client, [created.id])
     assert [c.id for c in client.chat.completions.list(metadata={"tag": tag}, model="my-gpt")] == [created.id]
 
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from distillery_cli.main import app as cli_app
 from tests.callers import principal
 from tests.conftest import RunningHost
+from tests.e2e.polling import wait_listed
 from tests.fakes import FAKE_MODEL, FakeUpstream, Reply
 from tests.pane.conftest import screenshot
 
@@ -43,7 +44,7 @@ QUESTIONS = [
 
 def store(host: RunningHost, count: int, **metadata: str) -> list[str]:
     client = host.openai_client()
-    return [
+    stored = [
         client.chat.completions.create(
             model="gpt-4o" if n % 3 else "gpt-4o-mini",
             store=True,
@@ -55,6 +56,8 @@ def store(host: RunningHost, count: int, **metadata: str) -> list[str]:
         ).id
         for n in range(count)
     ]
+    wait_listed(client, stored)
+    return stored
 
 
 def store_tool_conversation(host: RunningHost, upstream: FakeUpstream, tag: str) -> str:
@@ -77,17 +80,16 @@ def store_tool_conversation(host: RunningHost, upstream: FakeUpstream, tag: str)
         {"role": "user", "content": "Yes please, and the air quality there too."},
     ]
     upstream.script(Reply(message={"role": "assistant", "content": None, "tool_calls": calls[1:]}))
-    return (
-        host.openai_client()
-        .chat.completions.create(
-            model="gpt-4o",
-            store=True,
-            metadata={"tag": tag, "flow": "trip-planner"},
-            messages=messages,  # type: ignore[arg-type]
-            tools=TOOLS,  # type: ignore[arg-type]
-        )
-        .id
-    )
+    client = host.openai_client()
+    stored = client.chat.completions.create(
+        model="gpt-4o",
+        store=True,
+        metadata={"tag": tag, "flow": "trip-planner"},
+        messages=messages,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+    ).id
+    wait_listed(client, [stored])
+    return stored
 
 
 DESKTOP_SIZES = [{"width": 1280, "height": 800}, {"width": 1920, "height": 1080}]

@@ -72,4 +72,6 @@ async def test_the_sweep_removes_orphan_documents_even_with_retention_off(make_s
     assert (later.orphans_deleted, later.deleted_count) == (1, 0)
     assert not await services.store.exists(orphan.id)
     assert (await services.store.get(kept.id)).id == kept.id
-    assert await services.store.exists(unexplained.id)  # no deletion record: a lost index never empties the store
+    # No deletion record: a lost index never empties the store; the document is indexed again.
+    assert later.orphans_indexed == 1 and await services.store.exists(unexplained.id)
+    assert await services.store.index.lookup(unexplained.id) is not None

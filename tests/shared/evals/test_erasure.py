@@ -71,7 +71,9 @@ async def test_a_deleted_completion_is_erased_from_eval_runs(services: Services,
 async def test_retention_reaches_eval_runs(services: Services, tag: str) -> None:
     _, old_run = await graded_run(services, tag, ["ancient"], days_ago=400)
     assert b"ancient" in await run_blobs(services, old_run)
-    sweep = RetentionSweep(store=services.store, retention_days=365, on_deleted=services.forgetting.deleted)
+    sweep = RetentionSweep(
+        store=services.store, indexer=services.indexer, retention_days=365, on_deleted=services.forgetting.deleted
+    )
     result = await sweep.run()
     assert result.deleted_count >= 1
     assert b"ancient" not in await run_blobs(services, old_run)
@@ -101,7 +103,7 @@ async def test_retention_deletes_old_eval_runs_and_files(services: Services, tag
     uploaded = await services.eval_files.create(
         filename="rows.jsonl", content=b'{"item": {"q": "a"}}\n', purpose="evals", owner=None
     )
-    keep = RetentionSweep(store=services.store, retention_days=30, evals=services.evals)
+    keep = RetentionSweep(store=services.store, indexer=services.indexer, retention_days=30, evals=services.evals)
     assert (await keep.run()).eval_runs_deleted == 0
     later = datetime.now(UTC) + timedelta(days=31)  # the run and the file are now older than 30 days
     assert (await keep.run(now=later)).eval_runs_deleted == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from shared.capture.chat_request import parse_chat_request
@@ -32,8 +34,11 @@ async def queued(services: Services) -> int:
 
 
 async def stored_as(services: Services, caller: Caller) -> tuple[str, str | None]:
+    """Capture one call, then deliver its blob-created event (counting follows from the index)."""
     reply = await services.capture.complete(parse_chat_request(REQUEST), deployment="m", caller=caller)
     assert reply.status == 200
+    if reply.headers[STORED_HEADER] == "true":
+        await services.indexer.index([json.loads(reply.body)["id"]])
     return reply.headers[STORED_HEADER], reply.headers.get(NOT_STORED_REASON_HEADER)
 
 

@@ -1,0 +1,130 @@
+"""`python -m bench.store_path`: what `store: true` costs over `store: false`, side by side in one run.
+
+Prints p50 of both through the local host (Azurite, zero-latency upstream), the floor (one blob write
+of a stored document, same Azurite), overhead / floor, throughput at 16 in flight both ways, and the
+index lag: time from the answer until lists show the completion (p50 / p99).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from azure.storage.blob.aio import ContainerClient
+
+from local_host.azurite import free_port, start_azurite
+from local_host.process import start_host
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _sequential(client: httpx.AsyncClient, store: bool, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        (await client.post("/openai/v1/chat/completions", json={**BODY, "store": store})).raise_for_status()
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+async def _throughput(client: httpx.AsyncClient, store: bool, n: int, width: int = 16) -> float:
+    left = n
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            (await client.post("/openai/v1/chat/completions", json={**BODY, "store": store})).raise_for_status()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(width)))
+    return n / (time.perf_counter() - started)
+
+
+async def _floor(connection: str, document: bytes, n: int) -> list[float]:
+    async with ContainerClient.from_connection_string(connection, f"floor{uuid.uuid4().hex[:8]}") as container:
+        await container.create_container()
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            await container.upload_blob(f"chatcmpl-{uuid.uuid4().hex}.json", document, overwrite=True)
+            times.append((time.perf_counter() - started) * 1000)
+        return times
+
+
+async def _lag(client: httpx.AsyncClient, n: int) -> list[float]:
+    lags = []
+    for _ in range(n):
+        tag = uuid.uuid4().hex
+        answer = await client.post("/openai/v1/chat/completions", json={**BODY, "store": True, "metadata": {"t": tag}})
+        answered = time.perf_counter()
+        while True:  # polling the list is the measurement itself
+            listed = await client.get("/openai/v1/chat/completions", params={"metadata[t]": tag})
+            if listed.json()["data"]:
+                break
+            await asyncio.sleep(0.01)
+        lags.append((time.perf_counter() - answered) * 1000)
+        answer.raise_for_status()
+    return lags
+
+
+async def run(host_url: str, key: str, connection: str, n: int, rounds: int) -> None:
+    async with httpx.AsyncClient(base_url=host_url, headers={"api-key": key}, timeout=60) as client:
+        await _sequential(client, True, 20)  # warm up
+        document = (await client.post("/openai/v1/chat/completions", json={**BODY, "store": True})).content
+        off: list[float] = []
+        on: list[float] = []
+        floor: list[float] = []
+        for _ in range(rounds):
+            off += await _sequential(client, False, n)
+            on += await _sequential(client, True, n)
+            floor += await _floor(connection, document, n)
+        rate_off = await _throughput(client, False, n * 2)
+        rate_on = await _throughput(client, True, n * 2)
+        lags = await _lag(client, max(20, n // 5))
+    overhead = statistics.median(on) - statistics.median(off)
+    print(f"store=false p50 {statistics.median(off):.2f} ms   store=true p50 {statistics.median(on):.2f} ms")
+    print(
+        f"blob-write floor p50 {statistics.median(floor):.2f} ms   overhead {overhead:.2f} ms = "
+        f"{overhead / statistics.median(floor):.2f}x the floor (goal <= 1.5x)"
+    )
+    print(
+        f"16 in flight: store=false {rate_off:.0f} req/s, store=true {rate_on:.0f} req/s = "
+        f"{100 * rate_on / rate_off:.0f} % (goal >= 50 %)"
+    )
+    print(f"index lag (answer -> listed): p50 {statistics.median(lags):.0f} ms, p99 {_p(lags, 0.99):.0f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=200, help="sequential requests per target per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    azurite = start_azurite()
+    port = free_port()
+    upstream = subprocess.Popen([sys.executable, "-m", "bench.zero_upstream", str(port)])
+    try:
+        with tempfile.TemporaryDirectory() as logs:
+            host = start_host(azurite.connection_string, Path(logs), OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1")
+            with host:
+                asyncio.run(run(host.url, host.key, azurite.connection_string, args.requests, args.rounds))
+    finally:
+        upstream.terminate()
+        azurite.stop()
+
+
+if __name__ == "__main__":
+    main()
