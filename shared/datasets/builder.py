@@ -64,7 +64,7 @@ from shared.platform.job_queue import JobQueue
 from shared.platform.telemetry import job_chunk
 from shared.reports.quota import QuotaGate
 from shared.store import ids
-from shared.store.completion_store import CompletionStore
+from shared.store.completion_store import CompletionStore, in_selection
 from shared.store.stored_completion import StoredCompletion
 
 log = logging.getLogger(__name__)
@@ -664,15 +664,7 @@ class _Chunk:
         job.counts.selected += 1
         if completion is None or (request.owner is not None and not same_owner(completion.owner, request.owner)):
             return self._skip(formats.SkipReason.NOT_FOUND)
-        if request.filter is not None and not request.filter.matches(
-            created=completion.created,
-            deployment=completion.deployment,
-            served_by=completion.served_by,
-            model=completion.model,
-            metadata=completion.metadata,
-            owner=completion.owner,
-            scores=completion.score_values(),
-        ):
+        if request.filter is not None and not in_selection(completion, request.filter):
             return self._skip(formats.SkipReason.NO_LONGER_MATCHES)
         output = formats.assistant_output(completion)
         if isinstance(output, formats.SkipReason):

@@ -76,7 +76,7 @@ from shared.platform.job_queue import JobQueue
 from shared.platform.telemetry import JobChunk, job_chunk
 from shared.store.completion_filter import CompletionFilter
 from shared.store.completion_index import IndexEntry
-from shared.store.completion_store import CompletionStore
+from shared.store.completion_store import CompletionStore, in_selection
 from shared.store.json_blobs import Superseded
 from shared.store.read_budget import ByteBudget
 from shared.upstream.model_calls import ModelCalls, UpstreamCallFailed
@@ -807,15 +807,7 @@ class EvalService:
             except NotFound:
                 continue
             output = formats.assistant_output(completion)
-            if isinstance(output, dict) and selection.matches(
-                created=completion.created,
-                deployment=completion.deployment,
-                served_by=completion.served_by,
-                model=completion.model,
-                metadata=completion.metadata,
-                owner=completion.owner,
-                scores=completion.score_values(),
-            ):
+            if isinstance(output, dict) and in_selection(completion, selection):
                 line = formats.jsonl_line(formats.evaluation_line(completion, output))
                 size += len(line)
                 if size > MAX_RUN_ITEM_BYTES:
