@@ -42,6 +42,8 @@ class Reply:
     """Stream the first chunk, then wait for this event before the rest (proves chunks are relayed live)."""
     for_path: str | None = None
     """Files and fine-tuning routes: answer only a request whose path ends so (others pass it by)."""
+    for_model: str | None = None
+    """Chat: answer only a request for this model or deployment (others, e.g. a background run, pass it by)."""
 
 
 def completion(request: dict[str, Any], message: dict[str, Any], finish_reason: str = "stop") -> dict[str, Any]:
@@ -171,7 +173,11 @@ class FakeUpstream:
         body = json.loads(await request.body())
         with self._lock:
             self.requests.append({"body": body, "headers": dict(request.headers), "url": str(request.url)})
-            reply = self._script.popleft() if self._script else Reply()
+            first = self._script[0] if self._script else None
+            if first is not None and first.for_model in (None, body.get("model")):
+                reply = self._script.popleft()
+            else:
+                reply = Reply()
         if reply.delay_seconds:
             await asyncio.sleep(reply.delay_seconds)
         if reply.status != 200 or reply.body is not None:

@@ -26,6 +26,4 @@ def test_set_show_promote_and_roll_back(cli: Cli, tag: str) -> None:
     assert rolled.exit_code == 0, rolled.output
     shown = cli("alias", "show", alias)
     assert f"{teacher} 100%" in shown.stdout and "failed (forced)" in shown.stdout and "rollback" in shown.stdout
-    assert (
-        cli("alias", "rollback", alias).exit_code == 2
-    )  # nothing to roll back: the service says 4xx, so the command must change
+    assert cli("alias", "rollback", alias).exit_code == 2  # nothing to roll back: a 4xx

@@ -95,7 +95,7 @@ def test_quota_as_table_and_json(cli: Cli) -> None:
     assert "used" in table.stdout and "bytes" in table.stdout
     report = json.loads(cli("quota", "--json").stdout)
     assert report["object"] == "quota.report" and report["cap_bytes"] > 0
-    assert report["used_bytes"] == report["completion_bytes"] + report["dataset_bytes"]
+    assert report["used_bytes"] == report["completion_bytes"] + report["dataset_bytes"] + report["eval_bytes"]
 
 
 def test_health_reports_every_probe(cli: Cli) -> None:

@@ -123,7 +123,10 @@ def test_the_student_against_its_teacher_side_by_side(
             job = http.get(f"/api/fine_tuning_jobs/{job['id']}").json()
         assert job["status"] == "succeeded", job
         wrong = {"role": "assistant", "content": "Please contact our sales team about something unrelated."}
-        fake_upstream.script(Reply(), Reply(message=wrong), Reply(message=wrong))  # the ping, then two lost items
+        student = f"student-{tag}"  # earlier tests' comparisons may still be calling the upstream
+        fake_upstream.script(  # the ping, then two lost items
+            Reply(for_model=student), Reply(message=wrong, for_model=student), Reply(message=wrong, for_model=student)
+        )
         registered = http.post(
             f"/api/fine_tuning_jobs/{job['id']}/deployments", json={"name": f"student-{tag}", "existing": True}
         )

@@ -88,7 +88,9 @@ async def test_a_delete_retried_after_its_datasets_step_failed_still_rebuilds(
             limits=services.dataset_jobs.limits,
         )
         with pytest.raises(StorageUnavailable):
-            await Forgetting(store=services.store, datasets=unreadable).delete(ids[-1])
+            await Forgetting(
+                store=services.store, datasets=unreadable, evals=services.evals, fine_tuning=services.fine_tuning
+            ).delete(ids[-1])
     assert (await read_job(services, dataset_id)).rebuilds == 0
 
     with pytest.raises(NotFound):
