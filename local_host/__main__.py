@@ -146,7 +146,9 @@ def _serve(args: argparse.Namespace, listener: socket.socket, *, key_origin: str
         on_startup=start,
         on_shutdown=stop,
     )
-    config = uvicorn.Config(host, log_level="warning", lifespan="on")
+    # Keep-alive as long as the Functions host's Kestrel (130 s): with uvicorn's 5 s, a client reusing a
+    # pooled connection races the server closing it and gets a reset (httpx.ReadError) under load.
+    config = uvicorn.Config(host, log_level="warning", lifespan="on", timeout_keep_alive=130)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a local run ends (uvicorn.run does the same)
         uvicorn.Server(config).run(sockets=[listener])
     return 0

@@ -66,6 +66,9 @@ class QueueRules:
     """A delivery holds its message this long past its last lock renewal (Service Bus `lockDuration`)."""
     retry_seconds: float = 1.0
     concurrency: int = 4
+    batch_size: int = 32
+    """Messages one many-message delivery takes (Service Bus: `maxMessageBatchSize`, 1000 by default;
+    a storage queue receive returns at most 32)."""
     idle_poll_seconds: float = 0.2
 
 
@@ -102,8 +105,8 @@ class QueueWorker:
         try:
             while True:
                 free = self.rules.concurrency - len(running)
-                # a many-message trigger takes one delivery slot per batch of up to `concurrency` messages
-                messages = [] if free == 0 else await self._receive(self.rules.concurrency if self.batched else free)
+                # a many-message trigger takes one delivery slot per batch of up to `batch_size` messages
+                messages = [] if free == 0 else await self._receive(self.rules.batch_size if self.batched else free)
                 deliveries = (
                     ([self.deliver_batch(messages)] if messages else [])
                     if self.batched
