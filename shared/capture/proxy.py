@@ -285,20 +285,6 @@ class ChatCapture:
                 request=request.model_dump(mode="json", exclude_unset=True),
                 response=completion,
             )
-            await self._store.capture(stored)
-            captured_completions.add(1, {STREAMED: streamed})
-            if self._log_content and streamed:
-                log.info("Upstream answer for %s (LOG_CONTENT): %s", completion_id, _dumps(completion).decode())
-        except DocumentTooLarge:
-            log.warning(
-                "Completion %s served but not stored: larger than MAX_STORED_DOCUMENT_BYTES (%s)",
-                completion_id,
-                self._store.max_document_bytes,
-            )
-            return NotStoredReason.DOCUMENT_TOO_LARGE
-        except StorageUnavailable as exc:
-            log.warning("Completion %s served but not stored: %s (%r)", completion_id, exc, exc.__cause__)
-            return NotStoredReason.STORAGE_UNAVAILABLE
         except ValidationError as exc:
             # Where, not what: the error's own text quotes the answer's content.
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
@@ -306,7 +292,10 @@ class ChatCapture:
                 "Completion %s served but not stored: the upstream answer was malformed (%s)", completion_id, problems
             )
             return NotStoredReason.UPSTREAM_ERROR
-        return None
+        reason = await keep(self._store, stored)
+        if reason is None and self._log_content and streamed:
+            log.info("Upstream answer for %s (LOG_CONTENT): %s", completion_id, _dumps(completion).decode())
+        return reason
 
     async def _completion_id(self, caller: Caller, idempotency_key: str | None) -> tuple[str, bool]:
         """A new id, or the id an earlier attempt with the same `Idempotency-Key` claimed (then True)."""
@@ -329,6 +318,25 @@ class ChatCapture:
             return await self._store.get(completion_id)
         except (NotFound, StorageUnavailable):
             return None
+
+
+async def keep(store: CompletionStore, stored: StoredCompletion) -> NotStoredReason | None:
+    """The storing step every capture shares: one durable write, the document (its index rows and
+    usage follow from the blob-created event). None when kept, else why not; never raises for storage."""
+    try:
+        await store.capture(stored)
+    except DocumentTooLarge:
+        log.warning(
+            "Completion %s served but not stored: larger than MAX_STORED_DOCUMENT_BYTES (%s)",
+            stored.id,
+            store.max_document_bytes,
+        )
+        return NotStoredReason.DOCUMENT_TOO_LARGE
+    except StorageUnavailable as exc:
+        log.warning("Completion %s served but not stored: %s (%r)", stored.id, exc, exc.__cause__)
+        return NotStoredReason.STORAGE_UNAVAILABLE
+    captured_completions.add(1, {STREAMED: stored.streamed})
+    return None
 
 
 def _replay(stored: StoredCompletion, *, stream: bool, options: StreamOptions | None) -> ProxyReply:
