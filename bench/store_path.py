@@ -88,6 +88,8 @@ async def _lag(client: httpx.AsyncClient, n: int) -> list[float]:
             listed = await client.get("/openai/v1/chat/completions", params={"metadata[t]": tag})
             if listed.json()["data"]:
                 break
+            if time.perf_counter() - answered > 120:
+                raise RuntimeError("a completion was not listed within 120 s: is the indexer running?")
             await asyncio.sleep(0.01)
         lags.append((time.perf_counter() - answered) * 1000)
         answer.raise_for_status()
