@@ -7,7 +7,9 @@ lag: time from the answer until lists show the completion (p50 / p99).
 
 Two hosts share one store, as Flex Consumption runs them: one serves HTTP and delivers no queue
 messages, the other runs the `index_completions` trigger (Flex scales a Service Bus function on
-instances of its own, apart from the HTTP group). With `--one-host`, one host does both.
+instances of its own, apart from the HTTP group). With `--one-host`, one host does both; with
+`--no-index`, nothing indexes (no lag measured): the request path alone, without the indexer's
+load on the one Azurite process that serves every storage request here.
 """
 
 from __future__ import annotations
@@ -96,7 +98,9 @@ async def _lag(client: httpx.AsyncClient, n: int) -> list[float]:
     return lags
 
 
-async def run(host_url: str, key: str, connection: str, n: int, rounds: int, pids: tuple[int, int]) -> None:
+async def run(
+    host_url: str, key: str, connection: str, n: int, rounds: int, pids: tuple[int, int], *, lag: bool
+) -> None:
     async with httpx.AsyncClient(base_url=host_url, headers={"api-key": key}, timeout=60) as client:
         await _sequential(client, True, 20)  # warm up
         document = (await client.post("/openai/v1/chat/completions", json={**BODY, "store": True})).content
@@ -113,7 +117,7 @@ async def run(host_url: str, key: str, connection: str, n: int, rounds: int, pid
             floor += await _floor(connection, document, n)
         rate_off = await _throughput(client, False, n * 2)
         rate_on = await _throughput(client, True, n * 2)
-        lags = await _lag(client, max(20, n // 5))
+        lags = await _lag(client, max(20, n // 5)) if lag else []
     overhead = statistics.median(on) - statistics.median(off)
     print(f"store=false p50 {statistics.median(off):.2f} ms   store=true p50 {statistics.median(on):.2f} ms")
     print(
@@ -134,7 +138,8 @@ async def run(host_url: str, key: str, connection: str, n: int, rounds: int, pid
             else f"; indexer host, per store=true request: {1000 * cpu[True, indexer] / len(on):.2f} ms"
         )
     )
-    print(f"index lag (answer -> listed): p50 {statistics.median(lags):.0f} ms, p99 {_p(lags, 0.99):.0f} ms")
+    if lags:
+        print(f"index lag (answer -> listed): p50 {statistics.median(lags):.0f} ms, p99 {_p(lags, 0.99):.0f} ms")
 
 
 def main() -> None:
@@ -142,6 +147,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="sequential requests per target per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--one-host", action="store_true", help="serve HTTP and index in one host process")
+    parser.add_argument("--no-index", action="store_true", help="run no indexer: the request path alone")
     args = parser.parse_args()
     azurite = start_azurite()
     port = free_port()
@@ -154,12 +160,22 @@ def main() -> None:
             names = {name: value for name, value in host.env.items() if name.endswith(_STORAGE_NAME_SUFFIXES)}
             indexer = (
                 host
-                if args.one_host
+                if args.one_host or args.no_index
                 else start_host(azurite.connection_string, Path(logs), OPENAI_BASE_URL=upstream_url, **names)
             )
             try:
                 pids = (host.process.pid, indexer.process.pid)
-                asyncio.run(run(host.url, host.key, azurite.connection_string, args.requests, args.rounds, pids))
+                asyncio.run(
+                    run(
+                        host.url,
+                        host.key,
+                        azurite.connection_string,
+                        args.requests,
+                        args.rounds,
+                        pids,
+                        lag=not args.no_index,
+                    )
+                )
             finally:
                 host.stop()
                 indexer.stop()
