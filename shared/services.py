@@ -25,6 +25,7 @@ from shared.aliases.records import Comparison
 from shared.aliases.routes import AliasRoutes
 from shared.aliases.service import Aliases
 from shared.capture.proxy import ChatCapture
+from shared.curation.bulk import BulkActions
 from shared.curation.scoring import Scoring
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.membership import DatasetMembership
@@ -454,6 +455,15 @@ class Services:
     @cached_property
     def scoring(self) -> Scoring:
         return Scoring(store=self.store)
+
+    @cached_property
+    def bulk_actions(self) -> BulkActions:
+        return BulkActions(
+            store=self.store,
+            records=JsonBlobs(container=self.reports_container, label="bulk action"),
+            queue=self.job_queue,
+            queue_name=self.settings.purge_jobs_queue,
+        )
 
     @cached_property
     def purges(self) -> PurgeService:

@@ -199,9 +199,26 @@ class CompletionStore:
         *,
         owner: str | None,
     ) -> StoredCompletion:
-        """Rewrite a document and move its index rows to match (metadata and scores are both indexed)."""
+        updated = await self.revise(completion_id, change, owner=owner)
+        assert updated is not None  # this change always answers a document
+        return updated
+
+    async def revise(
+        self,
+        completion_id: str,
+        change: Callable[[StoredCompletion], StoredCompletion | None],
+        *,
+        owner: str | None = None,
+    ) -> StoredCompletion | None:
+        """Rewrite a document and move its index rows to match (metadata and scores are both indexed).
+
+        `change` answers None for "already as wanted": nothing is written and None is returned, so
+        a bulk action run twice writes once. A concurrent writer answers `Conflict` (call again).
+        """
         completion, etag = await self._read(ids.require_completion_id(completion_id), owner=owner)
         updated = change(completion)
+        if updated is None:
+            return None
         document = self._sized(updated)
         try:
             written = await self._container.get_blob_client(_blob_name(completion_id)).upload_blob(
