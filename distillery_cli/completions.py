@@ -30,7 +30,9 @@ from distillery_cli.common import (
     when,
 )
 
-app = typer.Typer(help="List, show and delete stored chat completions; tag or score a filter in bulk.", no_args_is_help=True)
+app = typer.Typer(
+    help="List, show and delete stored chat completions; tag or score a filter in bulk.", no_args_is_help=True
+)
 
 Order = Annotated[str, typer.Option(help="asc (oldest first) or desc (newest first).", case_sensitive=False)]
 
