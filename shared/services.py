@@ -26,6 +26,7 @@ from shared.aliases.routes import AliasRoutes
 from shared.aliases.service import Aliases
 from shared.capture.proxy import ChatCapture
 from shared.curation.bulk import BulkActions
+from shared.curation.relabel import Relabels
 from shared.curation.scoring import Scoring
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.membership import DatasetMembership
@@ -461,6 +462,16 @@ class Services:
         return BulkActions(
             store=self.store,
             records=JsonBlobs(container=self.reports_container, label="bulk action"),
+            queue=self.job_queue,
+            queue_name=self.settings.purge_jobs_queue,
+        )
+
+    @cached_property
+    def relabels(self) -> Relabels:
+        return Relabels(
+            store=self.store,
+            calls=self.model_calls,
+            records=JsonBlobs(container=self.reports_container, label="relabel"),
             queue=self.job_queue,
             queue_name=self.settings.purge_jobs_queue,
         )

@@ -26,6 +26,8 @@ def test_capture_stored_completion_and_pane_routes(functions: dict[str, Any]) ->
         "count_completions": ("api/completions/count", ("GET",)),
         "create_bulk_action": ("api/bulk_actions", ("POST",)),
         "get_bulk_action": ("api/bulk_actions/{bulk_action_id}", ("GET",)),
+        "create_relabel": ("api/relabels", ("POST",)),
+        "get_relabel": ("api/relabels/{relabel_id}", ("GET",)),
     }
     for prefix, suffix in (("openai", ""), ("openai/v1", "_v1")):
         expected |= {
