@@ -12,9 +12,9 @@ from azure.storage.queue.aio import QueueClient
 
 from local_host.azurite import Azurite
 from shared.curation.relabel import (
-    Relabels,
     RelabelJob,
     RelabelLimits,
+    Relabels,
     RelabelSkip,
     RelabelStatus,
     parse_relabel_params,
