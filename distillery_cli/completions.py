@@ -1,4 +1,5 @@
-"""`distillery completions list|show|delete|bulk`: the stored-completions API, and bulk actions on a filter."""
+"""`distillery completions list|show|delete|bulk|relabel`: the stored-completions API, bulk actions and
+relabel jobs on a filter."""
 
 from __future__ import annotations
 
@@ -272,3 +273,47 @@ def bulk_status(
     for name, value in (job.get("progress") or {}).items():
         facts.add_row(name, str(value))
     stdout().print(facts)
+
+
+@app.command("relabel")
+def relabel(
+    ctx: typer.Context,
+    deployment: Annotated[str, typer.Option("--deployment", help="The stronger deployment that answers again.")],
+    max_total_tokens: Annotated[int, typer.Option(min=1, help="Stop once the calls used this many tokens.")],
+    model: Model = None,
+    metadata: Metadata = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+    every: Annotated[bool, typer.Option("--all", help="Every stored completion (no filter).")] = False,
+    wait: Wait = False,
+    json_output: Json = False,
+) -> None:
+    """Answer the matching completions' requests again on a stronger deployment, kept as linked completions."""
+    selection = completion_filter(model, metadata, created_after, created_before)
+    body: dict[str, Any] = {"filter": selection} if selection else {"all": every}
+    body |= {"deployment": deployment, "max_total_tokens": max_total_tokens}
+    api = client(ctx)
+    job = api.post("/api/relabels", body)
+    if wait:
+        stderr().print(f"queued {job['id']}")
+
+        def progress(state: dict[str, Any]) -> tuple[str, int, int | None]:
+            return f"{job['id']} {state['status']}", (state.get("progress") or {}).get("relabeled") or 0, None
+
+        job = wait_until(
+            lambda: api.get(f"/api/relabels/{job['id']}"),
+            finished=lambda state: state["status"] in ("succeeded", "failed"),
+            progress=progress,
+        )
+    if json_output:
+        print_json(job)
+    elif job.get("receipt") is None:
+        stdout().print(f"{job['id']} {job['status']}")
+    else:
+        receipt = job["receipt"]
+        stdout().print(
+            f"{job['id']}: {receipt['relabeled_count']} relabeled on {job['deployment']}, "
+            f"{receipt['tokens_used']} tokens ({receipt['stopped']})"
+        )
+    if job["status"] == "failed":
+        raise problems(f"relabel {job['id']} failed: {(job.get('error') or {}).get('message')}")

@@ -70,3 +70,28 @@ def test_bad_bulk_actions_answer_in_the_openai_error_shape(host: RunningHost) ->
             headers={"api-key": "not-a-key"},
         )
         assert read_only.status_code == 401
+
+
+def test_relabel_a_filter_on_a_stronger_deployment(host: RunningHost, fake_upstream: FakeUpstream, tag: str) -> None:
+    client = host.openai_client()
+    originals = [
+        client.chat.completions.create(model="gpt-4o", store=True, metadata={"tag": tag}, messages=MESSAGES).id
+        for _ in range(2)
+    ]
+    wait_listed(client, originals)
+    with host.http() as http:
+        body = {
+            "filter": {"metadata": {"tag": tag}, "model": "gpt-4o"},
+            "deployment": "teacher-xl",
+            "max_total_tokens": 500,
+        }
+        queued = http.post("/api/relabels", json=body)
+        assert queued.status_code == 202, queued.text
+        done = wait_until(http, f"/api/relabels/{queued.json()['id']}", lambda job: job["status"] == "succeeded", 30)
+        assert (done["receipt"]["relabeled_count"], done["receipt"]["tokens_used"]) == (2, 20)
+        relabeled = http.get(f"/openai/v1/chat/completions?metadata[tag]={tag}&model=teacher-xl").json()["data"]
+        assert sorted(item["distillery"]["relabel_of"] for item in relabeled) == sorted(originals)
+        original = http.get(f"/openai/v1/chat/completions/{originals[0]}").json()
+        assert len(original["distillery"]["relabels"]) == 1
+        refused = http.post("/api/relabels", json=body | {"max_total_tokens": 0})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_total_tokens"
