@@ -722,8 +722,8 @@ function scoresSection(id, ctx, changed) {
       ? h(
           "div",
           { class: "actions thumbs" },
-          h("button", { type: "button", class: "secondary small", id: "thumbs-up", "aria-label": "Helpful (thumbs up)", onclick: () => save("helpful", true) }, "👍 Helpful"),
-          h("button", { type: "button", class: "secondary small", id: "thumbs-down", "aria-label": "Not helpful (thumbs down)", onclick: () => save("helpful", false) }, "👎 Not helpful"),
+          h("button", { type: "button", class: "secondary small", id: "thumbs-up", "aria-label": "Helpful (thumbs up)", onclick: () => save("helpful", true) }, "✓ Helpful"),
+          h("button", { type: "button", class: "secondary small", id: "thumbs-down", "aria-label": "Not helpful (thumbs down)", onclick: () => save("helpful", false) }, "✗ Not helpful"),
         )
       : null,
     ctx.canAct
