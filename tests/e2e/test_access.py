@@ -366,3 +366,15 @@ def test_owner_scoping_covers_scores(
         assert [c["id"] for c in scored["data"]] == [bobs]
     with host.http(keys["alice"]) as alice:
         assert alice.get(f"/api/completions/{alices}/scores").json()["data"][0]["value"] is True
+
+
+def test_relabel_needs_the_inference_right_too(
+    matrix_host: tuple[RunningHost, dict[str, str]], fake_upstream: FakeUpstream
+) -> None:
+    """A relabel job spends model calls: `stored-completions/action` alone may not start one."""
+    host, keys = matrix_host
+    body = {"ids": [store_one(host)], "deployment": "gpt-4o", "max_total_tokens": 100}
+    refused = httpx.post(host.url + "/api/relabels", json=body, headers={"api-key": keys["action"]})
+    assert refused.status_code == 403 and refused.json()["error"]["type"] == "permission_error"
+    queued = httpx.post(host.url + "/api/relabels", json=body, headers={"api-key": keys["full"]})
+    assert queued.status_code == 202, queued.text
