@@ -222,9 +222,9 @@ class DatasetJobs:
         async for entry in walk:
             # A full slice ends before this entry. A delivery that died after saving a bound resumes with
             # that bound as its cursor: the bound is already known, and appending it again would add an empty slice.
-            full = plan.counted and plan.counted % size == 0 and plan.cursor is not None
-            if full and (not plan.bounds or plan.bounds[-1] != plan.cursor):
-                plan.bounds.append(plan.cursor)
+            bound = plan.cursor if plan.counted and plan.counted % size == 0 else None
+            if bound is not None and (not plan.bounds or plan.bounds[-1] != bound):
+                plan.bounds.append(bound)
                 etag = await self.records.save(job, etag)
                 await self._send_slice(job, len(plan.bounds) - 1)
             plan.counted += 1
