@@ -99,9 +99,10 @@ class Redactor:
             _collect(request, name, slots)
         for name in _RESPONSE_FIELDS:
             _collect(response, name, slots)
-        if self._metadata:
+        if self._metadata:  # the request body holds them too
             for name in metadata:
                 _collect(metadata, name, slots)
+            _collect(request, "metadata", slots)
         texts = [slot for slot in slots if not isinstance(slot, _JsonSlot)]
         attributes = {"distillery.redaction.texts": len(texts), "distillery.redaction.detector": self.detector.label}
         with span("redaction", attributes) as current:

@@ -5,8 +5,6 @@ the offline detector covering for it only when it finds every kind asked for."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from azure.identity.aio import ManagedIdentityCredential
 
@@ -16,22 +14,6 @@ from shared.platform.settings import EntityKind, RedactionMode
 from shared.redaction.detectors import CoveredDetector, LanguageDetector, OfflineDetector
 from shared.redaction.redactor import Redactor
 from tests.fake_language import MAX_DOCUMENT_CHARS, FakeLanguage
-
-
-@pytest.fixture(scope="module")
-def language_server() -> Iterator[FakeLanguage]:
-    fake = FakeLanguage().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def language(language_server: FakeLanguage, monkeypatch: pytest.MonkeyPatch) -> FakeLanguage:
-    """The stand-in, fresh; the process looks like an App Service with a managed identity."""
-    language_server.reset()
-    for name, value in language_server.identity_environment.items():
-        monkeypatch.setenv(name, value)
-    return language_server
 
 
 def detector(endpoint: str, timeout: float = 10.0) -> LanguageDetector:
