@@ -436,6 +436,7 @@ class Services:
             probe_deployment=settings.permission_probe_deployment,
             identities=self.authenticator.identities(),
             reports=self.report_store,
+            redaction=(self.store, self.redactor.kinds) if self.redactor is not None else None,
         )
 
     @cached_property
