@@ -24,18 +24,19 @@ from shared.platform.settings import EntityKind
 
 log = logging.getLogger(__name__)
 
-_PRESIDIO_ENTITIES: dict[EntityKind, str] = {
-    EntityKind.EMAIL: "EMAIL_ADDRESS",
-    EntityKind.PHONE: "PHONE_NUMBER",
-    EntityKind.CREDIT_CARD: "CREDIT_CARD",
-    EntityKind.IBAN: "IBAN_CODE",
-    EntityKind.IP_ADDRESS: "IP_ADDRESS",
-    EntityKind.URL: "URL",
-    EntityKind.US_SSN: "US_SSN",
-    EntityKind.US_BANK_ACCOUNT: "US_BANK_NUMBER",
-    EntityKind.US_PASSPORT: "US_PASSPORT",
-    EntityKind.US_DRIVER_LICENSE: "US_DRIVER_LICENSE",
+_PRESIDIO: dict[EntityKind, tuple[str, str]] = {
+    EntityKind.EMAIL: ("EMAIL_ADDRESS", "EmailRecognizer"),
+    EntityKind.PHONE: ("PHONE_NUMBER", "PhoneRecognizer"),
+    EntityKind.CREDIT_CARD: ("CREDIT_CARD", "CreditCardRecognizer"),
+    EntityKind.IBAN: ("IBAN_CODE", "IbanRecognizer"),
+    EntityKind.IP_ADDRESS: ("IP_ADDRESS", "IpRecognizer"),
+    EntityKind.URL: ("URL", "UrlRecognizer"),
+    EntityKind.US_SSN: ("US_SSN", "UsSsnRecognizer"),
+    EntityKind.US_BANK_ACCOUNT: ("US_BANK_NUMBER", "UsBankRecognizer"),
+    EntityKind.US_PASSPORT: ("US_PASSPORT", "UsPassportRecognizer"),
+    EntityKind.US_DRIVER_LICENSE: ("US_DRIVER_LICENSE", "UsLicenseRecognizer"),
 }
+"""Each kind's Presidio entity and the predefined recognizer that finds it."""
 _LANGUAGE_CATEGORIES: dict[EntityKind, str] = {
     EntityKind.EMAIL: "Email",
     EntityKind.PHONE: "PhoneNumber",
@@ -51,7 +52,7 @@ _LANGUAGE_CATEGORIES: dict[EntityKind, str] = {
     EntityKind.ADDRESS: "Address",
     EntityKind.ORGANIZATION: "Organization",
 }
-OFFLINE_KINDS = frozenset(_PRESIDIO_ENTITIES)
+OFFLINE_KINDS = frozenset(_PRESIDIO)
 """Every kind but `LANGUAGE_ONLY_KINDS` (tests hold the two to that)."""
 
 LANGUAGE_DOCUMENT_CHARS = 5000
@@ -98,8 +99,8 @@ class OfflineDetector:
 
     def _detect(self, texts: list[str], kinds: frozenset[EntityKind]) -> list[list[Finding]]:
         engine = self.engine()
-        entities = [_PRESIDIO_ENTITIES[kind] for kind in kinds if kind in _PRESIDIO_ENTITIES]
-        by_entity = {entity: kind for kind, entity in _PRESIDIO_ENTITIES.items()}
+        entities = [_PRESIDIO[kind][0] for kind in kinds if kind in _PRESIDIO]
+        by_entity = {entity: kind for kind, (entity, _) in _PRESIDIO.items()}
         if not entities:
             return [[] for _ in texts]
         return [
@@ -116,12 +117,11 @@ class OfflineDetector:
         suffix list loads then)."""
         with self._lock:
             if self._engine is None:
-                from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+                from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, predefined_recognizers
                 from presidio_analyzer.nlp_engine import NoOpNlpEngine
 
-                registry = RecognizerRegistry(supported_languages=["en"])
-                registry.load_predefined_recognizers(languages=["en"])
-                registry.remove_recognizer("SpacyRecognizer")  # the one that needs a spaCy model
+                recognizers = [getattr(predefined_recognizers, name)() for _, name in _PRESIDIO.values()]
+                registry = RecognizerRegistry(recognizers=recognizers, supported_languages=["en"])
                 engine = AnalyzerEngine(
                     nlp_engine=NoOpNlpEngine(models=[{"lang_code": "en", "model_name": "none"}]),
                     registry=registry,
