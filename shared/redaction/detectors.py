@@ -95,7 +95,12 @@ class OfflineDetector:
         pass
 
     async def detect(self, texts: list[str], kinds: frozenset[EntityKind]) -> list[list[Finding]]:
-        return await asyncio.to_thread(self._detect, texts, kinds)
+        try:
+            return await asyncio.to_thread(self._detect, texts, kinds)
+        except Exception as exc:  # whatever broke, the answer is still served and nothing unredacted is kept
+            # The type only: a message could quote the text.
+            log.error("The offline PII detector failed (%s)", type(exc).__name__)
+            raise RedactionUnavailable("The offline PII detector failed.") from exc
 
     def _detect(self, texts: list[str], kinds: frozenset[EntityKind]) -> list[list[Finding]]:
         engine = self.engine()

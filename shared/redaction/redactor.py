@@ -118,9 +118,12 @@ class Redactor:
         return completion.model_copy(update={"request": request, "response": response, "metadata": metadata})
 
     async def redact_texts(self, texts: list[str]) -> list[str]:
-        """Each text with its findings replaced, in one round of detection."""
-        findings = await self.detector.detect(texts, self.kinds)
-        return [self._replace(text, found) for text, found in zip(texts, findings, strict=True)]
+        """Each text with its findings replaced, in one round of detection (each distinct text once: a
+        conversation repeats its system prompt and tool results)."""
+        distinct = list(dict.fromkeys(texts))
+        findings = await self.detector.detect(distinct, self.kinds)
+        replaced = {text: self._replace(text, found) for text, found in zip(distinct, findings, strict=True)}
+        return [replaced[text] for text in texts]
 
     def placeholder(self, kind: EntityKind, value: str) -> str:
         if self.mode is RedactionMode.MASK:
