@@ -163,6 +163,8 @@ class Services:
         )
         if self.redactor is not None:
             store.redact = self.redactor.redact
+            if self.redactor.metadata:
+                store.redact_metadata = self.redactor.redact_metadata
         return store
 
     @cached_property

@@ -84,7 +84,8 @@ class Redactor:
         self.mode = mode
         self.kinds = frozenset(kinds)
         self._key = key or b""
-        self._metadata = metadata
+        self.metadata = metadata
+        """Metadata values are redacted too (`REDACTION_METADATA`)."""
 
     async def close(self) -> None:
         await self.detector.close()
@@ -99,7 +100,7 @@ class Redactor:
             _collect(request, name, slots)
         for name in _RESPONSE_FIELDS:
             _collect(response, name, slots)
-        if self._metadata:  # the request body holds them too
+        if self.metadata:  # the request body holds them too
             for name in metadata:
                 _collect(metadata, name, slots)
             _collect(request, "metadata", slots)
@@ -116,6 +117,11 @@ class Redactor:
                 json_slot.holder[json_slot.key] = json.dumps(json_slot.parsed, ensure_ascii=False)
                 changed.add(id(json_slot))
         return completion.model_copy(update={"request": request, "response": response, "metadata": metadata})
+
+    async def redact_metadata(self, metadata: dict[str, str]) -> dict[str, str]:
+        """Metadata set after capture (`POST /chat/completions/{id}`), redacted as a capture's is."""
+        redacted = await self.redact_texts(list(metadata.values()))
+        return dict(zip(metadata, redacted, strict=True))
 
     async def redact_texts(self, texts: list[str]) -> list[str]:
         """Each text with its findings replaced, in one round of detection (each distinct text once: a

@@ -122,3 +122,18 @@ async def test_a_detector_outage_serves_the_answer_and_stores_nothing(
         )
     assert language.requests  # the detector was asked, and failed
     assert await kept_bytes(services) == []
+
+
+async def test_metadata_set_after_capture_is_redacted_too(
+    make_services: ServicesFactory, fake_upstream: FakeUpstream
+) -> None:
+    services = await make_services(OPENAI_BASE_URL=fake_upstream.base_url, REDACTION="mask", REDACTION_METADATA="true")
+    _, answer = await complete(services, stream=False)
+    completion_id = json.loads(answer)["id"]
+    await services.indexer.index([completion_id])
+
+    updated = await services.store.update_metadata(completion_id, {"customer": "john@example.org", "tier": "gold"})
+    assert updated.metadata == {"customer": "[EMAIL]", "tier": "gold"}
+    (document,) = await kept_bytes(services)
+    rows = [row async for row in services.index_table.list_entities()]
+    assert b"john@example.org" not in document and "john@example.org" not in json.dumps(rows, default=str)
