@@ -103,7 +103,7 @@ class OfflineDetector:
             raise RedactionUnavailable("The offline PII detector failed.") from exc
 
     def _detect(self, texts: list[str], kinds: frozenset[EntityKind]) -> list[list[Finding]]:
-        engine = self.engine()
+        engine = self._analyzer()
         entities = [_PRESIDIO[kind][0] for kind in kinds if kind in _PRESIDIO]
         by_entity = {entity: kind for kind, (entity, _) in _PRESIDIO.items()}
         if not entities:
@@ -116,7 +116,7 @@ class OfflineDetector:
             for text in texts
         ]
 
-    def engine(self) -> Any:
+    def _analyzer(self) -> Any:
         """The analyzer, built on first use: importing Presidio takes a second or two, so a worker that
         never redacts never pays it. Its first analysis is done here too (the e-mail recognizer's public
         suffix list loads then)."""
