@@ -283,7 +283,7 @@ class BulkActions:
             status=BulkActionStatus.QUEUED,
             filter=params.filter,
             all=params.all,
-            set_metadata=params.set_metadata,
+            set_metadata=await self._store.metadata_as_kept(params.set_metadata),
             remove_metadata=params.remove_metadata,
             add_scores=scores,
             remove_scores=params.remove_scores,

@@ -359,7 +359,8 @@ class Relabels:
                     request={**body, "model": job.deployment},
                     response=response | {"id": relabel_id},
                     relabel_of=original.id,
-                )
+                ),
+                redact=True,  # the teacher's answer is kept as a capture would be: never unredacted
             )
         await self._link(original.id, relabel_id)
         return True

@@ -86,13 +86,16 @@ class CompletionStore:
             self.on_captured(completion.id)
         return len(document)
 
-    async def put(self, completion: StoredCompletion) -> int:
+    async def put(self, completion: StoredCompletion, *, redact: bool = False) -> int:
         """Store (or overwrite) a completion with its index rows at once (imports, tools); returns its size.
 
         Document and index rows are written concurrently: a list never serves a row whose document
         is missing (it re-checks documents), so the order of the two writes does not matter, and
-        the caller waits for the slower write instead of both.
+        the caller waits for the slower write instead of both. `redact`: a completion the service
+        made itself (a relabel's answer) passes `redact` first, as a capture does.
         """
+        if redact and self.redact is not None:
+            completion = await self.redact(completion)
         with span("completion_store.put", {COMPLETION_ID: completion.id}) as current:
             document = self._sized(completion)
             current.set_attribute("distillery.document_bytes", len(document))
@@ -165,11 +168,14 @@ class CompletionStore:
         When the index cannot follow, the document is put back (if still ours) and the old rows
         restored, so a failed update leaves no row disagreeing with its document.
         """
-        if self.redact_metadata is not None:
-            metadata = await self.redact_metadata(metadata)
+        metadata = await self.metadata_as_kept(metadata)
         return await self._change(
             completion_id, lambda completion: completion.model_copy(update={"metadata": dict(metadata)}), owner=owner
         )
+
+    async def metadata_as_kept(self, metadata: dict[str, str]) -> dict[str, str]:
+        """Metadata set after capture as it may be written (redacted under `REDACTION_METADATA`)."""
+        return metadata if self.redact_metadata is None else await self.redact_metadata(metadata)
 
     async def add_scores(
         self, completion_id: str, scores: list[Score], *, owner: str | None = None

@@ -11,6 +11,7 @@ import pytest
 from azure.storage.queue.aio import QueueClient
 
 from local_host.azurite import Azurite
+from shared.curation.bulk import parse_bulk_action_params
 from shared.curation.relabel import (
     RelabelJob,
     RelabelLimits,
@@ -191,3 +192,25 @@ async def test_a_dataset_prefers_the_relabeled_answer(
     assert preferred == sorted(f"fake: q{n}" for n in range(10)) and skipped == {"relabeled": 10}
     both, _ = await answers(False)
     assert both == sorted([f"answer to q{n}" for n in range(10)] + [f"fake: q{n}" for n in range(10)])
+
+
+async def test_under_redaction_a_relabel_and_a_bulk_tag_keep_no_personal_data(
+    make_services: ServicesFactory, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    """The teacher's answer is redacted like a capture; a bulk action's metadata like an update's."""
+    services = await make_services(OPENAI_BASE_URL=fake_upstream.base_url, REDACTION="mask", REDACTION_METADATA="true")
+    [original] = await seed(services, [stored("hello", metadata={"tag": tag})])
+    leak = {"role": "assistant", "content": "Write to john@example.org"}
+    fake_upstream.script(Reply(message=leak, for_model=TEACHER))
+    done = await relabeled(
+        services, relabels(services), {"deployment": TEACHER, "max_total_tokens": 100, "ids": [original]}
+    )
+    assert done.receipt is not None and done.receipt.relabeled_count == 1
+    [answer_id] = (await services.store.get(original)).relabels
+    assert (await services.store.get(answer_id)).output_text() == "Write to [EMAIL]"
+
+    body = {"filter": {"metadata": {"tag": tag}}, "set_metadata": {"contact": "john@example.org"}}
+    job = await services.bulk_actions.submit(parse_bulk_action_params(body), requested_by="default")
+    assert job.set_metadata == {"contact": "[EMAIL]"}  # the record never holds it either
+    await services.bulk_actions.run(job.id)
+    assert (await services.store.get(original)).metadata == {"tag": tag, "contact": "[EMAIL]"}
