@@ -27,7 +27,7 @@ from shared.platform.job_queue import JobQueue
 from shared.platform.telemetry import job_chunk
 from shared.store import ids
 from shared.store.completion_filter import CompletionFilter
-from shared.store.completion_store import CompletionStore
+from shared.store.completion_store import CompletionStore, in_selection
 from shared.store.json_blobs import JsonBlobs, Superseded
 from shared.store.stored_completion import StoredCompletion
 from shared.upstream.model_calls import ModelCalls, UpstreamCallFailed
@@ -332,6 +332,8 @@ class Relabels:
             original = await self._store.get(completion_id, owner=job.owner_scope)
         except NotFound:
             return RelabelSkip.NOT_FOUND
+        if job.filter is not None and not in_selection(original, job.filter):
+            return None  # an index row its document no longer backs: not part of the selection
         if original.relabel_of is not None:
             if original.id == _relabel_id(job, original.relabel_of):
                 return None  # this job's own answer, met later in the walk
@@ -393,9 +395,7 @@ class Relabels:
         if job.owner_scope is not None:
             selection = selection.model_copy(update={"owner": job.owner_scope})
         async for row in self._store.index.walk(selection, after=job.progress.after):
-            confirmed = await self._store.confirm(row, selection)
-            if confirmed is not None:
-                yield confirmed.id
+            yield row.id  # each is checked against its document when it is relabeled, a batch at once
 
     async def _fail(self, relabel_id: str, message: str) -> None:
         for _ in range(3):
