@@ -149,6 +149,7 @@ var queues = {
   completionEvents: 'completion-events'
   evalJobs: 'eval-jobs'
   fineTuningJobs: 'fine-tuning-jobs'
+  onlineEvals: 'online-evals'
 }
 // An Azure resource id reads /subscriptions/{sub}/resourceGroups/{rg}/providers/{ns}/{type}/{name}.
 var openAiIdParts = split(azureOpenAiResourceId, '/')
@@ -191,7 +192,14 @@ module serviceBus 'app/servicebus.bicep' = {
     name: names.serviceBus
     location: location
     tags: tags
-    queueNames: [queues.datasetJobs, queues.purgeJobs, queues.evalJobs, queues.fineTuningJobs, queues.completionEvents]
+    queueNames: [
+      queues.datasetJobs
+      queues.purgeJobs
+      queues.evalJobs
+      queues.fineTuningJobs
+      queues.completionEvents
+      queues.onlineEvals
+    ]
   }
 }
 
@@ -279,6 +287,7 @@ module api 'app/api.bicep' = {
     evalDefaultTokenCap: evalDefaultTokenCap
     fineTuningContainerName: containers.fineTuning
     aliasesContainerName: containers.aliases
+    onlineEvalsQueueName: queues.onlineEvals
     fineTuningJobsQueueName: queues.fineTuningJobs
     fineTuningTrackSchedule: fineTuningTrackSchedule
     fineTuningDeploymentSku: fineTuningDeploymentSku

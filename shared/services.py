@@ -21,6 +21,7 @@ from azure.servicebus.aio import ServiceBusClient
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRetry
 from azure.storage.queue.aio import QueueServiceClient
 
+from shared.aliases.online import OnlineEvals
 from shared.aliases.records import Comparison
 from shared.aliases.routes import AliasRoutes
 from shared.aliases.service import Aliases
@@ -62,7 +63,7 @@ from shared.reports.permission_health import (
 from shared.reports.quota import QuotaGate, QuotaReporter
 from shared.reports.report_requests import ReportKind, ReportRequests
 from shared.reports.report_store import ReportStore
-from shared.store.completion_index import CompletionIndex
+from shared.store.completion_index import CompletionIndex, IndexEntry
 from shared.store.completion_indexer import CompletionIndexer
 from shared.store.completion_store import CompletionStore
 from shared.store.json_blobs import JsonBlobs
@@ -162,7 +163,11 @@ class Services:
             container_name=self.settings.completions_container,
             usage=self.usage,
             sweep_grace_seconds=self.settings.index_sweep_grace_seconds,
+            after=self._sample_online,
         )
+
+    async def _sample_online(self, entries: list[IndexEntry]) -> None:
+        await self.online_evals.sample(entries)
 
     @cached_property
     def upstream(self) -> Upstream:
@@ -212,6 +217,19 @@ class Services:
             routes=self.alias_routes,
             compare=compare,
             find_comparison=find_comparison,
+        )
+
+    @cached_property
+    def online_evals(self) -> OnlineEvals:
+        return OnlineEvals(
+            aliases=self.aliases,
+            blobs=self.alias_blobs,
+            completions=self.store,
+            job_queue=self.job_queue,
+            queue_name=self.settings.online_evals_queue,
+            calls=self.model_calls,
+            metrics=self.text_metrics,
+            embeddings_deployment=self.settings.eval_embeddings_deployment,
         )
 
     @cached_property
@@ -413,6 +431,7 @@ class Services:
                 Target(settings.purge_jobs_queue, "PURGE_JOBS_QUEUE"),
                 Target(settings.eval_jobs_queue, "EVAL_JOBS_QUEUE"),
                 Target(settings.fine_tuning_jobs_queue, "FINE_TUNING_JOBS_QUEUE"),
+                Target(settings.online_evals_queue, "ONLINE_EVALS_QUEUE"),
             ],
             queue_probe=self.queue_probe,
             token=token if entra_upstream else None,

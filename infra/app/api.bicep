@@ -25,6 +25,7 @@ param comparisonJudgeDeployment string
 param evalDefaultTokenCap int
 param fineTuningContainerName string
 param aliasesContainerName string
+param onlineEvalsQueueName string
 param fineTuningJobsQueueName string
 param fineTuningTrackSchedule string
 param fineTuningDeploymentSku string
@@ -146,6 +147,7 @@ var appSettings = {
   AZURE_RESOURCE_MANAGER_ENDPOINT: environment().resourceManager
   ALIASES_CONTAINER: aliasesContainerName
   ALIAS_CACHE_SECONDS: '10'
+  ONLINE_EVALS_QUEUE: onlineEvalsQueueName
   RETENTION_DAYS: string(retentionDays)
   RETENTION_SCHEDULE: retentionSchedule
   STORAGE_QUOTA_BYTES: storageQuotaBytes

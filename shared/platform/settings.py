@@ -183,6 +183,8 @@ class Settings(BaseSettings):
     """Alias records: targets, shares, gate and history of changes."""
     alias_cache_seconds: float = Field(10.0, gt=0, le=3600, alias="ALIAS_CACHE_SECONDS")
     """How long a worker answers alias lookups from memory before it reads the alias again (in the background)."""
+    online_evals_queue: str = Field("online-evals", alias="ONLINE_EVALS_QUEUE")
+    """Queue of an alias's sampled calls to grade online (`shared/aliases/online.py`)."""
 
     # Telemetry (shared/platform/telemetry.py).
     telemetry_exporter: TelemetryExporter | None = Field(None, alias="TELEMETRY_EXPORTER")
