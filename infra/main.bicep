@@ -38,6 +38,9 @@ param openAiBaseUrl string = ''
 @description('JSON object mapping deployment name to the model name sent to an OpenAI-compatible upstream.')
 param deploymentModels string = '{}'
 
+@description('JSON object: model or deployment name to {input, cached_input, output} prices per 1M tokens and, for a fine-tuned deployment, its hourly hosting fee (PRICE_TABLE).')
+param priceTable string = '{}'
+
 @description('Keep completions sent with store: true (false serves every request and keeps nothing).')
 param storeEnabled bool = true
 
@@ -297,6 +300,7 @@ module api 'app/api.bicep' = {
     azureOpenAiApiVersion: azureOpenAiApiVersion
     openAiBaseUrl: openAiBaseUrl
     deploymentModels: deploymentModels
+    priceTable: priceTable
     storeEnabled: storeEnabled
     retentionDays: retentionDays
     upstreamTimeoutSeconds: upstreamTimeoutSeconds

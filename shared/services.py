@@ -53,6 +53,7 @@ from shared.platform.credentials import (
 from shared.platform.errors import ConfigurationError, UpstreamUnavailable
 from shared.platform.job_queue import JobQueue, ServiceBusJobQueue, StorageJobQueue
 from shared.platform.settings import Settings, get_settings
+from shared.reports.cost import AliasPair
 from shared.reports.permission_health import (
     PermissionChecker,
     QueueSendProbe,
@@ -394,7 +395,20 @@ class Services:
             cap_bytes=self.settings.storage_quota_bytes,
             mode=self.settings.storage_quota_mode,
             top_values=self.settings.quota_top_values,
+            prices=self.settings.price_table,
+            alias_pairs=self._alias_pairs,
         )
+
+    async def _alias_pairs(self) -> list[AliasPair]:
+        """Each alias's teacher (its fallback) and students (its other targets), for the cost report's break-even."""
+        return [
+            AliasPair(
+                alias=record.name,
+                teacher=record.fallback,
+                students=[t.deployment for t in record.targets if t.deployment != record.fallback],
+            )
+            for record in await self.aliases.list()
+        ]
 
     @cached_property
     def queue_probe(self) -> QueueSendProbe:

@@ -35,6 +35,7 @@ param azureOpenAiResourceId string
 param azureOpenAiApiVersion string
 param openAiBaseUrl string
 param deploymentModels string
+param priceTable string
 param storeEnabled bool
 param retentionDays int
 param upstreamTimeoutSeconds int
@@ -157,6 +158,7 @@ var appSettings = {
   MAX_STORED_DOCUMENT_BYTES: '6291456'
   DOCUMENT_READ_BUDGET_BYTES: '16777216'
   QUOTA_TOP_VALUES: '10'
+  PRICE_TABLE: priceTable
   QUOTA_REPORT_SCHEDULE: quotaReportSchedule
   PERMISSION_REPORT_SCHEDULE: permissionReportSchedule
   // Traces and metrics to the Application Insights above, signed in as the identity (Monitoring
