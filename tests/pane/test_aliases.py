@@ -57,7 +57,6 @@ def test_an_alias_its_online_pass_rate_promote_and_roll_back(page: Page, pane_ho
     expect(card.locator(".online-table td.pass-rate").first).to_have_text("100.0%")
     assert set(card.locator(".online-table td.pass-rate").all_inner_texts()) == {"100.0%"}
     expect(card.locator(".online")).to_contain_text("Rolls back under 50.0%")
-    screenshot(page, "aliases", full_page=True)
 
     card.get_by_role("button", name=f"Promote {student}").click()
     expect(card.locator(".form-error")).to_contain_text("refused")  # no comparison: the gate says no
@@ -72,3 +71,4 @@ def test_an_alias_its_online_pass_rate_promote_and_roll_back(page: Page, pane_ho
     expect(card.locator(f'.shares li[data-deployment="{teacher}"] .share')).to_have_text("100%")
     expect(card.locator(".history tbody tr").first).to_have_attribute("data-action", "rollback")
     expect(card.get_by_role("button", name="Roll back")).to_have_count(0)
+    screenshot(page, "aliases", full_page=True)
