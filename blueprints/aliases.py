@@ -33,7 +33,11 @@ async def put_alias(req: Request, caller: Caller | None) -> Response:
     """Create or change an alias: one or two deployments with traffic shares summing to 100."""
     name = require_alias_name(req.path_params["name"])
     params = parse(AliasParams, parse_json_object(await req.body()))
-    record = await get_services().aliases.put(name, params, by=_who(caller))
+    services = get_services()
+    if params.online_eval is not None:
+        assert caller is not None, "changing an alias requires a right"
+        services.online_evals.require_caller_may_grade(params.online_eval, caller)
+    record = await services.aliases.put(name, params, by=_who(caller))
     return json_response(record.view())
 
 

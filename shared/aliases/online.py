@@ -24,13 +24,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.aliases.records import AliasRecord, RollbackParams
+from shared.aliases.records import AliasRecord, OnlineEval, RollbackParams
 from shared.aliases.routes import tallies_blob_name
 from shared.aliases.service import Aliases
 from shared.datasets import formats
-from shared.evals.graders import TestingCriterion, grade, stored_sample
+from shared.evals.graders import (
+    LabelModelGrader,
+    ScoreModelGrader,
+    TestingCriterion,
+    TextSimilarityGrader,
+    grade,
+    stored_sample,
+)
 from shared.evals.metrics import TextMetrics
-from shared.platform.errors import Conflict, NotFound, StorageUnavailable
+from shared.platform.access import Caller, Right
+from shared.platform.errors import Conflict, NotFound, PermissionDenied, StorageUnavailable
 from shared.platform.job_queue import JobQueue
 from shared.platform.telemetry import ALIAS, DEPLOYMENT, online_graded, online_pass_rates
 from shared.store import ids
@@ -122,6 +130,28 @@ class OnlineEvals:
         self._calls = calls
         self._metrics = metrics
         self._embeddings_deployment = embeddings_deployment
+
+    def require_caller_may_grade(self, online: OnlineEval, caller: Caller) -> None:
+        """Grading online spends inference on the grader models: setting it up needs what an eval run
+        calling them needs (the `inference` right, and a key's allow-list covering them)."""
+        called: dict[str, str] = {}
+        for position, criterion in enumerate(online.criteria()):
+            if isinstance(criterion, LabelModelGrader | ScoreModelGrader):
+                called.setdefault(criterion.model, f"online_eval.testing_criteria[{position}].model")
+            elif isinstance(criterion, TextSimilarityGrader) and criterion.evaluation_metric == "cosine":
+                called.setdefault(self._embeddings_deployment, "EVAL_EMBEDDINGS_DEPLOYMENT")
+        if called and Right.INFERENCE not in caller.rights:
+            raise PermissionDenied(
+                f"The caller '{caller.name}' lacks the '{Right.INFERENCE.value}' right these graders need: they call "
+                f"{', '.join(sorted(called))}."
+            )
+        for name, param in called.items():
+            if caller.deployments is not None and name not in caller.deployments:
+                raise PermissionDenied(
+                    f"The caller '{caller.name}' may not call the deployment '{name}' these graders need.",
+                    param=param,
+                    code="deployment_not_allowed",
+                )
 
     async def sample(self, entries: Iterable[IndexEntry]) -> int:
         """Queue the sampled share of these newly indexed calls for grading; returns how many were picked.

@@ -12,7 +12,8 @@ from azure.core.exceptions import ResourceExistsError
 
 from shared.aliases.online import OnlineEvalMessage
 from shared.aliases.records import AliasParams
-from shared.platform.errors import InvalidRequest
+from shared.platform.access import Caller, Right
+from shared.platform.errors import InvalidRequest, PermissionDenied
 from shared.services import Services
 from shared.store.stored_completion import StoredCompletion
 from tests.conftest import ServicesFactory
@@ -162,3 +163,29 @@ async def test_too_few_samples_never_fire_and_bad_graders_are_refused(make_servi
     assert kept.online_eval is not None  # unset keeps them; null turns them off
     off = AliasParams.model_validate({"targets": [{"deployment": "teacher", "share": 100}], "online_eval": None})
     assert (await services.aliases.put("bot", off, by="ann")).online_eval is None
+
+
+async def test_graders_that_call_a_model_need_the_callers_right_to_call_it(make_services: ServicesFactory) -> None:
+    services = await make_services()
+    judge = {
+        "type": "label_model",
+        "name": "helpful",
+        "model": "judge",
+        "labels": ["yes", "no"],
+        "passing_labels": ["yes"],
+        "input": [{"role": "user", "content": "{{sample.output_text}}"}],
+    }
+    online = alias_params(sample_rate=0.5).online_eval
+    assert online is not None
+    judged = online.model_copy(update={"testing_criteria": [GOOD, judge]})
+    acting = Caller(name="ops", owner="key:ops", rights=frozenset({Right.READ, Right.ACTION}))
+    services.online_evals.require_caller_may_grade(online, acting)  # string checks call no model
+    with pytest.raises(PermissionDenied, match="'inference' right"):
+        services.online_evals.require_caller_may_grade(judged, acting)
+    limited = Caller(
+        name="ops", owner="key:ops", rights=frozenset({Right.ACTION, Right.INFERENCE}), deployments=frozenset({"gpt"})
+    )
+    with pytest.raises(PermissionDenied) as refused:
+        services.online_evals.require_caller_may_grade(judged, limited)
+    assert refused.value.param == "online_eval.testing_criteria[1].model"
+    services.online_evals.require_caller_may_grade(judged, limited.model_copy(update={"deployments": None}))
