@@ -71,7 +71,7 @@ def _show(alias: dict[str, Any], json_output: bool) -> None:
         history.add_row(
             when(change["at"]),
             change["by"],
-            change["action"],
+            change["action"] + (" (automatic)" if change.get("automatic") else ""),
             ", ".join(f"{t['deployment']} {t['share']}%" for t in change["targets"]),
             verdict,
         )
@@ -106,8 +106,17 @@ def set_alias(
 
 @app.command("show")
 def show(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME")], json_output: Json = False) -> None:
-    """An alias: targets, fallback, sticky rule, gate and its history of changes."""
-    _show(client(ctx).get(_path(name)), json_output)
+    """An alias: targets, fallback, sticky rule, gate, its history of changes and its online pass rates."""
+    api = client(ctx)
+    alias = api.get(_path(name))
+    _show(alias, json_output)
+    if alias.get("online_eval") and not json_output:
+        online = api.get(f"{_path(name)}/online_evals")
+        rates = table("deployment (last 24 h)", "pass rate", "passed", "failed", "errored")
+        for row in online["data"]:
+            rate = "-" if row["pass_rate"] is None else f"{row['pass_rate']:.1%}"
+            rates.add_row(row["deployment"], rate, str(row["passed"]), str(row["failed"]), str(row["errored"]))
+        stdout().print(rates)
 
 
 @app.command("promote")
