@@ -165,8 +165,10 @@ def test_keys_and_message_contents_never_reach_the_output(
         assert refused.status_code == 401
         malformed = http.post("/openai/v1/chat/completions", json={"model": "m", "messages": marker})
         assert malformed.status_code == 400
-        listed = reader.get("/openai/v1/chat/completions", params={"metadata[tag]": tag})
-        assert marker in listed.text
+        deadline = time.monotonic() + 15  # lists follow the stored document shortly after
+        while marker not in (listed := reader.get("/openai/v1/chat/completions", params={"metadata[tag]": tag})).text:
+            assert time.monotonic() < deadline, listed.text
+            time.sleep(0.05)
     wait_for_span(telemetry_host, trace_id, "completion_store.put")
     output = telemetry_host.log()
     assert "chat.completions proxy" in output  # spans are in the scanned output
