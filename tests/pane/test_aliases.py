@@ -9,7 +9,7 @@ import httpx
 from playwright.sync_api import Page, expect
 
 from tests.pane.conftest import screenshot
-from tests.pane.test_pane import Host, sign_in
+from tests.pane.test_pane import Host, sign_in, store
 
 MATCHES = {
     "type": "string_check",
@@ -72,3 +72,18 @@ def test_an_alias_its_online_pass_rate_promote_and_roll_back(page: Page, pane_ho
     expect(card.locator(".history tbody tr").first).to_have_attribute("data-action", "rollback")
     expect(card.get_by_role("button", name="Roll back")).to_have_count(0)
     screenshot(page, "aliases", full_page=True)
+
+
+def test_the_health_view_prices_the_stored_calls(page: Page, pane_host: Host) -> None:
+    host, keys = pane_host
+    store(host, 2, tag="cost")  # answered by the fake upstream's model, which PRICE_TABLE prices
+    with httpx.Client(base_url=host.url, headers={"api-key": keys["full"]}, timeout=30) as http:
+        deadline = time.monotonic() + 60
+        while (quota := http.get("/api/quota")).status_code == 202:  # the first report is built on the queue
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        cost = quota.json()["cost"]
+    sign_in(page, host, keys["full"])
+    page.get_by_role("link", name="Health").click()
+    expect(page.locator(".cost h3")).to_contain_text("Cost of stored calls")
+    expect(page.locator(".cost-table tbody tr")).to_have_count(len(cost["by_deployment"]))
