@@ -65,5 +65,8 @@ def test_alias_routes(functions: dict[str, Any]) -> None:
         "delete_alias": ("api/aliases/{name}", ("DELETE",)),
         "promote_alias": ("api/aliases/{name}/promote", ("POST",)),
         "rollback_alias": ("api/aliases/{name}/rollback", ("POST",)),
+        "alias_online_evals": ("api/aliases/{name}/online_evals", ("GET",)),
     }
     assert {name: _http(functions[name]) for name in expected} == expected
+    grader = functions["grade_online_evals"].get_trigger()
+    assert (grader.get_binding_name(), grader.queue_name) == ("serviceBusTrigger", "%ONLINE_EVALS_QUEUE%")

@@ -484,7 +484,13 @@ def _encode(completion: StoredCompletion) -> bytes:
 
 
 def _entry(completion: StoredCompletion, size_bytes: int) -> IndexEntry:
+    usage = completion.response.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    details = usage.get("prompt_tokens_details")
     return IndexEntry(
+        input_tokens=_count(usage.get("prompt_tokens")),
+        cached_tokens=_count(details.get("cached_tokens") if isinstance(details, dict) else None),
+        output_tokens=_count(usage.get("completion_tokens")),
         id=completion.id,
         deployment=completion.deployment,
         served_by=completion.served_by,
@@ -494,6 +500,11 @@ def _entry(completion: StoredCompletion, size_bytes: int) -> IndexEntry:
         owner=completion.owner,
         size_bytes=size_bytes,
     )
+
+
+def _count(value: object) -> int:
+    """A token count from the upstream's `usage`, 0 when it is missing or not a count."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _not_found(completion_id: str) -> NotFound:

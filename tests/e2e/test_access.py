@@ -333,7 +333,11 @@ def test_reports_show_a_scoped_caller_no_other_owners_models_metadata_or_identit
         quota = bob.get("/api/quota")
         assert quota.status_code == 200
         view = quota.json()
-        assert (view["by_model"], view["by_metadata"], view["withheld"]) == ([], {}, ["by_model", "by_metadata"])
+        assert (view["by_model"], view["by_metadata"], view["withheld"]) == (
+            [],
+            {},
+            ["by_model", "by_metadata", "cost"],
+        )
         assert view["used_bytes"] == report["used_bytes"] and view["level"] == report["level"]
         assert secret not in quota.text and "alices-model" not in quota.text
         permissions = bob.get("/api/health/permissions")
