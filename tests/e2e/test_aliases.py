@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.aliases.records import AliasRecord
 from shared.platform.access import DEFAULT_KEY_NAME
 from tests.conftest import RunningHost
 from tests.e2e.polling import wait_listed
@@ -31,11 +32,15 @@ def test_a_canary_alias_splits_sticky_traffic_and_records_who_served(
         assert created.status_code == 200, created.text
         assert created.json()["fallback"] == teacher and created.json()["history"][0]["by"] == DEFAULT_KEY_NAME
 
+    # Users the routing rule sends to each side (the split is a hash of alias and user), so both serve.
+    rule = AliasRecord.model_validate(created.json())
+    users = {rule.choose(user=f"user-{n}", metadata=None): f"user-{n}" for n in range(64)}
+    assert set(users) == {teacher, student}
     client = host.azure_client()
     served: dict[str, set[str]] = {}
     created = []
     for n in range(24):
-        user = f"user-{n % 8}"
+        user = list(users.values())[n % 2] if n < 8 else f"user-{n % 8}"
         done = client.chat.completions.create(
             model=alias, store=True, user=user, metadata={"tag": tag}, messages=[{"role": "user", "content": f"q{n}"}]
         )
@@ -44,7 +49,8 @@ def test_a_canary_alias_splits_sticky_traffic_and_records_who_served(
         assert by["deployment"] == alias
         served.setdefault(user, set()).add(by["served_by"])
     assert all(len(deployments) == 1 for deployments in served.values()), served  # sticky per user
-    assert set().union(*served.values()) == {teacher, student}  # 8 users at 50/50: both serve (1 in 128 fails)
+    assert set().union(*served.values()) == {teacher, student}
+    assert all(served[user] == {deployment} for deployment, user in users.items())  # as the rule says
     sent = [r["body"]["model"] for r in fake_upstream.requests]
     assert set(sent) == {teacher, student}  # the upstream hears the real deployment, never the alias
 
