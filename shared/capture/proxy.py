@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from shared.capture.chat_request import ChatRequest, StreamOptions
 from shared.capture.stream_assembly import CompletionAssembler
 from shared.platform.access import Caller
-from shared.platform.errors import DocumentTooLarge, NotFound, StorageUnavailable
+from shared.platform.errors import DocumentTooLarge, NotFound, RedactionUnavailable, StorageUnavailable
 from shared.platform.telemetry import (
     COMPLETION_ID,
     DEPLOYMENT,
@@ -62,6 +62,7 @@ class NotStoredReason(StrEnum):
     QUOTA_EXCEEDED = "quota_exceeded"
     OWNER_QUOTA_EXCEEDED = "owner_quota_exceeded"
     DOCUMENT_TOO_LARGE = "document_too_large"
+    REDACTION_UNAVAILABLE = "redaction_unavailable"
 
 
 Route = Callable[[str, ChatRequest], Awaitable[str | None]]
@@ -321,8 +322,9 @@ class ChatCapture:
 
 
 async def keep(store: CompletionStore, stored: StoredCompletion) -> NotStoredReason | None:
-    """The storing step every capture shares: one durable write, the document (its index rows and
-    usage follow from the blob-created event). None when kept, else why not; never raises for storage."""
+    """The storing step every capture shares: one durable write, the document (redacted first when
+    REDACTION is on; its index rows and usage follow from the blob-created event). None when kept,
+    else why not; never raises for storage or redaction failures."""
     try:
         await store.capture(stored)
     except DocumentTooLarge:
@@ -332,6 +334,9 @@ async def keep(store: CompletionStore, stored: StoredCompletion) -> NotStoredRea
             store.max_document_bytes,
         )
         return NotStoredReason.DOCUMENT_TOO_LARGE
+    except RedactionUnavailable as exc:
+        log.warning("Completion %s served but not stored: %s", stored.id, exc.message)
+        return NotStoredReason.REDACTION_UNAVAILABLE
     except StorageUnavailable as exc:
         log.warning("Completion %s served but not stored: %s (%r)", stored.id, exc, exc.__cause__)
         return NotStoredReason.STORAGE_UNAVAILABLE
