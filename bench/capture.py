@@ -2,7 +2,8 @@
 
 Part 1 sends the same chat completion, interleaved round by round so machine noise hits all targets
 alike, to: the zero-latency upstream directly, the proxy with store=false, and the proxy with
-store=true (durable: the answer returns after the blob and index rows are written), then both again
+store=true (the answer returns after its one blob write; the host's own indexer writes the index
+rows meanwhile, on the same Azurite: `bench.store_path` separates the two), then both again
 on a host with telemetry on (`TELEMETRY_EXPORTER=console`, to its log file), and store=false through
 an alias of the same deployment. It prints p50/p99 latency at one request in flight, requests/s at 16
 in flight, and the p50 overhead; then what one alias lookup costs in process, hit and miss (every
