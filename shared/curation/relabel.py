@@ -176,7 +176,9 @@ class RelabelJob(BaseModel):
         return self.status in (RelabelStatus.SUCCEEDED, RelabelStatus.FAILED)
 
     def view(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"progress": {"after", "part"}, "ids": True})
+        return self.model_dump(
+            mode="json", exclude={"progress": {"after", "part"}, "ids": True, "batch": {"originals"}}
+        )
 
 
 class RelabelMessage(BaseModel):

@@ -95,6 +95,12 @@ async def test_a_batch_relabel_stores_each_answer_linked_to_its_original(
         answer = await services.store.get(answer_id)
         assert (answer.relabel_of, answer.deployment, answer.output_text()) == (original_id, TEACHER, f"fake: {text}")
     assert (await services.store.get(ids[2])).relabels == []
+    assert done.view()["batch"] == {
+        "reserved_tokens": 300,
+        "id": batch["id"],
+        "input_file_id": batch["input_file_id"],
+        "status": "completed",
+    }
 
 
 async def test_a_redelivered_poll_stores_nothing_twice(
