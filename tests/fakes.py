@@ -112,7 +112,8 @@ class FakeUpstream:
         self.jobs: dict[str, dict[str, Any]] = {}
         """Fine-tuning jobs by id; each retrieve moves a job one status on (to succeeded)."""
         self.batches: dict[str, dict[str, Any]] = {}
-        """Batches by id; each retrieve moves one on: validating -> in_progress -> completed."""
+        """Batches by id; each retrieve moves one on: validating -> in_progress -> completed.
+        Each keeps its files' contents as `input`, `output`, `error` (the files may be deleted meanwhile)."""
         self.batch_failure: dict[str, Any] | None = None
         """Set to an error (`code`, `message`, `line`): the next batch fails its validation with it."""
         app = Starlette(
@@ -131,6 +132,7 @@ class FakeUpstream:
                         Route(f"{prefix}/files/{{file_id}}", self._delete_file, methods=["DELETE"]),
                         Route(f"{prefix}/files/{{file_id}}/content", self._file_content, methods=["GET"]),
                         Route(f"{prefix}/batches", self._create_batch, methods=["POST"]),
+                        Route(f"{prefix}/batches", self._list_batches, methods=["GET"]),
                         Route(f"{prefix}/batches/{{batch_id}}", self._batch, methods=["GET"]),
                         Route(f"{prefix}/fine_tuning/jobs", self._create_job, methods=["POST"]),
                         Route(f"{prefix}/fine_tuning/jobs", self._list_jobs, methods=["GET"]),
@@ -288,9 +290,17 @@ class FakeUpstream:
             "request_counts": {"total": 0, "completed": 0, "failed": 0},
             "metadata": body.get("metadata"),
             "failure": self.batch_failure,
+            "input": self.files[body["input_file_id"]]["content"],
         }
         self.batch_failure = None
         return JSONResponse(_shown_batch(self.batches[batch_id]))
+
+    async def _list_batches(self, request: Request) -> Response:
+        answer = self._scripted(request, None)
+        if answer is not None:
+            return answer
+        data = [_shown_batch(batch) for batch in reversed(self.batches.values())]
+        return JSONResponse({"object": "list", "data": data, "first_id": None, "last_id": None, "has_more": False})
 
     async def _batch(self, request: Request) -> Response:
         answer = self._scripted(request, None)
@@ -311,7 +321,7 @@ class FakeUpstream:
     def _finish_batch(self, batch: dict[str, Any]) -> None:
         """Answer every input line like the chat route does; a line whose messages say `[refuse]` fails."""
         outputs, errors = [], []
-        for number, line in enumerate(self.files[batch["input_file_id"]]["content"].decode().splitlines()):
+        for number, line in enumerate(batch["input"].decode().splitlines()):
             if not line.strip():
                 continue
             item = json.loads(line)
@@ -342,7 +352,7 @@ class FakeUpstream:
                     "created_at": 1,
                     "content": content,
                 }
-                batch[key] = file_id
+                batch[key], batch[key.removesuffix("_file_id")] = file_id, content
         total = len(outputs) + len(errors)
         batch["request_counts"] = {"total": total, "completed": len(outputs), "failed": len(errors)}
         batch["status"], batch["completed_at"] = "completed", int(time.time())
@@ -451,7 +461,7 @@ class FakeUpstream:
 
 
 def _shown_batch(batch: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in batch.items() if k != "failure"}
+    return {k: v for k, v in batch.items() if k not in ("failure", "input", "output", "error")}
 
 
 _JOB_STATUSES = ["validating_files", "queued", "running", "succeeded"]

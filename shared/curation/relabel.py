@@ -376,41 +376,59 @@ class Relabels:
         assert job.batch is not None and self._batches is not None
         state, api = job.batch, self._batches
         if state.id is None:
-            lines = [
-                # The Batch API's input line: https://learn.microsoft.com/azure/ai-foundry/openai/how-to/batch
-                # ("Prepare your batch file"): on Azure OpenAI `body.model` is the global batch deployment's name.
-                json.dumps({"custom_id": answer_id, "method": "POST", "url": "/chat/completions", "body": body})
-                for answer_id, body in await self._batch_bodies(job)
-            ]
-            if not lines:  # everything was answered by an earlier delivery
-                return await self._succeed(job, etag, "done")
-            uploaded = await api.upload_batch_input(f"{job.id}.jsonl", ("\n".join(lines) + "\n").encode())
+            if state.input_file_id is None:
+                lines = [
+                    # The Batch API's input line: https://learn.microsoft.com/azure/ai-foundry/openai/how-to/batch
+                    # ("Prepare your batch file"): on Azure OpenAI `body.model` is the global batch deployment's name.
+                    json.dumps({"custom_id": answer_id, "method": "POST", "url": "/chat/completions", "body": body})
+                    for answer_id, body in await self._batch_bodies(job)
+                ]
+                if not lines:  # everything was answered by an earlier delivery
+                    return await self._succeed(job, etag, "done")
+                uploaded = await api.upload_batch_input(f"{job.id}.jsonl", ("\n".join(lines) + "\n").encode())
+                state.input_file_id = str(uploaded["id"])
+                etag = await self._save(job, etag)  # from here on a redelivery finds the batch it made: never two
             try:
-                created = await api.create_batch(str(uploaded["id"]))
+                created = await api.batch_for(state.input_file_id) or await api.create_batch(state.input_file_id)
             except FineTuningUpstreamError as exc:
                 if exc.upstream_status not in (404, 405):
                     raise
-                return await self._fail_now(
+                job = await self._fail_now(
                     job,
                     etag,
-                    f"The upstream has no Batch API (POST /batches answered HTTP {exc.upstream_status}: "
+                    f"The upstream has no Batch API (/batches answered HTTP {exc.upstream_status}: "
                     f'{exc.message}). Relabel with "mode": "direct" instead.',
                     code="batch_unavailable",
                 )
-            state.id, state.input_file_id, state.status = str(created["id"]), str(uploaded["id"]), created.get("status")
+                await self._clean_up(state.input_file_id)
+                return job
+            state.id, state.status = str(created["id"]), created.get("status")
             return await self._poll_later(job, etag)
         batch = await api.batch(state.id)
         state.status = str(batch.get("status"))
         if state.status in ("validating", "in_progress", "finalizing", "cancelling"):
             return await self._poll_later(job, etag)
+        files = (state.input_file_id, batch.get("output_file_id"), batch.get("error_file_id"))
         if state.status != "completed":
             errors = (batch.get("errors") or {}).get("data") or []
             reasons = "; ".join(str(error.get("message") or error.get("code")) for error in errors[:3])
-            return await self._fail_now(
-                job, etag, f"The upstream batch {state.id} ended {state.status}" + (f": {reasons}" if reasons else ".")
-            )
-        await self._store_batch(job, batch)
-        return await self._succeed(job, etag, "done")
+            message = f"The upstream batch {state.id} ended {state.status}" + (f": {reasons}" if reasons else ".")
+            job = await self._fail_now(job, etag, message)
+        else:
+            await self._store_batch(job, batch)
+            job = await self._succeed(job, etag, "done")
+        await self._clean_up(*files)  # once the outcome is saved: a redelivery before then still reads the output
+        return job
+
+    async def _clean_up(self, *file_ids: str | None) -> None:
+        """Delete a finished batch's files on the upstream (Azure OpenAI limits how many a resource keeps)."""
+        assert self._batches is not None
+        for file_id in file_ids:
+            if file_id:
+                try:
+                    await self._batches.delete_file(file_id)
+                except FineTuningUpstreamError as exc:  # left behind, not worth failing the answers for
+                    log.warning("Relabel batch file %s not deleted (%s)", file_id, exc.message)
 
     async def _batch_bodies(self, job: RelabelJob) -> list[tuple[str, dict[str, Any]]]:
         """The reserved requests still unanswered, each as it is sent again on the teacher."""

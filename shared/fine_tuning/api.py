@@ -84,6 +84,11 @@ class FineTuningApi:
         body = {"input_file_id": input_file_id, "endpoint": "/chat/completions", "completion_window": "24h"}
         return await self._request("POST", "/batches", body=body)
 
+    async def batch_for(self, input_file_id: str) -> dict[str, Any] | None:
+        """The most recent batch already made over this input file, if any (so a retry never makes two)."""
+        batches = (await self._request("GET", "/batches?limit=100")).get("data") or []
+        return next((batch for batch in batches if batch.get("input_file_id") == input_file_id), None)
+
     async def batch(self, batch_id: str) -> dict[str, Any]:
         return await self._request("GET", f"/batches/{batch_id}")
 

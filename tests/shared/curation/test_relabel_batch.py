@@ -83,9 +83,9 @@ async def test_a_batch_relabel_stores_each_answer_linked_to_its_original(
     assert not [r for r in fake_upstream.requests if r["url"].endswith("/chat/completions")]  # no direct calls
     [batch] = fake_upstream.batches.values()
     assert (batch["endpoint"], batch["completion_window"]) == ("/chat/completions", "24h")
-    upload = fake_upstream.files[batch["input_file_id"]]
-    assert upload["purpose"] == "batch"
-    lines = [json.loads(line) for line in upload["content"].decode().splitlines()]
+    [upload] = [r["body"] for r in fake_upstream.requests if r["url"].endswith("/files")]
+    assert upload == {"purpose": "batch", "filename": f"{done.id}.jsonl"}
+    lines = [json.loads(line) for line in batch["input"].decode().splitlines()]
     assert {(line["method"], line["url"], line["body"]["model"]) for line in lines} == {
         ("POST", "/chat/completions", TEACHER)
     }
@@ -95,6 +95,8 @@ async def test_a_batch_relabel_stores_each_answer_linked_to_its_original(
         answer = await services.store.get(answer_id)
         assert (answer.relabel_of, answer.deployment, answer.output_text()) == (original_id, TEACHER, f"fake: {text}")
     assert (await services.store.get(ids[2])).relabels == []
+    finished = {batch["input_file_id"], batch["output_file_id"], batch["error_file_id"]}
+    assert set(fake_upstream.deleted_files) == finished  # the upstream keeps none of the batch's files
     assert done.view()["batch"] == {
         "reserved_tokens": 300,
         "id": batch["id"],
@@ -115,8 +117,11 @@ async def test_a_redelivered_poll_stores_nothing_twice(
     before_last, _ = await records.get(f"relabels/{submitted.id}.json", missing="")
 
     first = await job.run(submitted.id, part=polled.progress.part)
+    # As if that delivery died after storing the answers, before it saved its outcome (or deleted the files).
     _, etag = await records.get(f"relabels/{submitted.id}.json", missing="")
-    await records.put(f"relabels/{submitted.id}.json", before_last, etag=etag)  # as if that delivery died unsaved
+    await records.put(f"relabels/{submitted.id}.json", before_last, etag=etag)
+    [batch] = fake_upstream.batches.values()
+    fake_upstream.files[batch["output_file_id"]] = {"content": batch["output"], "purpose": "batch_output"}
     again = await job.run(submitted.id, part=polled.progress.part)
 
     assert first.receipt is not None and again.receipt is not None
@@ -124,6 +129,27 @@ async def test_a_redelivered_poll_stores_nothing_twice(
     assert again.receipt.tokens_used == 0  # both answers were already stored: nothing counted twice
     assert [len((await services.store.get(original_id)).relabels) for original_id in ids] == [1, 1]
     assert len(fake_upstream.batches) == 1
+
+
+async def test_a_redelivered_submission_finds_its_batch_and_makes_no_second(
+    services: Services, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    await originals(services, tag, "q0")
+    job = relabels(services)
+    submitted = await job.submit(parse_relabel_params(batch_body(tag)), requested_by="key:ann")
+    records = JsonBlobs(container=services.reports_container, label="relabel")
+    sent = await job.run(submitted.id)
+    raw, etag = await records.get(f"relabels/{submitted.id}.json", missing="")
+    died = RelabelJob.model_validate_json(raw)  # as if the delivery died after creating the batch, unsaved
+    assert died.batch is not None and died.batch.id is not None
+    died.batch.id, died.batch.status, died.progress.part = None, None, 0
+    await records.put(f"relabels/{submitted.id}.json", died.model_dump_json(), etag=etag)
+
+    done = await run_to_end(job, submitted.id)
+
+    assert done.status is RelabelStatus.SUCCEEDED and done.batch is not None and sent.batch is not None
+    assert done.batch.id == sent.batch.id and len(fake_upstream.batches) == 1
+    assert len([r for r in fake_upstream.requests if r["url"].endswith("/files")]) == 1
 
 
 async def test_a_failed_batch_fails_the_job_with_its_reason(
