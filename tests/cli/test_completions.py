@@ -171,3 +171,16 @@ def test_relabel_on_a_stronger_deployment(cli: Cli, host: RunningHost, fake_upst
     assert done.exit_code == 0, done.output
     assert "2 relabeled on teacher-xl, 20 tokens (done)" in done.stdout
     assert len(_ids(cli, "-m", f"tag={tag}", "--model", "teacher-xl")) == 2
+
+    batch = cli(
+        "completions",
+        "relabel",
+        "-m",
+        f"tag={tag}",
+        "--deployment",
+        "teacher-xl",
+        "--max-total-tokens",
+        "100",
+        "--batch",
+    )
+    assert batch.exit_code != 0 and "reserves 8206 tokens" in batch.output  # 2 x (7 prompt + 4096 default)
