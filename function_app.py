@@ -16,6 +16,7 @@ from blueprints import (
     pane,
     purges,
     reports,
+    responses,
     scores,
     stored_completions,
 )
@@ -40,6 +41,7 @@ for blueprint in (
     purges.bp,
     openapi.bp,
     pane.bp,
+    responses.bp,
     aliases.bp,
 ):
     app.register_functions(blueprint)

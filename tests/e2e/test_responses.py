@@ -1,0 +1,154 @@
+"""The Responses API through the real `openai` SDK, both clients, against the local host on Azurite:
+capture (plain, streamed, chained, function calls), retrieve, input items, delete, lists by kind."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from tests.conftest import RunningHost
+from tests.e2e.polling import wait_listed
+from tests.fakes import FAKE_MODEL, FakeUpstream, Reply
+
+TOOLS = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+]
+
+
+@pytest.fixture(params=["azure", "openai"])
+def client(request: pytest.FixtureRequest, host: RunningHost) -> openai.OpenAI:
+    return host.azure_client() if request.param == "azure" else host.openai_client()
+
+
+def test_create_keeps_by_default_and_retrieves(client: openai.OpenAI, fake_upstream: FakeUpstream, tag: str) -> None:
+    created = client.responses.create(
+        model="gpt-4o", input="hello there", instructions="Be brief.", metadata={"tag": tag}
+    )
+    assert created.output_text == "fake: hello there"
+    assert created.id.startswith("resp_") and created.metadata == {"tag": tag}
+
+    forwarded = fake_upstream.requests[-1]
+    assert forwarded["url"].endswith("/v1/responses")
+    assert forwarded["body"]["store"] is False and "metadata" not in forwarded["body"]
+    assert forwarded["body"]["model"] == "gpt-4o"
+
+    kept = client.responses.retrieve(created.id)
+    assert (kept.id, kept.output_text, kept.model, kept.metadata) == (
+        created.id,
+        "fake: hello there",
+        FAKE_MODEL,
+        {"tag": tag},
+    )
+    items = list(client.responses.input_items.list(created.id))
+    assert [(item.type, item.role, item.content[0].text) for item in items] == [("message", "user", "hello there")]
+
+
+def test_store_false_keeps_nothing(host: RunningHost, fake_upstream: FakeUpstream) -> None:
+    client = host.openai_client()
+    raw = client.responses.with_raw_response.create(model="gpt-4o", input="hi", store=False)
+    answer = raw.parse()
+    assert answer.output_text == "fake: hi" and "x-distillery-stored" not in raw.headers
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(answer.id)
+
+
+def test_stream_is_relayed_event_by_event_and_stored(
+    client: openai.OpenAI, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    stream = client.responses.create(model="gpt-4o", input="hello stream world", stream=True, metadata={"tag": tag})
+    events = list(stream)
+    kinds = [event.type for event in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
+    assert deltas == ["fake:", " hello", " stream", " world"]
+    final = events[-1].response
+    assert final.id.startswith("resp_") and events[0].response.id == final.id
+    kept = client.responses.retrieve(final.id)
+    assert kept.output_text == "fake: hello stream world" and kept.metadata == {"tag": tag}
+
+
+def test_previous_response_id_chain_is_resolved_from_the_store(
+    client: openai.OpenAI, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    first = client.responses.create(model="gpt-4o", input="my name is Ada", metadata={"tag": tag})
+    second = client.responses.create(
+        model="gpt-4o", input="what is my name?", previous_response_id=first.id, metadata={"tag": tag}
+    )
+    sent = fake_upstream.requests[-1]["body"]
+    assert "previous_response_id" not in sent  # the upstream cannot know our ids: the turns go as input
+    assert [item.get("role") for item in sent["input"]] == ["user", "assistant", "user"]
+    assert sent["input"][1]["content"][0]["text"] == "fake: my name is Ada"
+    assert second.previous_response_id == first.id
+
+    items = list(client.responses.input_items.list(second.id, order="asc"))
+    assert [(item.role, item.content[0].text) for item in items] == [
+        ("user", "my name is Ada"),
+        ("assistant", "fake: my name is Ada"),
+        ("user", "what is my name?"),
+    ]
+    page = client.responses.input_items.list(second.id, limit=2)  # newest first, paged by item id
+    assert [item.content[0].text for item in page.data] == ["what is my name?", "fake: my name is Ada"]
+    assert page.has_more
+    rest = client.responses.input_items.list(second.id, limit=2, after=page.data[-1].id)
+    assert [item.content[0].text for item in rest.data] == ["my name is Ada"] and not rest.has_more
+
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="gpt-4o", input="x", previous_response_id="resp_" + "0" * 32)
+
+
+def test_function_call_round_trip_is_kept_and_listed_by_kind(
+    host: RunningHost, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    client = host.openai_client()
+    fake_upstream.script(
+        Reply(function_calls=[{"name": "get_weather", "arguments": '{"city":"Oslo"}', "call_id": "call_1"}])
+    )
+    asked = client.responses.create(model="gpt-4o", input="Weather in Oslo?", tools=TOOLS, metadata={"tag": tag})
+    call = asked.output[0]
+    assert (call.type, call.name, call.call_id) == ("function_call", "get_weather", "call_1")
+    answered = client.responses.create(
+        model="gpt-4o",
+        previous_response_id=asked.id,
+        tools=TOOLS,
+        input=[{"type": "function_call_output", "call_id": "call_1", "output": json.dumps({"celsius": 7})}],
+        metadata={"tag": tag},
+    )
+    chat = client.chat.completions.create(
+        model="gpt-4o", store=True, metadata={"tag": tag}, messages=[{"role": "user", "content": "hi"}]
+    )
+    wait_listed(client, [asked.id, answered.id, chat.id])
+
+    listed = client.chat.completions.with_raw_response.list(metadata={"tag": tag}).http_response.json()["data"]
+    assert sorted(item["object"] for item in listed) == ["chat.completion", "response", "response"]
+    responses_only = client.get(
+        "/chat/completions", cast_to=object, options={"params": {"metadata[tag]": tag, "kind": "response"}}
+    )
+    assert [item["id"] for item in responses_only["data"]] == [asked.id, answered.id]
+    assert responses_only["data"][0]["distillery"]["preview"] == "Weather in Oslo?"
+
+    types = [item.type for item in client.responses.input_items.list(answered.id, order="asc")]
+    assert types == ["message", "function_call", "function_call_output"]
+
+    with pytest.raises(openai.NotFoundError):  # each kind on its own routes
+        client.chat.completions.retrieve(asked.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(chat.id)
+
+    client.responses.delete(asked.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(asked.id)
+
+
+def test_upstream_without_responses_is_named(host: RunningHost, fake_upstream: FakeUpstream) -> None:
+    fake_upstream.script(Reply(status=404, body="404 page not found"))
+    with pytest.raises(openai.BadRequestError) as raised:
+        host.openai_client(max_retries=0).responses.create(model="gpt-4o", input="hi")
+    assert raised.value.code == "upstream_without_responses"
+    assert "does not support the Responses API" in raised.value.message
