@@ -214,7 +214,9 @@ class FakeUpstream:
         items = [{"role": "user", "content": items}] if isinstance(items, str) else items or []
         users = [item for item in items if item.get("role") == "user"]
         said = users[-1].get("content") if users else ""
-        text = None if reply.function_calls else f"fake: {said if isinstance(said, str) else '(parts)'}"
+        if isinstance(said, list):  # input parts, as an earlier turn resent comes
+            said = "".join(part.get("text", "") for part in said if isinstance(part, dict))
+        text = None if reply.function_calls else f"fake: {said}"
         response = responses_wire.response_object(
             model=FAKE_MODEL, text=text, function_calls=reply.function_calls, request=body, input_tokens=7
         )

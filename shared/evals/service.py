@@ -52,6 +52,7 @@ from shared.evals.params import (
     FileContentSource,
     FileIdSource,
     ItemReferenceInputMessages,
+    ResponsesSource,
     RunCreateParams,
     StoredCompletionsSource,
 )
@@ -807,7 +808,8 @@ class EvalService:
             except NotFound:
                 continue
             output = formats.assistant_output(completion)
-            if isinstance(output, dict) and in_selection(completion, selection):
+            wanted = not isinstance(source, ResponsesSource) or source.accepts(completion.request)
+            if isinstance(output, dict) and in_selection(completion, selection) and wanted:
                 line = formats.jsonl_line(formats.evaluation_line(completion, output))
                 size += len(line)
                 if size > MAX_RUN_ITEM_BYTES:
@@ -987,6 +989,7 @@ def _completion_filter(source: StoredCompletionsSource, record: EvalRecord, owne
     metadata = source.metadata if source.metadata is not None else record.data_source_config.get("metadata") or {}
     try:
         return CompletionFilter(
+            kind="response" if isinstance(source, ResponsesSource) else None,
             metadata=metadata,
             scores=source.scores or {},
             model=source.model,

@@ -8,7 +8,8 @@ from typing import Any
 from distillery_cli.client import COMPLETIONS_PATH
 from tests.cli.conftest import Cli, ScriptedService, run_against, store
 from tests.conftest import RunningHost
-from tests.fakes import FakeUpstream
+from tests.e2e.polling import wait_listed
+from tests.fakes import FakeUpstream, Reply
 
 
 def _ids(cli: Cli, *args: str) -> list[str]:
@@ -138,3 +139,24 @@ def test_list_chooses_columns_by_terminal_width(scripted: ScriptedService) -> No
     wide = run_against(scripted, "completions", "list", env={"COLUMNS": "200"})
     assert all(header in wide.stdout for header in ("created (UTC)", "model", "metadata", "answer"))
     assert "category=release-notes" in wide.stdout and max(map(len, wide.stdout.splitlines())) <= 200
+
+
+def test_responses_are_listed_by_kind_shown_and_deleted(
+    cli: Cli, host: RunningHost, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    client = host.openai_client()
+    (chat,) = store(client, 1, tag=tag)
+    fake_upstream.script(Reply(function_calls=[{"name": "get_weather", "arguments": '{"city":"Oslo"}'}]))
+    response = client.responses.create(model="gpt-4o", input="Weather in Oslo?", metadata={"tag": tag})
+    wait_listed(client, [chat, response.id])
+
+    assert _ids(cli, "-m", f"tag={tag}", "--order", "asc") == [chat, response.id]
+    assert _ids(cli, "-m", f"tag={tag}", "--kind", "response") == [response.id]
+    assert _ids(cli, "-m", f"tag={tag}", "--kind", "chat.completion") == [chat]
+    assert "get_weather(…)" in cli("completions", "list", "-m", f"tag={tag}", "--kind", "response").stdout
+
+    shown = cli("completions", "show", response.id)
+    assert shown.exit_code == 0, shown.output
+    assert "Weather in Oslo?" in shown.stdout and 'get_weather({"city":"Oslo"})' in shown.stdout
+    assert cli("completions", "delete", response.id, "--yes").exit_code == 0
+    assert _ids(cli, "-m", f"tag={tag}", "--kind", "response") == []

@@ -8,8 +8,10 @@ import json
 import openai
 import pytest
 
+from shared.datasets.check import check_lines
 from tests.conftest import RunningHost
-from tests.e2e.polling import wait_listed
+from tests.e2e.polling import wait_listed, wait_until
+from tests.e2e.test_evals import wait_for_run
 from tests.fakes import FAKE_MODEL, FakeUpstream, Reply
 
 TOOLS = [
@@ -152,3 +154,106 @@ def test_upstream_without_responses_is_named(host: RunningHost, fake_upstream: F
         host.openai_client(max_retries=0).responses.create(model="gpt-4o", input="hi")
     assert raised.value.code == "upstream_without_responses"
     assert "does not support the Responses API" in raised.value.message
+
+
+def test_responses_become_a_distillation_dataset_and_an_eval_run(
+    host: RunningHost, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    """The whole loop: responses (plain, streamed, a function-call chain) -> listed -> a dataset whose lines
+    pass the fine-tuning check, inexpressible ones skipped with their reason -> an eval run over a `responses` source."""
+    client = host.openai_client()
+    kept = []
+    for n in range(8):
+        asked = {"model": "gpt-4o", "input": f"question {n}", "instructions": "Be brief.", "metadata": {"tag": tag}}
+        if n % 2:
+            kept.append([event for event in client.responses.create(**asked, stream=True)][-1].response.id)
+        else:
+            kept.append(client.responses.create(**asked).id)
+    fake_upstream.script(
+        Reply(function_calls=[{"name": "get_weather", "arguments": '{"city":"Oslo"}', "call_id": "c1"}])
+    )
+    call = client.responses.create(model="gpt-4o", input="Weather in Oslo?", tools=TOOLS, metadata={"tag": tag})
+    answer = client.responses.create(
+        model="gpt-4o",
+        previous_response_id=call.id,
+        tools=TOOLS,
+        input=[{"type": "function_call_output", "call_id": "c1", "output": "7 C"}],
+        metadata={"tag": tag},
+    )
+    referenced = client.responses.create(  # an item with no chat form
+        model="gpt-4o",
+        input=[{"type": "item_reference", "id": "msg_elsewhere"}, {"role": "user", "content": "and?"}],
+        metadata={"tag": tag},
+    )
+    unknown_start = client.responses.create(  # an earlier turn Distillery never saw
+        model="gpt-4o", input="go on", previous_response_id="resp_fromelsewhere", metadata={"tag": tag}
+    )
+    assert client.responses.retrieve(unknown_start.id).model_extra["distillery"]["history_complete"] is False
+    wait_listed(client, [*kept, call.id, answer.id, referenced.id, unknown_start.id])
+
+    with host.http() as http:
+        started = http.post("/api/datasets", json={"kind": "distillation", "filter": {"metadata": {"tag": tag}}})
+        assert started.status_code == 202, started.text
+        built = wait_until(
+            http, f"/api/datasets/{started.json()['id']}", lambda b: b["status"] in ("succeeded", "failed")
+        )
+        assert built["status"] == "succeeded", built
+        assert built["counts"] == {
+            "selected": 12,
+            "written": 10,
+            "skipped": {"unsupported_response_item": 1, "incomplete_conversation": 1},
+        }
+        lines = [
+            line
+            for file in built["files"]
+            for line in http.get(f"/api/datasets/{built['id']}/files/{file['name']}").content.splitlines()
+        ]
+        assert list(check_lines(lines)) == []
+        examples = [json.loads(line) for line in lines]
+        plain = next(e for e in examples if e["messages"][1].get("content") == "question 3")
+        assert plain["messages"] == [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "question 3"},
+            {"role": "assistant", "content": "fake: question 3"},
+        ]
+        chained = next(e for e in examples if len(e["messages"]) == 4)
+        tool_call = {
+            "id": "c1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'},
+        }
+        assert chained["messages"] == [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "tool_calls": [tool_call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "7 C"},
+            {"role": "assistant", "content": "fake: Weather in Oslo?"},
+        ]
+        assert chained["tools"] == [
+            {"type": "function", "function": {k: TOOLS[0][k] for k in ("name", "description", "parameters")}}
+        ]
+
+    evaluation = client.evals.create(
+        name="responses",
+        data_source_config={"type": "logs", "metadata": {"tag": tag}},
+        testing_criteria=[
+            {
+                "type": "string_check",
+                "name": "fake",
+                "input": "{{sample.output_text}}",
+                "reference": "fake:",
+                "operation": "ilike",
+            }
+        ],
+    )
+    run = client.evals.runs.create(
+        evaluation.id,
+        data_source={
+            "type": "responses",
+            "source": {"type": "responses", "metadata": {"tag": tag}, "instructions_search": "brief"},
+        },
+    )
+    done = wait_for_run(client, evaluation.id, run.id)
+    assert done.status == "completed", done
+    assert done.result_counts.model_dump() == {"total": 8, "passed": 8, "failed": 0, "errored": 0}
+    items = list(client.evals.runs.output_items.list(run.id, eval_id=evaluation.id))
+    assert sorted(item.datasource_item["completion_id"] for item in items) == sorted(kept)
