@@ -473,4 +473,5 @@ def _entry(completion: StoredCompletion, size_bytes: int) -> IndexEntry:
 
 
 def _not_found(completion_id: str) -> NotFound:
-    return NotFound(f"No chat completion found with id '{completion_id}'.", param="completion_id")
+    noun = "response" if ids.kind_of(completion_id) == "response" else "chat completion"
+    return NotFound(f"No {noun} found with id '{completion_id}'.", param="completion_id")

@@ -257,3 +257,23 @@ def test_responses_become_a_distillation_dataset_and_an_eval_run(
     assert done.result_counts.model_dump() == {"total": 8, "passed": 8, "failed": 0, "errored": 0}
     items = list(client.evals.runs.output_items.list(run.id, eval_id=evaluation.id))
     assert sorted(item.datasource_item["completion_id"] for item in items) == sorted(kept)
+
+
+def test_idempotency_key_retry_replays_the_kept_response(
+    host: RunningHost, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    client = host.openai_client()
+    asked = {
+        "model": "gpt-4o",
+        "input": "once only",
+        "metadata": {"tag": tag},
+        "extra_headers": {"Idempotency-Key": tag},
+    }
+    first = client.responses.create(**asked)
+    calls = len(fake_upstream.requests)
+    again = client.responses.with_raw_response.create(**asked)
+    assert again.headers["x-distillery-replayed"] == "true" and again.parse().id == first.id
+    streamed = list(client.responses.create(**asked, stream=True))
+    assert streamed[-1].type == "response.completed" and streamed[-1].response.id == first.id
+    assert "".join(e.delta for e in streamed if e.type == "response.output_text.delta") == "fake: once only"
+    assert len(fake_upstream.requests) == calls  # no second upstream call
