@@ -65,7 +65,7 @@ async def test_offline_model_speaks_responses_plain_and_streamed() -> None:
     async with model.open(deployment="d", body=body, operation=RESPONSES) as answer:
         lines = [line async for line in answer.lines()]
     events = [TypeAdapter(ResponseStreamEvent).validate_json(line[6:]) for line in lines if line.startswith("data: ")]
-    assert [line for line in lines if line.startswith("event: ")][0] == "event: response.created"
+    assert next(line for line in lines if line.startswith("event: ")) == "event: response.created"
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "[offline-echo] ping pong"
     assert events[-1].type == "response.completed" and events[-1].response.output_text == "[offline-echo] ping pong"
 
