@@ -6,7 +6,7 @@ our datasets as `<dataset id>/<file name>` (e.g. `dataset-…/eval.jsonl`) as we
 file (`file-…`); a run may carry
 `max_total_tokens`, a cap on the tokens its candidate and grader calls may use. A `responses` run
 data source (and source) selects stored responses with the SDK's query fields; its candidates are
-answered through chat completions, from the same messages a chat-completions run would send.
+answered through the Responses API, from the same messages a chat-completions run would send.
 """
 
 from __future__ import annotations

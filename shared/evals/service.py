@@ -759,7 +759,10 @@ class EvalService:
         if source.sampling_params is not None:
             body.update(source.sampling_params.model_dump(exclude_none=True))
         try:
-            completion = await calls.chat(deployment=source.model, body=body)
+            if source.type == "responses":  # the run asks for the Responses API: its own names for the same settings
+                completion = await calls.respond(deployment=source.model, body=_responses_body(body))
+            else:
+                completion = await calls.chat(deployment=source.model, body=body)
         except TokenCapReached:
             raise
         except UpstreamCallFailed as exc:
@@ -981,6 +984,29 @@ class EvalService:
 def _schema(item_schema: dict[str, Any], *, sample: bool) -> dict[str, Any]:
     properties = {"item": item_schema} | ({"sample": SAMPLE_SCHEMA} if sample else {})
     return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+def _responses_body(chat: dict[str, Any]) -> dict[str, Any]:
+    """A candidate call's chat body as a Responses body: messages as input, the sampling parameters
+    under the Responses API's names (it has no `seed`)."""
+    body: dict[str, Any] = {"input": chat["messages"]}
+    for key in ("temperature", "top_p"):
+        if key in chat:
+            body[key] = chat[key]
+    if "tools" in chat:  # chat's function tools nest their definition; the Responses API's do not
+        body["tools"] = [
+            {"type": "function", **tool["function"]} if tool.get("type") == "function" and "function" in tool else tool
+            for tool in chat["tools"]
+        ]
+    if "max_completion_tokens" in chat:
+        body["max_output_tokens"] = chat["max_completion_tokens"]
+    if "reasoning_effort" in chat:
+        body["reasoning"] = {"effort": chat["reasoning_effort"]}
+    if "response_format" in chat:
+        given = chat["response_format"]
+        schema = given.get("json_schema") if given.get("type") == "json_schema" else None
+        body["text"] = {"format": {"type": "json_schema", **schema} if schema else {"type": given.get("type")}}
+    return body
 
 
 def _completion_filter(source: StoredCompletionsSource, record: EvalRecord, owner: str | None) -> CompletionFilter:

@@ -277,3 +277,42 @@ def test_idempotency_key_retry_replays_the_kept_response(
     assert streamed[-1].type == "response.completed" and streamed[-1].response.id == first.id
     assert "".join(e.delta for e in streamed if e.type == "response.output_text.delta") == "fake: once only"
     assert len(fake_upstream.requests) == calls  # no second upstream call
+
+
+def test_a_responses_run_with_a_model_answers_through_the_responses_api(
+    host: RunningHost, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    client = host.openai_client()
+    kept = [client.responses.create(model="gpt-4o", input=f"ask {n}", metadata={"tag": tag}).id for n in range(2)]
+    wait_listed(client, kept)
+    evaluation = client.evals.create(
+        name="responses candidate",
+        data_source_config={"type": "logs", "metadata": {"tag": tag}},
+        testing_criteria=[
+            {
+                "type": "string_check",
+                "name": "echo",
+                "input": "{{sample.output_text}}",
+                "reference": "fake: ask",
+                "operation": "like",
+            }
+        ],
+    )
+    fake_upstream.reset()
+    run = client.evals.runs.create(
+        evaluation.id,
+        data_source={
+            "type": "responses",
+            "source": {"type": "responses", "metadata": {"tag": tag}},
+            "model": "student",
+            "sampling_params": {"temperature": 0.1, "max_completion_tokens": 40},
+        },
+    )
+    done = wait_for_run(client, evaluation.id, run.id)
+    assert done.status == "completed", done
+    assert done.result_counts.model_dump() == {"total": 2, "passed": 2, "failed": 0, "errored": 0}
+    candidates = [
+        r for r in fake_upstream.requests if r["url"].endswith("/v1/responses") and r["body"]["model"] == "student"
+    ]
+    assert len(candidates) == 2
+    assert all(c["body"]["max_output_tokens"] == 40 and c["body"]["store"] is False for c in candidates)
