@@ -61,6 +61,9 @@ def _item_text(item: dict[str, Any]) -> str:
         return f"{item.get('name')}({item.get('arguments', '')})"
     if kind == "function_call_output":
         return str(item.get("output", ""))
+    if kind == "reasoning":  # its summary, when the model gave one
+        summary = " ".join(str(part.get("text", "")) for part in item.get("summary") or [] if isinstance(part, dict))
+        return f"[reasoning] {summary}".strip()
     return f"[{kind}]"
 
 
