@@ -38,6 +38,9 @@ param openAiBaseUrl string = ''
 @description('JSON object mapping deployment name to the model name sent to an OpenAI-compatible upstream.')
 param deploymentModels string = '{}'
 
+@description('JSON object: model or deployment name to {input, cached_input, output} prices per 1M tokens and, for a fine-tuned deployment, its hourly hosting fee (PRICE_TABLE).')
+param priceTable string = '{}'
+
 @description('Keep completions sent with store: true (false serves every request and keeps nothing).')
 param storeEnabled bool = true
 
@@ -120,6 +123,25 @@ param upstreamTimeoutSeconds int = 120
 @description('Connections each worker keeps to the upstream model.')
 param upstreamMaxConnections int = 100
 
+@allowed(['off', 'mask', 'pseudonymize'])
+@description('Redaction at capture (README "Redaction"): personal data replaced before a completion is stored.')
+param redaction string = 'off'
+
+@description('Comma-separated kinds to redact; PERSON, ADDRESS and ORGANIZATION need Azure AI Language.')
+param redactionEntities string = 'EMAIL,PHONE,CREDIT_CARD,IBAN,IP_ADDRESS,US_SSN'
+
+@description('Redact metadata values too.')
+param redactionMetadata bool = false
+
+@description('Key Vault secret URI of the pseudonymize key (REDACTION_KEY becomes a Key Vault reference; grant the identity Key Vault Secrets User).')
+param redactionKeySecretUri string = ''
+
+@description('Create an Azure AI Language account for PII detection and grant the app Cognitive Services User on it.')
+param createLanguageResource bool = false
+
+@description('Endpoint of an existing Azure AI Language account instead (grant the identity Cognitive Services User there); empty with neither: the offline detector.')
+param redactionLanguageEndpoint string = ''
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName }
 var names = {
@@ -131,6 +153,7 @@ var names = {
   applicationInsights: 'appi-${resourceToken}'
   plan: 'plan-${resourceToken}'
   functionApp: 'func-${resourceToken}'
+  language: 'lang-${resourceToken}'
 }
 // One place for the data names: Bicep creates them and hands the same names to the app.
 var containers = {
@@ -149,6 +172,7 @@ var queues = {
   completionEvents: 'completion-events'
   evalJobs: 'eval-jobs'
   fineTuningJobs: 'fine-tuning-jobs'
+  onlineEvals: 'online-evals'
 }
 // An Azure resource id reads /subscriptions/{sub}/resourceGroups/{rg}/providers/{ns}/{type}/{name}.
 var openAiIdParts = split(azureOpenAiResourceId, '/')
@@ -191,7 +215,14 @@ module serviceBus 'app/servicebus.bicep' = {
     name: names.serviceBus
     location: location
     tags: tags
-    queueNames: [queues.datasetJobs, queues.purgeJobs, queues.evalJobs, queues.fineTuningJobs, queues.completionEvents]
+    queueNames: [
+      queues.datasetJobs
+      queues.purgeJobs
+      queues.evalJobs
+      queues.fineTuningJobs
+      queues.completionEvents
+      queues.onlineEvals
+    ]
   }
 }
 
@@ -224,6 +255,16 @@ module monitoring 'app/monitoring.bicep' = {
   }
 }
 
+module language 'app/language.bicep' = if (createLanguageResource) {
+  name: 'language'
+  scope: rg
+  params: {
+    name: names.language
+    location: location
+    tags: tags
+  }
+}
+
 var appPrincipals = [{ id: identity.outputs.principalId, type: 'ServicePrincipal' }]
 
 module roles 'app/roles.bicep' = {
@@ -236,6 +277,7 @@ module roles 'app/roles.bicep' = {
     serviceBusQueueNames: serviceBus.outputs.queueNames
     queueScalingPrincipals: appPrincipals
     applicationInsightsName: monitoring.outputs.applicationInsightsName
+    languageAccountName: createLanguageResource ? language!.outputs.name : ''
   }
 }
 
@@ -279,6 +321,7 @@ module api 'app/api.bicep' = {
     evalDefaultTokenCap: evalDefaultTokenCap
     fineTuningContainerName: containers.fineTuning
     aliasesContainerName: containers.aliases
+    onlineEvalsQueueName: queues.onlineEvals
     fineTuningJobsQueueName: queues.fineTuningJobs
     fineTuningTrackSchedule: fineTuningTrackSchedule
     fineTuningDeploymentSku: fineTuningDeploymentSku
@@ -288,6 +331,7 @@ module api 'app/api.bicep' = {
     azureOpenAiApiVersion: azureOpenAiApiVersion
     openAiBaseUrl: openAiBaseUrl
     deploymentModels: deploymentModels
+    priceTable: priceTable
     storeEnabled: storeEnabled
     retentionDays: retentionDays
     upstreamTimeoutSeconds: upstreamTimeoutSeconds
@@ -304,6 +348,11 @@ module api 'app/api.bicep' = {
     ownerScoping: ownerScoping
     maxBodyBytes: maxBodyBytes
     enableEntraAuth: enableEntraAuth
+    redaction: redaction
+    redactionEntities: redactionEntities
+    redactionMetadata: redactionMetadata
+    redactionKeySecretUri: redactionKeySecretUri
+    redactionLanguageEndpoint: createLanguageResource ? language!.outputs.endpoint : redactionLanguageEndpoint
   }
   // The host reads its deployment package and storage with these roles from its first start.
   dependsOn: [roles]

@@ -25,6 +25,7 @@ param comparisonJudgeDeployment string
 param evalDefaultTokenCap int
 param fineTuningContainerName string
 param aliasesContainerName string
+param onlineEvalsQueueName string
 param fineTuningJobsQueueName string
 param fineTuningTrackSchedule string
 param fineTuningDeploymentSku string
@@ -34,6 +35,7 @@ param azureOpenAiResourceId string
 param azureOpenAiApiVersion string
 param openAiBaseUrl string
 param deploymentModels string
+param priceTable string
 param storeEnabled bool
 param retentionDays int
 param upstreamTimeoutSeconds int
@@ -50,6 +52,11 @@ param apiKeys string
 param ownerScoping bool
 param maxBodyBytes int
 param enableEntraAuth bool
+param redaction string
+param redactionEntities string
+param redactionMetadata bool
+param redactionKeySecretUri string
+param redactionLanguageEndpoint string
 
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' existing = {
   name: identityName
@@ -146,6 +153,7 @@ var appSettings = {
   AZURE_RESOURCE_MANAGER_ENDPOINT: environment().resourceManager
   ALIASES_CONTAINER: aliasesContainerName
   ALIAS_CACHE_SECONDS: '10'
+  ONLINE_EVALS_QUEUE: onlineEvalsQueueName
   RETENTION_DAYS: string(retentionDays)
   RETENTION_SCHEDULE: retentionSchedule
   STORAGE_QUOTA_BYTES: storageQuotaBytes
@@ -155,19 +163,27 @@ var appSettings = {
   MAX_STORED_DOCUMENT_BYTES: '6291456'
   DOCUMENT_READ_BUDGET_BYTES: '16777216'
   QUOTA_TOP_VALUES: '10'
+  PRICE_TABLE: priceTable
   QUOTA_REPORT_SCHEDULE: quotaReportSchedule
   PERMISSION_REPORT_SCHEDULE: permissionReportSchedule
   // Traces and metrics to the Application Insights above, signed in as the identity (Monitoring
   // Metrics Publisher, roles.bicep); message contents are never logged in Azure.
   TELEMETRY_EXPORTER: 'azure_monitor'
   LOG_CONTENT: 'false'
+  // Redaction at capture (README "Redaction"); the pseudonymize key is a Key Vault reference below.
+  REDACTION: redaction
+  REDACTION_ENTITIES: redactionEntities
+  REDACTION_METADATA: redactionMetadata ? 'true' : 'false'
+  REDACTION_TIMEOUT_SECONDS: '10'
 }
 var upstreamSettings = union(
   empty(azureOpenAiEndpoint) ? {} : { AZURE_OPENAI_ENDPOINT: azureOpenAiEndpoint },
   empty(azureOpenAiResourceId) ? {} : { AZURE_OPENAI_RESOURCE_ID: azureOpenAiResourceId },
   empty(openAiBaseUrl) ? {} : { OPENAI_BASE_URL: openAiBaseUrl },
   empty(permissionProbeDeployment) ? {} : { PERMISSION_PROBE_DEPLOYMENT: permissionProbeDeployment },
-  empty(comparisonJudgeDeployment) ? {} : { COMPARISON_JUDGE_DEPLOYMENT: comparisonJudgeDeployment }
+  empty(comparisonJudgeDeployment) ? {} : { COMPARISON_JUDGE_DEPLOYMENT: comparisonJudgeDeployment },
+  empty(redactionLanguageEndpoint) ? {} : { REDACTION_LANGUAGE_ENDPOINT: redactionLanguageEndpoint },
+  empty(redactionKeySecretUri) ? {} : { REDACTION_KEY: '@Microsoft.KeyVault(SecretUri=${redactionKeySecretUri})' }
 )
 
 resource site 'Microsoft.Web/sites@2024-04-01' = {

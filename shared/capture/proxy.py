@@ -30,7 +30,13 @@ from shared.capture.chat_request import ChatRequest, StreamOptions
 from shared.capture.responses_request import ResponsesRequest
 from shared.capture.stream_assembly import CompletionAssembler, ResponseAssembler
 from shared.platform.access import Caller
-from shared.platform.errors import DocumentTooLarge, InvalidRequest, NotFound, StorageUnavailable
+from shared.platform.errors import (
+    DocumentTooLarge,
+    InvalidRequest,
+    NotFound,
+    RedactionUnavailable,
+    StorageUnavailable,
+)
 from shared.platform.telemetry import (
     COMPLETION_ID,
     DEPLOYMENT,
@@ -68,6 +74,7 @@ class NotStoredReason(StrEnum):
     QUOTA_EXCEEDED = "quota_exceeded"
     OWNER_QUOTA_EXCEEDED = "owner_quota_exceeded"
     DOCUMENT_TOO_LARGE = "document_too_large"
+    REDACTION_UNAVAILABLE = "redaction_unavailable"
 
 
 Request = ChatRequest | ResponsesRequest
@@ -429,6 +436,9 @@ class ChatCapture:
                 self._store.max_document_bytes,
             )
             return NotStoredReason.DOCUMENT_TOO_LARGE
+        except RedactionUnavailable as exc:
+            log.warning("Completion %s served but not stored: %s", completion_id, exc.message)
+            return NotStoredReason.REDACTION_UNAVAILABLE
         except StorageUnavailable as exc:
             log.warning("Completion %s served but not stored: %s (%r)", completion_id, exc, exc.__cause__)
             return NotStoredReason.STORAGE_UNAVAILABLE

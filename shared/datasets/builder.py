@@ -220,8 +220,11 @@ class DatasetJobs:
         size, deadline = self.limits.slice_completions, time.monotonic() + self.limits.chunk_seconds
         walk = self._store.index.walk(job.request.filter, after=plan.cursor, page_size=_WALK_PAGE)
         async for entry in walk:
-            if plan.counted and plan.counted % size == 0 and plan.cursor is not None:  # a full slice ends before it
-                plan.bounds.append(plan.cursor)
+            # A full slice ends before this entry. A delivery that died after saving a bound resumes with
+            # that bound as its cursor: the bound is already known, and appending it again would add an empty slice.
+            bound = plan.cursor if plan.counted and plan.counted % size == 0 else None
+            if bound is not None and (not plan.bounds or plan.bounds[-1] != bound):
+                plan.bounds.append(bound)
                 etag = await self.records.save(job, etag)
                 await self._send_slice(job, len(plan.bounds) - 1)
             plan.counted += 1
@@ -632,6 +635,8 @@ class _Chunk:
         self._new_fingerprints = array("Q")
         leakage = self._request.kind is DatasetKind.DISTILLATION and self._request.fraction > 0
         self._prompts = PromptFilter(self._request.dedup, check_leakage=leakage)
+        self._superseded: set[str] = set()
+        """`prefer_relabel`: relabeled answers whose selected original carries them."""
 
     async def run(self) -> None:
         limits, checkpoint = self._jobs.limits, self._job.checkpoint
@@ -664,6 +669,8 @@ class _Chunk:
         job.counts.selected += 1
         if completion is None or (request.owner is not None and not same_owner(completion.owner, request.owner)):
             return self._skip(formats.SkipReason.NOT_FOUND)
+        if completion_id in self._superseded:
+            return self._skip(formats.SkipReason.RELABELED)
         if request.filter is not None and not in_selection(completion, request.filter):
             return self._skip(formats.SkipReason.NO_LONGER_MATCHES)
         output = formats.assistant_output(completion)
@@ -723,7 +730,10 @@ class _Chunk:
 
         async def read(completion_id: str, reserved: int) -> StoredCompletion | None:
             async with limit:
-                return await store.read_reserved(completion_id, reserved=reserved)
+                completion = await store.read_reserved(completion_id, reserved=reserved)
+                if completion is not None and self._request.prefer_relabel:
+                    completion = await self._preferred(completion)
+                return completion
 
         try:
             async with contextlib.aclosing(self._selection_ahead()) as selection:
@@ -748,6 +758,27 @@ class _Chunk:
             await asyncio.gather(*(task for _, _, task in pending), return_exceptions=True)
             for _, reserved, _ in pending:
                 budget.release(reserved)
+
+    async def _preferred(self, completion: StoredCompletion) -> StoredCompletion:
+        """`prefer_relabel`: an original answered by its latest relabel still stored; a relabel whose
+        original is selected too is marked to skip (its original carries the answer)."""
+        store = self._jobs._store
+        if completion.relabel_of is not None:
+            original = await store.read_reserved(completion.relabel_of, reserved=0)
+            if original is not None and completion.id in original.relabels and self._selects(original):
+                self._superseded.add(completion.id)
+            return completion
+        for relabel_id in reversed(completion.relabels):
+            relabel = await store.read_reserved(relabel_id, reserved=0)
+            if relabel is not None:
+                return completion.model_copy(update={"response": relabel.response})
+        return completion
+
+    def _selects(self, completion: StoredCompletion) -> bool:
+        request = self._request
+        if request.filter is not None:
+            return in_selection(completion, request.filter)
+        return completion.id in (request.ids or [])
 
     async def _selection_ahead(self) -> AsyncGenerator[tuple[str, int]]:
         """The selection, with the next index page fetched while the current one is read."""

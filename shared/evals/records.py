@@ -165,6 +165,8 @@ class RunRecord(BaseModel):
     """A delivery started and has not ended (nor checkpointed): seen by the next one, it was killed."""
     last_failure: str | None = None
     """Why the last delivery failed (for the run's error when the queue gives up)."""
+    scores_author: str | None = None
+    """`write_scores`: who the written-back scores are by (the run's creator); None: none are written."""
 
     @property
     def finished(self) -> bool:
@@ -205,6 +207,7 @@ class RunRecord(BaseModel):
                 "items_graded": self.next_index,
                 "tokens_used": self.tokens_used,
                 "token_cap": self.token_cap,
+                "write_scores": self.scores_author is not None,
                 "lineage": self.lineage.model_dump(exclude_none=True),
             },
         }

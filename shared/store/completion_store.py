@@ -61,6 +61,11 @@ class CompletionStore:
         self.max_document_bytes = max_document_bytes
         self.budget = budget or ByteBudget(DEFAULT_READ_BUDGET_BYTES)
         """Bytes of documents read at once, shared by every reader of this store in the worker."""
+        self.redact: Callable[[StoredCompletion], Awaitable[StoredCompletion]] | None = None
+        """What a captured completion becomes before it is written (REDACTION, `shared/redaction`); it raises
+        `RedactionUnavailable` when it cannot tell, and then nothing is written."""
+        self.redact_metadata: Callable[[dict[str, str]], Awaitable[dict[str, str]]] | None = None
+        """What metadata set after capture becomes before it is written (`REDACTION_METADATA`)."""
         self.on_captured: Callable[[str], None] | None = None
         """Called with the id after each captured document is written: the local host's stand-in for
         Event Grid's blob-created event (in Azure, Event Grid itself sends it and this stays None)."""
@@ -69,8 +74,10 @@ class CompletionStore:
         """Keep a just-captured completion with one durable write, its document; returns its size.
 
         Its index rows (and usage counters) follow asynchronously from the blob-created event, so
-        `get` works at once and lists show it within seconds.
+        `get` works at once and lists show it within seconds. Every capture passes `redact` first.
         """
+        if self.redact is not None:
+            completion = await self.redact(completion)
         with span("completion_store.put", {COMPLETION_ID: completion.id}) as current:
             document = self._sized(completion)
             current.set_attribute("distillery.document_bytes", len(document))
@@ -79,13 +86,16 @@ class CompletionStore:
             self.on_captured(completion.id)
         return len(document)
 
-    async def put(self, completion: StoredCompletion) -> int:
+    async def put(self, completion: StoredCompletion, *, redact: bool = False) -> int:
         """Store (or overwrite) a completion with its index rows at once (imports, tools); returns its size.
 
         Document and index rows are written concurrently: a list never serves a row whose document
         is missing (it re-checks documents), so the order of the two writes does not matter, and
-        the caller waits for the slower write instead of both.
+        the caller waits for the slower write instead of both. `redact`: a completion the service
+        made itself (a relabel's answer) passes `redact` first, as a capture does.
         """
+        if redact and self.redact is not None:
+            completion = await self.redact(completion)
         with span("completion_store.put", {COMPLETION_ID: completion.id}) as current:
             document = self._sized(completion)
             current.set_attribute("distillery.document_bytes", len(document))
@@ -160,9 +170,14 @@ class CompletionStore:
         When the index cannot follow, the document is put back (if still ours) and the old rows
         restored, so a failed update leaves no row disagreeing with its document.
         """
+        metadata = await self.metadata_as_kept(metadata)
         return await self._change(
             completion_id, lambda completion: completion.model_copy(update={"metadata": dict(metadata)}), owner=owner
         )
+
+    async def metadata_as_kept(self, metadata: dict[str, str]) -> dict[str, str]:
+        """Metadata set after capture as it may be written (redacted under `REDACTION_METADATA`)."""
+        return metadata if self.redact_metadata is None else await self.redact_metadata(metadata)
 
     async def add_scores(
         self, completion_id: str, scores: list[Score], *, owner: str | None = None
@@ -201,9 +216,26 @@ class CompletionStore:
         *,
         owner: str | None,
     ) -> StoredCompletion:
-        """Rewrite a document and move its index rows to match (metadata and scores are both indexed)."""
+        updated = await self.revise(completion_id, change, owner=owner)
+        assert updated is not None  # this change always answers a document
+        return updated
+
+    async def revise(
+        self,
+        completion_id: str,
+        change: Callable[[StoredCompletion], StoredCompletion | None],
+        *,
+        owner: str | None = None,
+    ) -> StoredCompletion | None:
+        """Rewrite a document and move its index rows to match (metadata and scores are both indexed).
+
+        `change` answers None for "already as wanted": nothing is written and None is returned, so
+        a bulk action run twice writes once. A concurrent writer answers `Conflict` (call again).
+        """
         completion, etag = await self._read(ids.require_completion_id(completion_id), owner=owner)
         updated = change(completion)
+        if updated is None:
+            return None
         document = self._sized(updated)
         try:
             written = await self._container.get_blob_client(_blob_name(completion_id)).upload_blob(
@@ -460,7 +492,13 @@ def _encode(completion: StoredCompletion) -> bytes:
 
 
 def _entry(completion: StoredCompletion, size_bytes: int) -> IndexEntry:
+    usage = completion.response.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    details = usage.get("prompt_tokens_details")
     return IndexEntry(
+        input_tokens=_count(usage.get("prompt_tokens")),
+        cached_tokens=_count(details.get("cached_tokens") if isinstance(details, dict) else None),
+        output_tokens=_count(usage.get("completion_tokens")),
         id=completion.id,
         deployment=completion.deployment,
         served_by=completion.served_by,
@@ -470,6 +508,11 @@ def _entry(completion: StoredCompletion, size_bytes: int) -> IndexEntry:
         owner=completion.owner,
         size_bytes=size_bytes,
     )
+
+
+def _count(value: object) -> int:
+    """A token count from the upstream's `usage`, 0 when it is missing or not a count."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _not_found(completion_id: str) -> NotFound:

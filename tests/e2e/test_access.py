@@ -333,7 +333,11 @@ def test_reports_show_a_scoped_caller_no_other_owners_models_metadata_or_identit
         quota = bob.get("/api/quota")
         assert quota.status_code == 200
         view = quota.json()
-        assert (view["by_model"], view["by_metadata"], view["withheld"]) == ([], {}, ["by_model", "by_metadata"])
+        assert (view["by_model"], view["by_metadata"], view["withheld"]) == (
+            [],
+            {},
+            ["by_model", "by_metadata", "cost"],
+        )
         assert view["used_bytes"] == report["used_bytes"] and view["level"] == report["level"]
         assert secret not in quota.text and "alices-model" not in quota.text
         permissions = bob.get("/api/health/permissions")
@@ -366,6 +370,18 @@ def test_owner_scoping_covers_scores(
         assert [c["id"] for c in scored["data"]] == [bobs]
     with host.http(keys["alice"]) as alice:
         assert alice.get(f"/api/completions/{alices}/scores").json()["data"][0]["value"] is True
+
+
+def test_relabel_needs_the_inference_right_too(
+    matrix_host: tuple[RunningHost, dict[str, str]], fake_upstream: FakeUpstream
+) -> None:
+    """A relabel job spends model calls: `stored-completions/action` alone may not start one."""
+    host, keys = matrix_host
+    body = {"ids": [store_one(host)], "deployment": "gpt-4o", "max_total_tokens": 100}
+    refused = httpx.post(host.url + "/api/relabels", json=body, headers={"api-key": keys["action"]})
+    assert refused.status_code == 403 and refused.json()["error"]["type"] == "permission_error"
+    queued = httpx.post(host.url + "/api/relabels", json=body, headers={"api-key": keys["full"]})
+    assert queued.status_code == 202, queued.text
 
 
 def test_owner_scoping_covers_responses_and_their_chains(
