@@ -332,13 +332,16 @@ def relabel(
     created_after: CreatedAfter = None,
     created_before: CreatedBefore = None,
     every: Annotated[bool, typer.Option("--all", help="Every stored completion (no filter).")] = False,
+    batch: Annotated[
+        bool, typer.Option("--batch", help="Through the upstream's Batch API (half price on Azure global batch).")
+    ] = False,
     wait: Wait = False,
     json_output: Json = False,
 ) -> None:
     """Answer the matching completions' requests again on a stronger deployment, kept as linked completions."""
     selection = completion_filter(model, metadata, created_after, created_before)
     body: dict[str, Any] = {"filter": selection} if selection else {"all": every}
-    body |= {"deployment": deployment, "max_total_tokens": max_total_tokens}
+    body |= {"deployment": deployment, "max_total_tokens": max_total_tokens, "mode": "batch" if batch else "direct"}
     api = client(ctx)
     job = api.post("/api/relabels", body)
     if wait:

@@ -526,6 +526,7 @@ class Services:
             records=JsonBlobs(container=self.reports_container, label="relabel"),
             queue=self.job_queue,
             queue_name=self.settings.purge_jobs_queue,
+            batches=self.fine_tuning.api,
         )
 
     @cached_property

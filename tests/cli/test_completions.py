@@ -173,6 +173,19 @@ def test_relabel_on_a_stronger_deployment(cli: Cli, host: RunningHost, fake_upst
     assert "2 relabeled on teacher-xl, 20 tokens (done)" in done.stdout
     assert len(_ids(cli, "-m", f"tag={tag}", "--model", "teacher-xl")) == 2
 
+    batch = cli(
+        "completions",
+        "relabel",
+        "-m",
+        f"tag={tag}",
+        "--deployment",
+        "teacher-xl",
+        "--max-total-tokens",
+        "100",
+        "--batch",
+    )
+    assert batch.exit_code != 0 and "reserves 8206 tokens" in batch.output  # 2 x (7 prompt + 4096 default)
+
 
 def test_responses_are_listed_by_kind_shown_and_deleted(
     cli: Cli, host: RunningHost, fake_upstream: FakeUpstream, tag: str
