@@ -26,8 +26,9 @@ from shared.store.completion_params import (
 
 
 async def list_chat_completions(req: Request, caller: Caller | None) -> Response:
-    """List stored chat completions matching metadata, model and time filters, one page at a time."""
-    params = parse_completion_list_params(req.query_params.multi_items())
+    """List stored chat completions matching metadata, model and time filters, one page at a time
+    (stored responses too with `kind=response` or `kind=all`)."""
+    params = parse_completion_list_params(req.query_params.multi_items(), default_kind="chat.completion")
     selection = params.filter.model_copy(update={"owner": _caller(caller).scope})
     page = await get_services().store.list(selection, order=params.order, after=params.after, limit=params.limit)
     return json_response(list_object([c.as_list_item() for c in page.data], has_more=page.has_more))

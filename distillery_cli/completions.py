@@ -136,8 +136,7 @@ def list_completions(
     if kind is not None and kind.lower() not in ("chat.completion", "response"):
         raise typer.BadParameter("must be chat.completion or response", param_hint="--kind")
     query = completion_query(completion_filter(model, metadata, created_after, created_before))
-    if kind is not None:
-        query.append(("kind", kind.lower()))
+    query.append(("kind", kind.lower() if kind is not None else "all"))
     query += [("order", order.lower()), ("limit", min(limit, PAGE_LIMIT))]
     found: list[dict[str, Any]] = []
     more = False

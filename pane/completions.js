@@ -11,7 +11,7 @@ const COLUMN_CLASSES = { Scores: "col-scores", Output: "col-output", Tokens: "nu
 const LIST = "/openai/v1/chat/completions";
 const RESPONSES = "/openai/v1/responses";
 
-// Responses (`resp_…`) live on their own routes; lists show both kinds.
+// Responses (`resp_…`) live on their own routes; lists ask for both kinds (`kind=all`).
 const isResponse = (id) => id.startsWith("resp_");
 const created = (completion) => completion.created ?? completion.created_at;
 const COUNT = "/api/completions/count";
@@ -72,7 +72,7 @@ function describeFilter(filter) {
 // The filter as list query parameters (the list and its count take the same ones).
 function filterParams() {
   const filter = activeFilter();
-  const params = [];
+  const params = [["kind", "all"]]; // the route lists chat completions only unless asked
   if (filter.model) params.push(["model", filter.model]);
   for (const [name, value] of Object.entries(filter.metadata || {})) params.push([`metadata[${name}]`, value]);
   if (filter.created_after) params.push(["created_after", filter.created_after]);

@@ -44,7 +44,14 @@ class CompletionUpdateParams(BaseModel):
     metadata: Metadata | None
 
 
-def parse_completion_list_params(query: Iterable[tuple[str, str]]) -> CompletionListParams:
+def parse_completion_list_params(
+    query: Iterable[tuple[str, str]], *, default_kind: str | None = None
+) -> CompletionListParams:
+    """A list page's query. `kind=all` lists both kinds; without `kind`, `default_kind` (the
+    chat-completions route lists chat completions only, as the SDK's `chat.completions.list` expects)."""
+    query = list(query)
+    if default_kind is not None and not any(name == "kind" for name, _ in query):
+        query.append(("kind", default_kind))
     return _parse_list_query(query, paging=True)
 
 
@@ -66,6 +73,8 @@ def _parse_list_query(query: Iterable[tuple[str, str]], *, paging: bool) -> Comp
             scores.setdefault(score, {}).update(condition)
         elif name in ("created_after", "created_before"):
             filter_fields[name] = query_integer(name, value, low=0, high=MAX_CREATED)
+        elif name == "kind" and value == "all":
+            filter_fields.pop(name, None)
         elif name in ("model", "kind"):
             filter_fields[name] = value
         elif name == "limit" and paging:

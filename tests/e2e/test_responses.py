@@ -127,7 +127,12 @@ def test_function_call_round_trip_is_kept_and_listed_by_kind(
     )
     wait_listed(client, [asked.id, answered.id, chat.id])
 
-    listed = client.chat.completions.with_raw_response.list(metadata={"tag": tag}).http_response.json()["data"]
+    # The SDK's chat.completions.list sees chat completions only (its items must have `choices`)...
+    assert [kept.id for kept in client.chat.completions.list(metadata={"tag": tag})] == [chat.id]
+    # ...and `kind=all` lists both kinds.
+    listed = client.chat.completions.with_raw_response.list(
+        metadata={"tag": tag}, extra_query={"kind": "all"}
+    ).http_response.json()["data"]
     assert sorted(item["object"] for item in listed) == ["chat.completion", "response", "response"]
     responses_only = client.get(
         "/chat/completions", cast_to=object, options={"params": {"metadata[tag]": tag, "kind": "response"}}
