@@ -9,7 +9,6 @@ without writing, to say how many would change before anything does.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from shared.platform.access import OwnerId, same_owner, stable_owner
-from shared.platform.errors import Conflict, DocumentTooLarge, InvalidRequest, NotFound, StorageUnavailable
+from shared.platform.errors import Conflict, DocumentTooLarge, InvalidRequest, NotFound
 from shared.platform.job_queue import JobQueue
 from shared.platform.request_body import MAX_METADATA_PAIRS, Metadata, MetadataKey, validation_error
 from shared.platform.telemetry import job_chunk
@@ -31,7 +30,7 @@ from shared.store.filter_jobs import (
     JobRecords,
     batches,
     bounded,
-    failure_reason,
+    deliver,
     invalid_body,
     scoped,
 )
@@ -43,8 +42,6 @@ log = logging.getLogger(__name__)
 
 CONFLICT_ATTEMPTS = 3
 """A document another writer changed meanwhile is re-read and changed again this many times."""
-MAX_DELIVERY_COUNT = 5
-"""The maintenance queue's `maxDeliveryCount` (infra/app/servicebus.bicep): the last delivery marks a failure."""
 _ID_PREFIX = "bulk_"
 
 
@@ -290,17 +287,11 @@ class BulkActions:
             dry_run=params.dry_run,
             created_at=now,
         )
-        etag = await self._records.create(job)
-        try:
-            await self._send(BulkActionMessage(bulk_action=job.id))
-        except StorageUnavailable:
-            error = BulkActionError(
-                code="queue_unavailable", message="The bulk action could not be queued; nothing changed."
-            )
-            failed = job.model_copy(update={"status": BulkActionStatus.FAILED, "error": error})
-            with contextlib.suppress(Superseded, StorageUnavailable):
-                await self._records.save(failed, etag)
-            raise
+        error = BulkActionError(
+            code="queue_unavailable", message="The bulk action could not be queued; nothing changed."
+        )
+        failed = job.model_copy(update={"status": BulkActionStatus.FAILED, "error": error})
+        await self._records.submit(job, lambda: self._send(BulkActionMessage(bulk_action=job.id)), failed=failed)
         log.info("Bulk action %s%s queued by %s", job.id, " (dry run)" if job.dry_run else "", requested_by)
         return job
 
@@ -313,13 +304,11 @@ class BulkActions:
 
     async def handle(self, message: BulkActionMessage, *, delivery_count: int) -> None:
         """One queue delivery; raises so the queue retries, and on the last delivery marks the action failed."""
-        try:
-            await self.run(message.bulk_action, part=message.part)
-        except Exception as exc:
-            if delivery_count >= MAX_DELIVERY_COUNT:
-                reason = failure_reason(exc)
-                await self._fail(message.bulk_action, f"The bulk action failed {delivery_count} times ({reason}).")
-            raise
+
+        async def fail(reason: str) -> None:
+            await self._fail(message.bulk_action, f"The bulk action failed {delivery_count} times ({reason}).")
+
+        await deliver(self.run(message.bulk_action, part=message.part), delivery_count=delivery_count, fail=fail)
 
     async def run(self, action_id: str, *, part: int = 0) -> BulkAction:
         """Advance the action by one chunk, or finish it; a stale or repeated message changes nothing."""

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from shared.platform.access import OwnerId, same_owner, stable_owner
-from shared.platform.errors import NotFound, StorageUnavailable
+from shared.platform.errors import NotFound
 from shared.platform.job_queue import JobQueue
 from shared.platform.telemetry import job_chunk
 from shared.store.completion_filter import CompletionFilter
@@ -32,7 +32,7 @@ from shared.store.filter_jobs import (
     JobRecords,
     batches,
     bounded,
-    failure_reason,
+    deliver,
     invalid_body,
     scoped,
 )
@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 
 ORPHAN_GRACE = timedelta(hours=1)
 """A document younger than this with no index row may be a store still writing its rows: not an orphan yet."""
-MAX_DELIVERY_COUNT = 5
-"""The purge queue's `maxDeliveryCount` (infra/app/servicebus.bicep): the last delivery marks a failure."""
 _ID_PREFIX = "purge_"
 _DIGEST_MODULUS = 2**256
 DIGEST_METHOD = "sum of sha256(completion id) over deleted completions, mod 2**256"
@@ -235,15 +233,9 @@ class PurgeService:
             dry_run=params.dry_run,
             created_at=datetime.now(UTC),
         )
-        etag = await self._records.create(job)
-        try:
-            await self._send(PurgeMessage(id=job.id))
-        except StorageUnavailable:
-            error = PurgeError(code="queue_unavailable", message="The purge could not be queued; nothing was deleted.")
-            failed = job.model_copy(update={"status": PurgeStatus.FAILED, "error": error})
-            with contextlib.suppress(Superseded, StorageUnavailable):
-                await self._records.save(failed, etag)
-            raise
+        error = PurgeError(code="queue_unavailable", message="The purge could not be queued; nothing was deleted.")
+        failed = job.model_copy(update={"status": PurgeStatus.FAILED, "error": error})
+        await self._records.submit(job, lambda: self._send(PurgeMessage(id=job.id)), failed=failed)
         log.info("Purge %s%s queued by %s", job.id, " (dry run)" if job.dry_run else "", requested_by)
         return job
 
@@ -257,13 +249,11 @@ class PurgeService:
     async def handle(self, body: bytes, *, delivery_count: int) -> None:
         """One queue delivery; raises so the queue retries, and on the last delivery marks the purge failed."""
         message = PurgeMessage.model_validate_json(body)
-        try:
-            await self.run(message.id, part=message.part)
-        except Exception as exc:
-            if delivery_count >= MAX_DELIVERY_COUNT:
-                reason = failure_reason(exc)
-                await self._fail(message.id, f"The purge failed {delivery_count} times ({reason}); submit it again.")
-            raise
+
+        async def fail(reason: str) -> None:
+            await self._fail(message.id, f"The purge failed {delivery_count} times ({reason}); submit it again.")
+
+        await deliver(self.run(message.id, part=message.part), delivery_count=delivery_count, fail=fail)
 
     async def run(self, purge_id: str, *, part: int = 0) -> PurgeJob:
         """Advance the purge by one chunk, or finish it; a stale or repeated message changes nothing."""

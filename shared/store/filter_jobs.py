@@ -8,6 +8,7 @@ the queue's last delivery. What each does to a match, and what it keeps as progr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,11 +16,13 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from shared.platform.errors import DistilleryError, InvalidRequest, NotFound
+from shared.platform.errors import DistilleryError, InvalidRequest, NotFound, StorageUnavailable
 from shared.store.completion_filter import CompletionFilter
 from shared.store.completion_index import IndexEntry
 from shared.store.json_blobs import JsonBlobs, Superseded
 
+MAX_DELIVERY_COUNT = 5
+"""The maintenance (purge) queue's `maxDeliveryCount` (infra/app/servicebus.bicep): the last delivery marks a failure."""
 CONCURRENCY = 16
 """Rows of one batch worked at once."""
 FAIL_ATTEMPTS = 3
@@ -48,8 +51,15 @@ class JobRecords(Generic[_J]):
     def not_found(self, job_id: str) -> NotFound:
         return NotFound(f"No {self._noun} found with id '{job_id[:80]}'.", param=self._param)
 
-    async def create(self, job: _J) -> str:
-        return await self._records.put(self._name(_id(job)), job.model_dump_json(), create=True)
+    async def submit(self, job: _J, send: Callable[[], Awaitable[None]], *, failed: _J) -> None:
+        """Record and queue a job; when the queue refuses, the record says `failed` (never `queued` forever)."""
+        etag = await self._records.put(self._name(_id(job)), job.model_dump_json(), create=True)
+        try:
+            await send()
+        except StorageUnavailable:
+            with contextlib.suppress(Superseded, StorageUnavailable):
+                await self.save(failed, etag)
+            raise
 
     async def read(self, job_id: str) -> tuple[_J, str]:
         """The record and its ETag; an id of the wrong shape or unknown answers 404."""
@@ -87,9 +97,15 @@ def _finished(job: BaseModel) -> bool:
     return bool(getattr(job, "finished"))  # noqa: B009  # every job model has `finished`
 
 
-def failure_reason(exc: Exception) -> str:
-    """Why the last delivery failed, in words safe to keep on the record."""
-    return exc.message if isinstance(exc, DistilleryError) else f"unexpected {type(exc).__name__}"
+async def deliver(run: Awaitable[object], *, delivery_count: int, fail: Callable[[str], Awaitable[None]]) -> None:
+    """One queue delivery; raises so the queue retries, and on the last delivery calls `fail` with the reason
+    (in words safe to keep on the record)."""
+    try:
+        await run
+    except Exception as exc:
+        if delivery_count >= MAX_DELIVERY_COUNT:
+            await fail(exc.message if isinstance(exc, DistilleryError) else f"unexpected {type(exc).__name__}")
+        raise
 
 
 def invalid_body(exc: ValidationError, what: str, *, code: str | None = None) -> InvalidRequest:
