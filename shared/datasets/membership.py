@@ -22,13 +22,13 @@ from shared.platform.errors import StorageUnavailable
 from shared.store import ids
 
 _PARTITION_PREFIX = "ds-"
-_BUCKET = slice(len(ids.PREFIX), len(ids.PREFIX) + 5)
+_BUCKET_DIGITS = 5
 """The id's 5 leading time digits: 16**9 microseconds, about 19 hours of captures per partition."""
 _TRANSACTION = 100
 
 
 def _partition(completion_id: str) -> str:
-    return _PARTITION_PREFIX + completion_id[_BUCKET]
+    return _PARTITION_PREFIX + ids.digits(completion_id)[:_BUCKET_DIGITS]
 
 
 class DatasetMembership:
