@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from shared.platform.access import OwnerId, same_owner, stable_owner
+from shared.platform.access import OwnerId, stable_owner
 from shared.platform.errors import Conflict, DocumentTooLarge, InvalidRequest, NotFound
 from shared.platform.job_queue import JobQueue
 from shared.platform.request_body import MAX_METADATA_PAIRS, Metadata, MetadataKey, validation_error
@@ -297,10 +297,7 @@ class BulkActions:
 
     async def get(self, action_id: str, *, owner_scope: str | None = None) -> BulkAction:
         """A bulk action's record; a scoped caller sees only its own (another's answers 404)."""
-        job, _ = await self._records.read(action_id)
-        if owner_scope is not None and not same_owner(job.requested_by, owner_scope):
-            raise self._records.not_found(action_id)
-        return job
+        return await self._records.get(action_id, owner_scope=owner_scope)
 
     async def handle(self, message: BulkActionMessage, *, delivery_count: int) -> None:
         """One queue delivery; raises so the queue retries, and on the last delivery marks the action failed."""

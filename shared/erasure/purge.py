@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from shared.platform.access import OwnerId, same_owner, stable_owner
+from shared.platform.access import OwnerId, stable_owner
 from shared.platform.errors import NotFound
 from shared.platform.job_queue import JobQueue
 from shared.platform.telemetry import job_chunk
@@ -241,10 +241,7 @@ class PurgeService:
 
     async def get(self, purge_id: str, *, owner_scope: str | None = None) -> PurgeJob:
         """A purge record; a scoped caller sees only its own purges (another's answers 404)."""
-        job, _ = await self._records.read(purge_id)
-        if owner_scope is not None and not same_owner(job.requested_by, owner_scope):
-            raise self._records.not_found(purge_id)
-        return job
+        return await self._records.get(purge_id, owner_scope=owner_scope)
 
     async def handle(self, body: bytes, *, delivery_count: int) -> None:
         """One queue delivery; raises so the queue retries, and on the last delivery marks the purge failed."""

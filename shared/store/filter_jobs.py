@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from shared.platform.access import same_owner
 from shared.platform.errors import DistilleryError, InvalidRequest, NotFound, StorageUnavailable
 from shared.store.completion_filter import CompletionFilter
 from shared.store.completion_index import IndexEntry
@@ -68,6 +69,13 @@ class JobRecords(Generic[_J]):
             raise self.not_found(job_id)
         raw, etag = await self._records.get(self._name(job_id), missing=self.not_found(job_id).message)
         return self._model.model_validate_json(raw), etag
+
+    async def get(self, job_id: str, *, owner_scope: str | None) -> _J:
+        """A job's record; a scoped caller sees only its own jobs (another's answers 404)."""
+        job, _ = await self.read(job_id)
+        if owner_scope is not None and not same_owner(str(getattr(job, "requested_by")), owner_scope):  # noqa: B009
+            raise self.not_found(job_id)
+        return job
 
     async def save(self, job: _J, etag: str) -> str:
         return await self._records.put(self._name(_id(job)), job.model_dump_json(), etag=etag)
