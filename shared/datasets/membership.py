@@ -60,7 +60,14 @@ class DatasetMembership:
 
     async def holders(self, completion_ids: Iterable[str]) -> set[str]:
         """The datasets that recorded any of these completions: one range query per capture-time bucket."""
-        return {dataset_id for _, _, dataset_id in await self._rows(completion_ids)}
+        return set(await self.holdings(completion_ids))
+
+    async def holdings(self, completion_ids: Iterable[str]) -> dict[str, set[str]]:
+        """Each holder that recorded any of these completions, with the ones it recorded."""
+        held: dict[str, set[str]] = defaultdict(set)
+        for _, row_key, holder in await self._rows(completion_ids):
+            held[holder].add(row_key.partition(":")[0])
+        return dict(held)
 
     async def release(self, completion_ids: Iterable[str]) -> None:
         """Drop the rows of deleted completions once their datasets are rebuilding without them.
