@@ -13,6 +13,7 @@ from shared.datasets.job import DatasetParams, DatasetStatus
 from shared.erasure.retention import RetentionSweep
 from shared.evals.params import EvalCreateParams, RunCreateParams
 from shared.evals.records import RunRecord, RunStatus
+from shared.evals.service import _ItemLines
 from shared.services import Services
 from tests.fakes import FakeUpstream, Reply
 from tests.shared.evals.test_service import drain, output_indexes, receive, services, state, with_limits
@@ -223,3 +224,28 @@ async def test_a_completion_in_a_dataset_and_an_eval_run_leaves_both(services: S
 
     assert b"forget me" not in await run_blobs(services, run)
     assert (await services.dataset_jobs.records.read(dataset.id))[0].rebuilds == 1
+
+
+async def test_a_delivery_reads_its_items_a_chunk_at_a_time_and_sees_an_erasure_mid_read(
+    services: Services, tag: str
+) -> None:
+    """items.jsonl (up to 64 MiB) is never held whole: lines are read forward in chunks, kept from the
+    counted point on; an erasure rewriting it between two chunks is read on in the new version."""
+    _, run = await stored_completions_run(services, tag, ["unused"])
+    line = b'{"item":{"q":"%s"}}\n'
+    lines = [line % (b"%04d" % n + b"x" * 8000) for n in range(600)]  # 4.8 MB: two 4 MiB download chunks
+    await services.evals.store.write_items(run.eval_id, run.id, b"".join(lines))
+    state_now = (await state(services, run)).model_copy(update={"items_total": 600, "next_index": 5})
+    items = await _ItemLines.open(services.evals.store, state_now)
+    assert await items.get(5) == lines[5].rstrip(b"\n")
+    assert items.size(4) == 0 and items.size(599) == 0  # before the counted point / not read yet
+
+    erased = list(lines)
+    erased[10] = b'{"erased":true}\n'
+    await services.evals.store.replace_items(
+        run.eval_id, run.id, b"".join(erased), (await services.evals.store.read_items_versioned(run.eval_id, run.id))[1]
+    )
+    assert await items.get(599) == lines[599].rstrip(b"\n")  # the next chunk's read met the new version
+    assert items.erased == {10} and await items.get(10) == b'{"erased":true}'
+    items.drop_before(300)
+    assert items.size(299) == 0 and items.size(300) > 0
