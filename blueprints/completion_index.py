@@ -2,6 +2,7 @@
 repairs what a lost event or a killed worker left (see `shared/store/completion_indexer.py`)."""
 
 import logging
+import typing
 
 import azure.functions as func
 
@@ -19,7 +20,8 @@ bp = func.Blueprint()
     connection="ServiceBusConnection",
     cardinality=func.Cardinality.MANY,
 )
-async def index_completions(msgs: list[func.ServiceBusMessage]) -> None:
+# The worker accepts only typing.List for a batch; it refuses `list[...]` as a non-type annotation.
+async def index_completions(msgs: typing.List[func.ServiceBusMessage]) -> None:  # noqa: UP006
     """Index the documents a batch of blob-created events names, in one batched write; a failure
     raises, so the batch is delivered again."""
     added = await get_services().indexer.index_events(msg.get_body() for msg in msgs)

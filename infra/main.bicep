@@ -120,6 +120,25 @@ param upstreamTimeoutSeconds int = 120
 @description('Connections each worker keeps to the upstream model.')
 param upstreamMaxConnections int = 100
 
+@allowed(['off', 'mask', 'pseudonymize'])
+@description('Redaction at capture (README "Redaction"): personal data replaced before a completion is stored.')
+param redaction string = 'off'
+
+@description('Comma-separated kinds to redact; PERSON, ADDRESS and ORGANIZATION need Azure AI Language.')
+param redactionEntities string = 'EMAIL,PHONE,CREDIT_CARD,IBAN,IP_ADDRESS,US_SSN'
+
+@description('Redact metadata values too.')
+param redactionMetadata bool = false
+
+@description('Key Vault secret URI of the pseudonymize key (REDACTION_KEY becomes a Key Vault reference; grant the identity Key Vault Secrets User).')
+param redactionKeySecretUri string = ''
+
+@description('Create an Azure AI Language account for PII detection and grant the app Cognitive Services User on it.')
+param createLanguageResource bool = false
+
+@description('Endpoint of an existing Azure AI Language account instead (grant the identity Cognitive Services User there); empty with neither: the offline detector.')
+param redactionLanguageEndpoint string = ''
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName }
 var names = {
@@ -131,6 +150,7 @@ var names = {
   applicationInsights: 'appi-${resourceToken}'
   plan: 'plan-${resourceToken}'
   functionApp: 'func-${resourceToken}'
+  language: 'lang-${resourceToken}'
 }
 // One place for the data names: Bicep creates them and hands the same names to the app.
 var containers = {
@@ -224,6 +244,16 @@ module monitoring 'app/monitoring.bicep' = {
   }
 }
 
+module language 'app/language.bicep' = if (createLanguageResource) {
+  name: 'language'
+  scope: rg
+  params: {
+    name: names.language
+    location: location
+    tags: tags
+  }
+}
+
 var appPrincipals = [{ id: identity.outputs.principalId, type: 'ServicePrincipal' }]
 
 module roles 'app/roles.bicep' = {
@@ -236,6 +266,7 @@ module roles 'app/roles.bicep' = {
     serviceBusQueueNames: serviceBus.outputs.queueNames
     queueScalingPrincipals: appPrincipals
     applicationInsightsName: monitoring.outputs.applicationInsightsName
+    languageAccountName: createLanguageResource ? language!.outputs.name : ''
   }
 }
 
@@ -304,6 +335,11 @@ module api 'app/api.bicep' = {
     ownerScoping: ownerScoping
     maxBodyBytes: maxBodyBytes
     enableEntraAuth: enableEntraAuth
+    redaction: redaction
+    redactionEntities: redactionEntities
+    redactionMetadata: redactionMetadata
+    redactionKeySecretUri: redactionKeySecretUri
+    redactionLanguageEndpoint: createLanguageResource ? language!.outputs.endpoint : redactionLanguageEndpoint
   }
   // The host reads its deployment package and storage with these roles from its first start.
   dependsOn: [roles]

@@ -51,7 +51,15 @@ from shared.platform.credentials import (
 )
 from shared.platform.errors import ConfigurationError, UpstreamUnavailable
 from shared.platform.job_queue import JobQueue, ServiceBusJobQueue, StorageJobQueue
-from shared.platform.settings import Settings, get_settings
+from shared.platform.settings import RedactionMode, Settings, get_settings
+from shared.redaction.detectors import (
+    OFFLINE_KINDS,
+    CoveredDetector,
+    Detector,
+    LanguageDetector,
+    OfflineDetector,
+)
+from shared.redaction.redactor import Redactor
 from shared.reports.permission_health import (
     PermissionChecker,
     QueueSendProbe,
@@ -146,13 +154,23 @@ class Services:
 
     @cached_property
     def store(self) -> CompletionStore:
-        return CompletionStore(
+        store = CompletionStore(
             container=self.completions_container,
             index=CompletionIndex(self.index_table),
             usage=self.usage,
             max_document_bytes=self.settings.max_stored_document_bytes,
             budget=ByteBudget(self.settings.document_read_budget_bytes),
         )
+        if self.redactor is not None:
+            store.redact = self.redactor.redact
+            if self.redactor.metadata:
+                store.redact_metadata = self.redactor.redact_metadata
+        return store
+
+    @cached_property
+    def redactor(self) -> Redactor | None:
+        """What every capture passes before it is stored; None with REDACTION=off."""
+        return build_redactor(self.settings, self.credential)
 
     @cached_property
     def indexer(self) -> CompletionIndexer:
@@ -420,6 +438,7 @@ class Services:
             probe_deployment=settings.permission_probe_deployment,
             identities=self.authenticator.identities(),
             reports=self.report_store,
+            redaction=(self.store, self.redactor.kinds) if self.redactor is not None else None,
         )
 
     @cached_property
@@ -483,6 +502,9 @@ class Services:
         deployments = self.__dict__.get("student_deployments")
         if deployments is not None and deployments.control_plane is not None:
             await deployments.control_plane.close()
+        redactor = self.__dict__.get("redactor")
+        if redactor is not None:
+            await redactor.close()
         metrics = self.__dict__.get("text_metrics")
         if metrics is not None:
             metrics.close()
@@ -523,6 +545,26 @@ class Services:
             with contextlib.suppress(ResourceExistsError):
                 await container.create_container()
         await self.table_service.create_table_if_not_exists(self.settings.completion_index_table)
+
+
+def build_redactor(settings: Settings, credential: AsyncTokenCredential) -> Redactor | None:
+    if settings.redaction is RedactionMode.OFF:
+        return None
+    kinds = frozenset(settings.redaction_entities)
+    detector: Detector
+    if settings.redaction_language_endpoint is None:
+        detector = OfflineDetector()
+    else:
+        language = LanguageDetector(
+            endpoint=str(settings.redaction_language_endpoint),
+            credential=credential,
+            timeout_seconds=settings.redaction_timeout_seconds,
+        )
+        detector = CoveredDetector(language, OfflineDetector()) if kinds <= OFFLINE_KINDS else language
+    key = settings.redaction_key.get_secret_value().encode() if settings.redaction_key is not None else None
+    return Redactor(
+        detector=detector, mode=settings.redaction, kinds=kinds, key=key, metadata=settings.redaction_metadata
+    )
 
 
 def upstream_label(settings: Settings) -> str:

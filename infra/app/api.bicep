@@ -50,6 +50,11 @@ param apiKeys string
 param ownerScoping bool
 param maxBodyBytes int
 param enableEntraAuth bool
+param redaction string
+param redactionEntities string
+param redactionMetadata bool
+param redactionKeySecretUri string
+param redactionLanguageEndpoint string
 
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' existing = {
   name: identityName
@@ -161,13 +166,20 @@ var appSettings = {
   // Metrics Publisher, roles.bicep); message contents are never logged in Azure.
   TELEMETRY_EXPORTER: 'azure_monitor'
   LOG_CONTENT: 'false'
+  // Redaction at capture (README "Redaction"); the pseudonymize key is a Key Vault reference below.
+  REDACTION: redaction
+  REDACTION_ENTITIES: redactionEntities
+  REDACTION_METADATA: redactionMetadata ? 'true' : 'false'
+  REDACTION_TIMEOUT_SECONDS: '10'
 }
 var upstreamSettings = union(
   empty(azureOpenAiEndpoint) ? {} : { AZURE_OPENAI_ENDPOINT: azureOpenAiEndpoint },
   empty(azureOpenAiResourceId) ? {} : { AZURE_OPENAI_RESOURCE_ID: azureOpenAiResourceId },
   empty(openAiBaseUrl) ? {} : { OPENAI_BASE_URL: openAiBaseUrl },
   empty(permissionProbeDeployment) ? {} : { PERMISSION_PROBE_DEPLOYMENT: permissionProbeDeployment },
-  empty(comparisonJudgeDeployment) ? {} : { COMPARISON_JUDGE_DEPLOYMENT: comparisonJudgeDeployment }
+  empty(comparisonJudgeDeployment) ? {} : { COMPARISON_JUDGE_DEPLOYMENT: comparisonJudgeDeployment },
+  empty(redactionLanguageEndpoint) ? {} : { REDACTION_LANGUAGE_ENDPOINT: redactionLanguageEndpoint },
+  empty(redactionKeySecretUri) ? {} : { REDACTION_KEY: '@Microsoft.KeyVault(SecretUri=${redactionKeySecretUri})' }
 )
 
 resource site 'Microsoft.Web/sites@2024-04-01' = {

@@ -16,6 +16,8 @@ param applicationInsightsName string = ''
 param openAiAccountName string = ''
 @description('Grant Cognitive Services OpenAI Contributor (fine-tuning, deploying the fine-tuned model) instead of OpenAI User.')
 param openAiFineTuning bool = false
+@description('Azure AI Language account (redaction) in this resource group; empty to skip.')
+param languageAccountName string = ''
 
 var storageRoles = [
   'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // Storage Blob Data Owner: Flex deployment package, host leases, app data (owner so the host can manage its containers)
@@ -51,6 +53,9 @@ var monitoringRoles = [
 var openAiRoles = [
   openAiFineTuning ? 'a001fd3d-188f-4b5d-821b-7da978bf7442' : '5e0bd9bd-7b93-4f28-af87-19fc36ad61bd'
 ]
+var languageRoles = [
+  'a97b65f3-24c7-4388-baec-2e87135dc908' // Cognitive Services User: call Azure AI Language's PII detection (no key listing)
+]
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = if (!empty(storageAccountName)) {
   name: storageAccountName
@@ -73,6 +78,10 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
 
 resource openAi 'Microsoft.CognitiveServices/accounts@2024-10-01' existing = if (!empty(openAiAccountName)) {
   name: openAiAccountName
+}
+
+resource language 'Microsoft.CognitiveServices/accounts@2024-10-01' existing = if (!empty(languageAccountName)) {
+  name: languageAccountName
 }
 
 // One loop per resource over principals x roles: grant i is principal i / roles, role i % roles.
@@ -138,6 +147,18 @@ resource openAiGrants 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
       principalId: principals[i / length(openAiRoles)].id
       principalType: principals[i / length(openAiRoles)].type
       roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', openAiRoles[i % length(openAiRoles)])
+    }
+  }
+]
+
+resource languageGrants 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for i in range(0, empty(languageAccountName) ? 0 : length(principals) * length(languageRoles)): {
+    scope: language
+    name: guid(language.id, principals[i / length(languageRoles)].id, languageRoles[i % length(languageRoles)])
+    properties: {
+      principalId: principals[i / length(languageRoles)].id
+      principalType: principals[i / length(languageRoles)].type
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', languageRoles[i % length(languageRoles)])
     }
   }
 ]

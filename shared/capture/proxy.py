@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from shared.capture.chat_request import ChatRequest, StreamOptions
 from shared.capture.stream_assembly import CompletionAssembler
 from shared.platform.access import Caller
-from shared.platform.errors import DocumentTooLarge, NotFound, StorageUnavailable
+from shared.platform.errors import DocumentTooLarge, NotFound, RedactionUnavailable, StorageUnavailable
 from shared.platform.telemetry import (
     COMPLETION_ID,
     DEPLOYMENT,
@@ -62,6 +62,7 @@ class NotStoredReason(StrEnum):
     QUOTA_EXCEEDED = "quota_exceeded"
     OWNER_QUOTA_EXCEEDED = "owner_quota_exceeded"
     DOCUMENT_TOO_LARGE = "document_too_large"
+    REDACTION_UNAVAILABLE = "redaction_unavailable"
 
 
 Route = Callable[[str, ChatRequest], Awaitable[str | None]]
@@ -296,6 +297,9 @@ class ChatCapture:
                 self._store.max_document_bytes,
             )
             return NotStoredReason.DOCUMENT_TOO_LARGE
+        except RedactionUnavailable as exc:
+            log.warning("Completion %s served but not stored: %s", completion_id, exc.message)
+            return NotStoredReason.REDACTION_UNAVAILABLE
         except StorageUnavailable as exc:
             log.warning("Completion %s served but not stored: %s (%r)", completion_id, exc, exc.__cause__)
             return NotStoredReason.STORAGE_UNAVAILABLE

@@ -220,8 +220,11 @@ class DatasetJobs:
         size, deadline = self.limits.slice_completions, time.monotonic() + self.limits.chunk_seconds
         walk = self._store.index.walk(job.request.filter, after=plan.cursor, page_size=_WALK_PAGE)
         async for entry in walk:
-            if plan.counted and plan.counted % size == 0 and plan.cursor is not None:  # a full slice ends before it
-                plan.bounds.append(plan.cursor)
+            # A full slice ends before this entry. A delivery that died after saving a bound resumes with
+            # that bound as its cursor: the bound is already known, and appending it again would add an empty slice.
+            bound = plan.cursor if plan.counted and plan.counted % size == 0 else None
+            if bound is not None and (not plan.bounds or plan.bounds[-1] != bound):
+                plan.bounds.append(bound)
                 etag = await self.records.save(job, etag)
                 await self._send_slice(job, len(plan.bounds) - 1)
             plan.counted += 1

@@ -98,6 +98,13 @@ class StorageUnavailable(DistilleryError):
     retryable = True
 
 
+class RedactionUnavailable(StorageUnavailable):
+    """Personal data could not be looked for (the detector is unreachable), so nothing is stored: a store
+    step that only knows `StorageUnavailable` still keeps nothing."""
+
+    default_code = "redaction_unavailable"
+
+
 class UpstreamUnavailable(DistilleryError):
     """The upstream model could not be reached or did not answer in time."""
 

@@ -46,6 +46,43 @@ class TelemetryExporter(StrEnum):
     """Application Insights, with the app's credential (needs APPLICATIONINSIGHTS_CONNECTION_STRING)."""
 
 
+class RedactionMode(StrEnum):
+    """What happens to personal data found in a completion before it is stored (shared/redaction)."""
+
+    OFF = "off"
+    MASK = "mask"
+    """Each finding becomes its kind: `[EMAIL]`."""
+    PSEUDONYMIZE = "pseudonymize"
+    """Each finding becomes its kind and a keyed hash of the value, `[EMAIL_3f9a0c1d]`: the same value always
+    gets the same placeholder, so a conversation stays coherent for training."""
+
+
+class EntityKind(StrEnum):
+    """A kind of personal data redaction looks for; its name is the placeholder's (`[EMAIL]`)."""
+
+    EMAIL = "EMAIL"
+    PHONE = "PHONE"
+    CREDIT_CARD = "CREDIT_CARD"
+    IBAN = "IBAN"
+    IP_ADDRESS = "IP_ADDRESS"
+    URL = "URL"
+    US_SSN = "US_SSN"
+    US_BANK_ACCOUNT = "US_BANK_ACCOUNT"
+    US_PASSPORT = "US_PASSPORT"
+    US_DRIVER_LICENSE = "US_DRIVER_LICENSE"
+    PERSON = "PERSON"
+    """Azure AI Language only, as are ADDRESS and ORGANIZATION: finding them takes a language model."""
+    ADDRESS = "ADDRESS"
+    ORGANIZATION = "ORGANIZATION"
+
+
+LANGUAGE_ONLY_KINDS = frozenset({EntityKind.PERSON, EntityKind.ADDRESS, EntityKind.ORGANIZATION})
+"""Kinds the offline detector cannot find."""
+
+DEFAULT_REDACTION_ENTITIES = "EMAIL,PHONE,CREDIT_CARD,IBAN,IP_ADDRESS,US_SSN"
+"""Kinds both detectors find."""
+
+
 class Settings(BaseSettings):
     """Validated configuration; see the README's configuration table for each setting's purpose."""
 
@@ -184,6 +221,24 @@ class Settings(BaseSettings):
     alias_cache_seconds: float = Field(10.0, gt=0, le=3600, alias="ALIAS_CACHE_SECONDS")
     """How long a worker answers alias lookups from memory before it reads the alias again (in the background)."""
 
+    # Redaction at capture (shared/redaction).
+    redaction: RedactionMode = Field(RedactionMode.OFF, alias="REDACTION")
+    redaction_entities: Annotated[list[EntityKind], NoDecode] = Field(
+        default_factory=lambda: [EntityKind(name) for name in DEFAULT_REDACTION_ENTITIES.split(",")],
+        alias="REDACTION_ENTITIES",
+    )
+    """Comma-separated kinds to redact (README: Redaction); PERSON, ADDRESS and ORGANIZATION need Azure AI Language."""
+    redaction_key: SecretStr | None = Field(None, alias="REDACTION_KEY")
+    """The HMAC key of `pseudonymize` placeholders (a Key Vault reference in Azure); changing it changes every one."""
+    redaction_metadata: bool = Field(False, alias="REDACTION_METADATA")
+    """Redact metadata values too (they are indexed and filtered on, so by default they are kept as sent)."""
+    redaction_language_endpoint: AnyHttpUrl | None = Field(None, alias="REDACTION_LANGUAGE_ENDPOINT")
+    """An Azure AI Language endpoint (its region's or the resource's custom domain): PII detection there, with the
+    app's credential; the offline detector covers for it when it is unreachable and can find every kind asked for.
+    Unset: the offline detector alone."""
+    redaction_timeout_seconds: float = Field(10.0, gt=0, le=120, alias="REDACTION_TIMEOUT_SECONDS")
+    """Longest wait for Azure AI Language before the completion is served unstored (`redaction_unavailable`)."""
+
     # Telemetry (shared/platform/telemetry.py).
     telemetry_exporter: TelemetryExporter | None = Field(None, alias="TELEMETRY_EXPORTER")
     """Unset: `azure_monitor` when APPLICATIONINSIGHTS_CONNECTION_STRING is set, else `off`."""
@@ -209,6 +264,13 @@ class Settings(BaseSettings):
                 return json.loads(value)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"must be a JSON object ({exc.msg})") from None
+        return value
+
+    @field_validator("redaction_entities", mode="before")
+    @classmethod
+    def _parse_entity_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [name.strip().upper() for name in value.split(",") if name.strip()]
         return value
 
     @field_validator("api_keys", mode="before")
@@ -262,6 +324,21 @@ class Settings(BaseSettings):
             and self.applicationinsights_connection_string is None
         ):
             raise ValueError("TELEMETRY_EXPORTER=azure_monitor needs APPLICATIONINSIGHTS_CONNECTION_STRING")
+        if self.redaction is not RedactionMode.OFF:
+            if self.log_content:
+                raise ValueError("LOG_CONTENT=true would log what REDACTION removes: turn one of them off")
+            if self.redaction is RedactionMode.PSEUDONYMIZE and (
+                self.redaction_key is None or len(self.redaction_key.get_secret_value()) < 16
+            ):
+                raise ValueError("REDACTION=pseudonymize needs REDACTION_KEY, a secret of at least 16 characters")
+            if not self.redaction_entities:
+                raise ValueError("REDACTION_ENTITIES names no kind to redact")
+            needing_language = sorted(LANGUAGE_ONLY_KINDS.intersection(self.redaction_entities))
+            if needing_language and self.redaction_language_endpoint is None:
+                raise ValueError(
+                    f"REDACTION_ENTITIES {', '.join(needing_language)} can only be found by Azure AI Language: "
+                    "set REDACTION_LANGUAGE_ENDPOINT"
+                )
         return self
 
 

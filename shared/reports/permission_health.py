@@ -13,6 +13,7 @@ queue a message is sent invisible for an hour and deleted by its receipt. No han
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -43,8 +44,13 @@ from azure.storage.queue.aio import QueueServiceClient
 from pydantic import BaseModel
 
 from shared.platform.access import Identity, Right
-from shared.platform.errors import DistilleryError
+from shared.platform.errors import DistilleryError, RedactionUnavailable
+from shared.platform.settings import EntityKind
+from shared.redaction.redactor import CANARY
 from shared.reports.report_store import ReportStore
+from shared.store import ids
+from shared.store.completion_store import CompletionStore
+from shared.store.stored_completion import StoredCompletion
 from shared.upstream.client import Upstream
 
 log = logging.getLogger(__name__)
@@ -53,7 +59,7 @@ LATEST = "permissions/latest.json"
 _PROBE_BODY = '{"type": "probe"}'
 _MANAGED_IDENTITY = "the function app's managed identity (AZURE_CLIENT_ID), or locally your signed-in account"
 
-Kind = Literal["blob_container", "table", "queue", "upstream_token", "upstream_call"]
+Kind = Literal["blob_container", "table", "queue", "upstream_token", "upstream_call", "redaction"]
 
 
 class ProbeStatus(StrEnum):
@@ -109,7 +115,11 @@ class _UpstreamRefused(Exception):
         self.status = status
 
 
-_PROBE_FAILURES = (AzureError, DistilleryError, httpx.HTTPError, _UpstreamRefused)
+class _RedactionLeaked(Exception):
+    """The stored canary still holds a value it was captured with."""
+
+
+_PROBE_FAILURES = (AzureError, DistilleryError, httpx.HTTPError, _UpstreamRefused, _RedactionLeaked)
 
 
 class QueueSendProbe(Protocol):
@@ -176,6 +186,7 @@ class PermissionChecker:
         probe_deployment: str | None,
         identities: list[Identity],
         reports: ReportStore,
+        redaction: tuple[CompletionStore, frozenset[EntityKind]] | None = None,
     ) -> None:
         self._containers = containers
         self._table = table
@@ -187,6 +198,8 @@ class PermissionChecker:
         self._probe_deployment = probe_deployment
         self._identities = identities
         self._reports = reports
+        self._redaction = redaction
+        """The store captures pass through and the kinds they redact; None with REDACTION=off."""
 
     async def latest(self) -> PermissionReport | None:
         return await self._reports.load(LATEST, PermissionReport)
@@ -208,6 +221,8 @@ class PermissionChecker:
         upstream = Target(self._upstream.label, "AZURE_OPENAI_ENDPOINT")
         results.append(await _run("upstream:token", "upstream_token", upstream, self._token_steps()))
         results.append(await _run("upstream:call", "upstream_call", upstream, self._call_steps()))
+        detector = Target("canary completion", "REDACTION")
+        results.append(await _run("redaction:canary", "redaction", detector, self._redaction_steps()))
 
         for result in results:
             if result.status is ProbeStatus.FAILED:
@@ -248,6 +263,43 @@ class PermissionChecker:
         # 429 means the call was authorised and only throttled.
         if not response.ok and response.status != 429:
             raise _UpstreamRefused(response.status)
+
+    async def _redaction_steps(self) -> AsyncIterator[str]:
+        """Capture a completion holding known personal data, as any capture is stored, and read it back."""
+        if self._redaction is None:
+            raise Skipped("REDACTION is off: completions are stored as sent.")
+        store, kinds = self._redaction
+        values = [value for kind, value in CANARY.items() if kind in kinds]
+        if not values:
+            raise Skipped("No kind in REDACTION_ENTITIES has a canary value.")
+        completion_id = ids.new_completion_id()
+        said = "Canary, not a real person: " + "; ".join(values)
+        canary = StoredCompletion(
+            id=completion_id,
+            created=ids.captured_at_us(completion_id) // 1_000_000,
+            deployment="distillery-redaction-canary",
+            model="distillery-redaction-canary",
+            metadata={"distillery_canary": "redaction"},
+            request={
+                "messages": [
+                    {"role": "user", "content": said},
+                    {"role": "tool", "tool_call_id": "canary", "content": json.dumps({"found": values})},
+                ]
+            },
+            response={"choices": [{"index": 0, "message": {"role": "assistant", "content": said}}]},
+        )
+        yield "capture"
+        await store.capture(canary)
+        try:
+            yield "read"
+            kept = (await store.get(completion_id)).model_dump_json()
+            yield "check"
+            leaked = sum(value in kept for value in values)
+            if leaked:
+                raise _RedactionLeaked(f"The stored canary still holds {leaked} of its {len(values)} known values.")
+        finally:
+            with contextlib.suppress(DistilleryError):
+                await store.delete(completion_id)
 
 
 async def _blob_steps(container: ContainerClient) -> AsyncIterator[str]:
@@ -313,6 +365,13 @@ _DENIED_CODES = frozenset(
 def _fix(kind: Kind, target: Target, exc: BaseException) -> str:
     """The change most likely to make this probe pass, from the failure's kind."""
     what = kind.replace("_", " ")
+    if isinstance(exc, RedactionUnavailable):
+        return (
+            "The PII detector did not answer: check REDACTION_LANGUAGE_ENDPOINT and that "
+            f"{_MANAGED_IDENTITY} holds 'Cognitive Services User' on the Language resource."
+        )
+    if isinstance(exc, _RedactionLeaked):
+        return "The detector missed a kind in REDACTION_ENTITIES: use REDACTION_LANGUAGE_ENDPOINT, or report it."
     if isinstance(exc, _UpstreamRefused):
         if exc.status in (401, 403):
             return (

@@ -61,6 +61,11 @@ class CompletionStore:
         self.max_document_bytes = max_document_bytes
         self.budget = budget or ByteBudget(DEFAULT_READ_BUDGET_BYTES)
         """Bytes of documents read at once, shared by every reader of this store in the worker."""
+        self.redact: Callable[[StoredCompletion], Awaitable[StoredCompletion]] | None = None
+        """What a captured completion becomes before it is written (REDACTION, `shared/redaction`); it raises
+        `RedactionUnavailable` when it cannot tell, and then nothing is written."""
+        self.redact_metadata: Callable[[dict[str, str]], Awaitable[dict[str, str]]] | None = None
+        """What metadata set after capture becomes before it is written (`REDACTION_METADATA`)."""
         self.on_captured: Callable[[str], None] | None = None
         """Called with the id after each captured document is written: the local host's stand-in for
         Event Grid's blob-created event (in Azure, Event Grid itself sends it and this stays None)."""
@@ -69,8 +74,10 @@ class CompletionStore:
         """Keep a just-captured completion with one durable write, its document; returns its size.
 
         Its index rows (and usage counters) follow asynchronously from the blob-created event, so
-        `get` works at once and lists show it within seconds.
+        `get` works at once and lists show it within seconds. Every capture passes `redact` first.
         """
+        if self.redact is not None:
+            completion = await self.redact(completion)
         with span("completion_store.put", {COMPLETION_ID: completion.id}) as current:
             document = self._sized(completion)
             current.set_attribute("distillery.document_bytes", len(document))
@@ -158,6 +165,8 @@ class CompletionStore:
         When the index cannot follow, the document is put back (if still ours) and the old rows
         restored, so a failed update leaves no row disagreeing with its document.
         """
+        if self.redact_metadata is not None:
+            metadata = await self.redact_metadata(metadata)
         return await self._change(
             completion_id, lambda completion: completion.model_copy(update={"metadata": dict(metadata)}), owner=owner
         )

@@ -18,6 +18,7 @@ from local_host.azurite import Azurite
 from shared.platform.access import Right
 from tests.callers import service_keys
 from tests.conftest import RunningHost, start_host
+from tests.e2e.polling import wait_until
 from tests.fakes import FakeUpstream, Reply
 
 UPSTREAM_KEY = f"sk-upstream-{secrets.token_hex(12)}"
@@ -165,8 +166,10 @@ def test_keys_and_message_contents_never_reach_the_output(
         assert refused.status_code == 401
         malformed = http.post("/openai/v1/chat/completions", json={"model": "m", "messages": marker})
         assert malformed.status_code == 400
-        listed = reader.get("/openai/v1/chat/completions", params={"metadata[tag]": tag})
-        assert marker in listed.text
+        # the list shows the capture once its index rows follow from the blob-created event
+        wait_until(
+            reader, f"/openai/v1/chat/completions?metadata[tag]={tag}", lambda listed: marker in json.dumps(listed)
+        )
     wait_for_span(telemetry_host, trace_id, "completion_store.put")
     output = telemetry_host.log()
     assert "chat.completions proxy" in output  # spans are in the scanned output

@@ -277,3 +277,20 @@ def test_host_and_worker_telemetry_correlate() -> None:
     """OpenTelemetry mode: the host's spans and the Python worker's share one trace."""
     host = json.loads((INFRA.parent / "host.json").read_text())
     assert host["telemetryMode"] == "OpenTelemetry"
+
+
+def test_redaction_s_language_account_is_keyless_optional_and_granted_cognitive_services_user(
+    parser: BicepParser,
+) -> None:
+    main = parser.parse(file_path=INFRA / "main.bicep")
+    assert main["parameters"]["createLanguageResource"]["default"] is False
+    assert main["parameters"]["redaction"]["default"] == "off"
+    language = parser.parse(file_path=INFRA / "app" / "language.bicep")["resources"]["language"]["config"]
+    assert language["kind"] == "TextAnalytics"
+    assert language["properties"]["disableLocalAuth"] is True
+    assert language["properties"]["customSubDomainName"] == "name"  # Entra ID sign-in needs one
+    roles = (INFRA / "app" / "roles.bicep").read_text()
+    assert "'a97b65f3-24c7-4388-baec-2e87135dc908' // Cognitive Services User" in roles
+    api = APP_MODULE.read_text()
+    # The pseudonymize key is never a value in the deployment: only a Key Vault reference to it.
+    assert "REDACTION_KEY: '@Microsoft.KeyVault(SecretUri=${redactionKeySecretUri})'" in api

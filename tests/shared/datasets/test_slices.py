@@ -12,6 +12,7 @@ from azure.storage.blob.aio import BlobClient
 
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.job import DatasetJobMessage, DatasetParams, DatasetStatus
+from shared.platform.errors import StorageUnavailable
 from shared.services import Services
 from tests.shared.datasets.conftest import download, drain, read_job, receive, seed, stored
 
@@ -134,6 +135,37 @@ async def test_killed_slice_is_redone_without_duplicates(services: Services) -> 
     whole = await one.submit(request)
     await drain(services, one)
     assert data == await download(services, whole.id, "eval.jsonl")
+
+
+async def test_a_planning_delivery_that_dies_after_saving_a_bound_adds_no_slice_when_redone(
+    services: Services,
+) -> None:
+    await seed(services, [stored(f"q{n}", metadata=TAG) for n in range(25)])
+    request = DatasetParams.model_validate({"kind": "evaluation", "filter": {"metadata": TAG}})
+    sliced = jobs_with(services, slice_completions=10)
+    job = await sliced.submit(request)
+    planning = await receive_one(services)
+    # The same builder, but its slice messages can't be sent: the delivery dies right after saving bound 0.
+    dying = DatasetJobs(
+        records=services.dataset_jobs.records,
+        store=services.store,
+        membership=services.dataset_jobs.membership,
+        job_queue=services.job_queue,
+        queue_name="Not_A_Queue",  # an invalid queue name: every send fails
+        limits=BuildLimits(slice_completions=10),
+    )
+    with pytest.raises(StorageUnavailable):
+        await dying.handle(planning, delivery_count=1)
+    died = await read_job(services, job.id)
+    assert died.plan is not None and died.plan.bounds and not died.plan.done
+
+    await sliced.handle(planning, delivery_count=2)
+    planned = await read_job(services, job.id)
+    assert planned.plan is not None and planned.plan.done and len(planned.plan.bounds) == 2
+    await drain(services, sliced)
+    done = await read_job(services, job.id)
+    assert done.status is DatasetStatus.SUCCEEDED
+    assert done.counts.selected == done.counts.written == 25
 
 
 async def test_a_rebuild_makes_the_old_generations_slice_messages_stale(services: Services) -> None:

@@ -41,6 +41,7 @@ async def test_every_probe_passes_on_a_healthy_set_up(
         f"queue:{settings.fine_tuning_jobs_queue}": ProbeStatus.OK,
         "upstream:token": ProbeStatus.SKIPPED,
         "upstream:call": ProbeStatus.OK,
+        "redaction:canary": ProbeStatus.SKIPPED,  # REDACTION is off
     }
     assert report.healthy
     assert fake_upstream.requests[-1]["body"]["max_tokens"] == 1
@@ -73,7 +74,7 @@ async def test_a_missing_container_fails_with_a_fix(
     assert not report.healthy
     assert f"blob_container:{name} failed at write" in caplog.text
     skipped = {probe.name: probe.fix for probe in report.probes if probe.status is ProbeStatus.SKIPPED}
-    assert set(skipped) == {"upstream:token", "upstream:call"}
+    assert set(skipped) == {"upstream:token", "upstream:call", "redaction:canary"}
 
 
 async def test_a_read_only_credential_fails_with_the_role_to_assign(

@@ -1,0 +1,1 @@
+"""Redaction at capture: personal data found and replaced before a completion is stored."""
