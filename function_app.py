@@ -6,6 +6,7 @@ import azure.functions as func
 
 from blueprints import (
     aliases,
+    bulk_actions,
     chat_completions,
     completion_index,
     datasets,
@@ -31,6 +32,7 @@ for blueprint in (
     chat_completions.bp,
     stored_completions.bp,
     scores.bp,
+    bulk_actions.bp,
     completion_index.bp,
     datasets.bp,
     evals.bp,

@@ -8,11 +8,13 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from blueprints.http_adapter import endpoint, json_response
+from shared.aliases.online import KEPT_BUCKETS
 from shared.aliases.records import AliasParams, PromoteParams, RollbackParams, parse, require_alias_name
 from shared.platform.access import Caller, Right
 from shared.platform.request_body import parse_json_object
+from shared.platform.telemetry import delivery_span
 from shared.services import get_services
-from shared.store.completion_params import list_object
+from shared.store.completion_params import list_object, query_integer
 
 bp = func.Blueprint()
 
@@ -31,7 +33,11 @@ async def put_alias(req: Request, caller: Caller | None) -> Response:
     """Create or change an alias: one or two deployments with traffic shares summing to 100."""
     name = require_alias_name(req.path_params["name"])
     params = parse(AliasParams, parse_json_object(await req.body()))
-    record = await get_services().aliases.put(name, params, by=_who(caller))
+    services = get_services()
+    if params.online_eval is not None:
+        assert caller is not None, "changing an alias requires a right"
+        services.online_evals.require_caller_may_grade(params.online_eval, caller)
+    record = await services.aliases.put(name, params, by=_who(caller))
     return json_response(record.view())
 
 
@@ -70,6 +76,25 @@ async def rollback_alias(req: Request, caller: Caller | None) -> Response:
     params = parse(RollbackParams, await _optional_body(req))
     record = await get_services().aliases.rollback(name, params, by=_who(caller))
     return json_response(record.view())
+
+
+@bp.route(route="api/aliases/{name}/online_evals", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@endpoint(Right.READ)
+async def alias_online_evals(req: Request, caller: Caller | None) -> Response:
+    """The alias's online pass rate per serving deployment over the last `hours` (default 24), hour by hour."""
+    name = require_alias_name(req.path_params["name"])
+    raw = req.query_params.get("hours")
+    hours = 24 if raw is None else query_integer("hours", raw, low=1, high=KEPT_BUCKETS)
+    return json_response(await get_services().online_evals.view(name, hours=hours))
+
+
+@bp.function_name("grade_online_evals")
+@bp.service_bus_queue_trigger(arg_name="msg", queue_name="%ONLINE_EVALS_QUEUE%", connection="ServiceBusConnection")
+async def grade_online_evals(msg: func.ServiceBusMessage) -> None:
+    """Grade a batch of an alias's sampled calls; raising makes Service Bus retry, then dead-letter it."""
+    services = get_services()
+    with delivery_span(services.settings.online_evals_queue, msg.message_id, msg.application_properties):
+        await services.online_evals.handle(msg.get_body())
 
 
 async def _optional_body(req: Request) -> dict[str, Any]:

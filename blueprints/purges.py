@@ -6,6 +6,8 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from blueprints.http_adapter import endpoint, json_response
+from shared.curation.bulk import bulk_action_message
+from shared.curation.relabel import relabel_message
 from shared.erasure.purge import parse_purge_params
 from shared.platform.access import Caller, Right
 from shared.platform.request_body import parse_json_object
@@ -40,7 +42,7 @@ async def get_purge(req: Request, caller: Caller | None) -> Response:
 @bp.function_name("purge_job")
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%PURGE_JOBS_QUEUE%", connection="ServiceBusConnection")
 async def purge_job(msg: func.ServiceBusMessage) -> None:
-    """Run one chunk of a queued purge or dry run, or a report asked for before it existed; a failure
+    """Run one chunk of a queued purge, bulk action, relabel job or dry run, or a report asked for before it existed; a failure
     raises, so Service Bus retries (a purge's last delivery marks it failed)."""
     services = get_services()
     with delivery_span(services.settings.purge_jobs_queue, msg.message_id, msg.application_properties):
@@ -48,6 +50,16 @@ async def purge_job(msg: func.ServiceBusMessage) -> None:
         if report is not None:
             log.info("Report %s requested (delivery %s)", report.value, msg.delivery_count)
             await services.report_requests.run(report)
+            return
+        bulk_action = bulk_action_message(msg.get_body())
+        if bulk_action is not None:
+            log.info("Bulk action message %s delivered (delivery %s)", msg.message_id, msg.delivery_count)
+            await services.bulk_actions.handle(bulk_action, delivery_count=msg.delivery_count or 1)
+            return
+        relabel = relabel_message(msg.get_body())
+        if relabel is not None:
+            log.info("Relabel message %s delivered (delivery %s)", msg.message_id, msg.delivery_count)
+            await services.relabels.handle(relabel, delivery_count=msg.delivery_count or 1)
             return
         log.info("Purge message %s delivered (delivery %s)", msg.message_id, msg.delivery_count)
         await services.purges.handle(msg.get_body(), delivery_count=msg.delivery_count or 1)

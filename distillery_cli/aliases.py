@@ -3,6 +3,8 @@ student, promote the student through the gate, roll back."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -54,6 +56,7 @@ def _show(alias: dict[str, Any], json_output: bool) -> None:
         "fallback": alias["fallback"],
         "sticky": "-" if not sticky else (sticky["by"] if sticky["by"] == "user" else f"metadata:{sticky['key']}"),
         "gate": f"pass rate >= {gate['min_pass_rate']:.0%}, at most {gate['max_drop']:.0%} below the teacher",
+        "online evals": _online(alias.get("online_eval")),
         "updated (UTC)": when(alias.get("updated_at")),
     }
     for name, value in rows.items():
@@ -71,11 +74,19 @@ def _show(alias: dict[str, Any], json_output: bool) -> None:
         history.add_row(
             when(change["at"]),
             change["by"],
-            change["action"],
+            change["action"] + (" (automatic)" if change.get("automatic") else ""),
             ", ".join(f"{t['deployment']} {t['share']}%" for t in change["targets"]),
             verdict,
         )
     console.print(history)
+
+
+def _online(online: dict[str, Any] | None) -> str:
+    if not online:
+        return "-"
+    alert = online.get("alert")
+    rolls = "" if not alert else f"; rolls back under {alert['min_pass_rate']:.0%} over {alert['window_hours']} h"
+    return f"{online['sample_rate']:.0%} of stored calls, {len(online['testing_criteria'])} graders{rolls}"
 
 
 Reason = Annotated[str | None, typer.Option(help="Why, kept in the alias's history.")]
@@ -89,6 +100,14 @@ def set_alias(
     sticky: Annotated[str | None, typer.Option(help="Keep a caller on one deployment: user or metadata:<key>.")] = None,
     min_pass_rate: Annotated[float | None, typer.Option(min=0, max=1, help="Gate: each criterion's pass rate.")] = None,
     max_drop: Annotated[float | None, typer.Option(min=0, max=1, help="Gate: most a pass rate may fall.")] = None,
+    online_eval: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="A JSON file: {sample_rate, testing_criteria, alert} to grade live calls online ('null' turns it off).",
+        ),
+    ] = None,
     reason: Reason = None,
     json_output: Json = False,
 ) -> None:
@@ -99,6 +118,11 @@ def set_alias(
     gate = {k: v for k, v in {"min_pass_rate": min_pass_rate, "max_drop": max_drop}.items() if v is not None}
     if gate:
         body["gate"] = gate
+    if online_eval is not None:
+        try:
+            body["online_eval"] = json.loads(online_eval.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise typer.BadParameter(f"not JSON: {exc}", param_hint="--online-eval") from None
     if reason is not None:
         body["reason"] = reason
     _show(client(ctx).request("PUT", _path(name), json=body), json_output)
@@ -106,8 +130,17 @@ def set_alias(
 
 @app.command("show")
 def show(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME")], json_output: Json = False) -> None:
-    """An alias: targets, fallback, sticky rule, gate and its history of changes."""
-    _show(client(ctx).get(_path(name)), json_output)
+    """An alias: targets, fallback, sticky rule, gate, its history of changes and its online pass rates."""
+    api = client(ctx)
+    alias = api.get(_path(name))
+    _show(alias, json_output)
+    if alias.get("online_eval") and not json_output:
+        online = api.get(f"{_path(name)}/online_evals")
+        rates = table("deployment (last 24 h)", "pass rate", "passed", "failed", "errored")
+        for row in online["data"]:
+            rate = "-" if row["pass_rate"] is None else f"{row['pass_rate']:.1%}"
+            rates.add_row(row["deployment"], rate, str(row["passed"]), str(row["failed"]), str(row["errored"]))
+        stdout().print(rates)
 
 
 @app.command("promote")

@@ -1,4 +1,5 @@
-"""`distillery completions list|show|delete`: the stored-completions API."""
+"""`distillery completions list|show|delete|bulk|relabel`: the stored-completions API, bulk actions and
+relabel jobs on a filter."""
 
 from __future__ import annotations
 
@@ -15,18 +16,24 @@ from distillery_cli.common import (
     Json,
     Metadata,
     Model,
+    Wait,
     client,
     completion_filter,
     completion_query,
     fact_grid,
+    parse_pairs,
     print_json,
+    problems,
     stderr,
     stdout,
     table,
+    wait_until,
     when,
 )
 
-app = typer.Typer(help="List, show and delete stored chat completions.", no_args_is_help=True)
+app = typer.Typer(
+    help="List, show and delete stored chat completions; tag or score a filter in bulk.", no_args_is_help=True
+)
 
 Order = Annotated[str, typer.Option(help="asc (oldest first) or desc (newest first).", case_sensitive=False)]
 
@@ -174,3 +181,142 @@ def delete_completion(
         print_json(deleted)
     else:
         stdout().print(f"deleted {deleted['id']}")
+
+
+def _score_value(text: str) -> bool | float | str:
+    """`true`/`false` a boolean, a number a number, anything else a label (as the list API's `scores.` filter)."""
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+@app.command("bulk")
+def bulk_action(
+    ctx: typer.Context,
+    model: Model = None,
+    metadata: Metadata = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+    every: Annotated[bool, typer.Option("--all", help="Every stored completion (no filter).")] = False,
+    set_pairs: Annotated[
+        list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Metadata pair to set (repeatable).")
+    ] = None,
+    unset: Annotated[list[str] | None, typer.Option("--unset", metavar="KEY", help="Metadata key to remove.")] = None,
+    score: Annotated[
+        list[str] | None,
+        typer.Option("--score", metavar="NAME=VALUE", help="Score to add: true/false, a number or a label."),
+    ] = None,
+    unscore: Annotated[list[str] | None, typer.Option("--unscore", metavar="NAME", help="Score to remove.")] = None,
+    source: Annotated[str, typer.Option(help="The added scores' source: human, model or rule.")] = "human",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would change; change nothing.")] = False,
+    wait: Wait = False,
+    json_output: Json = False,
+) -> None:
+    """Set or remove metadata and scores on every completion matching the filter, as a queued job."""
+    selection = completion_filter(model, metadata, created_after, created_before)
+    body: dict[str, Any] = {"filter": selection} if selection else {"all": every}
+    body |= {
+        "set_metadata": parse_pairs(set_pairs, "--set"),
+        "remove_metadata": unset or [],
+        "add_scores": [
+            {"name": name, "value": _score_value(value), "source": source}
+            for name, value in parse_pairs(score, "--score").items()
+        ],
+        "remove_scores": unscore or [],
+        "dry_run": dry_run,
+    }
+    api = client(ctx)
+    job = api.post("/api/bulk_actions", body)
+    if wait:
+        stderr().print(f"queued {job['id']}")
+
+        def progress(state: dict[str, Any]) -> tuple[str, int, int | None]:
+            return f"{job['id']} {state['status']}", (state.get("progress") or {}).get("walked") or 0, None
+
+        job = wait_until(
+            lambda: api.get(f"/api/bulk_actions/{job['id']}"),
+            finished=lambda state: state["status"] in ("succeeded", "failed"),
+            progress=progress,
+        )
+    if json_output:
+        print_json(job)
+    else:
+        receipt = job.get("receipt")
+        if receipt is None:
+            stdout().print(f"{job['id']} {job['status']}: distillery completions bulk-status {job['id']}")
+        else:
+            verb = "would change" if job.get("dry_run") else "changed"
+            skipped = ", ".join(f"{n} {reason}" for reason, n in receipt["skipped"].items()) or "none"
+            stdout().print(
+                f"{job['id']}: {receipt['matched_count']} matched, {verb} {receipt['updated_count']}, "
+                f"{receipt['unchanged_count']} already so; skipped: {skipped}"
+            )
+    if job["status"] == "failed":
+        raise problems(f"bulk action {job['id']} failed: {(job.get('error') or {}).get('message')}")
+
+
+@app.command("bulk-status")
+def bulk_status(
+    ctx: typer.Context, bulk_action_id: Annotated[str, typer.Argument(metavar="ID")], json_output: Json = False
+) -> None:
+    """Show a bulk action's progress and receipt."""
+    job = client(ctx).get(f"/api/bulk_actions/{bulk_action_id}")
+    if json_output:
+        print_json(job)
+        return
+    facts = fact_grid()
+    for name in ("id", "status", "dry_run"):
+        facts.add_row(name, str(job.get(name)))
+    for name, value in (job.get("progress") or {}).items():
+        facts.add_row(name, str(value))
+    stdout().print(facts)
+
+
+@app.command("relabel")
+def relabel(
+    ctx: typer.Context,
+    deployment: Annotated[str, typer.Option("--deployment", help="The stronger deployment that answers again.")],
+    max_total_tokens: Annotated[int, typer.Option(min=1, help="Stop once the calls used this many tokens.")],
+    model: Model = None,
+    metadata: Metadata = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
+    every: Annotated[bool, typer.Option("--all", help="Every stored completion (no filter).")] = False,
+    batch: Annotated[
+        bool, typer.Option("--batch", help="Through the upstream's Batch API (half price on Azure global batch).")
+    ] = False,
+    wait: Wait = False,
+    json_output: Json = False,
+) -> None:
+    """Answer the matching completions' requests again on a stronger deployment, kept as linked completions."""
+    selection = completion_filter(model, metadata, created_after, created_before)
+    body: dict[str, Any] = {"filter": selection} if selection else {"all": every}
+    body |= {"deployment": deployment, "max_total_tokens": max_total_tokens, "mode": "batch" if batch else "direct"}
+    api = client(ctx)
+    job = api.post("/api/relabels", body)
+    if wait:
+        stderr().print(f"queued {job['id']}")
+
+        def progress(state: dict[str, Any]) -> tuple[str, int, int | None]:
+            return f"{job['id']} {state['status']}", (state.get("progress") or {}).get("relabeled") or 0, None
+
+        job = wait_until(
+            lambda: api.get(f"/api/relabels/{job['id']}"),
+            finished=lambda state: state["status"] in ("succeeded", "failed"),
+            progress=progress,
+        )
+    if json_output:
+        print_json(job)
+    elif job.get("receipt") is None:
+        stdout().print(f"{job['id']} {job['status']}")
+    else:
+        receipt = job["receipt"]
+        stdout().print(
+            f"{job['id']}: {receipt['relabeled_count']} relabeled on {job['deployment']}, "
+            f"{receipt['tokens_used']} tokens ({receipt['stopped']})"
+        )
+    if job["status"] == "failed":
+        raise problems(f"relabel {job['id']} failed: {(job.get('error') or {}).get('message')}")

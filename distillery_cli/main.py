@@ -191,7 +191,8 @@ def connect(
 
 @app.command("quota")
 def quota(ctx: typer.Context, json_output: Json = False) -> None:
-    """The storage quota report: used against the cap, breakdowns and the projected full date."""
+    """The storage quota report: used against the cap, breakdowns, the projected full date and, with
+    PRICE_TABLE set, the cost per deployment and each student's break-even."""
     report = first_report(client(ctx), "/api/quota")
     if json_output:
         print_json(report)
@@ -215,6 +216,28 @@ def quota(ctx: typer.Context, json_output: Json = False) -> None:
         for row in report["by_model"]:
             models.add_row(row["model"], f"{row['count']:,}", f"{row['bytes']:,}")
         console.print(models)
+    cost = report.get("cost")
+    if cost:
+        spent = table("deployment", "calls", "input tokens", "output tokens", "cost")
+        for row in cost["by_deployment"]:
+            priced = f"{row['cost']:,.4f}" + (f" ({row['unpriced_calls']:,} unpriced)" if row["unpriced_calls"] else "")
+            spent.add_row(
+                row["name"], f"{row['calls']:,}", f"{row['input_tokens']:,}", f"{row['output_tokens']:,}", priced
+            )
+        console.print(spent)
+        if cost.get("break_even"):
+            even = table("alias", "student vs teacher", "calls/day", "break-even calls/day", "saves/day", "pays off")
+            for row in cost["break_even"]:
+                threshold = row["break_even_calls_per_day"]
+                even.add_row(
+                    row["alias"],
+                    f"{row['student']} vs {row['teacher']}",
+                    f"{row['calls_per_day']:,.1f}",
+                    "never" if threshold is None else f"{threshold:,.1f}",
+                    f"{row['savings_per_day']:,.2f}",
+                    "yes" if row["pays_off"] else "no",
+                )
+            console.print(even)
 
 
 @app.command("health")

@@ -38,6 +38,9 @@ param openAiBaseUrl string = ''
 @description('JSON object mapping deployment name to the model name sent to an OpenAI-compatible upstream.')
 param deploymentModels string = '{}'
 
+@description('JSON object: model or deployment name to {input, cached_input, output} prices per 1M tokens and, for a fine-tuned deployment, its hourly hosting fee (PRICE_TABLE).')
+param priceTable string = '{}'
+
 @description('Keep completions sent with store: true (false serves every request and keeps nothing).')
 param storeEnabled bool = true
 
@@ -169,6 +172,7 @@ var queues = {
   completionEvents: 'completion-events'
   evalJobs: 'eval-jobs'
   fineTuningJobs: 'fine-tuning-jobs'
+  onlineEvals: 'online-evals'
 }
 // An Azure resource id reads /subscriptions/{sub}/resourceGroups/{rg}/providers/{ns}/{type}/{name}.
 var openAiIdParts = split(azureOpenAiResourceId, '/')
@@ -211,7 +215,14 @@ module serviceBus 'app/servicebus.bicep' = {
     name: names.serviceBus
     location: location
     tags: tags
-    queueNames: [queues.datasetJobs, queues.purgeJobs, queues.evalJobs, queues.fineTuningJobs, queues.completionEvents]
+    queueNames: [
+      queues.datasetJobs
+      queues.purgeJobs
+      queues.evalJobs
+      queues.fineTuningJobs
+      queues.completionEvents
+      queues.onlineEvals
+    ]
   }
 }
 
@@ -310,6 +321,7 @@ module api 'app/api.bicep' = {
     evalDefaultTokenCap: evalDefaultTokenCap
     fineTuningContainerName: containers.fineTuning
     aliasesContainerName: containers.aliases
+    onlineEvalsQueueName: queues.onlineEvals
     fineTuningJobsQueueName: queues.fineTuningJobs
     fineTuningTrackSchedule: fineTuningTrackSchedule
     fineTuningDeploymentSku: fineTuningDeploymentSku
@@ -319,6 +331,7 @@ module api 'app/api.bicep' = {
     azureOpenAiApiVersion: azureOpenAiApiVersion
     openAiBaseUrl: openAiBaseUrl
     deploymentModels: deploymentModels
+    priceTable: priceTable
     storeEnabled: storeEnabled
     retentionDays: retentionDays
     upstreamTimeoutSeconds: upstreamTimeoutSeconds

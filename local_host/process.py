@@ -75,6 +75,7 @@ def start_host(storage_connection: str, log_dir: Path, *extra_args: str, **setti
         FINE_TUNING_CONTAINER=f"finetuning{suffix}",
         FINE_TUNING_JOBS_QUEUE=f"finetuning{suffix}",
         ALIASES_CONTAINER=f"aliases{suffix}",
+        ONLINE_EVALS_QUEUE=f"online{suffix}",
         FINE_TUNING_TRACK_SCHEDULE="0 */5 * * * *",
         PYTHONUNBUFFERED="1",
     )

@@ -1,5 +1,6 @@
 // The pane's shell: sign-in, the caller's rights, navigation between views, and the error banner.
 
+import { renderAliases } from "./aliases.js";
 import { ApiError, get, key } from "./api.js";
 import { renderCompletions } from "./completions.js";
 import { h, replace } from "./dom.js";
@@ -17,6 +18,7 @@ const VIEWS = [
   ["datasets", "Datasets", renderDatasets],
   ["evals", "Eval runs", renderEvals],
   ["fine-tuning", "Fine-tuning", renderFineTuning],
+  ["aliases", "Aliases", renderAliases],
   ["health", "Health", renderHealth],
 ];
 

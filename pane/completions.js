@@ -1,17 +1,22 @@
-// Stored completions: filters, the newest-first table with cursor paging, selection, the detail
-// panel (conversation, usage, metadata editing, delete) and the Distill / Evaluate actions.
+// Stored completions: filters (metadata, model, dates, a score), the newest-first table with cursor
+// paging, selection with the count a filter matches, the detail panel (conversation, usage, scores,
+// metadata editing, delete) and the Distill / Evaluate actions.
 
 import { del, get, post, query } from "./api.js";
 import { openDistill, openEvaluate } from "./jobs.js";
 import { chips, clip, confirmDialog, h, isoDate, number, replace, when } from "./dom.js";
 
 const PAGE = 25;
-const COLUMN_CLASSES = { Output: "col-output", Tokens: "num col-tokens" };
+const COLUMN_CLASSES = { Scores: "col-scores", Output: "col-output", Tokens: "num col-tokens" };
 const LIST = "/openai/v1/chat/completions";
+const COUNT = "/api/completions/count";
+// A score condition's operator: its JSON form (datasets, evals) and its list-query suffix.
+const SCORE_OPS = { "=": { json: null, suffix: "" }, "≥": { json: "gte", suffix: ">" }, "≤": { json: "lte", suffix: "<" } };
+const emptyFilter = () => ({ model: "", metadata: [["", ""]], createdAfter: "", createdBefore: "", score: { name: "", op: "=", value: "" } });
 
 // Kept across view switches within the tab, so coming back shows the same filter and page.
 const state = {
-  filter: { model: "", metadata: [["", ""]], createdAfter: "", createdBefore: "" },
+  filter: emptyFilter(),
   cursors: [null],
   selected: new Map(),
   allMatching: false,
@@ -27,7 +32,20 @@ export function activeFilter() {
   const before = toSeconds(state.filter.createdBefore);
   if (after !== null) filter.created_after = after;
   if (before !== null) filter.created_before = before;
+  const score = state.filter.score;
+  if (score.name.trim() && score.value.trim()) {
+    const value = scoreValue(score.value.trim());
+    const op = SCORE_OPS[score.op].json;
+    filter.scores = { [score.name.trim()]: op ? { [op]: Number(score.value) } : value };
+  }
   return filter;
+}
+
+// As the list API reads `scores.<name>=<value>`: true/false a boolean, a number a number, else a label.
+export function scoreValue(text) {
+  if (text === "true" || text === "false") return text === "true";
+  const number = Number(text);
+  return text.trim() !== "" && Number.isFinite(number) ? number : text;
 }
 
 function toSeconds(local) {
@@ -42,17 +60,27 @@ function describeFilter(filter) {
   for (const [name, value] of Object.entries(filter.metadata || {})) parts.push(`${name}=${value}`);
   if (filter.created_after) parts.push(`from ${when(filter.created_after)}`);
   if (filter.created_before) parts.push(`before ${when(filter.created_before)}`);
+  if (filter.scores) parts.push(`score ${state.filter.score.name.trim()} ${state.filter.score.op} ${state.filter.score.value.trim()}`);
   return parts.join(", ");
 }
 
-function listPath(after) {
+// The filter as list query parameters (the list and its count take the same ones).
+function filterParams() {
   const filter = activeFilter();
-  const params = [["order", "desc"], ["limit", PAGE], ["after", after]];
+  const params = [];
   if (filter.model) params.push(["model", filter.model]);
   for (const [name, value] of Object.entries(filter.metadata || {})) params.push([`metadata[${name}]`, value]);
   if (filter.created_after) params.push(["created_after", filter.created_after]);
   if (filter.created_before) params.push(["created_before", filter.created_before]);
-  return LIST + query(params);
+  if (filter.scores) {
+    const score = state.filter.score;
+    params.push([`scores.${score.name.trim()}${SCORE_OPS[score.op].suffix}`, score.value.trim()]);
+  }
+  return params;
+}
+
+function listPath(after) {
+  return LIST + query([["order", "desc"], ["limit", PAGE], ["after", after], ...filterParams()]);
 }
 
 export async function renderCompletions(main, ctx) {
@@ -73,6 +101,7 @@ export async function renderCompletions(main, ctx) {
 
   let page = null;
   let latest = 0;
+  let matching = null; // how many completions the filter matches (GET /api/completions/count)
 
   async function load() {
     const cursor = state.cursors[state.cursors.length - 1];
@@ -91,11 +120,36 @@ export async function renderCompletions(main, ctx) {
     }
     if (ticket !== latest) return;
     page = answer;
+    matching = null;
     ctx.clearError();
     drawTable();
     drawPager();
     drawToolbar();
     status.textContent = `${page.data.length} completions shown.`;
+    if (ctx.canAct && Object.keys(activeFilter()).length) countMatches(ticket);
+  }
+
+  // The count is shown before Distill, so nobody distills 200,000 completions by surprise.
+  async function countMatches(ticket) {
+    let answer;
+    try {
+      answer = await get(COUNT + query(filterParams()));
+    } catch (error) {
+      if (ticket === latest) ctx.showError(error);
+      return;
+    }
+    if (ticket !== latest) return;
+    matching = answer.count;
+    drawToolbar();
+  }
+
+  // A score chip narrows the filter to that score's value.
+  function filterOnScore(name, value) {
+    state.filter.score = { name, op: "=", value: String(value) };
+    state.cursors = [null];
+    state.selected.clear();
+    state.allMatching = false;
+    renderCompletions(main, ctx);
   }
 
   // A metadata chip narrows the filter to its pair (replacing any pair with the same key).
@@ -113,6 +167,14 @@ export async function renderCompletions(main, ctx) {
     const model = h("input", { id: "filter-model", name: "model", value: state.filter.model, placeholder: "any" });
     const createdAfter = h("input", { id: "filter-after", type: "datetime-local", value: state.filter.createdAfter });
     const createdBefore = h("input", { id: "filter-before", type: "datetime-local", value: state.filter.createdBefore });
+    const score = state.filter.score;
+    const scoreName = h("input", { id: "filter-score-name", class: "score-name", value: score.name, placeholder: "e.g. quality", maxlength: 64 });
+    const scoreOp = h(
+      "select",
+      { id: "filter-score-op", "aria-label": "Score comparison" },
+      Object.keys(SCORE_OPS).map((op) => h("option", { value: op, selected: op === score.op }, op)),
+    );
+    const scoreText = h("input", { id: "filter-score-value", class: "score-value", value: score.value, placeholder: "true, 4, a label" });
     const drawRows = () =>
       replace(
         metadataRows,
@@ -152,6 +214,7 @@ export async function renderCompletions(main, ctx) {
           state.filter.model = model.value;
           state.filter.createdAfter = createdAfter.value;
           state.filter.createdBefore = createdBefore.value;
+          state.filter.score = { name: scoreName.value, op: scoreOp.value, value: scoreText.value };
           state.cursors = [null];
           state.selected.clear();
           state.allMatching = false;
@@ -173,6 +236,12 @@ export async function renderCompletions(main, ctx) {
       h("div", { class: "field" }, h("label", { for: "filter-after" }, "Created from"), createdAfter),
       h("div", { class: "field" }, h("label", { for: "filter-before" }, "Created before"), createdBefore),
       h(
+        "fieldset",
+        { class: "field score-filter" },
+        h("legend", {}, "Score"),
+        h("div", { class: "pair" }, h("label", { for: "filter-score-name" }, "Name"), scoreName, scoreOp, h("label", { for: "filter-score-value" }, "Value"), scoreText),
+      ),
+      h(
         "div",
         { class: "actions" },
         h("button", { type: "submit" }, "Apply filters"),
@@ -182,7 +251,7 @@ export async function renderCompletions(main, ctx) {
             type: "button",
             class: "secondary",
             onclick: () => {
-              state.filter = { model: "", metadata: [["", ""]], createdAfter: "", createdBefore: "" };
+              state.filter = emptyFilter();
               state.cursors = [null];
               state.selected.clear();
               state.allMatching = false;
@@ -206,16 +275,20 @@ export async function renderCompletions(main, ctx) {
     const filtered = Object.keys(filter).length > 0;
     const count = state.selected.size;
     const chosen = state.allMatching || count > 0;
+    const all = matching === null ? "All completions" : `All ${number(matching)} completion${matching === 1 ? "" : "s"}`;
     const summary = state.allMatching
-      ? `All completions matching ${describeFilter(filter)} are selected.`
+      ? `${all} matching ${describeFilter(filter)} are selected.`
       : count
         ? `${count} selected.`
         : "Select rows, or every completion matching the filter.";
     const selection = () =>
-      state.allMatching ? { filter, label: `all completions matching ${describeFilter(filter)}` } : { ids: [...state.selected.keys()], label: `${count} selected completion${count === 1 ? "" : "s"}` };
+      state.allMatching
+        ? { filter, label: `${all.toLowerCase()} matching ${describeFilter(filter)}` }
+        : { ids: [...state.selected.keys()], label: `${count} selected completion${count === 1 ? "" : "s"}` };
     replace(
       toolbar,
       h("span", { class: "selection", id: "selection-summary" }, summary),
+      filtered && matching !== null ? h("span", { class: "muted", id: "match-count" }, matching === 1 ? "1 completion matches this filter" : `${number(matching)} completions match this filter`) : null,
       h(
         "button",
         {
@@ -257,7 +330,7 @@ export async function renderCompletions(main, ctx) {
       "tr",
       {},
       ctx.canAct ? h("th", { scope: "col", class: "check" }, h("span", { class: "sr-only" }, "Select")) : null,
-      ["Created", "Deployment → model", "Metadata", "First user message", "Output", "Tokens"].map((label) =>
+      ["Created", "Deployment → model", "Metadata", "Scores", "First user message", "Output", "Tokens"].map((label) =>
         h("th", { scope: "col", class: COLUMN_CLASSES[label] ?? null }, label),
       ),
     );
@@ -291,6 +364,7 @@ export async function renderCompletions(main, ctx) {
         ),
         h("td", { class: "model" }, modelCell(completion)),
         h("td", { class: "metadata" }, chips(completion.metadata, filterOn)),
+        h("td", { class: "scores col-scores" }, chips(scoreTexts(completion.distillery?.scores), filterOnScore, "scores")),
         h("td", { class: "preview user-preview" }, userPreview(completion.distillery?.preview)),
         h("td", { class: "preview col-output" }, clip(output, 90)),
         h("td", { class: "num col-tokens" }, number(completion.usage?.total_tokens)),
@@ -368,6 +442,11 @@ function modelCell(completion) {
   ];
 }
 
+// Scores as chip text: a thumbs value as true/false, numbers and labels as they are.
+function scoreTexts(scores) {
+  return Object.fromEntries(Object.entries(scores || {}).map(([name, value]) => [name, String(value)]));
+}
+
 function userPreview(preview) {
   if (preview === null || preview === undefined) return h("span", { class: "muted" }, "(no user message)");
   return preview ? clip(preview, 90) : h("span", { class: "muted" }, "(no text)");
@@ -419,6 +498,7 @@ async function renderDetail(panel, id, ctx, { close, changed, filterOn }) {
     toolsSection(completion.tools, completion.tool_choice),
     h("h3", {}, `Conversation (${messages.length + (output ? 1 : 0)} messages)`),
     h("ol", { class: "conversation" }, messages.map((m) => messageItem(m, false)), output ? messageItem(output, true) : null),
+    scoresSection(completion.id, ctx, changed), // judged once the conversation has been read
     ctx.canAct
       ? h(
           "div",
@@ -560,6 +640,111 @@ function metadataSection(completion, ctx, changed, filterOn) {
       h("button", { type: "button", class: "secondary small", onclick: () => { pairs.push(["", ""]); draw(); } }, "Add pair"),
       h("button", { type: "submit", id: "save-metadata" }, "Save metadata"),
     ),
+    status,
+  );
+}
+
+// The completion's scores, and (with the action right) thumbs up/down as `helpful`, any named score
+// (a number, true/false or a label) and removing one. The author is whoever is signed in.
+function scoresSection(id, ctx, changed) {
+  const path = `/api/completions/${encodeURIComponent(id)}/scores`;
+  const list = h("div", { class: "score-list" }, h("p", { class: "muted loading" }, "Loading…"));
+  const status = h("p", { class: "muted", "aria-live": "polite" });
+  const save = async (name, value) => {
+    status.textContent = "Saving…";
+    try {
+      await post(path, { name, value });
+    } catch (error) {
+      status.textContent = "Not saved.";
+      ctx.showError(error);
+      return;
+    }
+    ctx.clearError();
+    status.textContent = `Score ${name} saved.`;
+    await draw();
+    changed();
+  };
+  const remove = async (name) => {
+    try {
+      await del(`${path}/${encodeURIComponent(name)}`);
+    } catch (error) {
+      ctx.showError(error);
+      return;
+    }
+    status.textContent = `Score ${name} removed.`;
+    await draw();
+    changed();
+  };
+  async function draw() {
+    let scores;
+    try {
+      scores = (await get(path)).data;
+    } catch (error) {
+      replace(list, h("p", { class: "empty" }, "The scores could not be loaded."));
+      ctx.showError(error);
+      return;
+    }
+    if (!scores.length) {
+      replace(list, h("p", { class: "muted" }, "No scores yet."));
+      return;
+    }
+    replace(
+      list,
+      h(
+        "ul",
+        { class: "scores" },
+        scores.map((score) =>
+          h(
+            "li",
+            { class: "score", "data-name": score.name },
+            h("span", { class: "chip-key" }, score.name),
+            " ",
+            h("strong", { class: "score-value" }, String(score.value)),
+            h("span", { class: "muted" }, ` · ${score.source} · ${score.author}`),
+            score.comment ? h("div", { class: "muted" }, score.comment) : null,
+            ctx.canAct
+              ? h("button", { type: "button", class: "secondary small", "aria-label": `Remove score ${score.name}`, onclick: () => remove(score.name) }, "Remove")
+              : null,
+          ),
+        ),
+      ),
+    );
+  }
+  draw();
+  const name = h("input", { id: "score-name", maxlength: 64, placeholder: "quality" });
+  const value = h("input", { id: "score-value", placeholder: "4, true or a label" });
+  return h(
+    "section",
+    { class: "score-section", "aria-labelledby": "scores-title" },
+    h("h3", { id: "scores-title" }, "Scores"),
+    list,
+    ctx.canAct
+      ? h(
+          "div",
+          { class: "actions thumbs" },
+          h("button", { type: "button", class: "secondary small", id: "thumbs-up", "aria-label": "Helpful (thumbs up)", onclick: () => save("helpful", true) }, "✓ Helpful"),
+          h("button", { type: "button", class: "secondary small", id: "thumbs-down", "aria-label": "Not helpful (thumbs down)", onclick: () => save("helpful", false) }, "✗ Not helpful"),
+        )
+      : null,
+    ctx.canAct
+      ? h(
+          "form",
+          {
+            class: "score-edit pair",
+            "aria-label": "Add a score",
+            onsubmit: (event) => {
+              event.preventDefault();
+              if (!name.value.trim() || !value.value.trim()) return;
+              save(name.value.trim(), scoreValue(value.value.trim()));
+            },
+          },
+          h("label", { for: "score-name" }, "Name"),
+          name,
+          h("label", { for: "score-value" }, "Value"),
+          value,
+          h("button", { type: "submit", id: "save-score", class: "small" }, "Save score"),
+        )
+      : null,
     status,
   );
 }

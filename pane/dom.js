@@ -76,13 +76,13 @@ export function statusBadge(status) {
 }
 
 // Metadata pairs as chips; with `pick`, each chip is a button that filters on its pair.
-export function chips(metadata, pick) {
+export function chips(metadata, pick, label = "metadata") {
   const entries = Object.entries(metadata || {});
   if (!entries.length) return h("span", { class: "muted" }, "—");
   const chip = (name, value) => [h("span", { class: "chip-key" }, name), "=", clip(value, 40)];
   return h(
     "ul",
-    { class: "chips", "aria-label": "metadata" },
+    { class: "chips", "aria-label": label },
     entries.map(([name, value]) =>
       h(
         "li",

@@ -199,7 +199,48 @@ function drawQuota(card, report) {
     h("p", {}, h("strong", {}, bytes(report.used_bytes)), ` used of ${bytes(report.cap_bytes)} · ${number(report.completion_count)} completions, ${number(report.dataset_count)} datasets`),
     h("p", { class: "muted" }, `Trend ${bytes(report.trend_bytes_per_day)} a day over ${report.trend_window_days} days · ${report.projected_full_date ? `full by ${report.projected_full_date}` : "not filling up"} · at the cap: ${report.mode}`),
     days.length ? trend : null,
+    report.cost ? costOf(report.cost) : null,
     h("p", { class: "muted small" }, `Report generated ${report.generated_at}`),
+  );
+}
+
+// Money for the stored calls (PRICE_TABLE), per serving deployment, and each student's break-even.
+function costOf(cost) {
+  const money = (value) => Number(value).toLocaleString(undefined, { maximumFractionDigits: 4 });
+  return h(
+    "div",
+    { class: "cost" },
+    h("h3", {}, `Cost of stored calls: ${money(cost.total)}`),
+    h(
+      "table",
+      { class: "cost-table" },
+      h("thead", {}, h("tr", {}, ["Deployment", "Calls", "Input tokens", "Output tokens", "Cost"].map((label) => h("th", { scope: "col" }, label)))),
+      h(
+        "tbody",
+        {},
+        cost.by_deployment.map((row) =>
+          h(
+            "tr",
+            { "data-deployment": row.name },
+            h("td", {}, h("code", {}, row.name)),
+            h("td", { class: "num" }, number(row.calls)),
+            h("td", { class: "num" }, number(row.input_tokens)),
+            h("td", { class: "num" }, number(row.output_tokens)),
+            h("td", { class: "num cost-value" }, row.unpriced_calls ? `${money(row.cost)} (${number(row.unpriced_calls)} unpriced)` : money(row.cost)),
+          ),
+        ),
+      ),
+    ),
+    cost.break_even.map((row) =>
+      h(
+        "p",
+        { class: "break-even" },
+        h("code", {}, row.student),
+        ` behind ${row.alias}: ${money(row.calls_per_day)} calls a day; pays for its hosting (${money(row.hosting_per_day)} a day) from `,
+        row.break_even_calls_per_day === null ? "never (it saves nothing per call)" : `${money(row.break_even_calls_per_day)} calls a day`,
+        row.pays_off ? " — it pays off." : " — not yet.",
+      ),
+    ),
   );
 }
 

@@ -21,10 +21,13 @@ from azure.servicebus.aio import ServiceBusClient
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRetry
 from azure.storage.queue.aio import QueueServiceClient
 
+from shared.aliases.online import OnlineEvals
 from shared.aliases.records import Comparison
 from shared.aliases.routes import AliasRoutes
 from shared.aliases.service import Aliases
 from shared.capture.proxy import ChatCapture
+from shared.curation.bulk import BulkActions
+from shared.curation.relabel import Relabels
 from shared.curation.scoring import Scoring
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.membership import DatasetMembership
@@ -60,6 +63,7 @@ from shared.redaction.detectors import (
     OfflineDetector,
 )
 from shared.redaction.redactor import Redactor
+from shared.reports.cost import AliasPair
 from shared.reports.permission_health import (
     PermissionChecker,
     QueueSendProbe,
@@ -70,7 +74,7 @@ from shared.reports.permission_health import (
 from shared.reports.quota import QuotaGate, QuotaReporter
 from shared.reports.report_requests import ReportKind, ReportRequests
 from shared.reports.report_store import ReportStore
-from shared.store.completion_index import CompletionIndex
+from shared.store.completion_index import CompletionIndex, IndexEntry
 from shared.store.completion_indexer import CompletionIndexer
 from shared.store.completion_store import CompletionStore
 from shared.store.json_blobs import JsonBlobs
@@ -180,7 +184,11 @@ class Services:
             container_name=self.settings.completions_container,
             usage=self.usage,
             sweep_grace_seconds=self.settings.index_sweep_grace_seconds,
+            after=self._sample_online,
         )
+
+    async def _sample_online(self, entries: list[IndexEntry]) -> None:
+        await self.online_evals.sample(entries)
 
     @cached_property
     def upstream(self) -> Upstream:
@@ -230,6 +238,19 @@ class Services:
             routes=self.alias_routes,
             compare=compare,
             find_comparison=find_comparison,
+        )
+
+    @cached_property
+    def online_evals(self) -> OnlineEvals:
+        return OnlineEvals(
+            aliases=self.aliases,
+            blobs=self.alias_blobs,
+            completions=self.store,
+            job_queue=self.job_queue,
+            queue_name=self.settings.online_evals_queue,
+            calls=self.model_calls,
+            metrics=self.text_metrics,
+            embeddings_deployment=self.settings.eval_embeddings_deployment,
         )
 
     @cached_property
@@ -394,7 +415,20 @@ class Services:
             cap_bytes=self.settings.storage_quota_bytes,
             mode=self.settings.storage_quota_mode,
             top_values=self.settings.quota_top_values,
+            prices=self.settings.price_table,
+            alias_pairs=self._alias_pairs,
         )
+
+    async def _alias_pairs(self) -> list[AliasPair]:
+        """Each alias's teacher (its fallback) and students (its other targets), for the cost report's break-even."""
+        return [
+            AliasPair(
+                alias=record.name,
+                teacher=record.fallback,
+                students=[t.deployment for t in record.targets if t.deployment != record.fallback],
+            )
+            for record in await self.aliases.list()
+        ]
 
     @cached_property
     def queue_probe(self) -> QueueSendProbe:
@@ -431,6 +465,7 @@ class Services:
                 Target(settings.purge_jobs_queue, "PURGE_JOBS_QUEUE"),
                 Target(settings.eval_jobs_queue, "EVAL_JOBS_QUEUE"),
                 Target(settings.fine_tuning_jobs_queue, "FINE_TUNING_JOBS_QUEUE"),
+                Target(settings.online_evals_queue, "ONLINE_EVALS_QUEUE"),
             ],
             queue_probe=self.queue_probe,
             token=token if entra_upstream else None,
@@ -473,6 +508,26 @@ class Services:
     @cached_property
     def scoring(self) -> Scoring:
         return Scoring(store=self.store)
+
+    @cached_property
+    def bulk_actions(self) -> BulkActions:
+        return BulkActions(
+            store=self.store,
+            records=JsonBlobs(container=self.reports_container, label="bulk action"),
+            queue=self.job_queue,
+            queue_name=self.settings.purge_jobs_queue,
+        )
+
+    @cached_property
+    def relabels(self) -> Relabels:
+        return Relabels(
+            store=self.store,
+            calls=self.model_calls,
+            records=JsonBlobs(container=self.reports_container, label="relabel"),
+            queue=self.job_queue,
+            queue_name=self.settings.purge_jobs_queue,
+            batches=self.fine_tuning.api,
+        )
 
     @cached_property
     def purges(self) -> PurgeService:

@@ -83,6 +83,7 @@ async def make_services(azurite: Azurite) -> AsyncIterator[ServicesFactory]:
             "FINE_TUNING_CONTAINER": f"finetuning{suffix}",
             "FINE_TUNING_JOBS_QUEUE": f"finetuning{suffix}",
             "ALIASES_CONTAINER": f"aliases{suffix}",
+            "ONLINE_EVALS_QUEUE": f"online{suffix}",
             **dict.fromkeys(UPSTREAM_SETTINGS),
             **settings,
         }

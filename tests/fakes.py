@@ -113,6 +113,11 @@ class FakeUpstream:
         self.deleted_files: list[str] = []
         self.jobs: dict[str, dict[str, Any]] = {}
         """Fine-tuning jobs by id; each retrieve moves a job one status on (to succeeded)."""
+        self.batches: dict[str, dict[str, Any]] = {}
+        """Batches by id; each retrieve moves one on: validating -> in_progress -> completed.
+        Each keeps its files' contents as `input`, `output`, `error` (the files may be deleted meanwhile)."""
+        self.batch_failure: dict[str, Any] | None = None
+        """Set to an error (`code`, `message`, `line`): the next batch fails its validation with it."""
         app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -127,6 +132,10 @@ class FakeUpstream:
                         Route(f"{prefix}/files", self._list_files, methods=["GET"]),
                         Route(f"{prefix}/files/{{file_id}}", self._file, methods=["GET"]),
                         Route(f"{prefix}/files/{{file_id}}", self._delete_file, methods=["DELETE"]),
+                        Route(f"{prefix}/files/{{file_id}}/content", self._file_content, methods=["GET"]),
+                        Route(f"{prefix}/batches", self._create_batch, methods=["POST"]),
+                        Route(f"{prefix}/batches", self._list_batches, methods=["GET"]),
+                        Route(f"{prefix}/batches/{{batch_id}}", self._batch, methods=["GET"]),
                         Route(f"{prefix}/fine_tuning/jobs", self._create_job, methods=["POST"]),
                         Route(f"{prefix}/fine_tuning/jobs", self._list_jobs, methods=["GET"]),
                         Route(f"{prefix}/fine_tuning/jobs/{{job_id}}", self._job, methods=["GET"]),
@@ -170,6 +179,8 @@ class FakeUpstream:
             self.files.clear()
             self.deleted_files.clear()
             self.jobs.clear()
+            self.batches.clear()
+            self.batch_failure = None
 
     async def _chat(self, request: Request) -> Response:
         body = json.loads(await request.body())
@@ -253,6 +264,102 @@ class FakeUpstream:
         shown = {k: v for k, v in file.items() if k != "content"}
         file["status"] = "processed"  # processed from the second look on
         return JSONResponse(shown)
+
+    async def _file_content(self, request: Request) -> Response:
+        file = self.files.get(request.path_params["file_id"])
+        if file is None:
+            return JSONResponse({"error": {"message": "No such file", "code": "notFound"}}, status_code=404)
+        return Response(file["content"], media_type="application/octet-stream")
+
+    async def _create_batch(self, request: Request) -> Response:
+        body = json.loads(await request.body())
+        answer = self._scripted(request, body)
+        if answer is not None:
+            return answer
+        if body.get("input_file_id") not in self.files:
+            error = {"message": "Input file not found", "type": "invalid_request_error", "code": "invalid_file"}
+            return JSONResponse({"error": error}, status_code=400)
+        batch_id = f"batch_fake{len(self.batches)}"
+        self.batches[batch_id] = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "errors": None,
+            "input_file_id": body["input_file_id"],
+            "completion_window": body["completion_window"],
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": int(time.time()),
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": body.get("metadata"),
+            "failure": self.batch_failure,
+            "input": self.files[body["input_file_id"]]["content"],
+        }
+        self.batch_failure = None
+        return JSONResponse(_shown_batch(self.batches[batch_id]))
+
+    async def _list_batches(self, request: Request) -> Response:
+        answer = self._scripted(request, None)
+        if answer is not None:
+            return answer
+        data = [_shown_batch(batch) for batch in reversed(self.batches.values())]
+        return JSONResponse({"object": "list", "data": data, "first_id": None, "last_id": None, "has_more": False})
+
+    async def _batch(self, request: Request) -> Response:
+        answer = self._scripted(request, None)
+        if answer is not None:
+            return answer
+        batch = self.batches.get(request.path_params["batch_id"])
+        if batch is None:
+            return JSONResponse({"error": {"message": "No such batch", "code": "notFound"}}, status_code=404)
+        if batch["status"] == "validating" and batch["failure"] is not None:
+            batch["status"], batch["failed_at"] = "failed", int(time.time())
+            batch["errors"] = {"object": "list", "data": [batch["failure"]]}
+        elif batch["status"] == "validating":
+            batch["status"], batch["in_progress_at"] = "in_progress", int(time.time())
+        elif batch["status"] == "in_progress":
+            self._finish_batch(batch)
+        return JSONResponse(_shown_batch(batch))
+
+    def _finish_batch(self, batch: dict[str, Any]) -> None:
+        """Answer every input line like the chat route does; a line whose messages say `[refuse]` fails."""
+        outputs, errors = [], []
+        for number, line in enumerate(batch["input"].decode().splitlines()):
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            with self._lock:
+                self.requests.append({"body": item["body"], "headers": {}, "url": f"batch:{batch['id']}"})
+            if "[refuse]" in json.dumps(item["body"].get("messages")):
+                error = {"code": "model_not_found", "message": "The deployment does not exist.", "line": number + 1}
+                errors.append(
+                    {"id": f"batch_req_{number}", "custom_id": item["custom_id"], "response": None, "error": error}
+                )
+                continue
+            answer = completion(item["body"], default_message(item["body"]))
+            response = {"status_code": 200, "request_id": f"req_{number}", "body": answer}
+            outputs.append(
+                {"id": f"batch_req_{number}", "custom_id": item["custom_id"], "response": response, "error": None}
+            )
+        for key, lines in (("output_file_id", outputs), ("error_file_id", errors)):
+            if lines:
+                file_id = f"file-batch{len(self.files)}{time.time_ns()}"
+                content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+                self.files[file_id] = {
+                    "id": file_id,
+                    "object": "file",
+                    "bytes": len(content),
+                    "filename": f"{key}.jsonl",
+                    "purpose": "batch_output",
+                    "status": "processed",
+                    "created_at": 1,
+                    "content": content,
+                }
+                batch[key], batch[key.removesuffix("_file_id")] = file_id, content
+        total = len(outputs) + len(errors)
+        batch["request_counts"] = {"total": total, "completed": len(outputs), "failed": len(errors)}
+        batch["status"], batch["completed_at"] = "completed", int(time.time())
 
     async def _create_job(self, request: Request) -> Response:
         body = json.loads(await request.body())
@@ -355,6 +462,10 @@ class FakeUpstream:
                 "usage": {"prompt_tokens": 1, "total_tokens": 1},
             }
         )
+
+
+def _shown_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in batch.items() if k not in ("failure", "input", "output", "error")}
 
 
 _JOB_STATUSES = ["validating_files", "queued", "running", "succeeded"]

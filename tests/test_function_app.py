@@ -24,6 +24,10 @@ def test_capture_stored_completion_and_pane_routes(functions: dict[str, Any]) ->
         "delete_score": ("api/completions/{completion_id}/scores/{name}", ("DELETE",)),
         "add_scores": ("api/scores", ("POST",)),
         "count_completions": ("api/completions/count", ("GET",)),
+        "create_bulk_action": ("api/bulk_actions", ("POST",)),
+        "get_bulk_action": ("api/bulk_actions/{bulk_action_id}", ("GET",)),
+        "create_relabel": ("api/relabels", ("POST",)),
+        "get_relabel": ("api/relabels/{relabel_id}", ("GET",)),
     }
     for prefix, suffix in (("openai", ""), ("openai/v1", "_v1")):
         expected |= {
@@ -61,5 +65,8 @@ def test_alias_routes(functions: dict[str, Any]) -> None:
         "delete_alias": ("api/aliases/{name}", ("DELETE",)),
         "promote_alias": ("api/aliases/{name}/promote", ("POST",)),
         "rollback_alias": ("api/aliases/{name}/rollback", ("POST",)),
+        "alias_online_evals": ("api/aliases/{name}/online_evals", ("GET",)),
     }
     assert {name: _http(functions[name]) for name in expected} == expected
+    grader = functions["grade_online_evals"].get_trigger()
+    assert (grader.get_binding_name(), grader.queue_name) == ("serviceBusTrigger", "%ONLINE_EVALS_QUEUE%")

@@ -25,6 +25,7 @@ param comparisonJudgeDeployment string
 param evalDefaultTokenCap int
 param fineTuningContainerName string
 param aliasesContainerName string
+param onlineEvalsQueueName string
 param fineTuningJobsQueueName string
 param fineTuningTrackSchedule string
 param fineTuningDeploymentSku string
@@ -34,6 +35,7 @@ param azureOpenAiResourceId string
 param azureOpenAiApiVersion string
 param openAiBaseUrl string
 param deploymentModels string
+param priceTable string
 param storeEnabled bool
 param retentionDays int
 param upstreamTimeoutSeconds int
@@ -151,6 +153,7 @@ var appSettings = {
   AZURE_RESOURCE_MANAGER_ENDPOINT: environment().resourceManager
   ALIASES_CONTAINER: aliasesContainerName
   ALIAS_CACHE_SECONDS: '10'
+  ONLINE_EVALS_QUEUE: onlineEvalsQueueName
   RETENTION_DAYS: string(retentionDays)
   RETENTION_SCHEDULE: retentionSchedule
   STORAGE_QUOTA_BYTES: storageQuotaBytes
@@ -160,6 +163,7 @@ var appSettings = {
   MAX_STORED_DOCUMENT_BYTES: '6291456'
   DOCUMENT_READ_BUDGET_BYTES: '16777216'
   QUOTA_TOP_VALUES: '10'
+  PRICE_TABLE: priceTable
   QUOTA_REPORT_SCHEDULE: quotaReportSchedule
   PERMISSION_REPORT_SCHEDULE: permissionReportSchedule
   // Traces and metrics to the Application Insights above, signed in as the identity (Monitoring

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from shared.evals.graders import TestingCriterion, check_templates, parse_testing_criteria
 from shared.platform.errors import InvalidRequest
 from shared.platform.request_body import MetadataKey, validation_error
 
@@ -55,6 +56,36 @@ class Gate(_Params):
     """No criterion's pass rate is more than this below the teacher's."""
 
 
+class OnlineAlert(_Params):
+    """When the online pass rate of a deployment other than the fallback falls under this, roll it back."""
+
+    min_pass_rate: float = Field(ge=0, le=1)
+    min_samples: int = Field(20, ge=1, le=100_000)
+    """Graded calls (errors aside) the window must hold before the alert may fire."""
+    window_hours: int = Field(1, ge=1, le=168)
+    """The pass rate is over this many hourly buckets, the current one included."""
+
+
+class OnlineEval(_Params):
+    """Grade a sampled share of the alias's stored calls with these graders, on the job queue."""
+
+    sample_rate: float = Field(ge=0, le=1)
+    """Share of the alias's stored calls (`store: true`) graded; 0.1 grades one in ten."""
+    testing_criteria: list[dict[str, Any]] = Field(min_length=1)
+    """Graders in the Evals shapes; `{{item.*}}` is the call (`input`, `reference`, `metadata`), `{{sample.output_text}}` its answer."""
+    alert: OnlineAlert | None = None
+
+    @field_validator("testing_criteria")
+    @classmethod
+    def _graders(cls, raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        criteria = parse_testing_criteria(raw)
+        check_templates(criteria, item_schema=None, sample_available=True)
+        return [criterion.model_dump(mode="json", exclude_none=True) for criterion in criteria]
+
+    def criteria(self) -> list[TestingCriterion]:
+        return parse_testing_criteria(self.testing_criteria)
+
+
 class AliasParams(_Params):
     """The `PUT /api/aliases/{name}` body."""
 
@@ -62,6 +93,8 @@ class AliasParams(_Params):
     sticky: Sticky | None = None
     gate: Gate | None = None
     """Unset keeps the alias's gate (a new alias gets the defaults)."""
+    online_eval: OnlineEval | None = None
+    """Unset keeps the alias's online evals; `null` turns them off."""
     reason: str | None = Field(None, max_length=512)
 
     @field_validator("targets")
@@ -123,6 +156,8 @@ class AliasChange(BaseModel):
     targets: list[AliasTarget]
     previous_targets: list[AliasTarget] = Field(default_factory=list)
     forced: bool = False
+    automatic: bool = False
+    """A rollback the online-eval alert made, not a person."""
     gate_result: GateResult | None = None
     reason: str | None = None
 
@@ -136,6 +171,7 @@ class AliasRecord(BaseModel):
     """Where a rollback sends all traffic."""
     sticky: Sticky | None = None
     gate: Gate = Field(default_factory=Gate)
+    online_eval: OnlineEval | None = None
     created_at: int
     updated_at: int
     history: list[AliasChange] = Field(default_factory=list)

@@ -30,6 +30,11 @@ def blob_name(alias: str) -> str:
     return f"{alias}.json"
 
 
+def tallies_blob_name(alias: str) -> str:
+    """The alias's online-eval tallies (`shared/aliases/online.py`), beside it in the same container."""
+    return f"online/{alias}.json"
+
+
 class AliasRoutes:
     def __init__(self, *, blobs: JsonBlobs, ttl_seconds: float) -> None:
         self._blobs = blobs

@@ -24,7 +24,7 @@ from shared.aliases.records import (
     PromoteParams,
     RollbackParams,
 )
-from shared.aliases.routes import AliasRoutes, blob_name
+from shared.aliases.routes import AliasRoutes, blob_name, tallies_blob_name
 from shared.platform.errors import Conflict, DistilleryError, InvalidRequest, NotFound
 from shared.store.json_blobs import JsonBlobs, Superseded
 
@@ -65,6 +65,9 @@ class Aliases:
             entry = AliasChange(
                 action="set", at=now, by=by, targets=params.targets, previous_targets=previous, reason=params.reason
             )
+            online_eval = params.online_eval
+            if record is not None and "online_eval" not in params.model_fields_set:
+                online_eval = record.online_eval
             if record is None:
                 return AliasRecord(
                     name=name,
@@ -72,6 +75,7 @@ class Aliases:
                     fallback=fallback,
                     sticky=params.sticky,
                     gate=params.gate or Gate(),
+                    online_eval=online_eval,
                     created_at=now,
                     updated_at=now,
                     history=[entry],
@@ -83,6 +87,7 @@ class Aliases:
                 fallback=fallback,
                 sticky=params.sticky,
                 gate=params.gate or record.gate,
+                online_eval=online_eval,
             )
 
         return await self._update(name, change, create=True)
@@ -94,6 +99,8 @@ class Aliases:
     async def list(self) -> list[AliasRecord]:
         records = []
         for blob in await self._blobs.names(""):
+            if "/" in blob:  # an alias's online-eval tallies (`online/<name>.json`)
+                continue
             with contextlib.suppress(NotFound):
                 records.append(await self.get(blob.removesuffix(".json")))
         return records
@@ -101,6 +108,7 @@ class Aliases:
     async def delete(self, name: str) -> None:
         await self._read(name)
         await self._blobs.delete(blob_name(name))
+        await self._blobs.delete(tallies_blob_name(name))
         self.routes.remember(name, None)
 
     async def promote(self, name: str, params: PromoteParams, *, by: str) -> AliasRecord:
@@ -139,12 +147,19 @@ class Aliases:
 
         return await self._update(name, change)
 
-    async def rollback(self, name: str, params: RollbackParams, *, by: str) -> AliasRecord:
-        """All traffic back to the fallback (the deployment that served alone before the canary)."""
+    async def rollback(
+        self, name: str, params: RollbackParams, *, by: str, automatic: bool = False, unless_gone: str | None = None
+    ) -> AliasRecord:
+        """All traffic back to the fallback (the deployment that served alone before the canary).
+
+        `unless_gone`: roll back only while this deployment is still a target (an alert about a canary
+        someone already replaced changes nothing: `Conflict`)."""
 
         def change(current: AliasRecord | None, now: int) -> AliasRecord:
             assert current is not None
             targets = [AliasTarget(deployment=current.fallback, share=100)]
+            if unless_gone is not None and unless_gone not in {t.deployment for t in current.targets}:
+                raise Conflict(f"'{unless_gone}' no longer serves alias '{name}'.", code="nothing_to_roll_back")
             if current.targets == targets:
                 raise Conflict(
                     f"Alias '{name}' already sends all traffic to its fallback '{current.fallback}': nothing to roll "
@@ -157,6 +172,7 @@ class Aliases:
                 by=by,
                 targets=targets,
                 previous_targets=current.targets,
+                automatic=automatic,
                 reason=params.reason,
             )
             return _changed(current, entry, targets=targets)

@@ -666,6 +666,8 @@ class _Chunk:
         self._fingerprints = FingerprintSet()
         self._new_fingerprints = array("Q")
         self._prompts = PromptFilter(self._request.dedup, check_leakage=_checks_leakage(self._request))
+        self._superseded: set[str] = set()
+        """`prefer_relabel`: relabeled answers whose selected original carries them."""
 
     async def run(self) -> None:
         limits, checkpoint = self._jobs.limits, self._job.checkpoint
@@ -698,6 +700,8 @@ class _Chunk:
         job.counts.selected += 1
         if completion is None or (request.owner is not None and not same_owner(completion.owner, request.owner)):
             return self._skip(formats.SkipReason.NOT_FOUND)
+        if completion_id in self._superseded:
+            return self._skip(formats.SkipReason.RELABELED)
         if request.filter is not None and not in_selection(completion, request.filter):
             return self._skip(formats.SkipReason.NO_LONGER_MATCHES)
         output = formats.assistant_output(completion)
@@ -757,7 +761,10 @@ class _Chunk:
 
         async def read(completion_id: str, reserved: int) -> StoredCompletion | None:
             async with limit:
-                return await store.read_reserved(completion_id, reserved=reserved)
+                completion = await store.read_reserved(completion_id, reserved=reserved)
+                if completion is not None and self._request.prefer_relabel:
+                    completion = await self._preferred(completion)
+                return completion
 
         try:
             async with contextlib.aclosing(self._selection_ahead()) as selection:
@@ -782,6 +789,27 @@ class _Chunk:
             await asyncio.gather(*(task for _, _, task in pending), return_exceptions=True)
             for _, reserved, _ in pending:
                 budget.release(reserved)
+
+    async def _preferred(self, completion: StoredCompletion) -> StoredCompletion:
+        """`prefer_relabel`: an original answered by its latest relabel still stored; a relabel whose
+        original is selected too is marked to skip (its original carries the answer)."""
+        store = self._jobs._store
+        if completion.relabel_of is not None:
+            original = await store.read_reserved(completion.relabel_of, reserved=0)
+            if original is not None and completion.id in original.relabels and self._selects(original):
+                self._superseded.add(completion.id)
+            return completion
+        for relabel_id in reversed(completion.relabels):
+            relabel = await store.read_reserved(relabel_id, reserved=0)
+            if relabel is not None:
+                return completion.model_copy(update={"response": relabel.response})
+        return completion
+
+    def _selects(self, completion: StoredCompletion) -> bool:
+        request = self._request
+        if request.filter is not None:
+            return in_selection(completion, request.filter)
+        return completion.id in (request.ids or [])
 
     async def _selection_ahead(self) -> AsyncGenerator[tuple[str, int]]:
         """The selection, with the next index page fetched while the current one is read."""

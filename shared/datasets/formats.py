@@ -38,6 +38,8 @@ class SkipReason(StrEnum):
     """Fails the fine-tuning format check (e.g. longer than the token limit)."""
     DUPLICATE = "duplicate"
     """Exactly the same conversation as an earlier line."""
+    RELABELED = "relabeled"
+    """`prefer_relabel`: a relabeled answer whose original is selected too, and carries it."""
     DUPLICATE_PROMPT = "duplicate_prompt"
     """The same prompt as an earlier example (dedup `exact` or `near`)."""
     NEAR_DUPLICATE = "near_duplicate"

@@ -86,6 +86,9 @@ class DatasetParams(BaseModel):
     name: str | None = Field(None, max_length=256)
     dedup: DedupParams = Field(default_factory=DedupParams)
     """Drop repeated prompts: `{"mode": "off" | "exact" | "near", "threshold": 0.8}`."""
+    prefer_relabel: bool = False
+    """Use an original's latest relabeled answer (a relabel job's, `relabel_of`) instead of its own; a
+    relabeled answer whose original is selected too is then skipped (`relabeled`)."""
     owner: OwnerId = None
     """Set by the service under owner scoping (never by callers): only this owner's completions are used."""
 

@@ -153,6 +153,9 @@ class RunCreateParams(_Params):
     metadata: Metadata | None = None
     max_total_tokens: int | None = Field(None, ge=1)
     """Distillery extension: stop the run cleanly once its calls used this many tokens."""
+    write_scores: bool = False
+    """Distillery extension: each `label_model` / `score_model` result is written back as a score named
+    after its criterion on the item's stored completion (`item.completion_id`): a judge labels the store."""
 
 
 def parse(model: type[_Params], body: dict[str, Any]) -> Any:

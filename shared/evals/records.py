@@ -169,6 +169,8 @@ class RunRecord(BaseModel):
     """Why the last delivery failed (for the run's error when the queue gives up)."""
     erased: list[int] = Field(default_factory=list)
     """Items whose completion was deleted: out of the counts (taken out, or never put in), each once."""
+    scores_author: str | None = None
+    """`write_scores`: who the written-back scores are by (the run's creator); None: none are written."""
 
     @property
     def finished(self) -> bool:
@@ -209,6 +211,7 @@ class RunRecord(BaseModel):
                 "items_graded": self.next_index,
                 "tokens_used": self.tokens_used,
                 "token_cap": self.token_cap,
+                "write_scores": self.scores_author is not None,
                 "lineage": self.lineage.model_dump(exclude_none=True),
             },
         }

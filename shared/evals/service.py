@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from shared.datasets import formats
 from shared.datasets.membership import DatasetMembership
@@ -29,6 +29,7 @@ from shared.datasets.records import DatasetRecords
 from shared.evals.compare import RunComparison
 from shared.evals.files import EvalFiles
 from shared.evals.graders import (
+    GradeResult,
     LabelModelGrader,
     ScoreModelGrader,
     TextSimilarityGrader,
@@ -79,6 +80,7 @@ from shared.store.completion_index import IndexEntry
 from shared.store.completion_store import CompletionStore, in_selection
 from shared.store.json_blobs import RewrittenWhileRead, Superseded
 from shared.store.read_budget import ByteBudget
+from shared.store.scores import Score, ScoreName
 from shared.upstream.model_calls import ModelCalls, UpstreamCallFailed
 
 log = logging.getLogger(__name__)
@@ -296,6 +298,8 @@ class EvalService:
         elif isinstance(source, StoredCompletionsSource):
             lineage.completion_filter = _completion_filter(source, record, owner).model_dump(exclude_none=True)
         self._check_run_templates(record, params)
+        if params.write_scores:
+            _check_score_writing(record)
         await self._check_deployments(record, model)
         run_id = new_id("evalrun")
         run = RunRecord(
@@ -310,6 +314,9 @@ class EvalService:
             token_cap=params.max_total_tokens or self.limits.default_token_cap,
             per_criterion={criterion.name: CriterionCounts() for criterion in record.testing_criteria},
             lineage=lineage,
+            scores_author=(caller.owner if caller is not None else owner or "distillery")
+            if params.write_scores
+            else None,
         )
         await self.store.create_run(run, params)
         try:
@@ -821,6 +828,9 @@ class EvalService:
                 for criterion in record.testing_criteria
             )
         )
+        completion_id = item.get("completion_id") if isinstance(item, dict) else None
+        if run.scores_author is not None and isinstance(completion_id, str):
+            await self._write_scores(run, completion_id, results)
         output = OutputItem(
             index=index,
             run_id=run.id,
@@ -832,6 +842,29 @@ class EvalService:
             sample_error=sample_error,
         )
         return output.model_dump_json().encode(), _tally(output)
+
+    async def _write_scores(self, run: RunRecord, completion_id: str, results: list[GradeResult]) -> None:
+        """The model graders' verdicts as scores on the graded completion (one document write); a completion
+        gone or changed meanwhile keeps the run going (logged): the run's own results are what it reports."""
+        assert run.scores_author is not None
+        scores = [
+            Score(
+                name=result.name,
+                value=result.score if result.type == "score_model" else (result.sample or {})["label"],
+                comment=f"eval {run.eval_id} run {run.id}",
+                source="model",
+                author=run.scores_author,
+                created_at=int(time.time()),
+            )
+            for result in results
+            if result.type in SCORE_WRITING_GRADERS and result.error is None
+        ]
+        if not scores:
+            return
+        try:
+            await self._completions.add_scores(completion_id, scores, owner=run.owner)
+        except DistilleryError as exc:
+            log.warning("Eval run %s: scores not written to %s (%s)", run.id, completion_id, exc.code)
 
     async def _answer(
         self, source: CompletionsRunDataSource, item: dict[str, Any], calls: ModelCalls
@@ -1052,6 +1085,29 @@ class EvalService:
 
     async def _send(self, message: EvalJobMessage) -> None:
         await self._queue.send(self._queue_name, message.model_dump_json(), message_id=message.message_id)
+
+
+SCORE_WRITING_GRADERS = ("label_model", "score_model")
+_SCORE_NAME: TypeAdapter[str] = TypeAdapter(ScoreName)
+
+
+def _check_score_writing(record: EvalRecord) -> None:
+    """`write_scores` needs a model grader, and each model grader's name must be a valid score name."""
+    writers = [criterion for criterion in record.testing_criteria if criterion.type in SCORE_WRITING_GRADERS]
+    if not writers:
+        raise InvalidRequest(
+            "write_scores needs a label_model or score_model testing criterion: only their verdicts are written back.",
+            param="write_scores",
+        )
+    for criterion in writers:
+        try:
+            _SCORE_NAME.validate_python(criterion.name)
+        except ValidationError:
+            raise InvalidRequest(
+                f"write_scores: the criterion name '{criterion.name[:80]}' cannot be a score name (1-64 letters, "
+                "digits and _ . : -); rename the criterion.",
+                param="write_scores",
+            ) from None
 
 
 def _schema(item_schema: dict[str, Any], *, sample: bool) -> dict[str, Any]:

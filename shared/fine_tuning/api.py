@@ -1,4 +1,4 @@
-"""The upstream's files and fine-tuning API: Azure OpenAI's v1 API (`<endpoint>/openai/v1`) or an
+"""The upstream's files, fine-tuning and batch API: Azure OpenAI's v1 API (`<endpoint>/openai/v1`) or an
 OpenAI-compatible server's (`OPENAI_BASE_URL`), same paths and shapes.
 
 Calls retry 429s and 5xx after the upstream's `retry-after-ms` / `retry-after`; a failure that
@@ -64,6 +64,34 @@ class FineTuningApi:
 
         return await self._request("POST", "/files", form=form)
 
+    async def upload_batch_input(self, name: str, content: bytes) -> dict[str, Any]:
+        """Upload a Batch API input file (purpose `batch`; no byte-order mark is asked for)."""
+
+        async def form() -> aiohttp.FormData:
+            data = aiohttp.FormData()
+            data.add_field("purpose", "batch")
+            data.add_field("file", content, filename=name, content_type="application/jsonl")
+            return data
+
+        return await self._request("POST", "/files", form=form)
+
+    async def file_content(self, file_id: str) -> bytes:
+        """A file's bytes, e.g. a batch's output or error JSONL."""
+        return await self._send("GET", f"/files/{file_id}/content")
+
+    async def create_batch(self, input_file_id: str) -> dict[str, Any]:
+        """Start a batch of chat completions over an uploaded input file, to finish within 24 hours."""
+        body = {"input_file_id": input_file_id, "endpoint": "/chat/completions", "completion_window": "24h"}
+        return await self._request("POST", "/batches", body=body)
+
+    async def batch_for(self, input_file_id: str) -> dict[str, Any] | None:
+        """The most recent batch already made over this input file, if any (so a retry never makes two)."""
+        batches = (await self._request("GET", "/batches?limit=100")).get("data") or []
+        return next((batch for batch in batches if batch.get("input_file_id") == input_file_id), None)
+
+    async def batch(self, batch_id: str) -> dict[str, Any]:
+        return await self._request("GET", f"/batches/{batch_id}")
+
     async def file(self, file_id: str) -> dict[str, Any]:
         return await self._request("GET", f"/files/{file_id}")
 
@@ -105,6 +133,16 @@ class FineTuningApi:
         body: dict[str, Any] | None = None,
         form: Callable[[], Awaitable[aiohttp.FormData]] | None = None,
     ) -> dict[str, Any]:
+        return dict(json.loads(await self._send(method, path, body=body, form=form)))
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        form: Callable[[], Awaitable[aiohttp.FormData]] | None = None,
+    ) -> bytes:
         url = self.base_url.rstrip("/") + path
         backoff = 1.0
         for attempt in range(1, self.max_attempts + 1):
@@ -131,7 +169,7 @@ class FineTuningApi:
                 backoff *= 2
                 continue
             if 200 <= status < 300:
-                return dict(json.loads(raw))
+                return raw
             wait = retry_after_seconds(answer_headers)
             if status not in RETRYABLE_STATUSES or attempt == self.max_attempts or (wait or 0) > self.max_wait_seconds:
                 raise _failure(status, raw, wait)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -23,10 +25,11 @@ from shared.platform.telemetry import enqueue_span
 
 
 class JobQueue(Protocol):
-    async def send(self, queue_name: str, body: str, *, message_id: str) -> None:
+    async def send(self, queue_name: str, body: str, *, message_id: str, delay: float = 0.0) -> None:
         """Enqueue one JSON message; `message_id` is the job id, so resends are recognisable.
 
         The message carries the sender's trace context (W3C `traceparent`) as application properties.
+        `delay` (seconds) holds it back before it is delivered, e.g. the next poll of a long upstream job.
         """
         ...
 
@@ -47,7 +50,7 @@ class ServiceBusJobQueue:
     def from_connection_string(cls, connection_string: str) -> ServiceBusJobQueue:
         return cls(ServiceBusClient.from_connection_string(connection_string))
 
-    async def send(self, queue_name: str, body: str, *, message_id: str) -> None:
+    async def send(self, queue_name: str, body: str, *, message_id: str, delay: float = 0.0) -> None:
         with enqueue_span("servicebus", queue_name, message_id) as properties:
             message = ServiceBusMessage(
                 body,
@@ -55,6 +58,8 @@ class ServiceBusJobQueue:
                 content_type="application/json",
                 application_properties=properties,  # type: ignore[arg-type]  # str values are among those allowed
             )
+            if delay > 0:  # a scheduled message: Service Bus enqueues it at that time
+                message.scheduled_enqueue_time_utc = datetime.now(UTC) + timedelta(seconds=delay)
             try:
                 async with self._client.get_queue_sender(queue_name) as sender:
                     await sender.send_messages(message)
@@ -74,7 +79,7 @@ class StorageJobQueue:
         self._service = service
         self._created: set[str] = set()
 
-    async def send(self, queue_name: str, body: str, *, message_id: str) -> None:
+    async def send(self, queue_name: str, body: str, *, message_id: str, delay: float = 0.0) -> None:
         queue = self._service.get_queue_client(queue_name)
         with enqueue_span("azure_storage_queue", queue_name, message_id) as properties:
             try:
@@ -82,7 +87,9 @@ class StorageJobQueue:
                     with contextlib.suppress(ResourceExistsError):
                         await queue.create_queue()
                     self._created.add(queue_name)
-                await queue.send_message(local_message(body, properties))
+                # A storage queue message is invisible for its visibility timeout (whole seconds) after the send.
+                hidden = math.ceil(delay) if delay > 0 else None
+                await queue.send_message(local_message(body, properties), visibility_timeout=hidden)
             except AzureError as exc:
                 raise StorageUnavailable(
                     f"Could not send to the '{queue_name}' queue.", code="queue_unavailable"

@@ -11,11 +11,35 @@ from enum import StrEnum
 from functools import cache
 from typing import Annotated, Any
 
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.platform.access import DEFAULT_KEY_NAME, EMPTY_KEY_DIGEST, ServiceKey
 from shared.platform.errors import ConfigurationError
+
+
+class Price(BaseModel):
+    """One `PRICE_TABLE` entry: what a model or deployment costs, in the table's one currency."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: float = Field(ge=0)
+    """Per 1M input (prompt) tokens."""
+    cached_input: float | None = Field(None, ge=0)
+    """Per 1M cached input tokens; unset: the `input` price."""
+    output: float = Field(ge=0)
+    """Per 1M output (completion) tokens."""
+    hourly: float = Field(0, ge=0)
+    """Hosting fee per hour (a fine-tuned deployment's), whether it serves or not."""
 
 
 class CredentialKind(StrEnum):
@@ -137,6 +161,8 @@ class Settings(BaseSettings):
     """Larger serialized completions are answered but not stored (`document_too_large`)."""
     document_read_budget_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024, alias="DOCUMENT_READ_BUDGET_BYTES")
     """Bytes of stored documents one worker reads and holds at once (lists, builds, purges, retention, evals)."""
+    price_table: Annotated[dict[str, Price], NoDecode] = Field(default_factory=dict, alias="PRICE_TABLE")
+    """Model or deployment name -> its prices (JSON object); the quota report turns token usage into money with it."""
     quota_top_values: int = Field(10, ge=1, le=100, alias="QUOTA_TOP_VALUES")
     """Values listed per metadata key in the quota report; the rest are summed into `other`."""
     retention_days: int = Field(0, ge=0, alias="RETENTION_DAYS")
@@ -220,6 +246,8 @@ class Settings(BaseSettings):
     """Alias records: targets, shares, gate and history of changes."""
     alias_cache_seconds: float = Field(10.0, gt=0, le=3600, alias="ALIAS_CACHE_SECONDS")
     """How long a worker answers alias lookups from memory before it reads the alias again (in the background)."""
+    online_evals_queue: str = Field("online-evals", alias="ONLINE_EVALS_QUEUE")
+    """Queue of an alias's sampled calls to grade online (`shared/aliases/online.py`)."""
 
     # Redaction at capture (shared/redaction).
     redaction: RedactionMode = Field(RedactionMode.OFF, alias="REDACTION")
@@ -254,7 +282,7 @@ class Settings(BaseSettings):
             return TelemetryExporter.AZURE_MONITOR
         return TelemetryExporter.OFF
 
-    @field_validator("deployment_models", mode="before")
+    @field_validator("deployment_models", "price_table", mode="before")
     @classmethod
     def _parse_json_object(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -102,6 +102,34 @@ def record_quota_percent(percent: float) -> None:
     quota_gauge.percent = percent
 
 
+ALIAS = "distillery.alias"
+online_graded = meter.create_counter(
+    "distillery.alias.online_graded",
+    unit="{completion}",
+    description="An alias's sampled live calls graded online, by serving `distillery.deployment` and `outcome`.",
+)
+
+
+class _OnlinePassRates:
+    """The latest online pass rate (alert window) per alias and serving deployment this worker computed."""
+
+    def __init__(self) -> None:
+        self.rates: dict[tuple[str, str], float] = {}
+
+    def observe(self, _options: CallbackOptions) -> Iterator[Observation]:
+        for (alias, deployment), rate in list(self.rates.items()):
+            yield Observation(rate, {ALIAS: alias, DEPLOYMENT: deployment})
+
+
+online_pass_rates = _OnlinePassRates()
+meter.create_observable_gauge(
+    "distillery.alias.online_pass_rate",
+    callbacks=[online_pass_rates.observe],
+    unit="1",
+    description="Pass rate of an alias's online-graded calls over its alert window, by serving deployment.",
+)
+
+
 def elapsed_ms(since: float) -> float:
     """Milliseconds since a `time.perf_counter()` reading."""
     return (time.perf_counter() - since) * 1000

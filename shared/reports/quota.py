@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
@@ -18,8 +19,9 @@ from azure.storage.blob.aio import ContainerClient
 from pydantic import BaseModel, Field
 
 from shared.platform.errors import QuotaExceeded, StorageUnavailable
-from shared.platform.settings import QuotaMode
+from shared.platform.settings import Price, QuotaMode
 from shared.platform.telemetry import record_quota_percent
+from shared.reports.cost import AliasPair, CostReport, CostTallies
 from shared.reports.report_store import ReportStore
 from shared.store.completion_filter import CompletionFilter
 from shared.store.completion_index import CompletionIndex
@@ -195,6 +197,8 @@ class QuotaReport(BaseModel):
     projected_full_date: date | None
     """When the cap is reached at `trend_bytes_per_day`; today once it is; null with no growth."""
     counters: CounterCheck
+    cost: CostReport | None = None
+    """Money for the stored calls' tokens, and students' break-even (`PRICE_TABLE`; null when it is empty)."""
     withheld: list[str] = Field(default_factory=list)
     """Breakdowns left out of this view: `by_model` and `by_metadata` for a caller that sees only its own
     completions (owner scoping), as they name other owners' models and metadata values."""
@@ -202,10 +206,12 @@ class QuotaReport(BaseModel):
     def for_owner_scoped_caller(self) -> QuotaReport:
         """The store-wide figures every caller needs (how full, when full) without other owners' models
         and metadata values."""
-        return self.model_copy(update={"by_model": [], "by_metadata": {}, "withheld": list(OWNER_BREAKDOWNS)})
+        return self.model_copy(
+            update={"by_model": [], "by_metadata": {}, "cost": None, "withheld": list(OWNER_BREAKDOWNS)}
+        )
 
 
-OWNER_BREAKDOWNS = ("by_model", "by_metadata")
+OWNER_BREAKDOWNS = ("by_model", "by_metadata", "cost")
 
 
 class QuotaReporter:
@@ -223,7 +229,11 @@ class QuotaReporter:
         cap_bytes: int,
         mode: QuotaMode,
         top_values: int = TOP_VALUES,
+        prices: dict[str, Price] | None = None,
+        alias_pairs: Callable[[], Awaitable[list[AliasPair]]] | None = None,
     ) -> None:
+        self._prices = prices or {}
+        self._alias_pairs = alias_pairs
         self._top_values = top_values
         self._completions = completions
         self._datasets = datasets
@@ -244,7 +254,8 @@ class QuotaReporter:
         completions = await _listed(self._completions)
         datasets = await _listed(self._datasets)
         evals = await _listed(self._evals) if self._evals is not None else Tally()
-        breakdown = await _breakdown(self._index, top_values=self._top_values)
+        costs = CostTallies(self._prices, now=now, window_days=TREND_DAYS) if self._prices else None
+        breakdown = await _breakdown(self._index, top_values=self._top_values, costs=costs)
 
         drift_bytes = counted.completion_bytes - completions.bytes
         drift_count = counted.completion_count - completions.count
@@ -300,11 +311,15 @@ class QuotaReporter:
                 drift_count=drift_count,
                 corrected=corrected,
             ),
+            cost=None if costs is None else costs.report(await self._pairs(), top_values=self._top_values),
         )
         await self._reports.save(LATEST, report)
         await self._reports.save(f"quota/history/{now.strftime('%Y%m%dT%H%M%SZ')}.json", report)
         _log_level(report)
         return report
+
+    async def _pairs(self) -> list[AliasPair]:
+        return [] if self._alias_pairs is None else await self._alias_pairs()
 
 
 class TopTallies:
@@ -381,10 +396,14 @@ class _Breakdown:
         self.owners: dict[str, Tally] = defaultdict(Tally)
 
 
-async def _breakdown(index: CompletionIndex, *, top_values: int = TOP_VALUES) -> _Breakdown:
-    """One walk of the index's `all` partition, one row per stored completion."""
+async def _breakdown(
+    index: CompletionIndex, *, top_values: int = TOP_VALUES, costs: CostTallies | None = None
+) -> _Breakdown:
+    """One walk of the index's `all` partition, one row per stored completion (priced too, with `costs`)."""
     found = _Breakdown(top_values=top_values)
     async for entry in index.walk(CompletionFilter()):
+        if costs is not None:
+            costs.add(entry)
         found.total.add(entry.size_bytes)
         found.models[entry.model].add(entry.size_bytes)
         found.days[datetime.fromtimestamp(entry.created, UTC).date()].add(entry.size_bytes)

@@ -65,6 +65,10 @@ class IndexEntry(BaseModel):
     owner: OwnerId = None
     size_bytes: int = 0
     served_by: str | None = None
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    """Of `input_tokens`, those served from the prompt cache."""
+    output_tokens: int = 0
 
     @property
     def captured_us(self) -> int:
@@ -165,6 +169,9 @@ def _rows(entry: IndexEntry, partition: str) -> list[dict[str, Any]]:
         "owner": entry.owner or "",
         "size_bytes": entry.size_bytes,
         "served_by": entry.served_by or "",
+        "input_tokens": entry.input_tokens,
+        "cached_tokens": entry.cached_tokens,
+        "output_tokens": entry.output_tokens,
     }
     if entry.scores:
         columns["scores"] = json.dumps(entry.scores, ensure_ascii=False)
@@ -186,6 +193,9 @@ def _entry(row: dict[str, Any]) -> IndexEntry:
         owner=row.get("owner") or None,
         size_bytes=int(row.get("size_bytes", 0)),
         served_by=row.get("served_by") or None,
+        input_tokens=int(row.get("input_tokens") or 0),
+        cached_tokens=int(row.get("cached_tokens") or 0),
+        output_tokens=int(row.get("output_tokens") or 0),
     )
 
 

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -75,7 +75,10 @@ class CompletionIndexer:
         container_name: str,
         usage: UsageCounter | None,
         sweep_grace_seconds: int = 60,
+        after: Callable[[list[IndexEntry]], Awaitable[object]] | None = None,
     ) -> None:
+        self._after = after
+        """Told of each batch's newly indexed documents (online evals sample them, off the request path)."""
         self._store = store
         self._table = table
         self._subject_prefix = f"/blobServices/default/containers/{container_name}/blobs/"
@@ -126,6 +129,8 @@ class CompletionIndexer:
         await self._store.index.add_many(entries)
         new = [entry for entry in entries if entry.id not in indexed]
         await self._count(new)
+        if self._after is not None and new:
+            await self._after(new)
         return len(new)
 
     async def _count(self, entries: list[IndexEntry]) -> None:

@@ -86,13 +86,16 @@ class CompletionStore:
             self.on_captured(completion.id)
         return len(document)
 
-    async def put(self, completion: StoredCompletion) -> int:
+    async def put(self, completion: StoredCompletion, *, redact: bool = False) -> int:
         """Store (or overwrite) a completion with its index rows at once (imports, tools); returns its size.
 
         Document and index rows are written concurrently: a list never serves a row whose document
         is missing (it re-checks documents), so the order of the two writes does not matter, and
-        the caller waits for the slower write instead of both.
+        the caller waits for the slower write instead of both. `redact`: a completion the service
+        made itself (a relabel's answer) passes `redact` first, as a capture does.
         """
+        if redact and self.redact is not None:
+            completion = await self.redact(completion)
         with span("completion_store.put", {COMPLETION_ID: completion.id}) as current:
             document = self._sized(completion)
             current.set_attribute("distillery.document_bytes", len(document))
@@ -165,11 +168,14 @@ class CompletionStore:
         When the index cannot follow, the document is put back (if still ours) and the old rows
         restored, so a failed update leaves no row disagreeing with its document.
         """
-        if self.redact_metadata is not None:
-            metadata = await self.redact_metadata(metadata)
+        metadata = await self.metadata_as_kept(metadata)
         return await self._change(
             completion_id, lambda completion: completion.model_copy(update={"metadata": dict(metadata)}), owner=owner
         )
+
+    async def metadata_as_kept(self, metadata: dict[str, str]) -> dict[str, str]:
+        """Metadata set after capture as it may be written (redacted under `REDACTION_METADATA`)."""
+        return metadata if self.redact_metadata is None else await self.redact_metadata(metadata)
 
     async def add_scores(
         self, completion_id: str, scores: list[Score], *, owner: str | None = None
@@ -208,9 +214,26 @@ class CompletionStore:
         *,
         owner: str | None,
     ) -> StoredCompletion:
-        """Rewrite a document and move its index rows to match (metadata and scores are both indexed)."""
+        updated = await self.revise(completion_id, change, owner=owner)
+        assert updated is not None  # this change always answers a document
+        return updated
+
+    async def revise(
+        self,
+        completion_id: str,
+        change: Callable[[StoredCompletion], StoredCompletion | None],
+        *,
+        owner: str | None = None,
+    ) -> StoredCompletion | None:
+        """Rewrite a document and move its index rows to match (metadata and scores are both indexed).
+
+        `change` answers None for "already as wanted": nothing is written and None is returned, so
+        a bulk action run twice writes once. A concurrent writer answers `Conflict` (call again).
+        """
         completion, etag = await self._read(ids.require_completion_id(completion_id), owner=owner)
         updated = change(completion)
+        if updated is None:
+            return None
         document = self._sized(updated)
         try:
             written = await self._container.get_blob_client(_blob_name(completion_id)).upload_blob(
@@ -461,7 +484,13 @@ def _encode(completion: StoredCompletion) -> bytes:
 
 
 def _entry(completion: StoredCompletion, size_bytes: int) -> IndexEntry:
+    usage = completion.response.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    details = usage.get("prompt_tokens_details")
     return IndexEntry(
+        input_tokens=_count(usage.get("prompt_tokens")),
+        cached_tokens=_count(details.get("cached_tokens") if isinstance(details, dict) else None),
+        output_tokens=_count(usage.get("completion_tokens")),
         id=completion.id,
         deployment=completion.deployment,
         served_by=completion.served_by,
@@ -471,6 +500,11 @@ def _entry(completion: StoredCompletion, size_bytes: int) -> IndexEntry:
         owner=completion.owner,
         size_bytes=size_bytes,
     )
+
+
+def _count(value: object) -> int:
+    """A token count from the upstream's `usage`, 0 when it is missing or not a count."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _not_found(completion_id: str) -> NotFound:

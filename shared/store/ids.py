@@ -6,6 +6,7 @@ time is part of the id, a list cursor (`after=<id>`) maps to an index position w
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import time
@@ -20,6 +21,12 @@ _ID_PATTERN = re.compile(r"chatcmpl-[0-9a-f]{32}")
 def new_completion_id(*, now_us: int | None = None) -> str:
     micros = time.time_ns() // 1000 if now_us is None else now_us
     return f"{PREFIX}{micros:0{TIME_DIGITS}x}{secrets.token_hex(9)}"
+
+
+def derived_completion_id(*, at_us: int, key: str) -> str:
+    """An id fixed by `key` (a job and the completion it derives from): made again, it is the same id,
+    so a job redelivered finds what it already stored."""
+    return f"{PREFIX}{at_us:0{TIME_DIGITS}x}{hashlib.sha256(key.encode()).hexdigest()[:18]}"
 
 
 def is_completion_id(value: str) -> bool:

@@ -32,6 +32,10 @@ class StoredCompletion(BaseModel):
     """Stable id of the caller identity that created it (`key:<name>`, `entra:<tenant>/<object id>`)."""
     scores: list[Score] = Field(default_factory=list)
     """Judgements of this completion, one per name (`POST /api/completions/{id}/scores`)."""
+    relabel_of: str | None = None
+    """Set on an answer a stronger deployment gave to this completion's request (a relabel job): the original's id."""
+    relabels: list[str] = Field(default_factory=list)
+    """On an original: the ids of its relabeled answers, oldest first (datasets may prefer the latest)."""
     streamed: bool = False
     request: dict[str, Any]
     """The request body as received (messages, tools and every parameter)."""
@@ -49,6 +53,10 @@ class StoredCompletion(BaseModel):
                 view[key] = self.request[key]
         # Distillery's own fields sit in one namespace the SDK keeps as an extra and OpenAI never fills.
         view["distillery"] = {"deployment": self.deployment, "served_by": self.served_by or self.deployment}
+        if self.relabel_of is not None:
+            view["distillery"]["relabel_of"] = self.relabel_of
+        if self.relabels:
+            view["distillery"]["relabels"] = self.relabels
         return view
 
     def as_list_item(self) -> dict[str, Any]:

@@ -138,3 +138,49 @@ def test_list_chooses_columns_by_terminal_width(scripted: ScriptedService) -> No
     wide = run_against(scripted, "completions", "list", env={"COLUMNS": "200"})
     assert all(header in wide.stdout for header in ("created (UTC)", "model", "metadata", "answer"))
     assert "category=release-notes" in wide.stdout and max(map(len, wide.stdout.splitlines())) <= 200
+
+
+def test_bulk_tags_and_scores_a_filter(cli: Cli, host: RunningHost, fake_upstream: FakeUpstream, tag: str) -> None:
+    chosen = store(host.openai_client(), 2, tag=tag)
+    dry = cli(
+        "completions", "bulk", "-m", f"tag={tag}", "--set", "lot=7", "--score", "quality=4", "--dry-run", "--wait"
+    )
+    assert dry.exit_code == 0, dry.output
+    assert "2 matched, would change 2" in dry.stdout
+    done = cli("completions", "bulk", "-m", f"tag={tag}", "--set", "lot=7", "--score", "quality=4", "--wait", "--json")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["receipt"]["updated_count"] == 2
+    assert sorted(_ids(cli, "-m", f"tag={tag}", "-m", "lot=7")) == sorted(chosen)
+    refused = cli("completions", "bulk", "-m", f"tag={tag}", "--set", "lot=7", "--unset", "lot")
+    assert refused.exit_code == 2 and "both set and removed" in refused.output
+
+
+def test_relabel_on_a_stronger_deployment(cli: Cli, host: RunningHost, fake_upstream: FakeUpstream, tag: str) -> None:
+    store(host.openai_client(), 2, tag=tag)
+    done = cli(
+        "completions",
+        "relabel",
+        "-m",
+        f"tag={tag}",
+        "--deployment",
+        "teacher-xl",
+        "--max-total-tokens",
+        "100",
+        "--wait",
+    )
+    assert done.exit_code == 0, done.output
+    assert "2 relabeled on teacher-xl, 20 tokens (done)" in done.stdout
+    assert len(_ids(cli, "-m", f"tag={tag}", "--model", "teacher-xl")) == 2
+
+    batch = cli(
+        "completions",
+        "relabel",
+        "-m",
+        f"tag={tag}",
+        "--deployment",
+        "teacher-xl",
+        "--max-total-tokens",
+        "100",
+        "--batch",
+    )
+    assert batch.exit_code != 0 and "reserves 8206 tokens" in batch.output  # 2 x (7 prompt + 4096 default)

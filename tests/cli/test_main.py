@@ -273,3 +273,35 @@ def test_the_first_report_wait_shows_a_spinner_on_a_terminal(scripted: ScriptedS
     assert process.returncode == 0 and b"used" in stdout
     assert "building its first report" in shown.decode()
     assert any(frame in shown.decode() for frame in "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"), shown  # rich's dots spinner
+
+
+def test_quota_shows_cost_and_break_even_when_priced(scripted: ScriptedService) -> None:
+    tally = {"calls": 7, "input_tokens": 7000, "cached_tokens": 0, "output_tokens": 3500, "unpriced_calls": 0}
+    report = {
+        "object": "quota.report",
+        "used_bytes": 1,
+        "cap_bytes": 10,
+        "percent_used": 10.0,
+        "cost": {
+            "by_deployment": [
+                {"name": "gpt-4.1", "cost": 0.0399, **tally},
+                {"name": "mystery", "cost": 0.0, **tally, "unpriced_calls": 7},
+            ],
+            "break_even": [
+                {
+                    "alias": "bot",
+                    "teacher": "gpt-4.1",
+                    "student": "student-1",
+                    "calls_per_day": 1.0,
+                    "break_even_calls_per_day": 8500.0,
+                    "savings_per_day": -40.8,
+                    "pays_off": False,
+                }
+            ],
+        },
+    }
+    scripted.answer("/api/quota", report)
+    shown = run_against(scripted, "quota")
+    assert shown.exit_code == 0, shown.output
+    assert "0.0399" in shown.stdout and "(7 unpriced)" in shown.stdout
+    assert "student-1 vs gpt-4.1" in shown.stdout and "8,500.0" in shown.stdout and "-40.80" in shown.stdout

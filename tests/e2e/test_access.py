@@ -94,6 +94,7 @@ def routes(host: RunningHost) -> list[tuple[str, str, str, str | None]]:
     return found
 
 
+@pytest.mark.timeout(300)  # every route for six callers, some starting real jobs
 def test_permission_matrix(matrix_host: tuple[RunningHost, dict[str, str]], fake_upstream: FakeUpstream) -> None:
     host, keys = matrix_host
     shared_id = store_one(host)
@@ -104,37 +105,38 @@ def test_permission_matrix(matrix_host: tuple[RunningHost, dict[str, str]], fake
     }
     rights_for = {caller: MATRIX_RIGHTS.get(caller, set()) for caller in CALLERS} | {"full": set(Right)}
     mismatches = []
-    for name, method, path, right in routes(host):
-        base_name = name.removesuffix("_v1")
-        if base_name in KNOWN_RIGHTS:
-            known = KNOWN_RIGHTS[base_name]
-            if right != (known.value if known else None):
-                mismatches.append(f"{method} {path} declares {right}, expected {known}")
-            right = known.value if known else None
-        for caller in CALLERS:
-            if right is None:
-                expected: int | None = 200
-            elif caller in ("no key", "wrong key"):
-                expected = 401
-            elif Right(right) not in rights_for[caller]:
-                expected = 403
-            else:
-                expected = 200 if base_name in KNOWN_RIGHTS else None
-            completion_id = store_one(host) if method == "DELETE" and expected == 200 else shared_id
-            url = re.sub(r"\{completion_id\}", completion_id, path)
-            url = re.sub(r"\{deployment\}", "gpt-4o", url)
-            url = url.replace("/pane/{name}", "/pane/app.js")
-            url = re.sub(r"\{[^}]+\}", "unknown", url)
-            body = KNOWN_BODIES.get(base_name, {}) if method in ("POST", "PUT", "PATCH") else None
-            response = httpx.request(
-                method, host.url + url, json=body, headers=headers_for[caller], params={"api-version": "2024-10-21"}
-            )
-            status = response.status_code
-            ok = status == expected if expected is not None else status not in (401, 403) and status < 500
-            if status in (401, 403):
-                ok = ok and response.json()["error"]["type"] in ("authentication_error", "permission_error")
-            if not ok:
-                mismatches.append(f"{caller:>9} {method} {path}: {status} (expected {expected or 'allowed'})")
+    with httpx.Client(base_url=host.url, timeout=60) as http:
+        for name, method, path, right in routes(host):
+            base_name = name.removesuffix("_v1")
+            if base_name in KNOWN_RIGHTS:
+                known = KNOWN_RIGHTS[base_name]
+                if right != (known.value if known else None):
+                    mismatches.append(f"{method} {path} declares {right}, expected {known}")
+                right = known.value if known else None
+            for caller in CALLERS:
+                if right is None:
+                    expected: int | None = 200
+                elif caller in ("no key", "wrong key"):
+                    expected = 401
+                elif Right(right) not in rights_for[caller]:
+                    expected = 403
+                else:
+                    expected = 200 if base_name in KNOWN_RIGHTS else None
+                completion_id = store_one(host) if method == "DELETE" and expected == 200 else shared_id
+                url = re.sub(r"\{completion_id\}", completion_id, path)
+                url = re.sub(r"\{deployment\}", "gpt-4o", url)
+                url = url.replace("/pane/{name}", "/pane/app.js")
+                url = re.sub(r"\{[^}]+\}", "unknown", url)
+                body = KNOWN_BODIES.get(base_name, {}) if method in ("POST", "PUT", "PATCH") else None
+                response = http.request(
+                    method, url, json=body, headers=headers_for[caller], params={"api-version": "2024-10-21"}
+                )
+                status = response.status_code
+                ok = status == expected if expected is not None else status not in (401, 403) and status < 500
+                if status in (401, 403):
+                    ok = ok and response.json()["error"]["type"] in ("authentication_error", "permission_error")
+                if not ok:
+                    mismatches.append(f"{caller:>9} {method} {path}: {status} (expected {expected or 'allowed'})")
     assert not mismatches, "\n".join(mismatches)
     log = host.log()
     assert not [name for name in MATRIX_RIGHTS if keys[name] in log], "a service key reached the log"
@@ -333,7 +335,11 @@ def test_reports_show_a_scoped_caller_no_other_owners_models_metadata_or_identit
         quota = bob.get("/api/quota")
         assert quota.status_code == 200
         view = quota.json()
-        assert (view["by_model"], view["by_metadata"], view["withheld"]) == ([], {}, ["by_model", "by_metadata"])
+        assert (view["by_model"], view["by_metadata"], view["withheld"]) == (
+            [],
+            {},
+            ["by_model", "by_metadata", "cost"],
+        )
         assert view["used_bytes"] == report["used_bytes"] and view["level"] == report["level"]
         assert secret not in quota.text and "alices-model" not in quota.text
         permissions = bob.get("/api/health/permissions")
@@ -366,3 +372,15 @@ def test_owner_scoping_covers_scores(
         assert [c["id"] for c in scored["data"]] == [bobs]
     with host.http(keys["alice"]) as alice:
         assert alice.get(f"/api/completions/{alices}/scores").json()["data"][0]["value"] is True
+
+
+def test_relabel_needs_the_inference_right_too(
+    matrix_host: tuple[RunningHost, dict[str, str]], fake_upstream: FakeUpstream
+) -> None:
+    """A relabel job spends model calls: `stored-completions/action` alone may not start one."""
+    host, keys = matrix_host
+    body = {"ids": [store_one(host)], "deployment": "gpt-4o", "max_total_tokens": 100}
+    refused = httpx.post(host.url + "/api/relabels", json=body, headers={"api-key": keys["action"]})
+    assert refused.status_code == 403 and refused.json()["error"]["type"] == "permission_error"
+    queued = httpx.post(host.url + "/api/relabels", json=body, headers={"api-key": keys["full"]})
+    assert queued.status_code == 202, queued.text

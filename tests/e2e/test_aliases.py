@@ -4,15 +4,18 @@ goes through the gate on a teacher/student comparison; rollback is one call; eve
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
 import pytest
 
+from shared.aliases.records import AliasRecord
 from shared.platform.access import DEFAULT_KEY_NAME
 from tests.conftest import RunningHost
+from tests.e2e.polling import wait_listed
 from tests.e2e.test_evals import wait_for_run
-from tests.fakes import FakeUpstream
+from tests.fakes import FakeUpstream, Reply
 
 
 def _put(http: httpx.Client, name: str, targets: list[tuple[str, int]], **extra: Any) -> httpx.Response:
@@ -29,21 +32,29 @@ def test_a_canary_alias_splits_sticky_traffic_and_records_who_served(
         assert created.status_code == 200, created.text
         assert created.json()["fallback"] == teacher and created.json()["history"][0]["by"] == DEFAULT_KEY_NAME
 
+    # Users the routing rule sends to each side (the split is a hash of alias and user), so both serve.
+    rule = AliasRecord.model_validate(created.json())
+    users = {rule.choose(user=f"user-{n}", metadata=None): f"user-{n}" for n in range(64)}
+    assert set(users) == {teacher, student}
     client = host.azure_client()
     served: dict[str, set[str]] = {}
+    created = []
     for n in range(24):
-        user = f"user-{n % 8}"
+        user = list(users.values())[n % 2] if n < 8 else f"user-{n % 8}"
         done = client.chat.completions.create(
             model=alias, store=True, user=user, metadata={"tag": tag}, messages=[{"role": "user", "content": f"q{n}"}]
         )
+        created.append(done.id)
         by = client.chat.completions.retrieve(done.id).model_extra["distillery"]  # type: ignore[index]
         assert by["deployment"] == alias
         served.setdefault(user, set()).add(by["served_by"])
     assert all(len(deployments) == 1 for deployments in served.values()), served  # sticky per user
-    assert set().union(*served.values()) == {teacher, student}  # 8 users at 50/50: both serve (1 in 128 fails)
+    assert set().union(*served.values()) == {teacher, student}
+    assert all(served[user] == {deployment} for deployment, user in users.items())  # as the rule says
     sent = [r["body"]["model"] for r in fake_upstream.requests]
     assert set(sent) == {teacher, student}  # the upstream hears the real deployment, never the alias
 
+    wait_listed(client, created)  # lists follow the stored documents shortly after
     from_student = list(client.chat.completions.list(model=student, metadata={"tag": tag}, limit=100))
     from_alias = list(client.chat.completions.list(model=alias, metadata={"tag": tag}, limit=100))
     assert len(from_alias) == 24 and 0 < len(from_student) < 24
@@ -152,3 +163,39 @@ def test_promotion_needs_a_passing_gate_unless_forced_and_rollback_undoes_it(hos
         assert alias in [a["name"] for a in listed]
         assert http.delete(f"/api/aliases/{alias}").json()["deleted"] is True
         assert http.get(f"/api/aliases/{alias}").status_code == 404
+
+
+def test_online_evals_grade_live_calls_off_the_request_path_and_roll_a_failing_canary_back(
+    host: RunningHost, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    alias, teacher, student = f"bot-{tag}", f"teacher-{tag}", f"student-{tag}"
+    echoed = {
+        "type": "string_check",
+        "name": "echoed",
+        "input": "{{sample.output_text}}",
+        "reference": "fake:",
+        "operation": "like",
+    }
+    online = {"sample_rate": 1, "testing_criteria": [echoed], "alert": {"min_pass_rate": 0.5, "min_samples": 3}}
+    wrong = {"role": "assistant", "content": "Something unrelated."}
+    fake_upstream.script(*(Reply(message=wrong, for_model=student) for _ in range(20)))
+    with host.http() as http:
+        assert _put(http, alias, [(teacher, 50), (student, 50)], online_eval=online).status_code == 200
+        bad_hours = http.get(f"/api/aliases/{alias}/online_evals?hours=0")
+        assert bad_hours.status_code == 400 and bad_hours.json()["error"]["param"] == "hours"
+        client = host.openai_client()
+        for n in range(16):
+            client.chat.completions.create(model=alias, store=True, messages=[{"role": "user", "content": f"q{n}"}])
+        deadline = time.monotonic() + 60
+        while len(http.get(f"/api/aliases/{alias}").json()["targets"]) == 2:  # graded on the queue, then rolled back
+            assert time.monotonic() < deadline, http.get(f"/api/aliases/{alias}/online_evals").json()
+            time.sleep(0.2)
+        record = http.get(f"/api/aliases/{alias}").json()
+        assert record["targets"] == [{"deployment": teacher, "share": 100}]
+        last = record["history"][-1]
+        assert (last["action"], last["by"], last["automatic"]) == ("rollback", "online-eval", True)
+        assert f"'{student}' is 0.0%" in last["reason"]
+        rates = {
+            row["deployment"]: row["pass_rate"] for row in http.get(f"/api/aliases/{alias}/online_evals").json()["data"]
+        }
+        assert rates[student] == 0.0 and rates.get(teacher, 1.0) == 1.0

@@ -3,6 +3,7 @@ browser for the pane's tests, a fresh context per test, and a local host with ke
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from local_host.azurite import ROOT, Azurite
 from shared.platform.access import Right
 from tests.callers import start_keyed_host
 from tests.conftest import RunningHost
-from tests.fakes import FakeUpstream
+from tests.fakes import FAKE_MODEL, FakeUpstream
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -64,6 +65,7 @@ def pane_host(
         OPENAI_BASE_URL=upstream.base_url,
         DISTILLERY_OWNER_SCOPING="true",
         LOCAL_RETRY_SECONDS="0",
+        PRICE_TABLE=json.dumps({FAKE_MODEL: {"input": 2.0, "output": 8.0}}),
     )
     yield running, keys | {"full": running.key}
     running.stop()

@@ -523,3 +523,53 @@ def test_the_cli_report_link_opens_the_run_in_the_pane(
     expect(page.locator("article", has_text=f"linked {tag}").get_by_role("link")).to_have_attribute(
         "href", url.removeprefix(host.url + "/")
     )
+
+
+def test_score_in_the_detail_filter_by_score_and_count_before_distill(
+    page: Page, pane_host: Host, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    host, keys = pane_host
+    ids = store(host, 3, tag=tag)
+    sign_in(page, host, keys["full"])
+    filter_by(page, tag=tag)
+    rows = page.locator("table.completions tbody tr")
+    expect(rows).to_have_count(3)
+    expect(page.locator("#match-count")).to_have_text("3 completions match this filter")
+
+    page.locator(f'tr[data-id="{ids[0]}"] button.open-detail').click()
+    detail = page.get_by_role("complementary", name="Completion detail")
+    expect(detail.get_by_text("No scores yet.")).to_be_visible()
+    detail.get_by_role("button", name="Helpful (thumbs up)").click()
+    expect(detail.get_by_text("Score helpful saved.")).to_be_visible()
+    detail.locator("#score-name").fill("quality")
+    detail.locator("#score-value").fill("4")
+    detail.get_by_role("button", name="Save score").click()
+    expect(detail.locator('.score[data-name="quality"] .score-value')).to_have_text("4")
+    expect(detail.locator('.score[data-name="helpful"] .score-value')).to_have_text("true")
+    with host.http() as http:
+        scores = http.get(f"/api/completions/{ids[0]}/scores").json()["data"]
+    assert {(s["name"], s["value"], s["author"]) for s in scores} == {
+        ("helpful", True, "key:default"),
+        ("quality", 4.0, "key:default"),
+    }
+    detail.get_by_role("button", name="Close detail").click()
+    expect(page.locator(f'tr[data-id="{ids[0]}"] .scores')).to_contain_text("quality=4")
+
+    page.locator("#filter-score-name").fill("quality")
+    page.locator("#filter-score-op").select_option("≥")
+    page.locator("#filter-score-value").fill("4")
+    page.get_by_role("button", name="Apply filters").click()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-id", ids[0])
+    expect(page.locator("#match-count")).to_have_text("1 completion matches this filter")
+    rows.first.locator("button.open-detail").click()
+    expect(detail.locator('.score[data-name="quality"]')).to_be_visible()
+    detail.locator("#scores-title").scroll_into_view_if_needed()
+    screenshot(page, "scores")
+    detail.get_by_role("button", name="Close detail").click()
+    page.get_by_role("button", name="Select all matching this filter").click()
+    expect(page.locator("#selection-summary")).to_contain_text("All 1 completion matching")
+    page.get_by_role("button", name="Distill…").click()
+    dialog = page.get_by_role("dialog", name="Distill")
+    expect(dialog).to_contain_text("all 1 completion matching")
+    expect(dialog).to_contain_text("score quality ≥ 4")

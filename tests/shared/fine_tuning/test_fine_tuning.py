@@ -39,10 +39,10 @@ async def receive(services: Services, queue_name: str) -> bytes | None:
 async def dataset(services: Services, *, kind: str = "distillation", count: int = 24) -> str:
     """A built dataset of `count` fresh stored completions (about a fifth of them for validation)."""
     tag = {"batch": uuid.uuid4().hex}
-    await seed(services, [stored(f"question {n}", metadata=tag) for n in range(count)])
+    await seed(services, [stored(f"question {n}", metadata={**tag, "user": f"u{n}"}) for n in range(count)])
     params: dict[str, Any] = {"kind": kind, "filter": {"metadata": tag}}
-    if kind == "distillation":
-        params["validation_fraction"] = 0.2
+    if kind == "distillation":  # split by user with a fixed seed: the same examples go to validation every run
+        params.update(validation_fraction=0.2, seed=1, group_by="user")
     job = await services.dataset_jobs.submit(DatasetParams.model_validate(params))
     while (body := await receive(services, services.settings.dataset_jobs_queue)) is not None:
         await services.dataset_jobs.handle(body, delivery_count=1)

@@ -39,6 +39,7 @@ async def test_every_probe_passes_on_a_healthy_set_up(
         f"queue:{settings.purge_jobs_queue}": ProbeStatus.OK,
         f"queue:{settings.eval_jobs_queue}": ProbeStatus.OK,
         f"queue:{settings.fine_tuning_jobs_queue}": ProbeStatus.OK,
+        f"queue:{settings.online_evals_queue}": ProbeStatus.OK,
         "upstream:token": ProbeStatus.SKIPPED,
         "upstream:call": ProbeStatus.OK,
         "redaction:canary": ProbeStatus.SKIPPED,  # REDACTION is off
