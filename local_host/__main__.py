@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound before anything is announced (as uvicorn binds its own)."""
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    # IPPROTO_TCP named, not left 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # without it every response written in two parts (head, body) waits ~40 ms for a delayed ACK.
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart may reuse a port in TIME_WAIT
     try:
         listener.bind((host, port))
@@ -146,7 +148,9 @@ def _serve(args: argparse.Namespace, listener: socket.socket, *, key_origin: str
         on_startup=start,
         on_shutdown=stop,
     )
-    config = uvicorn.Config(host, log_level="warning", lifespan="on")
+    # Keep-alive as long as the Functions host's Kestrel (130 s): with uvicorn's 5 s, a client reusing a
+    # pooled connection races the server closing it and gets a reset (httpx.ReadError) under load.
+    config = uvicorn.Config(host, log_level="warning", lifespan="on", timeout_keep_alive=130)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a local run ends (uvicorn.run does the same)
         uvicorn.Server(config).run(sockets=[listener])
     return 0

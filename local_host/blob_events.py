@@ -6,6 +6,10 @@ store tells this publisher after each captured document is written, and it posts
 shape to the Azurite queue of that name, in the background: the capture's answer never waits for it,
 and a host killed before it posts leaves the document for the index sweep, as a lost event would.
 
+Events captured while a post is in flight go out together, as one message holding an array of
+events (the shape Event Grid delivers to webhooks): in Azure publishing costs the app nothing,
+so the stand-in must not cost a queue write and a delete per capture either.
+
 Schema: https://learn.microsoft.com/azure/event-grid/event-schema-blob-storage
 """
 
@@ -48,13 +52,18 @@ def blob_created_event(container: str, blob_name: str) -> dict[str, object]:
     }
 
 
+MAX_EVENTS_PER_MESSAGE = 40
+"""About 24 KiB of events: well inside a storage queue message's 64 KiB."""
+
+
 class LocalBlobEvents:
-    """Posts a blob-created event to the local completion events queue for each captured document."""
+    """Posts blob-created events to the local completion events queue for captured documents."""
 
     def __init__(self, queue: QueueClient, container: str) -> None:
         self._queue = queue
         self._container = container
-        self._pending: set[asyncio.Task[None]] = set()
+        self._waiting: list[dict[str, object]] = []
+        self._posting: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         with contextlib.suppress(ResourceExistsError):
@@ -62,17 +71,25 @@ class LocalBlobEvents:
 
     async def close(self) -> None:
         """Let the events being posted finish, then close the queue client."""
-        await asyncio.gather(*self._pending, return_exceptions=True)
+        if self._posting is not None:
+            await asyncio.gather(self._posting, return_exceptions=True)
         await self._queue.close()
 
     def captured(self, completion_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._post(completion_id))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._waiting.append(blob_created_event(self._container, f"{completion_id}.json"))
+        if self._posting is None:
+            self._posting = asyncio.get_running_loop().create_task(self._post_waiting())
 
-    async def _post(self, completion_id: str) -> None:
-        event = blob_created_event(self._container, f"{completion_id}.json")
+    async def _post_waiting(self) -> None:
         try:
-            await self._queue.send_message(local_message(json.dumps(event), {}))
-        except AzureError as exc:
-            log.warning("Blob-created event for %s not posted (%s): the index sweep will find it", completion_id, exc)
+            while self._waiting:
+                events = self._waiting[:MAX_EVENTS_PER_MESSAGE]
+                del self._waiting[:MAX_EVENTS_PER_MESSAGE]
+                try:
+                    await self._queue.send_message(local_message(json.dumps(events), {}))
+                except AzureError as exc:
+                    log.warning(
+                        "%s blob-created events not posted (%s): the index sweep will find them", len(events), exc
+                    )
+        finally:
+            self._posting = None

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import azure.functions as func
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.functions.servicebus import ServiceBusMessage
 from azure.functions.timer import TimerRequest
 from azure.storage.queue.aio import QueueClient, QueueServiceClient
@@ -66,6 +66,9 @@ class QueueRules:
     """A delivery holds its message this long past its last lock renewal (Service Bus `lockDuration`)."""
     retry_seconds: float = 1.0
     concurrency: int = 4
+    batch_size: int = 32
+    """Messages one many-message delivery takes (Service Bus: `maxMessageBatchSize`, 1000 by default;
+    a storage queue receive returns at most 32)."""
     idle_poll_seconds: float = 0.2
 
 
@@ -102,8 +105,11 @@ class QueueWorker:
         try:
             while True:
                 free = self.rules.concurrency - len(running)
-                # a many-message trigger takes one delivery slot per batch of up to `concurrency` messages
-                messages = [] if free == 0 else await self._receive(self.rules.concurrency if self.batched else free)
+                # a many-message trigger takes one delivery slot per batch of up to `batch_size` messages
+                messages = [] if free == 0 else await self._receive(self.rules.batch_size if self.batched else free)
+                if messages is None:  # the receive failed: the queue is still there, try again
+                    await asyncio.sleep(self.rules.idle_poll_seconds)
+                    continue
                 deliveries = (
                     ([self.deliver_batch(messages)] if messages else [])
                     if self.batched
@@ -122,13 +128,21 @@ class QueueWorker:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
 
-    async def _receive(self, count: int) -> list[Any]:
-        return [
-            message
-            async for message in self.queue.receive_messages(
-                messages_per_page=count, max_messages=count, visibility_timeout=self.rules.lock_seconds
+    async def _receive(self, count: int) -> list[Any] | None:
+        """Up to `count` messages; None when storage did not answer (logged: a busy Azurite times out,
+        and the Functions host, too, keeps listening through a failed receive)."""
+        try:
+            return [
+                message
+                async for message in self.queue.receive_messages(
+                    messages_per_page=count, max_messages=count, visibility_timeout=self.rules.lock_seconds
+                )
+            ]
+        except AzureError as exc:
+            log.warning(
+                "%s: receiving from %s failed: %s", self.function.get_function_name(), self.queue.queue_name, exc
             )
-        ]
+            return None
 
     @property
     def batched(self) -> bool:
@@ -154,10 +168,13 @@ class QueueWorker:
 
     async def _settle_held(self, held: _HeldMessage, exc: Exception | None) -> None:
         async with held.lock:
-            if exc is None:
-                await self.queue.delete_message(held.message)
-            else:
-                await self._settle_failure(held.message, exc)
+            try:
+                if exc is None:
+                    await self.queue.delete_message(held.message)
+                else:
+                    await self._settle_failure(held.message, exc)
+            except AzureError as error:  # the message reappears when its lock runs out, as with Service Bus
+                log.warning("%s: message %s not settled: %s", self.function.get_function_name(), held.message.id, error)
 
     async def deliver(self, message: Any) -> None:
         """Run one delivery, renewing its lock while it runs; each renewal gives the message a new receipt."""

@@ -729,7 +729,7 @@ class _Chunk:
             if not self._fingerprints.add(fingerprint):
                 return self._skip(formats.SkipReason.DUPLICATE)
             self._new_fingerprints.append(fingerprint or 1)
-        dropped = self._prompts.admit(completion.request["messages"], split=int(name == formats.VALIDATION_FILE))
+        dropped = self._prompts.admit(formats.prompt_messages(completion), split=int(name == formats.VALIDATION_FILE))
         if dropped is not None:
             return self._skip(dropped)
         buffer = self._buffers.setdefault(name, _Buffer())

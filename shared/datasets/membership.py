@@ -27,7 +27,7 @@ from shared.platform.errors import StorageUnavailable
 from shared.store import ids
 
 _PARTITION_PREFIX = "ds-"
-_BUCKET = slice(len(ids.PREFIX), len(ids.PREFIX) + 5)
+_BUCKET_DIGITS = 5
 """The id's 5 leading time digits: 16**9 microseconds, about 19 hours of captures per partition."""
 _TRANSACTION = 100
 _PART_STATUS = re.compile(rb"^HTTP/1\.1 (\d{3}) ", re.MULTILINE)
@@ -40,7 +40,7 @@ def _key(value: str) -> str:
 
 
 def _partition(completion_id: str) -> str:
-    return _PARTITION_PREFIX + completion_id[_BUCKET]
+    return _PARTITION_PREFIX + ids.digits(completion_id)[:_BUCKET_DIGITS]
 
 
 class DatasetMembership:

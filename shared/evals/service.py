@@ -53,6 +53,7 @@ from shared.evals.params import (
     FileContentSource,
     FileIdSource,
     ItemReferenceInputMessages,
+    ResponsesSource,
     RunCreateParams,
     StoredCompletionsSource,
 )
@@ -876,7 +877,10 @@ class EvalService:
         if source.sampling_params is not None:
             body.update(source.sampling_params.model_dump(exclude_none=True))
         try:
-            completion = await calls.chat(deployment=source.model, body=body)
+            if source.type == "responses":  # the run asks for the Responses API: its own names for the same settings
+                completion = await calls.respond(deployment=source.model, body=_responses_body(body))
+            else:
+                completion = await calls.chat(deployment=source.model, body=body)
         except TokenCapReached:
             raise
         except UpstreamCallFailed as exc:
@@ -918,7 +922,8 @@ class EvalService:
             except NotFound:
                 continue
             output = formats.assistant_output(completion)
-            if isinstance(output, dict) and in_selection(completion, selection):
+            wanted = not isinstance(source, ResponsesSource) or source.accepts(completion.request)
+            if isinstance(output, dict) and in_selection(completion, selection) and wanted:
                 line = formats.jsonl_line(formats.evaluation_line(completion, output))
                 size += len(line)
                 if size > MAX_RUN_ITEM_BYTES:
@@ -1115,12 +1120,36 @@ def _schema(item_schema: dict[str, Any], *, sample: bool) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": list(properties)}
 
 
+def _responses_body(chat: dict[str, Any]) -> dict[str, Any]:
+    """A candidate call's chat body as a Responses body: messages as input, the sampling parameters
+    under the Responses API's names (it has no `seed`)."""
+    body: dict[str, Any] = {"input": chat["messages"]}
+    for key in ("temperature", "top_p"):
+        if key in chat:
+            body[key] = chat[key]
+    if "tools" in chat:  # chat's function tools nest their definition; the Responses API's do not
+        body["tools"] = [
+            {"type": "function", **tool["function"]} if tool.get("type") == "function" and "function" in tool else tool
+            for tool in chat["tools"]
+        ]
+    if "max_completion_tokens" in chat:
+        body["max_output_tokens"] = chat["max_completion_tokens"]
+    if "reasoning_effort" in chat:
+        body["reasoning"] = {"effort": chat["reasoning_effort"]}
+    if "response_format" in chat:
+        given = chat["response_format"]
+        schema = given.get("json_schema") if given.get("type") == "json_schema" else None
+        body["text"] = {"format": {"type": "json_schema", **schema} if schema else {"type": given.get("type")}}
+    return body
+
+
 def _completion_filter(source: StoredCompletionsSource, record: EvalRecord, owner: str | None) -> CompletionFilter:
     """The run's selection, in the eval owner's scope: whoever starts the run (an all-owners key too), its
     items become readable by that owner, so they hold only that owner's completions."""
     metadata = source.metadata if source.metadata is not None else record.data_source_config.get("metadata") or {}
     try:
         return CompletionFilter(
+            kind="response" if isinstance(source, ResponsesSource) else None,
             metadata=metadata,
             scores=source.scores or {},
             model=source.model,

@@ -141,7 +141,8 @@ def _shards(term: str) -> Iterator[str]:
     return (_sharded(term, shard) for shard in range(SHARDS))
 
 
-def _partitions(entry: IndexEntry) -> set[str]:
+def partitions_of(entry: IndexEntry) -> set[str]:
+    """The table partitions holding an entry's rows: one per term it can be found by, in its shard."""
     terms = {_ALL_PARTITION, _model_partition(entry.deployment), _model_partition(entry.model)}
     if entry.served_by is not None:  # behind an alias: found by the deployment that served it, too
         terms.add(_model_partition(entry.served_by))
@@ -206,13 +207,13 @@ class CompletionIndex:
         self._table = table
 
     async def add(self, entry: IndexEntry) -> None:
-        await self._write(entry, _partitions(entry))
+        await self._write(entry, partitions_of(entry))
 
     async def add_many(self, entries: Iterable[IndexEntry], *, in_flight: int = 8) -> None:
         """Bulk-load (imports, benchmarks): the rows `add` writes, batched 100 to a transaction per partition."""
         by_partition: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for entry in entries:
-            for partition in _partitions(entry):
+            for partition in partitions_of(entry):
                 by_partition[partition] += _rows(entry, partition)
         batches = iter([rows[i : i + 100] for rows in by_partition.values() for i in range(0, len(rows), 100)])
 
@@ -223,7 +224,7 @@ class CompletionIndex:
         await _all_or_raise([submit() for _ in range(in_flight)])
 
     async def remove(self, entry: IndexEntry) -> None:
-        await self._delete(entry, _partitions(entry))
+        await self._delete(entry, partitions_of(entry))
 
     async def lookup(self, completion_id: str) -> IndexEntry | None:
         """The index's own entry for an id (its `all` row), found from the id alone: no document needed."""
@@ -275,14 +276,14 @@ class CompletionIndex:
 
     async def remove_stale(self, row: IndexEntry, current: IndexEntry | None) -> None:
         """Drop the rows a walk found for `row` that the document (`current`, None when gone) no longer backs."""
-        stale = _partitions(row) - (set() if current is None else _partitions(current))
+        stale = partitions_of(row) - (set() if current is None else partitions_of(current))
         if stale:
             await self._delete(row, stale)
 
     async def replace(self, old: IndexEntry, new: IndexEntry) -> None:
         """Move an entry to its new terms: write the new rows first, then drop the stale ones."""
-        await self._write(new, _partitions(new))
-        await self._delete(old, _partitions(old) - _partitions(new))
+        await self._write(new, partitions_of(new))
+        await self._delete(old, partitions_of(old) - partitions_of(new))
 
     async def page(
         self, selection: CompletionFilter, *, order: Order, after: str | None, limit: int
@@ -484,6 +485,10 @@ def _query_for(selection: CompletionFilter, *, order: Order, after: str | None) 
         clauses.append(
             "( deployment eq @model or model eq @model or served_by eq @model )"
         )  # the SDK substitutes space-separated @words
+    if selection.kind is not None:  # a kind is an id prefix: a range of the `id` column
+        prefix = ids.PREFIXES[selection.kind]
+        parameters.update(kind_low=prefix, kind_high=prefix[:-1] + chr(ord(prefix[-1]) + 1))
+        clauses.append("id ge @kind_low and id lt @kind_high")
     if selection.owner is not None:
         owner = stable_owner(selection.owner) or ""
         parameters["owner"] = owner

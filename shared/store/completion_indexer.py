@@ -4,7 +4,8 @@ A capture's answer waits for one write, its document. Every blob write raises a 
 in Azure, Event Grid's storage system topic sends `Microsoft.Storage.BlobCreated` for the
 completions container to a Service Bus queue (infra/app/events.bicep); locally the local host posts
 the same event to an Azurite queue after each capture. The `index_completions` function takes those
-events in batches and writes the index rows of every document in the batch at once, grouped per
+events in batches (a message holds one event, or an array of them as Event Grid sends webhooks
+and the local stand-in posts) and writes the index rows of every document in the batch at once, grouped per
 partition across captures (`CompletionIndex.add_many`), then adds the batch's bytes and count to the
 usage counters in one update per owner.
 
@@ -29,7 +30,7 @@ from datetime import UTC, datetime
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shared.platform.errors import StorageUnavailable
 from shared.store import ids
@@ -55,6 +56,9 @@ class BlobCreatedEvent(BaseModel):
     eventType: str
     subject: str
     """`/blobServices/default/containers/<container>/blobs/<blob name>`"""
+
+
+_EVENTS = TypeAdapter(BlobCreatedEvent | list[BlobCreatedEvent])
 
 
 class IndexSweepResult(BaseModel):
@@ -90,16 +94,17 @@ class CompletionIndexer:
         found: set[str] = set()
         for body in bodies:
             try:
-                event = BlobCreatedEvent.model_validate_json(body)
+                parsed = _EVENTS.validate_json(body)
             except ValidationError:
                 log.warning("Skipped a message on the completion events queue: not an Event Grid event")
                 continue
-            blob = event.subject.removeprefix(self._subject_prefix)
-            completion_id = blob.removesuffix(".json")
-            if event.eventType != BLOB_CREATED or blob == event.subject or not ids.is_completion_id(completion_id):
-                log.warning("Skipped an event for %s (%s): not a stored completion", event.subject, event.eventType)
-                continue
-            found.add(completion_id)
+            for event in parsed if isinstance(parsed, list) else [parsed]:
+                blob = event.subject.removeprefix(self._subject_prefix)
+                completion_id = blob.removesuffix(".json")
+                if event.eventType != BLOB_CREATED or blob == event.subject or not ids.is_completion_id(completion_id):
+                    log.warning("Skipped an event for %s (%s): not a stored completion", event.subject, event.eventType)
+                    continue
+                found.add(completion_id)
         return sorted(found)
 
     async def index_events(self, bodies: Iterable[bytes | str]) -> int:

@@ -98,6 +98,7 @@ class UsageCounter:
         self._clock = clock
         self._snapshot: Usage | None = None
         self._snapshot_at = 0.0
+        self._refreshing: asyncio.Task[None] | None = None
         self._local = (0, 0)
         """What this worker added since the snapshot was read, so it sees its own writes at once."""
 
@@ -205,18 +206,43 @@ class UsageCounter:
                 )
 
     async def totals(self, *, max_age_seconds: float | None = None) -> Usage:
-        """The running totals, re-read from the table when the cached ones are older than `max_age_seconds`."""
-        max_age = self._refresh_seconds if max_age_seconds is None else max_age_seconds
-        if self._snapshot is None or self._clock() - self._snapshot_at >= max_age:
-            self._local = (0, 0)
-            self._snapshot = await self._read()
-            self._snapshot_at = self._clock()
+        """The running totals, re-read from the table when the cached ones are older than `max_age_seconds`.
+
+        Without `max_age_seconds` (the capture path's quota check), a stale snapshot is still answered
+        while one background read refreshes it: only a worker's first check waits for storage.
+        """
+        if self._snapshot is None:
+            await asyncio.shield(self._refresh())
+        elif max_age_seconds is not None:
+            if self._clock() - self._snapshot_at >= max_age_seconds:
+                await asyncio.shield(self._refresh())
+        elif self._clock() - self._snapshot_at >= self._refresh_seconds:
+            self._refresh()
+        snapshot = self._snapshot
+        assert snapshot is not None
         return Usage(
-            completion_bytes=self._snapshot.completion_bytes + self._local[0],
-            completion_count=self._snapshot.completion_count + self._local[1],
-            dataset_bytes=self._snapshot.dataset_bytes,
-            dataset_count=self._snapshot.dataset_count,
+            completion_bytes=snapshot.completion_bytes + self._local[0],
+            completion_count=snapshot.completion_count + self._local[1],
+            dataset_bytes=snapshot.dataset_bytes,
+            dataset_count=snapshot.dataset_count,
         )
+
+    def _refresh(self) -> asyncio.Task[None]:
+        """The one read of the totals in flight in this worker (started when there is none)."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.get_running_loop().create_task(self._reload())
+            self._refreshing.add_done_callback(self._reloaded)
+        return self._refreshing
+
+    async def _reload(self) -> None:
+        self._local = (0, 0)
+        self._snapshot = await self._read()
+        self._snapshot_at = self._clock()
+
+    def _reloaded(self, task: asyncio.Task[None]) -> None:
+        self._refreshing = None
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("Usage totals not refreshed: %s; the last ones stay in use", task.exception())
 
     async def correction_ticket(self) -> CorrectionTicket:
         """Read before the totals: a correction made after this read makes `correct` refuse."""

@@ -30,6 +30,7 @@ def slice_starts(host: RunningHost, dataset_id: str) -> list[int]:
     return [int(n) for job, n in _SLICE_START.findall(host.log()) if job == dataset_id]
 
 
+@pytest.mark.timeout(300)  # three hosts start, and one is killed and its slice waits out its lock
 async def test_three_hosts_build_the_slices_and_a_killed_host_is_redone(
     azurite: Azurite, make_services: ServicesFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

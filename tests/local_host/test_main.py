@@ -1,8 +1,10 @@
 """`python -m local_host` as a person runs it: the port is bound before it is announced, a busy port
-is one clear line, Ctrl-C closes every client, and a key kept off the screen says where it is."""
+is one clear line, Ctrl-C closes every client, a key kept off the screen says where it is, and
+connections send without Nagle's delay."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from openai import OpenAI
 
+from local_host.__main__ import _bind
 from local_host.azurite import ROOT, Azurite
 from tests.conftest import start_host
 from tests.fakes import FakeUpstream
@@ -69,3 +72,20 @@ def test_a_key_kept_off_the_screen_says_where_it_is(azurite: Azurite, tmp_path: 
     log = host.log()
     assert f"API key:   not shown (no terminal); it is in {settings} (Values.DISTILLERY_API_KEY)" in log
     assert key not in log
+
+
+async def test_connections_to_the_listener_send_without_delay() -> None:
+    """Every accepted connection has TCP_NODELAY: without it, a response written in two parts waits for
+    the client's delayed ACK (about 40 ms on every request)."""
+    listener = _bind("127.0.0.1", 0)
+    accepted: asyncio.Queue[int] = asyncio.Queue()
+
+    async def serve(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+    server = await asyncio.start_server(serve, sock=listener)
+    async with server:
+        _reader, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+        assert await asyncio.wait_for(accepted.get(), timeout=10) != 0
+        writer.close()

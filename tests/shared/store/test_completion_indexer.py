@@ -57,6 +57,19 @@ async def test_a_completion_deleted_before_its_event_is_never_indexed_nor_counte
     assert await counted(services) == await listed(services.completions_container)
 
 
+async def test_one_message_may_hold_an_array_of_events(make_services: ServicesFactory, tag: str) -> None:
+    """As Event Grid batches webhook deliveries and the local stand-in posts what was captured meanwhile."""
+    services = await make_services()
+    kept = [completion(metadata={"tag": tag}) for _ in range(3)]
+    for one in kept:
+        await services.store.capture(one)
+    container = services.settings.completions_container
+    batch = json.dumps([blob_created_event(container, f"{c.id}.json") for c in kept[:2]])
+    assert await services.indexer.index_events([batch, *events(services, [kept[2].id]), "[1]"]) == 3
+    page = await services.store.list(CompletionFilter(metadata={"tag": tag}))
+    assert [c.id for c in page.data] == [c.id for c in kept]
+
+
 async def test_the_sweep_indexes_what_no_event_announced_then_moves_on(make_services: ServicesFactory) -> None:
     services = await make_services(INDEX_SWEEP_GRACE_SECONDS="0")
     lost = [completion(), completion(days_ago=30 / 86_400)]
