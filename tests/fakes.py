@@ -41,6 +41,8 @@ class Reply:
     finish_reason: str = "stop"
     hold_after_first_chunk: threading.Event | None = None
     """Stream the first chunk, then wait for this event before the rest (proves chunks are relayed live)."""
+    hold: threading.Event | None = None
+    """Wait for this event before answering (a test orders what happens while the call is out)."""
     for_path: str | None = None
     """Files and fine-tuning routes: answer only a request whose path ends so (others pass it by)."""
     for_model: str | None = None
@@ -196,6 +198,8 @@ class FakeUpstream:
                 reply = Reply()
         if reply.delay_seconds:
             await asyncio.sleep(reply.delay_seconds)
+        if reply.hold is not None:
+            await asyncio.to_thread(reply.hold.wait, 30)
         if reply.status != 200 or reply.body is not None:
             return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
         message = reply.message or default_message(body)
