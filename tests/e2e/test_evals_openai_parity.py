@@ -13,6 +13,7 @@ import pytest
 
 from local_host.azurite import Azurite
 from tests.conftest import RunningHost, start_host
+from tests.e2e.polling import wait_listed
 from tests.e2e.test_evals import wait_for_run
 from tests.fakes import FakeUpstream, Reply
 
@@ -137,12 +138,13 @@ def test_a_logs_config_keeps_its_type_and_item_input_keeps_developer(
     parity_host: RunningHost, fake_upstream: FakeUpstream, tag: str
 ) -> None:
     client = parity_host.openai_client()
-    client.chat.completions.create(
+    kept = client.chat.completions.create(
         model="teacher",
         store=True,
         metadata={"tag": tag},
         messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}],
     )
+    wait_listed(client, [kept.id])  # the run selects it from the index
     evaluation = client.evals.create(
         data_source_config={"type": "logs", "metadata": {"tag": tag}},  # type: ignore[typeddict-item]
         testing_criteria=[{**EXACT, "reference": "{{item.reference}}"}],  # type: ignore[list-item]

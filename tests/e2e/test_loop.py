@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import RunningHost
-from tests.e2e.polling import wait_until
+from tests.e2e.polling import wait_listed, wait_until
 from tests.e2e.test_datasets import wait_for
 from tests.e2e.test_deployments import azure_host, control_plane  # noqa: F401 - module fixtures
 from tests.e2e.test_evals import wait_for_run
@@ -21,10 +21,13 @@ def test_distill_deploy_judge_canary_promote_and_roll_back(
     tag: str,
 ) -> None:
     client = azure_host.azure_client()
-    for n in range(24):
+    stored = [
         client.chat.completions.create(
             model="teacher", store=True, metadata={"tag": tag}, messages=[{"role": "user", "content": f"q{n}"}]
-        )
+        ).id
+        for n in range(24)
+    ]
+    wait_listed(client, stored)  # the dataset selects them from the index
     with azure_host.http() as http:
         started = http.post(
             "/api/datasets",

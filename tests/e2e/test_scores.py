@@ -5,17 +5,20 @@ from __future__ import annotations
 import openai
 
 from tests.conftest import RunningHost
-from tests.e2e.polling import wait_until
+from tests.e2e.polling import wait_listed, wait_until
 from tests.fakes import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "rate me"}]
 
 
 def _store(client: openai.OpenAI, count: int, tag: str) -> list[str]:
-    return [
+    """Store `count` completions and wait until lists (and so filters and counts) show them."""
+    stored = [
         client.chat.completions.create(model="gpt-4o", store=True, metadata={"tag": tag}, messages=MESSAGES).id
         for _ in range(count)
     ]
+    wait_listed(client, stored)
+    return stored
 
 
 def test_add_list_replace_and_delete_scores(host: RunningHost, fake_upstream: FakeUpstream, tag: str) -> None:
