@@ -58,9 +58,11 @@ def blob_created_event(container: str, blob_name: str) -> dict[str, object]:
 MAX_EVENTS_PER_MESSAGE = 40
 """About 24 KiB of events: well inside a storage queue message's 64 KiB."""
 
-LINGER_SECONDS = 0.1
+LINGER_SECONDS = 0.5
 """How long the first event waits for others to share its queue message: sequential calls every few
-ms then share one post per ~10-30 captures, and lists show a completion at most this much later."""
+ms then share one post per ~40 captures, and the indexer gets fuller batches (its CPU per completion
+and its load on Azurite fall, so the proxy's writes wait less). Lists show a completion up to this
+much later, within Event Grid's own typical delivery latency."""
 
 
 class LocalBlobEvents:
