@@ -17,6 +17,7 @@ from blueprints import (
     pane,
     purges,
     reports,
+    responses,
     scores,
     stored_completions,
 )
@@ -42,6 +43,7 @@ for blueprint in (
     purges.bp,
     openapi.bp,
     pane.bp,
+    responses.bp,
     aliases.bp,
 ):
     app.register_functions(blueprint)

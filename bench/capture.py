@@ -5,7 +5,8 @@ alike, to: the zero-latency upstream directly, the proxy with store=false, and t
 store=true (the answer returns after its one blob write; the host's own indexer writes the index
 rows meanwhile, on the same Azurite: `bench.store_path` separates the two), then both again
 on a host with telemetry on (`TELEMETRY_EXPORTER=console`, to its log file), and store=false through
-an alias of the same deployment. It prints p50/p99 latency at one request in flight, requests/s at 16
+an alias of the same deployment; then a Responses call (`/openai/v1/responses`) direct, with store=false
+and with store=true (its default), beside them. It prints p50/p99 latency at one request in flight, requests/s at 16
 in flight, and the p50 overhead; then what one alias lookup costs in process, hit and miss (every
 proxied call pays one: the name is looked up whether or not it is an alias).
 
@@ -48,6 +49,7 @@ from shared.store.json_blobs import JsonBlobs
 from shared.store.stored_completion import StoredCompletion
 
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say ok fifty times."}]}
+RESPONSES_BODY = {"model": "bench", "input": "Say ok fifty times."}
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -107,6 +109,13 @@ def proxy_overhead(azurite: Azurite, requests: int, rounds: int) -> None:
                     "+ telemetry, false": (traced_proxy, traced_key, BODY),
                     "+ telemetry, true": (traced_proxy, traced_key, stored),
                     "via alias, false": (proxy, key, {**BODY, "model": "bench-alias"}),
+                    "responses direct": (f"{upstream_url}/responses", {}, RESPONSES_BODY),
+                    "responses, false": (f"{host.url}/openai/v1/responses", key, {**RESPONSES_BODY, "store": False}),
+                    "responses, true": (
+                        f"{host.url}/openai/v1/responses",
+                        key,
+                        {**RESPONSES_BODY, "metadata": {"bench": "capture"}},
+                    ),
                 }
                 asyncio.run(_measure_targets(targets, requests, rounds))
                 asyncio.run(alias_lookup_cost(azurite))
@@ -133,13 +142,15 @@ async def _measure_targets(
             for name, (url, headers, body) in targets.items():
                 throughput[name].append(await concurrent(client, url, headers, body, requests // rounds, 16))
     direct_p50 = statistics.median(latencies["direct to upstream"])
+    responses_p50 = statistics.median(latencies["responses direct"])
     print(f"\nProxy overhead: {requests} sequential requests per target in {rounds} interleaved rounds")
     print(f"{'target':<22}{'p50 ms':>9}{'p99 ms':>9}{'overhead p50 ms':>17}{'req/s @16':>11}")
     for name in targets:
         p50 = statistics.median(latencies[name])
+        baseline = responses_p50 if name.startswith("responses") else direct_p50
         print(
             f"{name:<22}{p50:>9.2f}{percentile(latencies[name], 0.99):>9.2f}"
-            f"{p50 - direct_p50:>17.2f}{statistics.median(throughput[name]):>11.0f}"
+            f"{p50 - baseline:>17.2f}{statistics.median(throughput[name]):>11.0f}"
         )
 
 

@@ -50,8 +50,9 @@ PROJECTED = 1_000_000
 
 
 def completion(number: int, now_us: int) -> StoredCompletion:
-    """A ~1.5 KB stored completion, unique text so no line is a duplicate."""
-    question = f"Question {number}: how do I rotate the access keys of storage account acct{number % 997}?"
+    """A ~1.5 KB stored completion, unique text so no line is a duplicate and no prompt a near-duplicate
+    of another (builds check train/validation leakage: near-duplicate prompts would measure that)."""
+    question = f"Question {number} from team{number} project{number}: how do I rotate the keys of acct{number}?"
     answer = f"Answer {number}: open the account, choose Access keys, rotate key1, update clients, then key2. " * 4
     return StoredCompletion(
         id=ids.new_completion_id(now_us=now_us),

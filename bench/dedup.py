@@ -6,6 +6,12 @@ builds the same selection twice, each build in its own process so its peak RSS i
 - a build with `dedup: {"mode": "near"}` and a 10% validation split (exact and MinHash LSH
   near-duplicate drops, plus the train/validation leakage check).
 It prints each build's time, completions/s, peak RSS and what it dropped, and the ratios.
+
+`--filter-only` measures the filter alone, without storage, on the same prompts: one process runs
+the build's per-example prompt step with the filter off, another with `near` and the leakage check
+(the work the dedup build adds), each timed with its peak RSS. On a small box where seeding and
+building 100k completions through Azurite takes most of an hour, this gives the 100k figure in a
+minute or two.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 from local_host.azurite import start_azurite
 from shared.datasets.builder import BuildLimits, DatasetJobs
+from shared.datasets.dedup import DedupParams, PromptFilter
 from shared.datasets.job import DatasetJob, DatasetJobMessage, DatasetParams, DatasetStatus, new_dataset_id
 from shared.datasets.membership import DatasetMembership
 from shared.datasets.records import DatasetRecords
@@ -145,6 +152,42 @@ async def build(connection_string: str, suffix: str, dedup: bool) -> dict[str, A
         await services.table_service.close()
 
 
+def filter_alone(count: int, dedup: bool) -> dict[str, Any]:
+    """The prompt step of `count` examples in this process (one in ten to the validation split)."""
+    params = DedupParams(mode="near") if dedup else DedupParams()
+    prompts = PromptFilter(params, check_leakage=dedup)
+    dropped: dict[str, int] = {}
+    started = time.perf_counter()
+    for number in range(count):
+        messages = completion(number, 0).request["messages"]
+        reason = prompts.admit(messages, split=int(number % 10 == 0))
+        if reason is not None:
+            dropped[reason.value] = dropped.get(reason.value, 0) + 1
+    seconds = time.perf_counter() - started
+    saved = len(prompts.saved())
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": seconds, "skipped": dropped, "peak_mb": peak_kb / 1024, "state_mb": saved / 1e6}
+
+
+def main_filter_only(count: int) -> None:
+    runs = {}
+    for kind in ("plain", "dedup"):
+        command = [sys.executable, "-m", "bench.dedup", "--filter-child", kind, "--count", str(count)]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        runs[kind] = json.loads(output.strip().splitlines()[-1])
+    plain, deduped = runs["plain"], runs["dedup"]
+    print(f"prompt step alone, {count:,} examples, {os.cpu_count()} cores, no storage:")
+    for label, run in (("filter off", plain), ("near + leakage", deduped)):
+        print(
+            f"{label:>15}: {run['seconds']:7.1f} s | {count / run['seconds']:8,.0f} examples/s"
+            f" | peak RSS {run['peak_mb']:6.0f} MB | saved state {run['state_mb']:5.1f} MB | skipped {run['skipped']}"
+        )
+    print(
+        f"dedup adds {deduped['seconds'] - plain['seconds']:.1f} s ({(deduped['seconds'] - plain['seconds']) / count * 1e6:.0f} µs"
+        f" an example) and {deduped['peak_mb'] - plain['peak_mb']:.0f} MB peak RSS for {count:,} examples"
+    )
+
+
 def child(connection_string: str, suffix: str, dedup: bool) -> dict[str, Any]:
     command = [sys.executable, "-m", "bench.dedup", "--child", "dedup" if dedup else "plain", "--suffix", suffix]
     env = {**os.environ, "BENCH_AZURITE": connection_string}
@@ -190,8 +233,14 @@ if __name__ == "__main__":
     parser.add_argument("--count", type=int, default=100_000, help="completions in the selection")
     parser.add_argument("--child", choices=["plain", "dedup"], help=argparse.SUPPRESS)
     parser.add_argument("--suffix", help=argparse.SUPPRESS)
+    parser.add_argument("--filter-only", action="store_true", help="time the prompt filter alone, without storage")
+    parser.add_argument("--filter-child", choices=["plain", "dedup"], help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    if arguments.child:
+    if arguments.filter_child:
+        print(json.dumps(filter_alone(arguments.count, arguments.filter_child == "dedup")))
+    elif arguments.filter_only:
+        main_filter_only(arguments.count)
+    elif arguments.child:
         result = asyncio.run(build(os.environ["BENCH_AZURITE"], arguments.suffix, arguments.child == "dedup"))
         print(json.dumps(result))
     else:

@@ -1,6 +1,6 @@
 """`python -m bench.zero_upstream PORT`: an OpenAI-compatible upstream that answers at once.
 
-It returns one fixed completion (or its stream) with no work, so a benchmark measures the proxy's
+It returns one fixed completion or response (or its stream) with no work, so a benchmark measures the proxy's
 own overhead and not a model's latency.
 """
 
@@ -14,6 +14,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from shared.upstream import responses_wire
 
 COMPLETION = json.dumps(
     {
@@ -38,6 +40,23 @@ CHUNKS = [
 ] * 50
 
 
+RESPONSE = responses_wire.response_object(model="zero-latency", text="ok " * 50, input_tokens=20)
+RESPONSE_BODY = json.dumps(RESPONSE).encode()
+RESPONSE_EVENTS = [responses_wire.sse(event) for event in responses_wire.stream_events(RESPONSE)]
+
+
+async def respond(request: Request) -> Response:
+    body = json.loads(await request.body())
+    if body.get("stream"):
+
+        async def events():  # type: ignore[no-untyped-def]
+            for event in RESPONSE_EVENTS:
+                yield event
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+    return Response(RESPONSE_BODY, media_type="application/json")
+
+
 async def chat(request: Request) -> Response:
     body = json.loads(await request.body())
     if body.get("stream"):
@@ -52,5 +71,10 @@ async def chat(request: Request) -> Response:
 
 
 if __name__ == "__main__":
-    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/responses", respond, methods=["POST"]),
+        ]
+    )
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)

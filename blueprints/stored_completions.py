@@ -26,8 +26,9 @@ from shared.store.completion_params import (
 
 
 async def list_chat_completions(req: Request, caller: Caller | None) -> Response:
-    """List stored chat completions matching metadata, model and time filters, one page at a time."""
-    params = parse_completion_list_params(req.query_params.multi_items())
+    """List stored chat completions matching metadata, model and time filters, one page at a time
+    (stored responses too with `kind=response` or `kind=all`)."""
+    params = parse_completion_list_params(req.query_params.multi_items(), default_kind="chat.completion")
     selection = params.filter.model_copy(update={"owner": _caller(caller).scope})
     page = await get_services().store.list(selection, order=params.order, after=params.after, limit=params.limit)
     return json_response(list_object([c.as_list_item() for c in page.data], has_more=page.has_more))
@@ -35,13 +36,14 @@ async def list_chat_completions(req: Request, caller: Caller | None) -> Response
 
 async def retrieve_chat_completion(req: Request, caller: Caller | None) -> Response:
     """Get one stored chat completion."""
-    completion = await get_services().store.get(req.path_params["completion_id"], owner=_caller(caller).scope)
+    completion_id = ids.require_completion_id(req.path_params["completion_id"], kind="chat.completion")
+    completion = await get_services().store.get(completion_id, owner=_caller(caller).scope)
     return json_response(completion.as_chat_completion())
 
 
 async def update_chat_completion(req: Request, caller: Caller | None) -> Response:
     """Replace a stored chat completion's metadata (the only field that can change)."""
-    completion_id = ids.require_completion_id(req.path_params["completion_id"])
+    completion_id = ids.require_completion_id(req.path_params["completion_id"], kind="chat.completion")
     params = parse_update_params(parse_json_object(await req.body()))
     completion = await get_services().store.update_metadata(
         completion_id, params.metadata or {}, owner=_caller(caller).scope
@@ -51,14 +53,14 @@ async def update_chat_completion(req: Request, caller: Caller | None) -> Respons
 
 async def delete_chat_completion(req: Request, caller: Caller | None) -> Response:
     """Delete a stored chat completion, and rebuild the datasets that held it."""
-    completion_id = req.path_params["completion_id"]
+    completion_id = ids.require_completion_id(req.path_params["completion_id"], kind="chat.completion")
     await get_services().forgetting.delete(completion_id, owner=_caller(caller).scope)
     return json_response({"id": completion_id, "object": "chat.completion.deleted", "deleted": True})
 
 
 async def list_chat_completion_messages(req: Request, caller: Caller | None) -> Response:
     """List the input messages of a stored chat completion."""
-    completion_id = ids.require_completion_id(req.path_params["completion_id"])
+    completion_id = ids.require_completion_id(req.path_params["completion_id"], kind="chat.completion")
     params = parse_message_list_params(req.query_params.multi_items(), completion_id=completion_id)
     completion = await get_services().store.get(completion_id, owner=_caller(caller).scope)
     messages: list[dict[str, Any]] = completion.input_messages()

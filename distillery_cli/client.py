@@ -12,6 +12,7 @@ import httpx
 
 DEFAULT_URL = "http://localhost:7071"
 COMPLETIONS_PATH = "/openai/v1/chat/completions"
+RESPONSES_PATH = "/openai/v1/responses"
 PAGE_LIMIT = 100
 """The API's largest page."""
 REPORT_WAIT_SECONDS = 120.0

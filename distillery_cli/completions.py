@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Column, Table
 
-from distillery_cli.client import COMPLETIONS_PATH, PAGE_LIMIT
+from distillery_cli.client import COMPLETIONS_PATH, PAGE_LIMIT, RESPONSES_PATH
 from distillery_cli.common import (
     CommandFailed,
     CreatedAfter,
@@ -32,14 +32,21 @@ from distillery_cli.common import (
 )
 
 app = typer.Typer(
-    help="List, show and delete stored chat completions; tag or score a filter in bulk.", no_args_is_help=True
+    help="List, show and delete stored chat completions and responses; tag or score a filter in bulk.",
+    no_args_is_help=True,
 )
 
 Order = Annotated[str, typer.Option(help="asc (oldest first) or desc (newest first).", case_sensitive=False)]
 
 
 def answer_text(completion: dict[str, Any]) -> str:
-    """The first choice's text, or its tool calls' names."""
+    """The first choice's text, or its tool calls' names (a response: its text, or its function calls' names)."""
+    if completion.get("object") == "response":
+        texts = [_item_text(item) for item in completion.get("output") or [] if item.get("type") == "message"]
+        if "".join(texts):
+            return "".join(texts)
+        calls = [item for item in completion.get("output") or [] if item.get("type") == "function_call"]
+        return ", ".join(f"{call.get('name')}(…)" for call in calls)
     choices = completion.get("choices") or []
     if not choices:
         return ""
@@ -48,6 +55,28 @@ def answer_text(completion: dict[str, Any]) -> str:
         return str(message["content"])
     calls = message.get("tool_calls") or []
     return ", ".join(f"{call.get('function', {}).get('name')}(…)" for call in calls)
+
+
+def _item_text(item: dict[str, Any]) -> str:
+    """A Responses item as one line: a message's text, a function call, its output, or its type."""
+    kind = item.get("type")
+    if kind == "message":
+        content = item.get("content")
+        if isinstance(content, str):
+            return content
+        return "".join(str(part.get("text", "")) for part in content or [] if isinstance(part, dict))
+    if kind == "function_call":
+        return f"{item.get('name')}({item.get('arguments', '')})"
+    if kind == "function_call_output":
+        return str(item.get("output", ""))
+    if kind == "reasoning":  # its summary, when the model gave one
+        summary = " ".join(str(part.get("text", "")) for part in item.get("summary") or [] if isinstance(part, dict))
+        return f"[reasoning] {summary}".strip()
+    return f"[{kind}]"
+
+
+def _path(completion_id: str) -> str:
+    return RESPONSES_PATH if completion_id.startswith("resp_") else COMPLETIONS_PATH
 
 
 def _short(text: str, width: int = 60) -> str:
@@ -96,12 +125,18 @@ def list_completions(
     limit: Annotated[int, typer.Option(min=1, help="Most completions to show (pages are followed).")] = 20,
     order: Order = "desc",
     after: Annotated[str | None, typer.Option(help="Start after this completion id (a cursor).")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="chat.completion or response only (default: both).", case_sensitive=False)
+    ] = None,
     json_output: Json = False,
 ) -> None:
-    """List stored completions matching every filter, newest first by default."""
+    """List stored completions and responses matching every filter, newest first by default."""
     if order.lower() not in ("asc", "desc"):
         raise typer.BadParameter("must be asc or desc", param_hint="--order")
+    if kind is not None and kind.lower() not in ("chat.completion", "response"):
+        raise typer.BadParameter("must be chat.completion or response", param_hint="--kind")
     query = completion_query(completion_filter(model, metadata, created_after, created_before))
+    query.append(("kind", kind.lower() if kind is not None else "all"))
     query += [("order", order.lower()), ("limit", min(limit, PAGE_LIMIT))]
     found: list[dict[str, Any]] = []
     more = False
@@ -119,7 +154,7 @@ def list_completions(
     cells = [
         {
             "id": completion["id"],
-            "created (UTC)": when(completion.get("created")),
+            "created (UTC)": when(completion.get("created") or completion.get("created_at")),
             "model": completion.get("model", ""),
             "metadata": _pairs(completion.get("metadata"), "\n"),
             "answer": _short(answer_text(completion)),
@@ -139,30 +174,41 @@ def list_completions(
 def show_completion(
     ctx: typer.Context, completion_id: Annotated[str, typer.Argument(metavar="ID")], json_output: Json = False
 ) -> None:
-    """Show one stored completion: its conversation, answer, metadata and usage."""
+    """Show one stored completion or response: its conversation, answer (function calls too), metadata and usage."""
     api = client(ctx)
-    completion = api.get(f"{COMPLETIONS_PATH}/{completion_id}")
-    pages = api.pages(f"{COMPLETIONS_PATH}/{completion_id}/messages", [("limit", PAGE_LIMIT)])
+    responses = completion_id.startswith("resp_")
+    completion = api.get(f"{_path(completion_id)}/{completion_id}")
+    listed = (
+        f"{RESPONSES_PATH}/{completion_id}/input_items" if responses else f"{COMPLETIONS_PATH}/{completion_id}/messages"
+    )
+    pages = api.pages(listed, [("limit", PAGE_LIMIT), *([("order", "asc")] if responses else [])])
     messages = [message for page, _ in pages for message in page]
     if json_output:
-        print_json({**completion, "input_messages": messages})
+        print_json({**completion, ("input_items" if responses else "input_messages"): messages})
         return
     usage = completion.get("usage") or {}
     facts = fact_grid()
     facts.add_row("id", completion["id"])
-    facts.add_row("created (UTC)", when(completion.get("created")))
+    facts.add_row("created (UTC)", when(completion.get("created") or completion.get("created_at")))
     facts.add_row("model", str(completion.get("model", "")))
     facts.add_row("metadata", _pairs(completion.get("metadata")) or "-")
-    facts.add_row(
-        "usage", f"{usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion tokens"
-    )
+    prompt = usage.get("input_tokens" if responses else "prompt_tokens", 0)
+    answer = usage.get("output_tokens" if responses else "completion_tokens", 0)
+    facts.add_row("usage", f"{prompt} prompt + {answer} completion tokens")
     console = stdout()
     console.print(facts)
     conversation = table("role", "content")
     for message in messages:
-        conversation.add_row(str(message.get("role")), str(message.get("content") or ""))
-    finish = ((completion.get("choices") or [{}])[0]).get("finish_reason")
-    conversation.add_row(f"answer ({finish})", answer_text(completion), style="green")
+        if responses:
+            conversation.add_row(str(message.get("role") or message.get("type")), _item_text(message))
+        else:
+            conversation.add_row(str(message.get("role")), str(message.get("content") or ""))
+    if responses:
+        for item in completion.get("output") or []:
+            conversation.add_row(f"answer ({item.get('type')})", _item_text(item), style="green")
+    else:
+        finish = ((completion.get("choices") or [{}])[0]).get("finish_reason")
+        conversation.add_row(f"answer ({finish})", answer_text(completion), style="green")
     console.print(conversation)
 
 
@@ -176,7 +222,7 @@ def delete_completion(
     """Delete a stored completion (its document and index rows)."""
     if not yes and not typer.confirm(f"Delete {completion_id}?", err=True):
         raise CommandFailed("Nothing deleted: the deletion was not confirmed.", code="not_confirmed")
-    deleted = client(ctx).delete(f"{COMPLETIONS_PATH}/{completion_id}")
+    deleted = client(ctx).delete(f"{_path(completion_id)}/{completion_id}")
     if json_output:
         print_json(deleted)
     else:

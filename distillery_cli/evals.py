@@ -1,4 +1,4 @@
-"""`distillery eval create` (an eval definition in OpenAI's shape, from a JSON file) and `distillery eval
+"""`distillery eval create` (an eval definition in OpenAI's shape, from a JSON or YAML file) and `distillery eval
 run` (start a run; with `--min-pass-rate`, a regression gate for CI)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 
 from distillery_cli.client import DistilleryClient
 from distillery_cli.common import (
@@ -222,18 +223,13 @@ def _below_bars(run: dict[str, Any], bars: dict[str | None, float]) -> list[str]
 @app.command("create")
 def create_eval(
     ctx: typer.Context,
-    path: Annotated[Path, typer.Argument(metavar="FILE", exists=True, dir_okay=False, help="The eval as JSON.")],
+    path: Annotated[
+        Path, typer.Argument(metavar="FILE", exists=True, dir_okay=False, help="The eval as JSON or YAML.")
+    ],
     json_output: Json = False,
 ) -> None:
     """Create an eval from FILE: the body of OpenAI's evals.create (name, data_source_config, testing_criteria)."""
-    try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        stderr().print(f"{path}: not JSON ({exc})", style="red")
-        raise typer.Exit(EXIT_USAGE) from None
-    if not isinstance(body, dict):
-        stderr().print(f"{path}: the eval must be a JSON object", style="red")
-        raise typer.Exit(EXIT_USAGE)
+    body = _definition(path)
     created = client(ctx).post("/api/evals", body)
     if json_output:
         print_json(created)
@@ -241,3 +237,34 @@ def create_eval(
         stdout().print(
             f"{created['id']} {created.get('name', '')}: {len(created.get('testing_criteria') or [])} criteria"
         )
+
+
+def _definition(path: Path) -> dict[str, Any]:
+    """The eval in FILE, JSON or YAML (JSON is YAML too, but its own parser names the error precisely)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            # safe_load: a definition is data; a YAML tag must never construct Python objects.
+            body = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise CommandFailed(
+                f"{path}: not YAML ({exc})", exit_code=EXIT_USAGE, type="usage_error", param="FILE"
+            ) from None
+    else:
+        try:
+            body = json.loads(text)
+        except ValueError as exc:
+            raise CommandFailed(
+                f"{path}: not JSON ({exc}); YAML files end in .yaml or .yml",
+                exit_code=EXIT_USAGE,
+                type="usage_error",
+                param="FILE",
+            ) from None
+    if not isinstance(body, dict):
+        raise CommandFailed(
+            f"{path}: the eval must be an object (name, data_source_config, testing_criteria)",
+            exit_code=EXIT_USAGE,
+            type="usage_error",
+            param="FILE",
+        )
+    return body

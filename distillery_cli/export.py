@@ -93,7 +93,7 @@ def export(
     if order.lower() not in ("asc", "desc"):
         raise typer.BadParameter("must be asc or desc", param_hint="--order")
     query = completion_query(completion_filter(model, metadata, created_after, created_before))
-    query += [("order", order.lower()), ("limit", page_size)]
+    query += [("kind", "all"), ("order", order.lower()), ("limit", page_size)]
     if restart:
         out.unlink(missing_ok=True)
     after = resume_point(out)

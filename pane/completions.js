@@ -9,6 +9,11 @@ import { chips, clip, confirmDialog, h, isoDate, number, replace, when } from ".
 const PAGE = 25;
 const COLUMN_CLASSES = { Scores: "col-scores", Output: "col-output", Tokens: "num col-tokens" };
 const LIST = "/openai/v1/chat/completions";
+const RESPONSES = "/openai/v1/responses";
+
+// Responses (`resp_…`) live on their own routes; lists ask for both kinds (`kind=all`).
+const isResponse = (id) => id.startsWith("resp_");
+const created = (completion) => completion.created ?? completion.created_at;
 const COUNT = "/api/completions/count";
 // A score condition's operator: its JSON form (datasets, evals) and its list-query suffix.
 const SCORE_OPS = { "=": { json: null, suffix: "" }, "≥": { json: "gte", suffix: ">" }, "≤": { json: "lte", suffix: "<" } };
@@ -67,7 +72,7 @@ function describeFilter(filter) {
 // The filter as list query parameters (the list and its count take the same ones).
 function filterParams() {
   const filter = activeFilter();
-  const params = [];
+  const params = [["kind", "all"]]; // the route lists chat completions only unless asked
   if (filter.model) params.push(["model", filter.model]);
   for (const [name, value] of Object.entries(filter.metadata || {})) params.push([`metadata[${name}]`, value]);
   if (filter.created_after) params.push(["created_after", filter.created_after]);
@@ -335,7 +340,7 @@ export async function renderCompletions(main, ctx) {
       ),
     );
     const rows = page.data.map((completion) => {
-      const message = completion.choices?.[0]?.message || {};
+      const message = (completion.object === "response" ? responseOutput(completion) : completion.choices?.[0]?.message) || {};
       const output = message.content ?? toolSummary(message.tool_calls);
       const row = h(
         "tr",
@@ -360,7 +365,8 @@ export async function renderCompletions(main, ctx) {
         h(
           "td",
           { class: "nowrap" },
-          h("button", { type: "button", class: "link open-detail", title: `${completion.id}\n${isoDate(completion.created)}`, onclick: () => openDetail(completion.id) }, when(completion.created)),
+          h("button", { type: "button", class: "link open-detail", title: `${completion.id}\n${isoDate(created(completion))}`, onclick: () => openDetail(completion.id) }, when(created(completion))),
+          completion.object === "response" ? h("span", { class: "badge kind" }, "response") : null,
         ),
         h("td", { class: "model" }, modelCell(completion)),
         h("td", { class: "metadata" }, chips(completion.metadata, filterOn)),
@@ -457,12 +463,33 @@ function toolSummary(calls) {
   return calls.map((call) => `→ ${call.function?.name}(${call.function?.arguments ?? ""})`).join(" ");
 }
 
+// A Responses item as the message the conversation view draws: function calls as tool calls,
+// their outputs as tool messages, reasoning as its summary, other items by their type.
+function itemMessage(item) {
+  const text = (parts) => (typeof parts === "string" ? parts : (parts || []).map((part) => part.text ?? "").join(""));
+  if (item.type === "message") return { role: item.role, content: text(item.content) };
+  if (item.type === "function_call") return { role: "assistant", tool_calls: [{ id: item.call_id, function: { name: item.name, arguments: item.arguments } }] };
+  if (item.type === "function_call_output") return { role: "tool", tool_call_id: item.call_id, content: String(item.output ?? "") };
+  if (item.type === "reasoning") return { role: "reasoning", content: text(item.summary) || "(reasoning, no summary)" };
+  return { role: item.type, content: `[${item.type}]` };
+}
+
+// A response's output folded into one assistant message: its text and its function calls.
+function responseOutput(response) {
+  const parts = (response.output || []).map(itemMessage);
+  const content = parts.filter((m) => m.role === "assistant" && m.content).map((m) => m.content).join("") || null;
+  return { role: "assistant", content, tool_calls: parts.flatMap((m) => m.tool_calls || []) };
+}
+
 async function allMessages(id) {
   const messages = [];
   let after = null;
   for (;;) {
-    const page = await get(`${LIST}/${encodeURIComponent(id)}/messages${query([["limit", 100], ["after", after]])}`);
-    messages.push(...page.data);
+    const path = isResponse(id)
+      ? `${RESPONSES}/${encodeURIComponent(id)}/input_items${query([["limit", 100], ["order", "asc"], ["after", after]])}`
+      : `${LIST}/${encodeURIComponent(id)}/messages${query([["limit", 100], ["after", after]])}`;
+    const page = await get(path);
+    messages.push(...(isResponse(id) ? page.data.map(itemMessage) : page.data));
     if (!page.has_more || !page.data.length) return messages;
     after = page.data[page.data.length - 1].id;
   }
@@ -472,32 +499,39 @@ async function renderDetail(panel, id, ctx, { close, changed, filterOn }) {
   let completion;
   let messages;
   try {
-    [completion, messages] = await Promise.all([get(`${LIST}/${encodeURIComponent(id)}`), allMessages(id)]);
+    [completion, messages] = await Promise.all([get(`${isResponse(id) ? RESPONSES : LIST}/${encodeURIComponent(id)}`), allMessages(id)]);
   } catch (error) {
     replace(panel, h("div", { class: "detail-head" }, h("h2", {}, "Completion"), closeButton(close)), h("p", { class: "empty" }, "This completion could not be loaded."));
     ctx.showError(error);
     return;
   }
-  const output = completion.choices?.[0]?.message;
-  const usage = completion.usage || {};
+  const response = completion.object === "response";
+  const outputs = response ? (completion.output || []).map(itemMessage) : [completion.choices?.[0]?.message].filter(Boolean);
+  const output = outputs.length ? outputs : null;
+  const usage = response
+    ? { prompt_tokens: completion.usage?.input_tokens, completion_tokens: completion.usage?.output_tokens, total_tokens: completion.usage?.total_tokens }
+    : completion.usage || {};
   replace(
     panel,
-    h("div", { class: "detail-head" }, h("h2", { id: "detail-title", tabindex: "-1" }, "Completion"), closeButton(close)),
+    h("div", { class: "detail-head" }, h("h2", { id: "detail-title", tabindex: "-1" }, response ? "Response" : "Completion"), closeButton(close)),
     h(
       "dl",
       { class: "facts" },
       h("dt", {}, "Id"), h("dd", {}, h("code", {}, completion.id)),
-      h("dt", {}, "Created"), h("dd", {}, h("time", { datetime: isoDate(completion.created) }, when(completion.created))),
+      h("dt", {}, "Created"), h("dd", {}, h("time", { datetime: isoDate(created(completion)) }, when(created(completion)))),
       h("dt", {}, "Deployment"), h("dd", { class: "fact-deployment" }, completion.distillery?.deployment ?? "—"),
       h("dt", {}, "Model"), h("dd", { class: "fact-model" }, completion.model),
-      h("dt", {}, "Finish"), h("dd", {}, completion.choices?.[0]?.finish_reason ?? "—"),
+      h("dt", {}, "Finish"), h("dd", {}, (response ? completion.status : completion.choices?.[0]?.finish_reason) ?? "—"),
       h("dt", {}, "Tokens"),
       h("dd", {}, `${number(usage.prompt_tokens)} in · ${number(usage.completion_tokens)} out · ${number(usage.total_tokens)} total`),
     ),
     metadataSection(completion, ctx, changed, filterOn),
     toolsSection(completion.tools, completion.tool_choice),
-    h("h3", {}, `Conversation (${messages.length + (output ? 1 : 0)} messages)`),
-    h("ol", { class: "conversation" }, messages.map((m) => messageItem(m, false)), output ? messageItem(output, true) : null),
+    response && completion.distillery?.history_complete === false
+      ? h("p", { class: "muted" }, "Earlier turns of this conversation were not captured: it lacks their context.")
+      : null,
+    h("h3", {}, `Conversation (${messages.length + (output ? output.length : 0)} ${response ? "items" : "messages"})`),
+    h("ol", { class: "conversation" }, messages.map((m) => messageItem(m, false)), (output || []).map((m) => messageItem(m, true))),
     scoresSection(completion.id, ctx, changed), // judged once the conversation has been read
     ctx.canAct
       ? h(
@@ -513,7 +547,7 @@ async function renderDetail(panel, id, ctx, { close, changed, filterOn }) {
                 const confirmed = await confirmDialog("Delete this completion?", `${completion.id} is deleted for good; datasets already built keep their copy.`, "Delete");
                 if (!confirmed) return;
                 try {
-                  await del(`${LIST}/${encodeURIComponent(completion.id)}`);
+                  await del(`${response ? RESPONSES : LIST}/${encodeURIComponent(completion.id)}`);
                 } catch (error) {
                   ctx.showError(error);
                   return;

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from local_host.azurite import free_port
+from shared.upstream import responses_wire
 
 FAKE_MODEL = "fake-model-2025"
 
@@ -40,10 +41,14 @@ class Reply:
     finish_reason: str = "stop"
     hold_after_first_chunk: threading.Event | None = None
     """Stream the first chunk, then wait for this event before the rest (proves chunks are relayed live)."""
+    hold: threading.Event | None = None
+    """Wait for this event before answering (a test orders what happens while the call is out)."""
     for_path: str | None = None
     """Files and fine-tuning routes: answer only a request whose path ends so (others pass it by)."""
     for_model: str | None = None
     """Chat: answer only a request for this model or deployment (others, e.g. a background run, pass it by)."""
+    function_calls: list[dict[str, str]] | None = None
+    """Responses: answer with these function calls (`{"name", "arguments", "call_id"?}`) instead of text."""
 
 
 def completion(request: dict[str, Any], message: dict[str, Any], finish_reason: str = "stop") -> dict[str, Any]:
@@ -147,6 +152,8 @@ class FakeUpstream:
                 Route("/openai/deployments/{deployment}/embeddings", self._embeddings, methods=["POST"]),
                 # Azure OpenAI's GA v1 routes (the deployment in the body's `model`).
                 Route("/openai/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/responses", self._responses, methods=["POST"]),
+                Route("/openai/v1/responses", self._responses, methods=["POST"]),
                 Route("/openai/v1/embeddings", self._embeddings, methods=["POST"]),
             ]
         )
@@ -191,6 +198,8 @@ class FakeUpstream:
                 reply = Reply()
         if reply.delay_seconds:
             await asyncio.sleep(reply.delay_seconds)
+        if reply.hold is not None:
+            await asyncio.to_thread(reply.hold.wait, 30)
         if reply.status != 200 or reply.body is not None:
             return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
         message = reply.message or default_message(body)
@@ -200,6 +209,39 @@ class FakeUpstream:
                 _sse(chunks, reply.hold_after_first_chunk), media_type="text/event-stream", headers=reply.headers
             )
         return JSONResponse(completion(body, message, reply.finish_reason), headers=reply.headers)
+
+    async def _responses(self, request: Request) -> Response:
+        """The Responses API: `fake: <last user text>` (or the scripted function calls), streamed as events when asked."""
+        body = json.loads(await request.body())
+        with self._lock:
+            self.requests.append({"body": body, "headers": dict(request.headers), "url": str(request.url)})
+            first = self._script[0] if self._script else None
+            reply = (
+                self._script.popleft()
+                if first is not None and first.for_model in (None, body.get("model"))
+                else Reply()
+            )
+        if reply.delay_seconds:
+            await asyncio.sleep(reply.delay_seconds)
+        if reply.status != 200 or reply.body is not None:
+            return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+        items = body.get("input")
+        items = [{"role": "user", "content": items}] if isinstance(items, str) else items or []
+        users = [item for item in items if item.get("role") == "user"]
+        said = users[-1].get("content") if users else ""
+        if isinstance(said, list):  # input parts, as an earlier turn resent comes
+            said = "".join(part.get("text", "") for part in said if isinstance(part, dict))
+        text = None if reply.function_calls else f"fake: {said}"
+        response = responses_wire.response_object(
+            model=FAKE_MODEL, text=text, function_calls=reply.function_calls, request=body, input_tokens=7
+        )
+        if body.get("stream"):
+            return StreamingResponse(
+                _events(list(responses_wire.stream_events(response)), reply.hold_after_first_chunk),
+                media_type="text/event-stream",
+                headers=reply.headers,
+            )
+        return JSONResponse(response, headers=reply.headers)
 
     def _scripted(self, request: Request, body: Any) -> Response | None:
         """Record the request; a scripted reply, if one is queued, answers instead of the default."""
@@ -479,3 +521,12 @@ async def _sse(chunks: list[dict[str, Any]], hold: threading.Event | None) -> An
         if number == 0 and hold is not None:
             await asyncio.to_thread(hold.wait, 10)
     yield b"data: [DONE]\n\n"
+
+
+async def _events(events: list[dict[str, Any]], hold: threading.Event | None) -> Any:
+    """Responses events: no `[DONE]` after the last, as OpenAI sends them."""
+    for number, event in enumerate(events):
+        yield responses_wire.sse(event)
+        await asyncio.sleep(0)
+        if number == 0 and hold is not None:
+            await asyncio.to_thread(hold.wait, 10)

@@ -70,3 +70,16 @@ def test_alias_routes(functions: dict[str, Any]) -> None:
     assert {name: _http(functions[name]) for name in expected} == expected
     grader = functions["grade_online_evals"].get_trigger()
     assert (grader.get_binding_name(), grader.queue_name) == ("serviceBusTrigger", "%ONLINE_EVALS_QUEUE%")
+
+
+def test_responses_routes(functions: dict[str, Any]) -> None:
+    """Both shapes: `AzureOpenAI` sends `/openai/responses` (no deployment in the path), `OpenAI` `/openai/v1/responses`."""
+    expected = {}
+    for prefix, suffix in (("openai", ""), ("openai/v1", "_v1")):
+        expected |= {
+            f"create_response{suffix}": (f"{prefix}/responses", ("POST",)),
+            f"retrieve_response{suffix}": (f"{prefix}/responses/{{response_id}}", ("GET",)),
+            f"delete_response{suffix}": (f"{prefix}/responses/{{response_id}}", ("DELETE",)),
+            f"list_response_input_items{suffix}": (f"{prefix}/responses/{{response_id}}/input_items", ("GET",)),
+        }
+    assert {name: _http(functions[name]) for name in expected} == expected

@@ -15,7 +15,7 @@ import re
 import time
 
 from shared.aliases.records import ALIAS_NAME, AliasRecord
-from shared.capture.chat_request import ChatRequest
+from shared.capture.proxy import Request
 from shared.platform.errors import NotFound, StorageUnavailable
 from shared.store.json_blobs import JsonBlobs
 
@@ -43,7 +43,7 @@ class AliasRoutes:
         """name -> (when to read it again, the alias or None for 'not an alias')."""
         self._reading: dict[str, asyncio.Task[AliasRecord | None]] = {}
 
-    async def route(self, deployment: str, request: ChatRequest) -> str | None:
+    async def route(self, deployment: str, request: Request) -> str | None:
         """The deployment that serves this request when `deployment` is an alias; None when it is not."""
         record = await self.alias(deployment)
         if record is None:

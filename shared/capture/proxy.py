@@ -1,9 +1,13 @@
-"""Capture: proxy a chat completion upstream and, when asked, keep it.
+"""Capture: proxy a chat completion or a Responses API call upstream and, when asked, keep it.
 
 Storing never breaks the caller: when the store is off, full or failing, the answer still goes back
 with `x-distillery-stored: false` and a reason header. A streamed answer is stored before its final
 `data: [DONE]` is sent, so it is retrievable the moment the client has read the stream. Storing is
 one blob write; lists show the completion once its index rows follow (`shared/store/completion_indexer`).
+
+Both APIs share every step (rights, quota, idempotency, storing, telemetry, headers); what differs is
+the request's meaning of `store`, the wire format of a stream, and, for Responses, a
+`previous_response_id` chain resolved from the store so the kept record holds the whole conversation.
 """
 
 from __future__ import annotations
@@ -23,9 +27,16 @@ from opentelemetry.trace import Span
 from pydantic import ValidationError
 
 from shared.capture.chat_request import ChatRequest, StreamOptions
-from shared.capture.stream_assembly import CompletionAssembler
+from shared.capture.responses_request import ResponsesRequest
+from shared.capture.stream_assembly import CompletionAssembler, ResponseAssembler
 from shared.platform.access import Caller
-from shared.platform.errors import DocumentTooLarge, NotFound, RedactionUnavailable, StorageUnavailable
+from shared.platform.errors import (
+    DocumentTooLarge,
+    InvalidRequest,
+    NotFound,
+    RedactionUnavailable,
+    StorageUnavailable,
+)
 from shared.platform.telemetry import (
     COMPLETION_ID,
     DEPLOYMENT,
@@ -44,7 +55,8 @@ from shared.reports.quota import QuotaGate
 from shared.store import ids
 from shared.store.completion_store import CompletionStore
 from shared.store.stored_completion import StoredCompletion
-from shared.upstream.client import Upstream, UpstreamResponse
+from shared.upstream import responses_wire
+from shared.upstream.client import CHAT_COMPLETIONS, RESPONSES, Upstream, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +77,8 @@ class NotStoredReason(StrEnum):
     REDACTION_UNAVAILABLE = "redaction_unavailable"
 
 
-Route = Callable[[str, ChatRequest], Awaitable[str | None]]
+Request = ChatRequest | ResponsesRequest
+Route = Callable[[str, Request], Awaitable[str | None]]
 """(deployment asked for, request) -> the deployment that serves it when the name is an alias, else None."""
 
 
@@ -79,8 +92,17 @@ class ProxyReply:
     events: AsyncIterator[bytes] | None = None
 
 
+@dataclass
+class _Chain:
+    """What a `previous_response_id` stands for: the earlier turns' items, and whether all were found."""
+
+    items: list[dict[str, Any]] | None = None
+    """None: not in our store, so the id goes upstream as it is."""
+    complete: bool = True
+
+
 class ChatCapture:
-    """The chat-completions proxy with optional storing."""
+    """The chat-completions and Responses proxy with optional storing."""
 
     def __init__(
         self,
@@ -101,7 +123,7 @@ class ChatCapture:
 
     async def complete(
         self,
-        request: ChatRequest,
+        request: Request,
         *,
         deployment: str,
         caller: Caller,
@@ -112,7 +134,8 @@ class ChatCapture:
         the reply's `x-distillery-overhead-ms` counts from then."""
         timing = _Timing(time.perf_counter() if started is None else started)
         streamed = bool(request.stream)
-        span = tracer.start_span("chat.completions proxy", attributes={DEPLOYMENT: deployment, STREAMED: streamed})
+        name = "responses proxy" if isinstance(request, ResponsesRequest) else "chat.completions proxy"
+        span = tracer.start_span(name, attributes={DEPLOYMENT: deployment, STREAMED: streamed})
         try:
             with trace.use_span(span, record_exception=False, set_status_on_exception=False):
                 reply = await self._complete(request, deployment, caller, idempotency_key, timing, span)
@@ -137,16 +160,18 @@ class ChatCapture:
 
     async def _complete(
         self,
-        request: ChatRequest,
+        request: Request,
         deployment: str,
         caller: Caller,
         idempotency_key: str | None,
         timing: _Timing,
         span: Span,
     ) -> ProxyReply:
+        responses = isinstance(request, ResponsesRequest)
         if self._log_content:
-            log.info("Proxied request to %s (LOG_CONTENT): %s", deployment, _dumps(request.messages).decode())
-        storing = bool(request.store)
+            said = request.input if isinstance(request, ResponsesRequest) else request.messages
+            log.info("Proxied request to %s (LOG_CONTENT): %s", deployment, _dumps(said).decode())
+        storing = request.storing if isinstance(request, ResponsesRequest) else bool(request.store)
         headers: dict[str, str] = {}
         if storing and not self._store_enabled:
             storing = False
@@ -155,35 +180,60 @@ class ChatCapture:
         if refusal is not None:
             storing = False
             _mark_not_stored(headers, NotStoredReason(refusal))
-        completion_id, claimed_before = await self._completion_id(caller, idempotency_key) if storing else (None, False)
+        kind: ids.Kind = "response" if responses else "chat.completion"
+        completion_id, claimed_before = (
+            await self._completion_id(caller, idempotency_key, kind) if storing else (None, False)
+        )
         if completion_id is not None:
             span.set_attribute(COMPLETION_ID, completion_id)
         if completion_id is not None and claimed_before:  # a fresh id has no earlier answer to look for
             earlier = await self._stored(completion_id)
-            if earlier is not None:
+            if earlier is not None and isinstance(request, ResponsesRequest):
+                return _replay_response(earlier, stream=bool(request.stream))
+            if earlier is not None and isinstance(request, ChatRequest):
                 return _replay(earlier, stream=bool(request.stream), options=request.stream_options)
 
         served_by = await self._route(deployment, request) if self._route is not None else None
+        chain = _Chain()
+        if isinstance(request, ResponsesRequest):
+            if request.background:
+                raise InvalidRequest(
+                    "Background responses are not supported by Distillery; send the request without 'background'.",
+                    param="background",
+                    code="unsupported_parameter",
+                )
+            chain = await self._chain(request.previous_response_id, caller)
+            sent = request.upstream_body(
+                model=served_by or deployment, history=None if chain.items is None else _resendable(chain.items)
+            )
+        else:
+            sent = request.upstream_body(model=served_by if served_by and request.model else request.model)
         stack = AsyncExitStack()
         upstream_started = time.perf_counter()
         response: UpstreamResponse = await stack.enter_async_context(
             self._upstream.open(
-                deployment=served_by or deployment,
-                body=request.upstream_body(model=served_by if served_by and request.model else request.model),
+                deployment=served_by or deployment, body=sent, operation=RESPONSES if responses else CHAT_COMPLETIONS
             )
         )
         headers.update(response.headers)
         if not response.ok:
             async with stack:
-                body = await response.read()
+                body_read = await response.read()
             timing.upstream_seconds += time.perf_counter() - upstream_started
-            return _upstream_error(response.status, body, headers)
+            if responses and response.status in (404, 405) and not _openai_shaped(body_read):
+                return _responses_unsupported(response.status, self._upstream.label, headers)
+            return _upstream_error(response.status, body_read, headers)
         if request.stream:
             timing.upstream_seconds += time.perf_counter() - upstream_started
             headers.update({"content-type": "text/event-stream", "cache-control": "no-cache"})
             if storing:
                 headers[STORED_HEADER] = "pending"
-            events = self._relay(stack, response, request, deployment, served_by, caller, completion_id, span)
+            if isinstance(request, ResponsesRequest):
+                events = self._relay_response(
+                    stack, response, request, deployment, served_by, caller, completion_id, chain, span
+                )
+            else:
+                events = self._relay(stack, response, request, deployment, served_by, caller, completion_id, span)
             return ProxyReply(status=response.status, headers=headers, events=events)
 
         async with stack:
@@ -196,9 +246,12 @@ class ChatCapture:
             return ProxyReply(status=response.status, headers=headers, body=body)
         completion = json.loads(body)
         completion["id"] = completion_id
+        if isinstance(request, ResponsesRequest):
+            completion.update(store=True, metadata=request.metadata or {})
+            completion["previous_response_id"] = request.previous_response_id
         body = _dumps(completion)
         reason = await self._keep(
-            completion_id, request, deployment, caller, completion, streamed=False, served_by=served_by
+            completion_id, request, deployment, caller, completion, streamed=False, served_by=served_by, chain=chain
         )
         if reason is None:
             headers[STORED_HEADER] = "true"
@@ -245,6 +298,87 @@ class ChatCapture:
                 yield ("\n".join(event) + "\n\n").encode()
                 event = []
 
+    async def _relay_response(
+        self,
+        stack: AsyncExitStack,
+        response: UpstreamResponse,
+        request: ResponsesRequest,
+        deployment: str,
+        served_by: str | None,
+        caller: Caller,
+        completion_id: str | None,
+        chain: _Chain,
+        span: Span,
+    ) -> AsyncIterator[bytes]:
+        """Forward Responses events as they come, our id in place of the upstream's; store the final
+        response just before relaying the event that ends the stream (`response.completed`, …)."""
+        assembler = ResponseAssembler()
+        async with stack:
+            event: list[str] = []
+            async for line in response.lines():
+                if line:
+                    event.append(line)
+                    continue
+                if not event:
+                    continue
+                data = _event_data(event)
+                parsed = _json_object(data) if data is not None else None
+                if parsed is not None:
+                    assembler.add(parsed)
+                    if completion_id is not None and isinstance(parsed.get("response"), dict):
+                        parsed["response"].update(
+                            id=completion_id,
+                            store=True,
+                            metadata=request.metadata or {},
+                            previous_response_id=request.previous_response_id,
+                        )
+                        event = [line for line in event if not line.startswith("data:")]
+                        event.append(f"data: {_dumps(parsed).decode()}")
+                if parsed is not None and assembler.done and completion_id is not None:
+                    with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                        reason = await self._store_response_stream(
+                            assembler, completion_id, request, deployment, served_by, caller, chain
+                        )
+                    span.set_attribute(STORED, "true" if reason is None else "false")
+                    if reason is not None:
+                        span.set_attribute(NOT_STORED_REASON, reason.value)
+                        not_stored.add(1, {"reason": reason.value})
+                        yield f": distillery-stored=false reason={reason.value}\n\n".encode()
+                yield ("\n".join(event) + "\n\n").encode()
+                event = []
+
+    async def _store_response_stream(
+        self,
+        assembler: ResponseAssembler,
+        completion_id: str,
+        request: ResponsesRequest,
+        deployment: str,
+        served_by: str | None,
+        caller: Caller,
+        chain: _Chain,
+    ) -> NotStoredReason | None:
+        final = assembler.response()
+        if final is None:
+            return NotStoredReason.UPSTREAM_ERROR
+        final.update(id=completion_id, store=True)
+        return await self._keep(
+            completion_id, request, deployment, caller, final, streamed=True, served_by=served_by, chain=chain
+        )
+
+    async def _chain(self, previous_id: str | None, caller: Caller) -> _Chain:
+        """The earlier turns behind `previous_response_id`, from our store (the caller's own only)."""
+        if previous_id is None:
+            return _Chain()
+        if not (ids.is_completion_id(previous_id) and ids.kind_of(previous_id) == "response"):
+            return _Chain(items=None, complete=False)
+        try:
+            earlier = await self._store.get(previous_id, owner=caller.scope)
+        except NotFound:
+            raise NotFound(
+                f"Previous response with id '{previous_id}' not found.", param="previous_response_id"
+            ) from None
+        return _Chain(items=earlier.conversation_items(), complete=earlier.history_complete)
+
     async def _store_stream(
         self,
         assembler: CompletionAssembler,
@@ -265,16 +399,21 @@ class ChatCapture:
     async def _keep(
         self,
         completion_id: str,
-        request: ChatRequest,
+        request: Request,
         deployment: str,
         caller: Caller,
         completion: dict[str, Any],
         *,
         streamed: bool,
         served_by: str | None,
+        chain: _Chain | None = None,
     ) -> NotStoredReason | None:
         try:
+            chain = chain or _Chain()
             stored = StoredCompletion(
+                kind=ids.kind_of(completion_id),
+                history=chain.items or [],
+                history_complete=chain.complete,
                 id=completion_id,
                 created=ids.captured_at_us(completion_id) // 1_000_000,
                 deployment=deployment,
@@ -298,9 +437,11 @@ class ChatCapture:
             log.info("Upstream answer for %s (LOG_CONTENT): %s", completion_id, _dumps(completion).decode())
         return reason
 
-    async def _completion_id(self, caller: Caller, idempotency_key: str | None) -> tuple[str, bool]:
+    async def _completion_id(
+        self, caller: Caller, idempotency_key: str | None, kind: ids.Kind = "chat.completion"
+    ) -> tuple[str, bool]:
         """A new id, or the id an earlier attempt with the same `Idempotency-Key` claimed (then True)."""
-        completion_id = ids.new_completion_id()
+        completion_id = ids.new_completion_id(kind=kind)
         if not idempotency_key:
             return completion_id, False
         digest = hashlib.sha256(f"{caller.owner}\0{idempotency_key}".encode()).hexdigest()
@@ -373,6 +514,60 @@ def _replay(stored: StoredCompletion, *, stream: bool, options: StreamOptions | 
         yield b"data: [DONE]\n\n"
 
     return ProxyReply(status=200, headers={**headers, "content-type": "text/event-stream"}, events=events())
+
+
+def _replay_response(stored: StoredCompletion, *, stream: bool) -> ProxyReply:
+    """A retried Responses call already stored gets the stored response again (streamed: as events)."""
+    headers = {STORED_HEADER: "true", REPLAYED_HEADER: "true"}
+    view = stored.as_response()
+    view.pop("distillery")
+    if not stream:
+        return ProxyReply(status=200, headers={**headers, "content-type": "application/json"}, body=_dumps(view))
+
+    async def events() -> AsyncIterator[bytes]:
+        for event in responses_wire.stream_events(view):
+            yield responses_wire.sse(event)
+
+    return ProxyReply(status=200, headers={**headers, "content-type": "text/event-stream"}, events=events())
+
+
+def _resendable(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Earlier turns as input items an upstream that stores nothing accepts: no item ids (they name
+    nothing it knows) and no reasoning items without their encrypted content."""
+    kept = []
+    for item in items:
+        if item.get("type") == "reasoning" and not item.get("encrypted_content"):
+            continue
+        kept.append({key: value for key, value in item.items() if key != "id"})
+    return kept
+
+
+def _json_object(data: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(data)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _openai_shaped(body: bytes) -> bool:
+    try:
+        parsed = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
+
+
+def _responses_unsupported(status: int, label: str, headers: dict[str, str]) -> ProxyReply:
+    """An upstream without the Responses API: say so (Distillery does not translate to chat completions)."""
+    message = (
+        f"The upstream model API ({label}) does not support the Responses API: it answered HTTP {status} "
+        "to POST /responses. Use chat completions with this upstream, or point Distillery at one that serves "
+        "/responses (OpenAI, Azure OpenAI)."
+    )
+    headers.update({"content-type": "application/json", "x-should-retry": "false"})
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": "upstream_without_responses"}
+    return ProxyReply(status=400, headers=headers, body=_dumps({"error": error}))
 
 
 def _event_data(event: list[str]) -> str | None:

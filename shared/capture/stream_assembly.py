@@ -72,3 +72,37 @@ def _merge_tool_call(calls: list[dict[str, Any]], delta: dict[str, Any]) -> None
         call["function"]["name"] += function["name"]
     if function.get("arguments"):
         call["function"]["arguments"] += function["arguments"]
+
+
+_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+class ResponseAssembler:
+    """Follows a Responses event stream to its final `response`.
+
+    The event that ends the stream carries the whole response; output items seen done on the way
+    stand in when an upstream sends that response without its output.
+    """
+
+    def __init__(self) -> None:
+        self._final: dict[str, Any] | None = None
+        self._items: dict[int, dict[str, Any]] = {}
+        self.done = False
+        """True once the event that ends the stream (`response.completed`, `.incomplete`, `.failed`) arrived."""
+
+    def add(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "response.output_item.done" and isinstance(event.get("item"), dict):
+            self._items[int(event.get("output_index", len(self._items)))] = event["item"]
+        elif kind in _FINAL_EVENTS and isinstance(event.get("response"), dict):
+            self._final = event["response"]
+            self.done = True
+
+    def response(self) -> dict[str, Any] | None:
+        """The final response (None when the stream ended without one, or it failed)."""
+        if self._final is None or self._final.get("status") == "failed":
+            return None
+        final = dict(self._final)
+        if not final.get("output") and self._items:
+            final["output"] = [self._items[index] for index in sorted(self._items)]
+        return final

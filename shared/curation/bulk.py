@@ -9,47 +9,39 @@ without writing, to say how many would change before anything does.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from shared.platform.access import OwnerId, same_owner, stable_owner
-from shared.platform.errors import (
-    Conflict,
-    DistilleryError,
-    DocumentTooLarge,
-    InvalidRequest,
-    NotFound,
-    StorageUnavailable,
-)
+from shared.platform.access import OwnerId, stable_owner
+from shared.platform.errors import Conflict, DocumentTooLarge, InvalidRequest, NotFound
 from shared.platform.job_queue import JobQueue
 from shared.platform.request_body import MAX_METADATA_PAIRS, Metadata, MetadataKey, validation_error
 from shared.platform.telemetry import job_chunk
 from shared.store.completion_filter import CompletionFilter
 from shared.store.completion_index import IndexEntry
 from shared.store.completion_store import CompletionStore
+from shared.store.filter_jobs import (
+    ChunkBudget,
+    JobRecords,
+    batches,
+    bounded,
+    deliver,
+    invalid_body,
+    scoped,
+)
 from shared.store.json_blobs import JsonBlobs, Superseded
 from shared.store.scores import MAX_SCORES_PER_COMPLETION, Score, ScoreName, ScoreParams
 from shared.store.stored_completion import StoredCompletion
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
-CHANGE_CONCURRENCY = 16
 CONFLICT_ATTEMPTS = 3
 """A document another writer changed meanwhile is re-read and changed again this many times."""
-MAX_DELIVERY_COUNT = 5
-"""The maintenance queue's `maxDeliveryCount` (infra/app/servicebus.bicep): the last delivery marks a failure."""
 _ID_PREFIX = "bulk_"
 
 
@@ -123,11 +115,7 @@ def parse_bulk_action_params(body: dict[str, Any]) -> BulkActionParams:
             ) from None
         if field in ("set_metadata", "remove_metadata", "add_scores", "remove_scores"):
             raise validation_error(exc) from None
-        where = ".".join(str(part) for part in error["loc"]) or None
-        message = error["msg"].removeprefix("Value error, ")
-        raise InvalidRequest(
-            f"Invalid bulk action: {message}" + (f" ({where})" if where else ""), param=where, code="invalid_value"
-        ) from None
+        raise invalid_body(exc, "bulk action", code="invalid_value") from None
 
 
 class BulkActionStatus(StrEnum):
@@ -264,7 +252,14 @@ class BulkActions:
         limits: BulkLimits | None = None,
     ) -> None:
         self._store = store
-        self._records = records
+        self._records = JobRecords(
+            records,
+            model=BulkAction,
+            prefix=_ID_PREFIX,
+            folder="bulk_actions",
+            noun="bulk action",
+            param="bulk_action_id",
+        )
         self._queue = queue
         self._queue_name = queue_name
         self.limits = limits or BulkLimits()
@@ -279,7 +274,7 @@ class BulkActions:
             for score in params.add_scores
         ]
         job = BulkAction(
-            id=_ID_PREFIX + secrets.token_hex(12),
+            id=self._records.new_id(),
             status=BulkActionStatus.QUEUED,
             filter=params.filter,
             all=params.all,
@@ -292,40 +287,29 @@ class BulkActions:
             dry_run=params.dry_run,
             created_at=now,
         )
-        etag = await self._records.put(_record(job.id), job.model_dump_json(), create=True)
-        try:
-            await self._send(BulkActionMessage(bulk_action=job.id))
-        except StorageUnavailable:
-            error = BulkActionError(
-                code="queue_unavailable", message="The bulk action could not be queued; nothing changed."
-            )
-            failed = job.model_copy(update={"status": BulkActionStatus.FAILED, "error": error})
-            with contextlib.suppress(Superseded, StorageUnavailable):
-                await self._records.put(_record(job.id), failed.model_dump_json(), etag=etag)
-            raise
+        error = BulkActionError(
+            code="queue_unavailable", message="The bulk action could not be queued; nothing changed."
+        )
+        failed = job.model_copy(update={"status": BulkActionStatus.FAILED, "error": error})
+        await self._records.submit(job, lambda: self._send(BulkActionMessage(bulk_action=job.id)), failed=failed)
         log.info("Bulk action %s%s queued by %s", job.id, " (dry run)" if job.dry_run else "", requested_by)
         return job
 
     async def get(self, action_id: str, *, owner_scope: str | None = None) -> BulkAction:
         """A bulk action's record; a scoped caller sees only its own (another's answers 404)."""
-        job, _ = await self._read(action_id)
-        if owner_scope is not None and not same_owner(job.requested_by, owner_scope):
-            raise _not_found(action_id)
-        return job
+        return await self._records.get(action_id, owner_scope=owner_scope)
 
     async def handle(self, message: BulkActionMessage, *, delivery_count: int) -> None:
         """One queue delivery; raises so the queue retries, and on the last delivery marks the action failed."""
-        try:
-            await self.run(message.bulk_action, part=message.part)
-        except Exception as exc:
-            if delivery_count >= MAX_DELIVERY_COUNT:
-                reason = exc.message if isinstance(exc, DistilleryError) else f"unexpected {type(exc).__name__}"
-                await self._fail(message.bulk_action, f"The bulk action failed {delivery_count} times ({reason}).")
-            raise
+
+        async def fail(reason: str) -> None:
+            await self._fail(message.bulk_action, f"The bulk action failed {delivery_count} times ({reason}).")
+
+        await deliver(self.run(message.bulk_action, part=message.part), delivery_count=delivery_count, fail=fail)
 
     async def run(self, action_id: str, *, part: int = 0) -> BulkAction:
         """Advance the action by one chunk, or finish it; a stale or repeated message changes nothing."""
-        job, etag = await self._read(action_id)
+        job, etag = await self._records.read(action_id)
         if job.finished:
             return job
         if part < job.progress.part:
@@ -339,14 +323,14 @@ class BulkActions:
         job.status, job.runs, job.error = BulkActionStatus.RUNNING, job.runs + 1, None
         job.started_at = job.started_at or datetime.now(UTC)
         try:
-            etag = await self._save(job, etag)
+            etag = await self._records.save(job, etag)
             with job_chunk("bulk_action", action_id, part=part) as chunk:
                 walked_before = job.progress.walked
                 job, etag, walk_done = await self._chunk(job, etag)
                 chunk.items = job.progress.walked - walked_before
             if not walk_done:
                 job.progress.part += 1
-                etag = await self._save(job, etag)
+                etag = await self._records.save(job, etag)
                 await self._send(BulkActionMessage(bulk_action=action_id, part=job.progress.part))
                 return job
             progress = job.progress
@@ -358,22 +342,19 @@ class BulkActions:
                 completed_at=datetime.now(UTC),
             )
             job.status, progress.after = BulkActionStatus.SUCCEEDED, None
-            await self._save(job, etag)
+            await self._records.save(job, etag)
             log.info("Bulk action %s: %s matched, %s updated", job.id, progress.matched, progress.updated)
             return job
         except Superseded:
             log.info("Bulk action %s: another delivery advanced the record; this one stops", action_id)
-            return (await self._read(action_id))[0]
+            return (await self._records.read(action_id))[0]
 
     async def _chunk(self, job: BulkAction, etag: str) -> tuple[BulkAction, str, bool]:
         progress = job.progress
-        selection = job.filter or CompletionFilter()
-        if job.owner_scope is not None:
-            selection = selection.model_copy(update={"owner": job.owner_scope})
-        deadline = time.monotonic() + self.limits.chunk_seconds
-        walked = 0
-        async for rows in _batches(self._store.index.walk(selection, after=progress.after), self.limits.batch):
-            outcomes = await _bounded(rows, lambda row: self._apply(row, selection, job))
+        selection = scoped(job.filter or CompletionFilter(), job.owner_scope)
+        budget = ChunkBudget(rows=self.limits.chunk_rows, seconds=self.limits.chunk_seconds)
+        async for rows in batches(self._store.index.walk(selection, after=progress.after), self.limits.batch):
+            outcomes = await bounded(rows, lambda row: self._apply(row, selection, job))
             for outcome in outcomes:
                 if outcome is None:
                     continue
@@ -386,9 +367,8 @@ class BulkActions:
                     progress.unchanged += 1
             progress.walked += len(rows)
             progress.after = rows[-1].id
-            etag = await self._save(job, etag)
-            walked += len(rows)
-            if walked >= self.limits.chunk_rows or time.monotonic() >= deadline:
+            etag = await self._records.save(job, etag)
+            if budget.spent(len(rows)):
                 return job, etag, False
         return job, etag, True
 
@@ -418,59 +398,10 @@ class BulkActions:
         return None  # pragma: no cover  # the loop returns or raises
 
     async def _fail(self, action_id: str, message: str) -> None:
-        for _ in range(3):
-            job, etag = await self._read(action_id)
-            if job.finished:
-                return
+        def fail(job: BulkAction) -> None:
             job.status, job.error = BulkActionStatus.FAILED, BulkActionError(code="bulk_action_failed", message=message)
-            try:
-                await self._save(job, etag)
-                return
-            except Superseded:
-                continue
 
-    async def _read(self, action_id: str) -> tuple[BulkAction, str]:
-        if not _is_action_id(action_id):
-            raise _not_found(action_id)
-        raw, etag = await self._records.get(_record(action_id), missing=_not_found(action_id).message)
-        return BulkAction.model_validate_json(raw), etag
-
-    async def _save(self, job: BulkAction, etag: str) -> str:
-        return await self._records.put(_record(job.id), job.model_dump_json(), etag=etag)
+        await self._records.mark_failed(action_id, fail)
 
     async def _send(self, message: BulkActionMessage) -> None:
         await self._queue.send(self._queue_name, message.model_dump_json(), message_id=message.message_id)
-
-
-async def _bounded(items: list[_T], work: Callable[[_T], Awaitable[_R]]) -> list[_R]:
-    semaphore = asyncio.Semaphore(CHANGE_CONCURRENCY)
-
-    async def one(item: _T) -> _R:
-        async with semaphore:
-            return await work(item)
-
-    return await asyncio.gather(*(one(item) for item in items))
-
-
-async def _batches(rows: AsyncIterator[IndexEntry], size: int) -> AsyncIterator[list[IndexEntry]]:
-    batch: list[IndexEntry] = []
-    async for row in rows:
-        batch.append(row)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _is_action_id(value: str) -> bool:
-    suffix = value.removeprefix(_ID_PREFIX)
-    return value.startswith(_ID_PREFIX) and len(suffix) == 24 and all(c in "0123456789abcdef" for c in suffix)
-
-
-def _not_found(action_id: str) -> NotFound:
-    return NotFound(f"No bulk action found with id '{action_id[:80]}'.", param="bulk_action_id")
-
-
-def _record(action_id: str) -> str:
-    return f"bulk_actions/{action_id}.json"

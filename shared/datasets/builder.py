@@ -304,8 +304,7 @@ class DatasetJobs:
         slices = list(await asyncio.gather(*(self.records.read_slice(job, n) for n in range(len(job.plan.bounds) + 1))))
         if not all(record.checkpoint.walk_done for record, _ in slices):
             return
-        if job.kind is DatasetKind.DISTILLATION:
-            await self._drop_duplicates_across_slices(job, slices)
+        await self._drop_duplicates_across_slices(job, slices)
         checkpoint, counts = job.checkpoint, job.counts
         for record, _ in slices:
             counts.selected += record.counts.selected
@@ -325,27 +324,55 @@ class DatasetJobs:
     ) -> None:
         """Keep each example's first occurrence in selection order, as a one-slice build does.
 
-        Slices dedupe only within themselves; a slice holding an example an earlier slice also wrote
-        is built again here, seeded with the earlier slices' fingerprints (rare: exact duplicates).
+        Slices dedupe (examples, and prompts: duplicates, near-duplicates, train/validation leakage)
+        only within themselves. A slice holding an example or admitting a prompt that the earlier
+        slices' state would have dropped is built again here, seeded with that state, so the files
+        are byte for byte a one-slice build's. A slice without such a conflict would be built the same
+        seeded or not: it is kept.
         """
-        seen, earlier = FingerprintSet(), list[str]()
+        assert job.request is not None
+        request = job.request
+        prompts = PromptFilter(request.dedup, check_leakage=_checks_leakage(request))
+        distillation = request.kind is DatasetKind.DISTILLATION
+        if not distillation and not prompts.active:
+            return
+        seen, earlier, earlier_prompts = FingerprintSet(), list[str](), list[str]()
         for number, (record, etag) in enumerate(slices):
             fingerprints = await self.fingerprints(job.id, record.checkpoint.fingerprint_runs)
-            if any(fingerprint in seen for fingerprint in fingerprints):
-                log.info("Dataset %s: slice %s repeats earlier examples; building it again", job.id, number)
+            admitted = await self.prompt_states(job.id, record.checkpoint.prompt_runs)
+            if any(fingerprint in seen for fingerprint in fingerprints) or any(map(prompts.rejects_any, admitted)):
+                log.info("Dataset %s: slice %s repeats earlier examples or prompts; building it again", job.id, number)
                 assert job.plan is not None
-                fresh = SliceRecord(
-                    checkpoint=Checkpoint(after=job.plan.slice_range(number).after, fingerprint_runs=list(earlier)),
-                    runs=record.runs + 1,
+                seeded = Checkpoint(
+                    after=job.plan.slice_range(number).after,
+                    fingerprint_runs=list(earlier),
+                    prompt_runs=list(earlier_prompts),
                 )
+                fresh = SliceRecord(checkpoint=seeded, runs=record.runs + 1)
                 await self._build_slice(job, number, fresh, bounded=False)
                 fresh.checkpoint.fingerprint_runs = fresh.checkpoint.fingerprint_runs[len(earlier) :]
+                fresh.checkpoint.prompt_runs = fresh.checkpoint.prompt_runs[len(earlier_prompts) :]
                 await self.records.save_slice(job, number, fresh, etag)
                 slices[number] = record, _ = fresh, None
                 fingerprints = await self.fingerprints(job.id, record.checkpoint.fingerprint_runs)
+                admitted = await self.prompt_states(job.id, record.checkpoint.prompt_runs)
             for fingerprint in fingerprints:
                 seen.add(fingerprint)
+            for state in admitted:
+                prompts.load(state)
             earlier.extend(record.checkpoint.fingerprint_runs)
+            earlier_prompts.extend(record.checkpoint.prompt_runs)
+
+    async def prompt_states(self, job_id: str, runs: list[str]) -> list[bytes]:
+        """The prompt-filter states these runs saved (`<id>/work/prompts-<run>.bin`)."""
+        states = []
+        for run_id in runs:
+            blob = self.records.blob(job_id, f"{WORK_PREFIX}prompts-{run_id}.bin")
+            try:
+                states.append(await (await blob.download_blob()).readall())
+            except AzureError as exc:
+                raise StorageUnavailable("The dataset store is unavailable.") from exc
+        return states
 
     async def fingerprints(self, job_id: str, runs: list[str]) -> array[int]:
         """The example fingerprints these runs saved (`<id>/work/fingerprints-<run>.bin`)."""
@@ -545,6 +572,11 @@ def _walk_position(completion_id: str) -> tuple[int, str]:
     return ids.captured_at_us(completion_id), completion_id
 
 
+def _checks_leakage(request: DatasetParams) -> bool:
+    """Distillation with a validation split: no validation prompt may be a near-duplicate of a training one."""
+    return request.kind is DatasetKind.DISTILLATION and request.fraction > 0
+
+
 def _minimum(kind: DatasetKind) -> int:
     return MIN_DISTILLATION_EXAMPLES if kind is DatasetKind.DISTILLATION else 1
 
@@ -633,8 +665,7 @@ class _Chunk:
         self._buffers: dict[str, _Buffer] = {}
         self._fingerprints = FingerprintSet()
         self._new_fingerprints = array("Q")
-        leakage = self._request.kind is DatasetKind.DISTILLATION and self._request.fraction > 0
-        self._prompts = PromptFilter(self._request.dedup, check_leakage=leakage)
+        self._prompts = PromptFilter(self._request.dedup, check_leakage=_checks_leakage(self._request))
         self._superseded: set[str] = set()
         """`prefer_relabel`: relabeled answers whose selected original carries them."""
 
@@ -698,7 +729,7 @@ class _Chunk:
             if not self._fingerprints.add(fingerprint):
                 return self._skip(formats.SkipReason.DUPLICATE)
             self._new_fingerprints.append(fingerprint or 1)
-        dropped = self._prompts.admit(completion.request["messages"], split=int(name == formats.VALIDATION_FILE))
+        dropped = self._prompts.admit(formats.prompt_messages(completion), split=int(name == formats.VALIDATION_FILE))
         if dropped is not None:
             return self._skip(dropped)
         buffer = self._buffers.setdefault(name, _Buffer())
@@ -856,12 +887,8 @@ class _Chunk:
             self._fingerprints.add(fingerprint)
 
     async def _load_prompts(self) -> None:
-        for run_id in self._job.checkpoint.prompt_runs:
-            blob = self._jobs.records.blob(self._job.id, f"{WORK_PREFIX}prompts-{run_id}.bin")
-            try:
-                self._prompts.load(await (await blob.download_blob()).readall())
-            except AzureError as exc:
-                raise StorageUnavailable("The dataset store is unavailable.") from exc
+        for state in await self._jobs.prompt_states(self._job.id, self._job.checkpoint.prompt_runs):
+            self._prompts.load(state)
 
     async def _save_prompts(self) -> None:
         saved = self._prompts.saved()

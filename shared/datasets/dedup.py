@@ -97,6 +97,24 @@ class PromptFilter:
                 state[row]["signature"] = signature.hashvalues
         return state.tobytes()
 
+    def rejects_any(self, data: bytes) -> bool:
+        """Whether `admit` would drop any of these saved admissions, given what this filter holds (a
+        slice built alone admitted them; the slices before it may hold their duplicates)."""
+        if not self.active:
+            return False
+        for row in np.frombuffer(data, dtype=_STATE):
+            if self._exact and int(row["fingerprint"]) in self._fingerprints:
+                return True
+            if self._lsh is not None:
+                values = row["signature"].astype(np.uint32)
+                signature = LeanMinHash(seed=self._scheme.seed, hashvalues=values, scheme=self._scheme.scheme)
+                neighbours = self._lsh.query(signature)
+                if self._leakage and any(key[0] != int(row["split"]) for key in neighbours):
+                    return True
+                if self.params.mode == "near" and neighbours:
+                    return True
+        return False
+
     def load(self, data: bytes) -> None:
         """Admit what an earlier chunk saved (without counting it again)."""
         for row in np.frombuffer(data, dtype=_STATE):

@@ -1,5 +1,10 @@
 """Stored completion -> dataset line: the fine-tuning chat format and the Evals `file_content` item.
 
+A stored response becomes the same chat form: its whole conversation (earlier turns of its chain
+included), function calls as `tool_calls` and their outputs as `tool` messages. A response whose
+conversation has items with no chat form, or whose earlier turns were not captured, is skipped with
+its reason counted, never trained on in part.
+
 Lines are compact JSON with sorted keys, so a line is its own canonical form: two completions with
 the same conversation give byte-identical lines, which is how exact duplicates are found.
 """
@@ -12,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from shared.datasets.check import MESSAGE_KEYS
+from shared.store import response_items
 from shared.store.stored_completion import StoredCompletion
 
 TRAIN_FILE = "train.jsonl"
@@ -46,10 +52,16 @@ class SkipReason(StrEnum):
     """A near-duplicate of an earlier example's prompt (dedup `near`)."""
     EVAL_LEAKAGE = "eval_leakage"
     """A near-duplicate of an example in the other split (train vs validation): always dropped."""
+    UNSUPPORTED_RESPONSE_ITEM = "unsupported_response_item"
+    """A response whose conversation holds an item with no chat form (a built-in tool call, a computer action)."""
+    INCOMPLETE_CONVERSATION = "incomplete_conversation"
+    """A response whose earlier turns (`previous_response_id`) were not captured: its context is missing."""
 
 
 def assistant_output(completion: StoredCompletion) -> dict[str, Any] | SkipReason:
     """The stored answer as the final assistant message, or why it must not be used."""
+    if completion.kind == "response":
+        return _response_output(completion)
     choices = completion.response.get("choices") or []
     if not choices or not isinstance(choices[0], dict):
         return SkipReason.NO_CHOICES
@@ -75,7 +87,7 @@ def input_messages(completion: StoredCompletion, *, keep_roles: bool = False) ->
     """The request's messages in the fine-tuning shape: `developer` becomes `system` (unless `keep_roles`:
     an eval's `{{item.input}}` replays them to models that know `developer`), extra keys go."""
     messages = []
-    for message in completion.request.get("messages", []):
+    for message in prompt_messages(completion):
         kept = {key: value for key, value in message.items() if key in _INPUT_KEYS}
         if kept.get("role") == "developer" and not keep_roles:
             kept["role"] = "system"
@@ -85,9 +97,32 @@ def input_messages(completion: StoredCompletion, *, keep_roles: bool = False) ->
     return messages
 
 
+def prompt_messages(completion: StoredCompletion) -> list[dict[str, Any]]:
+    """The conversation before the answer as chat messages (a response's: instructions, earlier turns, input)."""
+    if completion.kind != "response":
+        return list(completion.request.get("messages", []))
+    items = [*completion.history, *response_items.input_items(completion.request.get("input"))]
+    return response_items.chat_messages(completion.request.get("instructions"), items)
+
+
+def request_tools(completion: StoredCompletion) -> list[dict[str, Any]] | None:
+    """The tools the request offered, in the chat shape (a response's function tools converted)."""
+    if completion.kind == "response":
+        return response_items.chat_tools(completion.request.get("tools")) or None
+    tools = completion.request.get("tools")
+    return tools if tools else None
+
+
 def distillation_example(completion: StoredCompletion, output: dict[str, Any]) -> dict[str, Any]:
     """`{"messages": [...inputs, output], "tools"?: [...]}`, one fine-tuning example."""
     example: dict[str, Any] = {"messages": [*input_messages(completion), output]}
+    if completion.kind == "response":
+        tools = request_tools(completion)
+        if tools:
+            example["tools"] = tools
+        if tools and completion.request.get("parallel_tool_calls") is not None:
+            example["parallel_tool_calls"] = completion.request["parallel_tool_calls"]
+        return example
     for key in _EXAMPLE_REQUEST_KEYS:
         if completion.request.get(key) is not None:
             example[key] = completion.request[key]
@@ -103,8 +138,9 @@ def evaluation_line(completion: StoredCompletion, output: dict[str, Any]) -> dic
         "completion_id": completion.id,
         "metadata": completion.metadata,
     }
-    if completion.request.get("tools"):
-        item["tools"] = completion.request["tools"]
+    tools = request_tools(completion)
+    if tools:
+        item["tools"] = tools
     return {"item": item, "sample": {"output_text": reference, "model": completion.model}}
 
 
@@ -130,6 +166,34 @@ def in_validation(key: str, *, seed: int, fraction: float) -> bool:
         return False
     digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") < fraction * 2**64
+
+
+def _response_output(completion: StoredCompletion) -> dict[str, Any] | SkipReason:
+    """A response's output as one assistant message: its text, and its function calls as `tool_calls`."""
+    if not completion.history_complete:
+        return SkipReason.INCOMPLETE_CONVERSATION
+    if response_items.unsupported_items(completion.conversation_items()):
+        return SkipReason.UNSUPPORTED_RESPONSE_ITEM
+    response = completion.response
+    if response.get("status") == "failed":
+        return SkipReason.NO_CHOICES
+    if response.get("status") == "incomplete":
+        reason = (response.get("incomplete_details") or {}).get("reason")
+        return (
+            SkipReason.FINISH_REASON_CONTENT_FILTER if reason == "content_filter" else SkipReason.FINISH_REASON_LENGTH
+        )
+    output: dict[str, Any] = {"role": "assistant"}
+    text = response_items.output_text(response)
+    if text and text.strip():
+        output["content"] = text
+    calls = [
+        call
+        for message in response_items.chat_messages(None, completion.response_output())
+        for call in message.get("tool_calls", [])
+    ]
+    if calls:
+        output["tool_calls"] = calls
+    return output if len(output) > 1 else SkipReason.EMPTY_OUTPUT
 
 
 def _tool_call(call: dict[str, Any]) -> dict[str, Any]:

@@ -104,7 +104,9 @@ class DatasetParams(BaseModel):
     def _known_id_format(cls, value: list[str] | None) -> list[str] | None:
         for position, completion_id in enumerate(value or []):
             if not ids.is_completion_id(completion_id):
-                raise ValueError(f"ids[{position}] is not a chat completion id such as 'chatcmpl-…'")
+                raise ValueError(
+                    f"ids[{position}] is not a stored completion or response id such as 'chatcmpl-…' or 'resp_…'"
+                )
         return value
 
     @field_validator("filter")

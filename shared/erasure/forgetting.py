@@ -45,6 +45,7 @@ class Forgetting:
     async def deleted(self, completion_ids: list[str]) -> None:
         """Called after documents are deleted (purge and retention batches): their datasets are rebuilt, their
         eval runs rewritten."""
+        # Eval runs first: the datasets step drops the ids' membership rows, eval runs' as well.
+        await self._evals.forget_completions(completion_ids)
         rebuilt = await self._datasets.forget_completions(completion_ids)
         await self._fine_tuning.forget_datasets(rebuilt)
-        await self._evals.forget_completions(completion_ids)

@@ -10,38 +10,38 @@ digest: safe to run twice, and the receipt is exact.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
-import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from shared.platform.access import OwnerId, same_owner, stable_owner
-from shared.platform.errors import DistilleryError, InvalidRequest, NotFound, StorageUnavailable
+from shared.platform.access import OwnerId, stable_owner
+from shared.platform.errors import NotFound
 from shared.platform.job_queue import JobQueue
 from shared.platform.telemetry import job_chunk
 from shared.store.completion_filter import CompletionFilter
-from shared.store.completion_index import IndexEntry
 from shared.store.completion_store import CompletionStore, in_selection
+from shared.store.filter_jobs import (
+    ChunkBudget,
+    JobRecords,
+    batches,
+    bounded,
+    deliver,
+    invalid_body,
+    scoped,
+)
 from shared.store.json_blobs import JsonBlobs, Superseded
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
-DELETE_CONCURRENCY = 16
 ORPHAN_GRACE = timedelta(hours=1)
 """A document younger than this with no index row may be a store still writing its rows: not an orphan yet."""
-MAX_DELIVERY_COUNT = 5
-"""The purge queue's `maxDeliveryCount` (infra/app/servicebus.bicep): the last delivery marks a failure."""
 _ID_PREFIX = "purge_"
 _DIGEST_MODULUS = 2**256
 DIGEST_METHOD = "sum of sha256(completion id) over deleted completions, mod 2**256"
@@ -92,12 +92,7 @@ def parse_purge_params(body: dict[str, Any]) -> PurgeParams:
     try:
         return PurgeParams.model_validate(body)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"]) or None
-        message = error["msg"].removeprefix("Value error, ")
-        raise InvalidRequest(
-            f"Invalid purge request: {message}" + (f" ({where})" if where else ""), param=where
-        ) from None
+        raise invalid_body(exc, "purge request") from None
 
 
 class PurgeStatus(StrEnum):
@@ -211,7 +206,9 @@ class PurgeService:
         on_deleted: DeletedHook | None = None,
     ) -> None:
         self._store = store
-        self._records = records
+        self._records = JobRecords(
+            records, model=PurgeJob, prefix=_ID_PREFIX, folder="purges", noun="purge", param="purge_id"
+        )
         self._queue = queue
         self._queue_name = queue_name
         self.limits = limits or PurgeLimits()
@@ -220,14 +217,14 @@ class PurgeService:
     async def count(self, params: PurgeParams, *, owner_scope: str | None = None) -> PurgeCount:
         """Walk the index for the matches (a full scan for a wide filter: run it from the queue, see `submit`)."""
         matched = 0
-        async for _ in self._store.index.walk(_scoped(params.selection, owner_scope)):
+        async for _ in self._store.index.walk(scoped(params.selection, owner_scope)):
             matched += 1
         return PurgeCount(filter=params.filter, all=params.all, matched_count=matched)
 
     async def submit(self, params: PurgeParams, *, requested_by: str, owner_scope: str | None = None) -> PurgeJob:
         """Record and queue a purge; when the queue refuses, the record says `failed` (never `queued` forever)."""
         job = PurgeJob(
-            id=_ID_PREFIX + secrets.token_hex(12),
+            id=self._records.new_id(),
             status=PurgeStatus.QUEUED,
             filter=params.filter,
             all=params.all,
@@ -236,39 +233,28 @@ class PurgeService:
             dry_run=params.dry_run,
             created_at=datetime.now(UTC),
         )
-        etag = await self._records.put(_record(job.id), job.model_dump_json(), create=True)
-        try:
-            await self._send(PurgeMessage(id=job.id))
-        except StorageUnavailable:
-            error = PurgeError(code="queue_unavailable", message="The purge could not be queued; nothing was deleted.")
-            failed = job.model_copy(update={"status": PurgeStatus.FAILED, "error": error})
-            with contextlib.suppress(Superseded, StorageUnavailable):
-                await self._records.put(_record(job.id), failed.model_dump_json(), etag=etag)
-            raise
+        error = PurgeError(code="queue_unavailable", message="The purge could not be queued; nothing was deleted.")
+        failed = job.model_copy(update={"status": PurgeStatus.FAILED, "error": error})
+        await self._records.submit(job, lambda: self._send(PurgeMessage(id=job.id)), failed=failed)
         log.info("Purge %s%s queued by %s", job.id, " (dry run)" if job.dry_run else "", requested_by)
         return job
 
     async def get(self, purge_id: str, *, owner_scope: str | None = None) -> PurgeJob:
         """A purge record; a scoped caller sees only its own purges (another's answers 404)."""
-        job, _ = await self._read(purge_id)
-        if owner_scope is not None and not same_owner(job.requested_by, owner_scope):
-            raise _not_found(purge_id)
-        return job
+        return await self._records.get(purge_id, owner_scope=owner_scope)
 
     async def handle(self, body: bytes, *, delivery_count: int) -> None:
         """One queue delivery; raises so the queue retries, and on the last delivery marks the purge failed."""
         message = PurgeMessage.model_validate_json(body)
-        try:
-            await self.run(message.id, part=message.part)
-        except Exception as exc:
-            if delivery_count >= MAX_DELIVERY_COUNT:
-                reason = exc.message if isinstance(exc, DistilleryError) else f"unexpected {type(exc).__name__}"
-                await self._fail(message.id, f"The purge failed {delivery_count} times ({reason}); submit it again.")
-            raise
+
+        async def fail(reason: str) -> None:
+            await self._fail(message.id, f"The purge failed {delivery_count} times ({reason}); submit it again.")
+
+        await deliver(self.run(message.id, part=message.part), delivery_count=delivery_count, fail=fail)
 
     async def run(self, purge_id: str, *, part: int = 0) -> PurgeJob:
         """Advance the purge by one chunk, or finish it; a stale or repeated message changes nothing."""
-        job, etag = await self._read(purge_id)
+        job, etag = await self._records.read(purge_id)
         if job.finished:
             log.info("Purge %s is already %s; part %s ignored", purge_id, job.status, part)
             return job
@@ -283,36 +269,34 @@ class PurgeService:
         job.status, job.runs, job.error = PurgeStatus.RUNNING, job.runs + 1, None
         job.started_at = job.started_at or datetime.now(UTC)
         try:
-            etag = await self._save(job, etag)
+            etag = await self._records.save(job, etag)
             with job_chunk("purge", purge_id, part=part) as chunk:
                 deleted_before = job.progress.deleted
                 job, etag, walk_done = await self._chunk(job, etag)
                 chunk.items = job.progress.deleted - deleted_before
             if not walk_done:
                 job.progress.part += 1
-                etag = await self._save(job, etag)
+                etag = await self._records.save(job, etag)
                 await self._send(PurgeMessage(id=purge_id, part=job.progress.part))
                 return job
             return await self._finish(job, etag)
         except Superseded:
             log.info("Purge %s: another delivery advanced the record; this one stops", purge_id)
-            return (await self._read(purge_id))[0]
+            return (await self._records.read(purge_id))[0]
 
     async def _chunk(self, job: PurgeJob, etag: str) -> tuple[PurgeJob, str, bool]:
         progress = job.progress
-        selection = _scoped(job.filter or CompletionFilter(), job.owner_scope)
+        selection = scoped(job.filter or CompletionFilter(), job.owner_scope)
         etag = await self._settle_pending(job, etag)
-        deadline = time.monotonic() + self.limits.chunk_seconds
-        walked = 0
-        async for rows in _batches(self._store.index.walk(selection, after=progress.after), self.limits.batch):
-            confirmed = await _bounded(rows, lambda row: self._store.confirm(row, selection))
+        budget = ChunkBudget(rows=self.limits.chunk_rows, seconds=self.limits.chunk_seconds)
+        async for rows in batches(self._store.index.walk(selection, after=progress.after), self.limits.batch):
+            confirmed = await bounded(rows, lambda row: self._store.confirm(row, selection))
             progress.walked += len(rows)
             progress.after = rows[-1].id
             progress.pending = [completion.id for completion in confirmed if completion is not None]
-            etag = await self._save(job, etag)
+            etag = await self._records.save(job, etag)
             etag = await self._settle_pending(job, etag, confirmed=True)
-            walked += len(rows)
-            if walked >= self.limits.chunk_rows or time.monotonic() >= deadline:
+            if budget.spent(len(rows)):
                 return job, etag, False
         return job, await self._orphans(job, etag, selection), True
 
@@ -330,10 +314,10 @@ class PurgeService:
                 batch.append(orphan_id)
             if len(batch) == self.limits.batch:
                 job.progress.pending, batch = batch, []
-                etag = await self._settle_pending(job, await self._save(job, etag))
+                etag = await self._settle_pending(job, await self._records.save(job, etag))
         if batch:
             job.progress.pending = batch
-            etag = await self._settle_pending(job, await self._save(job, etag))
+            etag = await self._settle_pending(job, await self._records.save(job, etag))
         return etag
 
     async def _settle_pending(self, job: PurgeJob, etag: str, *, confirmed: bool = False) -> str:
@@ -350,7 +334,7 @@ class PurgeService:
         job.progress.pending = []
         if confirmed:
             return etag  # the next batch's save (or the finish) records it with the new cursor
-        return await self._save(job, etag)
+        return await self._records.save(job, etag)
 
     async def _finish(self, job: PurgeJob, etag: str) -> PurgeJob:
         progress = job.progress
@@ -360,7 +344,7 @@ class PurgeService:
         job.status = PurgeStatus.SUCCEEDED
         job.filter = _redacted(job.filter)
         progress.after = None
-        await self._save(job, etag)
+        await self._records.save(job, etag)
         log.info(
             "Purge %s deleted %s stored completions (ids digest %s)", job.id, progress.deleted, progress.ids_digest
         )
@@ -375,31 +359,17 @@ class PurgeService:
         job.started_at = job.started_at or datetime.now(UTC)
         job.filter = _redacted(job.filter)
         with contextlib.suppress(Superseded):  # a redelivery counted it already
-            await self._save(job, etag)
+            await self._records.save(job, etag)
         log.info("Purge dry run %s matched %s stored completions", job.id, counted.matched_count)
         return job
 
     async def _fail(self, purge_id: str, message: str) -> None:
-        """Mark the purge failed with its reason, unless it finished meanwhile (re-read on a conflict)."""
-        for _ in range(3):
-            job, etag = await self._read(purge_id)
-            if job.finished:
-                return
+        """Mark the purge failed with its reason, unless it finished meanwhile."""
+
+        def fail(job: PurgeJob) -> None:
             job.status, job.error = PurgeStatus.FAILED, PurgeError(code="purge_failed", message=message)
-            try:
-                await self._save(job, etag)
-                return
-            except Superseded:
-                continue
 
-    async def _read(self, purge_id: str) -> tuple[PurgeJob, str]:
-        if not _is_purge_id(purge_id):
-            raise _not_found(purge_id)
-        raw, etag = await self._records.get(_record(purge_id), missing=_not_found(purge_id).message)
-        return PurgeJob.model_validate_json(raw), etag
-
-    async def _save(self, job: PurgeJob, etag: str) -> str:
-        return await self._records.put(_record(job.id), job.model_dump_json(), etag=etag)
+        await self._records.mark_failed(purge_id, fail)
 
     async def _send(self, message: PurgeMessage) -> None:
         await self._queue.send(self._queue_name, message.model_dump_json(), message_id=message.message_id)
@@ -419,32 +389,10 @@ async def delete_completions(
         except NotFound:
             return False
 
-    removed = await _bounded(completion_ids, delete)
+    removed = await bounded(completion_ids, delete)
     if on_deleted is not None and completion_ids:
         await on_deleted(sorted(completion_ids))
     return sum(removed)
-
-
-async def _bounded(items: list[_T], work: Callable[[_T], Awaitable[_R]]) -> list[_R]:
-    """`work` over one batch, DELETE_CONCURRENCY at a time, results in order (tasks for this batch only)."""
-    semaphore = asyncio.Semaphore(DELETE_CONCURRENCY)
-
-    async def one(item: _T) -> _R:
-        async with semaphore:
-            return await work(item)
-
-    return await asyncio.gather(*(one(item) for item in items))
-
-
-async def _batches(rows: AsyncIterator[IndexEntry], size: int) -> AsyncIterator[list[IndexEntry]]:
-    batch: list[IndexEntry] = []
-    async for row in rows:
-        batch.append(row)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _id_digest(completion_id: str) -> int:
@@ -465,20 +413,3 @@ def _redacted(selection: CompletionFilter | None) -> CompletionFilter | None:
         for key, value in selection.metadata.items()
     }
     return selection.model_copy(update={"metadata": hashed})
-
-
-def _scoped(selection: CompletionFilter, owner_scope: str | None) -> CompletionFilter:
-    return selection if owner_scope is None else selection.model_copy(update={"owner": owner_scope})
-
-
-def _is_purge_id(value: str) -> bool:
-    suffix = value.removeprefix(_ID_PREFIX)
-    return value.startswith(_ID_PREFIX) and len(suffix) == 24 and all(c in "0123456789abcdef" for c in suffix)
-
-
-def _not_found(purge_id: str) -> NotFound:
-    return NotFound(f"No purge found with id '{purge_id[:80]}'.", param="purge_id")
-
-
-def _record(purge_id: str) -> str:
-    return f"purges/{purge_id}.json"

@@ -92,6 +92,19 @@ class MeteredCalls(ModelCalls):
                 self.meter.settle(reservation, deployment, spent)
         return completion
 
+    async def respond(self, *, deployment: str, body: dict[str, Any]) -> ChatCompletion:
+        limit = body.get("max_output_tokens") or 0
+        estimate = _tokens(body.get("input")) + (limit if isinstance(limit, int) else 0)
+        async with self.gate:
+            reservation = self.meter.reserve(estimate)
+            spent: dict[str, int] | None = None
+            try:
+                completion = await super().respond(deployment=deployment, body=body)
+                spent = _usage(completion)
+            finally:
+                self.meter.settle(reservation, deployment, spent)
+        return completion
+
     async def embed(self, *, deployment: str, texts: list[str]) -> list[list[float]]:
         estimate = sum(len(text) for text in texts) // _CHARS_PER_TOKEN
         async with self.gate:

@@ -4,7 +4,9 @@ Distillery's extensions: a `stored_completions` run source selects with the same
 stored-completions list (metadata, model, created range, limit); a `file_id` names a file of one of
 our datasets as `<dataset id>/<file name>` (e.g. `dataset-…/eval.jsonl`) as well as an uploaded eval
 file (`file-…`); a run may carry
-`max_total_tokens`, a cap on the tokens its candidate and grader calls may use.
+`max_total_tokens`, a cap on the tokens its candidate and grader calls may use. A `responses` run
+data source (and source) selects stored responses with the SDK's query fields; its candidates are
+answered through the Responses API, from the same messages a chat-completions run would send.
 """
 
 from __future__ import annotations
@@ -97,6 +99,38 @@ class StoredCompletionsSource(_Params):
     limit: int | None = Field(None, ge=1, le=MAX_RUN_ITEMS)
 
 
+class ResponsesSource(StoredCompletionsSource):
+    """`responses`: stored responses, by the SDK's query fields; the ones past the list filter are checked
+    on each response's own request."""
+
+    type: Literal["responses"]  # type: ignore[assignment]
+    instructions_search: str | None = None
+    """Only responses whose instructions contain this text."""
+    reasoning_effort: ReasoningEffort | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    tools: list[str] | None = None
+    """Only responses offered every one of these tools (by name, or by type for built-in tools)."""
+    users: list[str] | None = None
+    """Only responses whose request named one of these `user`s."""
+
+    def accepts(self, request: dict[str, Any]) -> bool:
+        """The request-level conditions, on a stored response's request."""
+        offered = {
+            str(tool.get("name") or tool.get("type")) for tool in request.get("tools") or [] if isinstance(tool, dict)
+        }
+        return (
+            (self.instructions_search is None or self.instructions_search in str(request.get("instructions") or ""))
+            and (
+                self.reasoning_effort is None or (request.get("reasoning") or {}).get("effort") == self.reasoning_effort
+            )
+            and (self.temperature is None or request.get("temperature") == self.temperature)
+            and (self.top_p is None or request.get("top_p") == self.top_p)
+            and (not self.tools or set(self.tools) <= offered)
+            and (not self.users or request.get("user") in self.users)
+        )
+
+
 class TemplateInputMessages(_Params):
     type: Literal["template"]
     template: list[GraderMessage] = Field(min_length=1)
@@ -126,8 +160,12 @@ class JsonlRunDataSource(_Params):
 
 
 class CompletionsRunDataSource(_Params):
-    type: Literal["completions"]
-    source: Annotated[FileContentSource | FileIdSource | StoredCompletionsSource, Field(discriminator="type")]
+    """`completions`, or `responses` (the same run over stored responses: `source` may be `responses`)."""
+
+    type: Literal["completions", "responses"]
+    source: Annotated[
+        FileContentSource | FileIdSource | StoredCompletionsSource | ResponsesSource, Field(discriminator="type")
+    ]
     input_messages: (
         Annotated[TemplateInputMessages | ItemReferenceInputMessages, Field(discriminator="type")] | None
     ) = None
@@ -137,10 +175,19 @@ class CompletionsRunDataSource(_Params):
 
     @model_validator(mode="after")
     def _messages_for_a_model(self) -> CompletionsRunDataSource:
-        if self.model is not None and self.input_messages is None and self.source.type != "stored_completions":
+        if (
+            self.model is not None
+            and self.input_messages is None
+            and self.source.type not in ("stored_completions", "responses")
+        ):
             raise ValueError("input_messages is required when a model generates the samples")
         if self.model is None and self.input_messages is not None:
             raise ValueError("input_messages needs a model to send them to")
+        if isinstance(self.source, ResponsesSource) and self.type != "responses":
+            raise ValueError("a 'responses' source belongs to a 'responses' run data source")
+        stored = isinstance(self.source, StoredCompletionsSource) and not isinstance(self.source, ResponsesSource)
+        if stored and self.type != "completions":
+            raise ValueError("a 'stored_completions' source belongs to a 'completions' run data source")
         return self
 
 

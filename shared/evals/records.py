@@ -6,6 +6,7 @@
     <eval id>/runs/<run id>/items.jsonl           the data-source items, fixed when the run starts
     <eval id>/runs/<run id>/output/<start>-<end>.jsonl
                                                   graded items start..end-1, one JSON line each
+    <eval id>/runs/<run id>/forgotten/<id>.json   completion ids an erasure looked for (see `note_forgotten`)
 
 Ids start with inverted time, so listings come newest first; state writes are conditional on the
 ETag read, so two deliveries of one message never both advance a run. Graded items are written in
@@ -17,6 +18,7 @@ state is counted by the next delivery, a group that lost a race is ignored.
 from __future__ import annotations
 
 import bisect
+import json
 import re
 import secrets
 import time
@@ -165,6 +167,8 @@ class RunRecord(BaseModel):
     """A delivery started and has not ended (nor checkpointed): seen by the next one, it was killed."""
     last_failure: str | None = None
     """Why the last delivery failed (for the run's error when the queue gives up)."""
+    erased: list[int] = Field(default_factory=list)
+    """Items whose completion was deleted: out of the counts (taken out, or never put in), each once."""
     scores_author: str | None = None
     """`write_scores`: who the written-back scores are by (the run's creator); None: none are written."""
 
@@ -323,6 +327,30 @@ class EvalStore:
 
     async def read_items_versioned(self, eval_id: str, run_id: str) -> tuple[bytes, str]:
         return await self.blobs.get(f"{eval_id}/runs/{run_id}/items.jsonl", missing=f"Run '{run_id}' has no items yet.")
+
+    async def open_items(self, eval_id: str, run_id: str) -> tuple[int, AsyncIterator[bytes], str]:
+        """The items' size (for the read budget), their bytes in chunks, and the version being read."""
+        return await self.blobs.open_versioned(
+            f"{eval_id}/runs/{run_id}/items.jsonl", missing=f"Run '{run_id}' has no items yet."
+        )
+
+    async def items_version(self, eval_id: str, run_id: str) -> str:
+        """The items' ETag: a delivery compares it with the version it read to see an erasure land."""
+        return await self.blobs.etag(f"{eval_id}/runs/{run_id}/items.jsonl", missing=f"Run '{run_id}' has no items.")
+
+    async def note_forgotten(self, eval_id: str, run_id: str, completion_ids: list[str]) -> None:
+        """Leave the deleted ids an erasure is about to look for, before it reads the items: a run still
+        collecting its items (it read a document before the delete) erases them once its items are fixed."""
+        name = f"{eval_id}/runs/{run_id}/forgotten/{new_id('erasure')}.json"
+        await self.blobs.put(name, json.dumps(sorted(completion_ids)), create=True)
+
+    async def forgotten(self, eval_id: str, run_id: str) -> set[str]:
+        """Every id `note_forgotten` left for this run."""
+        found: set[str] = set()
+        for name in await self.blobs.names(f"{eval_id}/runs/{run_id}/forgotten/"):
+            raw, _ = await self.blobs.get(name, missing="An erasure note is missing.")
+            found.update(json.loads(raw))
+        return found
 
     async def replace_items(self, eval_id: str, run_id: str, lines: bytes, etag: str) -> None:
         """Rewrite the items (erasure), only if unchanged since read."""

@@ -53,6 +53,7 @@ from shared.evals.params import (
     FileContentSource,
     FileIdSource,
     ItemReferenceInputMessages,
+    ResponsesSource,
     RunCreateParams,
     StoredCompletionsSource,
 )
@@ -78,7 +79,7 @@ from shared.platform.telemetry import JobChunk, job_chunk
 from shared.store.completion_filter import CompletionFilter
 from shared.store.completion_index import IndexEntry
 from shared.store.completion_store import CompletionStore, in_selection
-from shared.store.json_blobs import Superseded
+from shared.store.json_blobs import RewrittenWhileRead, Superseded
 from shared.store.read_budget import ByteBudget
 from shared.store.scores import Score, ScoreName
 from shared.upstream.model_calls import ModelCalls, UpstreamCallFailed
@@ -451,39 +452,54 @@ class EvalService:
     async def forget_completions(self, completion_ids: list[str]) -> int:
         """Rewrite every run that copied any of these deleted completions without them: its item becomes an
         erased line (so item positions stay) and its output item is deleted and uncounted. Runs rewritten."""
-        wanted = set(completion_ids)
         rewritten = 0
-        for holder in sorted(await self._membership.holders(completion_ids)):
+        for holder, held in sorted((await self._membership.holdings(completion_ids)).items()):
             eval_id, _, run_id = holder.partition(".")
             if EVAL_ID.fullmatch(eval_id) and RUN_ID.fullmatch(run_id):
-                rewritten += await self._erase_from_run(eval_id, run_id, wanted)
+                rewritten += await self._erase_from_run(eval_id, run_id, held, note=True)
         if rewritten:
             log.info("Deleted completions were in %s eval run(s); erased from them", rewritten)
         return rewritten
 
-    async def _erase_from_run(self, eval_id: str, run_id: str, wanted: set[str]) -> bool:
+    async def _erase_from_run(self, eval_id: str, run_id: str, wanted: set[str], *, note: bool) -> bool:
+        """Erase the items copying `wanted` and their output items.
+
+        `note`: first leave the ids in the run's `forgotten/` notes, and only then read the items. A run
+        that read a document before its delete but fixes its items after this read finds the note
+        (`_fix_items`); one that fixed them before is found here. Either way the copy goes."""
+        if note:
+            try:
+                await self.store.read_run(eval_id, run_id)
+            except NotFound:
+                return False  # run deleted: a note would leave a stray blob where it was
+            await self.store.note_forgotten(eval_id, run_id, sorted(wanted))
         while True:
             try:
-                raw, etag = await self.store.read_items_versioned(eval_id, run_id)
+                size, chunks, etag = await self.store.open_items(eval_id, run_id)
             except NotFound:
-                return False  # run deleted, or its items not fixed yet (they are read after the delete)
-            lines = raw.splitlines(keepends=True)
-            hits = [index for index, line in enumerate(lines) if _completion_id(line) in wanted]
-            if not hits:
-                return False
-            for index in hits:
-                lines[index] = formats.jsonl_line({ERASED: True})
-            with contextlib.suppress(Superseded):
-                await self.store.replace_items(eval_id, run_id, b"".join(lines), etag)
-                break
+                return False  # its items not fixed yet: the run reads the note when it fixes them
+            async with self.budget.hold(size):
+                try:
+                    lines = b"".join([chunk async for chunk in chunks]).splitlines(keepends=True)
+                except RewrittenWhileRead:
+                    continue  # another erasure rewrote them meanwhile: read the new version
+                hits = [index for index, line in enumerate(lines) if _completion_id(line) in wanted]
+                if not hits:
+                    return False
+                for index in hits:
+                    lines[index] = formats.jsonl_line({ERASED: True})
+                with contextlib.suppress(Superseded):
+                    await self.store.replace_items(eval_id, run_id, b"".join(lines), etag)
+                    break
         for index in hits:
             await self._erase_output(eval_id, run_id, index)
         return True
 
     async def _erase_output(self, eval_id: str, run_id: str, index: int) -> None:
-        """Take a graded item out of every output group holding it (rewritten without its line), and out
-        of the run's counts if its group is counted."""
+        """Take a graded item out of every output group holding it (rewritten without its line), then out
+        of the run's counts (`_uncount`). Safe to run twice and alongside the run's own delivery."""
         prefix = b'{"index":%d,' % index
+        removed: dict[tuple[int, int], OutputItem] = {}
         for start, end in await self.store.all_groups(eval_id, run_id):
             if not start <= index < end:
                 continue
@@ -499,16 +515,29 @@ class EvalService:
                 erased = OutputItem.model_validate_json(next(line for line in lines if line.startswith(prefix)))
                 with contextlib.suppress(Superseded):
                     await self.store.replace_group(eval_id, run_id, start, end, b"\n".join(kept), group_etag)
-                    await self._uncount(eval_id, run_id, (start, end), erased)
+                    removed[(start, end)] = erased
                     break
+        await self._uncount(eval_id, run_id, index, removed)
 
-    async def _uncount(self, eval_id: str, run_id: str, group: tuple[int, int], output: OutputItem) -> None:
-        """Take an erased item out of the run's counts if its group is counted (the tokens stay spent)."""
+    async def _uncount(self, eval_id: str, run_id: str, index: int, removed: dict[tuple[int, int], OutputItem]) -> None:
+        """Take an erased item out of the run's counts exactly once (the tokens stay spent).
+
+        The state lists the item in `erased` as it is taken out. Once its group is counted, only the
+        eraser that removed its line from that group (`removed`) takes it out; before, any eraser lists
+        it, and counting the group then leaves it out (`_count_group`)."""
         while True:
-            run, etag = await self.store.read_run(eval_id, run_id)
-            if run.group_of(output.index) != group:
-                return  # not counted (yet): a group counted later is read without the item
-            _tally(output).count(run, sign=-1)
+            try:
+                run, etag = await self.store.read_run(eval_id, run_id)
+            except NotFound:
+                return  # deleted meanwhile
+            if index in run.erased:
+                return
+            group = run.group_of(index)
+            if group is not None:
+                if group not in removed:
+                    return  # another eraser removed the counted line, and takes it out
+                _tally(removed[group]).count(run, sign=-1)
+            run.erased.append(index)
             with contextlib.suppress(Superseded):
                 await self.store.save_run(run, etag)
                 return
@@ -603,40 +632,96 @@ class EvalService:
         run.deliveries += 1
         run.delivery_open = True
         etag = await self.store.save_run(run, etag)
-        items = await self._items(run, record, request)
         if run.items_total is None:
-            run.items_total = len(items)
-            run.lineage.completion_ids_digest = _ids_digest(items) if run.lineage.completion_filter else None
-            etag = await self.store.save_run(run, etag)
+            total, digest = await self._fix_items(run, record, request)
+            run, etag = await self._save_state(
+                run, etag, lambda state: _set_items(state, total, digest if state.lineage.completion_filter else None)
+            )
+        items = await _ItemLines.open(self.store, run)
         run, etag = await self._recover(run, etag)
         first = run.next_index
         window = _Window(self, run, etag, record, request, items, started)
+        total = run.items_total or 0
         try:
             stop = await window.grade()
         finally:
             chunk.items = window.run.next_index - first
         run, etag = window.run, window.etag
-        if run.next_index >= len(items):
+        if run.next_index >= total:
             return await self._finish(run, etag, RunStatus.CANCELED if run.cancel_requested else RunStatus.COMPLETED)
         if stop == "canceled":
             return await self._finish(run, etag, RunStatus.CANCELED)
         if stop == "token_cap":
             message_text = (
                 f"The run used {run.tokens_used} tokens, reaching its cap of {run.token_cap}: it stopped after "
-                f"{run.next_index} of {len(items)} items, whose results are kept."
+                f"{run.next_index} of {total} items, whose results are kept."
             )
-            run.error = RunError(code="token_cap_reached", message=message_text)
-            return await self._finish(run, etag, RunStatus.FAILED)
-        run.part += 1
-        run.delivery_open = False
-        await self.store.save_run(run, etag)
+            error = RunError(code="token_cap_reached", message=message_text)
+            return await self._finish(run, etag, RunStatus.FAILED, error=error)
+        run, etag = await self._save_state(run, etag, _next_part)
         await self._send(message.model_copy(update={"part": run.part}))
 
-    async def _finish(self, run: RunRecord, etag: str, status: RunStatus) -> None:
-        run.status = status
-        run.delivery_open = False
-        await self.store.save_run(run, etag)
+    async def _finish(self, run: RunRecord, etag: str, status: RunStatus, *, error: RunError | None = None) -> None:
+        def finish(state: RunRecord) -> None:
+            state.status = status
+            state.delivery_open = False
+            if error is not None:
+                state.error = error
+
+        run, _ = await self._save_state(run, etag, finish)
         log.info("Eval run %s %s: %s", run.id, status, run.result_counts.model_dump())
+
+    async def _save_state(
+        self, run: RunRecord, etag: str, change: Callable[[RunRecord], None]
+    ) -> tuple[RunRecord, str]:
+        """Save a change this delivery makes to the state. An erasure or a cancel may have saved the
+        state meanwhile: the change is made again on theirs. Another delivery having moved the run on
+        (`Superseded`) ends this one."""
+        while True:
+            updated = run.model_copy(deep=True)
+            change(updated)
+            try:
+                return updated, await self.store.save_run(updated, etag)
+            except Superseded:
+                current, etag = await self.store.read_run(run.eval_id, run.id)
+                moved = (current.part, current.next_index, current.deliveries) != (
+                    run.part,
+                    run.next_index,
+                    run.deliveries,
+                )
+                if moved or (current.finished and current.status is not RunStatus.CANCELED):
+                    raise
+                run = current
+
+    async def _fix_items(self, run: RunRecord, record: EvalRecord, request: RunCreateParams) -> tuple[int, str]:
+        """Fix the run's items on its first delivery (so later deliveries grade the same ones): their
+        number and the digest of the completion ids they copy, read back a chunk at a time.
+
+        An erasure that ran while they were collected (a document read before its delete) left a note,
+        read here after the items are written: those ids are erased before any is graded."""
+        lines = await self._collect_items(run, record, request)
+        await self.store.write_items(run.eval_id, run.id, b"".join(lines))
+        del lines
+        forgotten = await self.store.forgotten(run.eval_id, run.id)
+        if forgotten:
+            await self._erase_from_run(run.eval_id, run.id, forgotten, note=False)
+        while True:
+            with contextlib.suppress(RewrittenWhileRead):  # an erasure landed while read: read it again
+                return await self._count_items(run)
+
+    async def _count_items(self, run: RunRecord) -> tuple[int, str]:
+        _, chunks, _ = await self.store.open_items(run.eval_id, run.id)
+        total, digest, partial = 0, hashlib.sha256(), b""
+        async for chunk in chunks:
+            async with self.budget.hold(len(chunk)):
+                *complete, partial = (partial + chunk).split(b"\n")
+                for line in complete:
+                    total += 1
+                    digest.update((_completion_id(line) or "").encode() + b"\n")
+        if partial:
+            total += 1
+            digest.update((_completion_id(partial) or "").encode() + b"\n")
+        return total, digest.hexdigest()
 
     async def _recover(self, run: RunRecord, etag: str) -> tuple[RunRecord, str]:
         """Count the groups a killed delivery wrote but did not count, in order: no upstream call again."""
@@ -673,7 +758,8 @@ class EvalService:
                 raise Superseded(run.id)
             updated = run.model_copy(deep=True)
             for tally in tallies:
-                tally.count(updated)
+                if tally.index not in updated.erased:  # an erasure landed before the count: keep it out
+                    tally.count(updated)
             _add_usage(updated, usage)
             updated.next_index = end
             updated.output_groups.append(end)
@@ -791,7 +877,10 @@ class EvalService:
         if source.sampling_params is not None:
             body.update(source.sampling_params.model_dump(exclude_none=True))
         try:
-            completion = await calls.chat(deployment=source.model, body=body)
+            if source.type == "responses":  # the run asks for the Responses API: its own names for the same settings
+                completion = await calls.respond(deployment=source.model, body=_responses_body(body))
+            else:
+                completion = await calls.chat(deployment=source.model, body=body)
         except TokenCapReached:
             raise
         except UpstreamCallFailed as exc:
@@ -802,13 +891,6 @@ class EvalService:
         if params is not None:
             sample.update(params.model_dump(include={"seed", "temperature", "top_p", "max_completion_tokens"}))
         return sample, None
-
-    async def _items(self, run: RunRecord, record: EvalRecord, request: RunCreateParams) -> list[bytes]:
-        """The run's items, fixed on its first delivery (so later deliveries grade the same ones)."""
-        if run.items_total is None:
-            lines = await self._collect_items(run, record, request)
-            await self.store.write_items(run.eval_id, run.id, b"".join(lines))
-        return (await self.store.read_items(run.eval_id, run.id)).splitlines()
 
     async def _collect_items(self, run: RunRecord, record: EvalRecord, request: RunCreateParams) -> list[bytes]:
         source = request.data_source.source
@@ -840,7 +922,8 @@ class EvalService:
             except NotFound:
                 continue
             output = formats.assistant_output(completion)
-            if isinstance(output, dict) and in_selection(completion, selection):
+            wanted = not isinstance(source, ResponsesSource) or source.accepts(completion.request)
+            if isinstance(output, dict) and in_selection(completion, selection) and wanted:
                 line = formats.jsonl_line(formats.evaluation_line(completion, output))
                 size += len(line)
                 if size > MAX_RUN_ITEM_BYTES:
@@ -1037,12 +1120,36 @@ def _schema(item_schema: dict[str, Any], *, sample: bool) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": list(properties)}
 
 
+def _responses_body(chat: dict[str, Any]) -> dict[str, Any]:
+    """A candidate call's chat body as a Responses body: messages as input, the sampling parameters
+    under the Responses API's names (it has no `seed`)."""
+    body: dict[str, Any] = {"input": chat["messages"]}
+    for key in ("temperature", "top_p"):
+        if key in chat:
+            body[key] = chat[key]
+    if "tools" in chat:  # chat's function tools nest their definition; the Responses API's do not
+        body["tools"] = [
+            {"type": "function", **tool["function"]} if tool.get("type") == "function" and "function" in tool else tool
+            for tool in chat["tools"]
+        ]
+    if "max_completion_tokens" in chat:
+        body["max_output_tokens"] = chat["max_completion_tokens"]
+    if "reasoning_effort" in chat:
+        body["reasoning"] = {"effort": chat["reasoning_effort"]}
+    if "response_format" in chat:
+        given = chat["response_format"]
+        schema = given.get("json_schema") if given.get("type") == "json_schema" else None
+        body["text"] = {"format": {"type": "json_schema", **schema} if schema else {"type": given.get("type")}}
+    return body
+
+
 def _completion_filter(source: StoredCompletionsSource, record: EvalRecord, owner: str | None) -> CompletionFilter:
     """The run's selection, in the eval owner's scope: whoever starts the run (an all-owners key too), its
     items become readable by that owner, so they hold only that owner's completions."""
     metadata = source.metadata if source.metadata is not None else record.data_source_config.get("metadata") or {}
     try:
         return CompletionFilter(
+            kind="response" if isinstance(source, ResponsesSource) else None,
             metadata=metadata,
             scores=source.scores or {},
             model=source.model,
@@ -1093,6 +1200,7 @@ def _first_message(completion: dict[str, Any]) -> dict[str, Any]:
 class _Tally:
     """What counting one graded item needs, kept instead of the item itself (which may be megabytes)."""
 
+    index: int
     status: str
     criteria: tuple[tuple[str, bool | None], ...]
     """(criterion, passed), None when it errored."""
@@ -1115,7 +1223,7 @@ class _Tally:
                 criterion.failed += sign * (not passed)
 
 
-_ERASED_ITEM = (b"", _Tally(status=ERASED, criteria=(), usage=()))
+_ERASED_ITEM = (b"", _Tally(index=-1, status=ERASED, criteria=(), usage=()))
 """An item whose completion was erased: nothing written, nothing counted, its position passed."""
 
 
@@ -1128,6 +1236,7 @@ def _tally(output: OutputItem, candidate: str | None = None) -> _Tally:
     for result in output.results:
         usage.extend((name, dict(spent)) for name, spent in result.usage.items())
     return _Tally(
+        index=output.index,
         status=output.status,
         criteria=tuple((r.name, None if r.error is not None else r.passed) for r in output.results),
         usage=tuple(usage),
@@ -1143,17 +1252,21 @@ def _add_usage(run: RunRecord, usage: dict[str, dict[str, int]]) -> None:
         run.tokens_used += int(spent.get("total_tokens") or 0)
 
 
+def _set_items(run: RunRecord, total: int, digest: str | None) -> None:
+    run.items_total = total
+    run.lineage.completion_ids_digest = digest
+
+
+def _next_part(run: RunRecord) -> None:
+    """A delivery checkpoints: its continuation runs the next part."""
+    run.part += 1
+    run.delivery_open = False
+
+
 def _after(ids: list[str], after: str | None) -> list[str]:
     if after is None:
         return ids
     return ids[ids.index(after) + 1 :] if after in ids else []
-
-
-def _ids_digest(items: list[bytes]) -> str:
-    digest = hashlib.sha256()
-    for line in items:
-        digest.update((_completion_id(line) or "").encode() + b"\n")
-    return digest.hexdigest()
 
 
 def _completion_id(line: bytes) -> str | None:
@@ -1185,6 +1298,89 @@ def _json_object(line: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+class _ItemLines:
+    """A delivery's view of the run's `items.jsonl`, read forward a chunk at a time.
+
+    Only the lines from the run's counted point on are kept (the window holds each from the read
+    budget while it grades it), so a delivery never holds the whole file (up to MAX_RUN_ITEM_BYTES).
+    An erasure rewrites the file in place (an erased line per item), so `refresh` reads the new
+    version and says which kept lines it erased.
+    """
+
+    def __init__(self, store: EvalStore, run: RunRecord) -> None:
+        self._store, self._eval_id, self._run_id = store, run.eval_id, run.id
+        self.total = run.items_total or 0
+        self.version = ""
+        self.erased: set[int] = set()
+        """Kept lines an erasure rewrote after this delivery read them (their graded copies must go)."""
+        self._keep_from = run.next_index
+        self._lines: dict[int, bytes] = {}
+        self._read = 0
+        """Lines read from the current version so far (the index of the next)."""
+        self._chunks: AsyncIterator[bytes] = _no_chunks()
+        self._partial = b""
+
+    @classmethod
+    async def open(cls, store: EvalStore, run: RunRecord) -> _ItemLines:
+        items = cls(store, run)
+        await items._reopen(until=0)
+        return items
+
+    async def get(self, index: int) -> bytes:
+        while self._read <= index:
+            if not await self._next_lines():
+                raise NotFound(f"Run '{self._run_id}' has fewer items than its state counts.")
+        return self._lines[index]
+
+    def size(self, index: int) -> int:
+        """A kept line's size, 0 when it is not read yet."""
+        return len(self._lines.get(index, b""))
+
+    def drop_before(self, index: int) -> None:
+        """Forget lines before the run's counted point: they are graded and written."""
+        for old in range(self._keep_from, index):
+            self._lines.pop(old, None)
+        self._keep_from = max(self._keep_from, index)
+
+    async def refresh(self) -> None:
+        """Read the current version up to where this one was read; kept lines now erased are noted."""
+        await self._reopen(until=self._read)
+
+    async def _reopen(self, *, until: int) -> None:
+        _, self._chunks, self.version = await self._store.open_items(self._eval_id, self._run_id)
+        self._partial, read, self._read = b"", self._read, 0
+        while self._read < until and await self._next_lines(replacing=read):
+            pass
+
+    async def _next_lines(self, *, replacing: int = 0) -> bool:
+        """Read one more chunk's lines; False at the end. Lines below `replacing` were read before."""
+        try:
+            chunk = await anext(self._chunks, None)
+        except RewrittenWhileRead:  # an erasure rewrote the items: read on in the new version
+            await self._reopen(until=self._read)
+            return True
+        if chunk is None:
+            if not self._partial:
+                return False
+            complete, self._partial = [self._partial], b""
+        else:
+            *complete, self._partial = (self._partial + chunk).split(b"\n")
+        for line in complete:
+            index, self._read = self._read, self._read + 1
+            if index < self._keep_from:
+                continue
+            changed = index < replacing and index in self._lines and line != self._lines[index]
+            if changed and (_json_object(line) or {}).get(ERASED):
+                self.erased.add(index)
+            self._lines[index] = line
+        return True
+
+
+async def _no_chunks() -> AsyncIterator[bytes]:
+    return
+    yield
+
+
 class _Window:
     """One delivery's grading: a continuous window of items in flight, counted in groups.
 
@@ -1207,7 +1403,7 @@ class _Window:
         etag: str,
         record: EvalRecord,
         request: RunCreateParams,
-        items: list[bytes],
+        items: _ItemLines,
         started: float,
     ) -> None:
         self.service, self.run, self.etag = service, run, etag
@@ -1238,7 +1434,7 @@ class _Window:
         last_save = time.monotonic()
         try:
             while True:
-                while stop is None and next_start < len(self.items) and len(self.in_flight) < window:
+                while stop is None and next_start < self.items.total and len(self.in_flight) < window:
                     if next_start >= self.run.next_index + ahead:
                         break  # a slow item holds the counted point: do not run far past it
                     if time.monotonic() >= self.soft_deadline and next_start > first:  # one item at least
@@ -1249,7 +1445,7 @@ class _Window:
                         stop = "canceled"
                     if stop is not None:
                         break
-                    line = self.items[next_start]
+                    line = await self.items.get(next_start)
                     if not budget.fits(len(line)) and (self.in_flight or self.ended):
                         break  # wait for our own items to end and be written first
                     held = await budget.acquire(len(line))
@@ -1284,7 +1480,7 @@ class _Window:
                 if not self.in_flight and self._prefix_end() == self.run.next_index:
                     # nothing runs, nothing more to write: what ended past a refused item is dropped
                     self._drop_ended()
-                    if stop is not None or next_start >= len(self.items):
+                    if stop is not None or next_start >= self.items.total:
                         return stop or "done"
                     next_start = self.run.next_index
         finally:
@@ -1314,7 +1510,7 @@ class _Window:
             or end - start >= self.limits.save_every_items
             or time.monotonic() - last_save >= self.limits.save_every_seconds
             or size >= self.limits.group_max_bytes
-            or not self.service.budget.fits(len(self.items[end]) if end < len(self.items) else 0)
+            or not self.service.budget.fits(self.items.size(end))
         )
         if not due:
             return None
@@ -1332,7 +1528,25 @@ class _Window:
             self.run, self.etag, start, end, tallies, self.meter.take_usage()
         )
         self.meter.used = max(self.meter.used, self.run.tokens_used)
+        await self._erase_late(start, end)
+        self.items.drop_before(self.run.next_index)
         return time.monotonic()
+
+    async def _erase_late(self, start: int, end: int) -> None:
+        """Erase from the group just written the items an erasure rewrote after this delivery read them.
+
+        The erasure rewrites the items first and looks for output groups after, so a group written
+        after it looked was written before the check here (one HEAD request per group), which then
+        sees the new version. Both may erase the same item: the later one finds nothing to do."""
+        store = self.service.store
+        if await store.items_version(self.run.eval_id, self.run.id) != self.items.version:
+            await self.items.refresh()
+        late = sorted(index for index in self.items.erased if start <= index < end)
+        if not late:
+            return
+        for index in late:
+            await self.service._erase_output(self.run.eval_id, self.run.id, index)
+        self.run, self.etag = await store.read_run(self.run.eval_id, self.run.id)
 
     async def _stop_in_flight(self) -> None:
         tasks = list(self.in_flight)

@@ -25,7 +25,8 @@ from shared.redaction.detectors import Detector, Finding
 from shared.store.stored_completion import StoredCompletion
 
 _REQUEST_FIELDS = ("messages", "input", "instructions")
-_RESPONSE_FIELDS = ("choices", "output", "output_text")
+_RESPONSE_FIELDS = ("choices", "output", "output_text", "instructions")
+"""`instructions`: a Responses API response echoes its request's."""
 _STRUCTURAL_KEYS = frozenset(
     {"role", "type", "id", "tool_call_id", "call_id", "status", "finish_reason", "object", "model", "detail", "format"}
 )
@@ -95,15 +96,20 @@ class Redactor:
         request = copy.deepcopy(completion.request)
         response = copy.deepcopy(completion.response)
         metadata = dict(completion.metadata)
+        # A response's earlier turns (its `previous_response_id` chain) come from the store, but one kept
+        # before redaction was on would bring its text back: they pass through here too.
+        earlier = {"history": copy.deepcopy(completion.history)}
         slots: list[_Slot] = []
         for name in _REQUEST_FIELDS:
             _collect(request, name, slots)
+        _collect(earlier, "history", slots)
         for name in _RESPONSE_FIELDS:
             _collect(response, name, slots)
         if self.metadata:  # the request body holds them too
             for name in metadata:
                 _collect(metadata, name, slots)
             _collect(request, "metadata", slots)
+            _collect(response, "metadata", slots)  # a Responses API response echoes its metadata
         texts = [slot for slot in slots if not isinstance(slot, _JsonSlot)]
         attributes = {"distillery.redaction.texts": len(texts), "distillery.redaction.detector": self.detector.label}
         with span("redaction", attributes) as current:
@@ -116,7 +122,9 @@ class Redactor:
             if any(id(slot) in changed for slot in json_slot.inner):  # JSON with nothing found keeps its spelling
                 json_slot.holder[json_slot.key] = json.dumps(json_slot.parsed, ensure_ascii=False)
                 changed.add(id(json_slot))
-        return completion.model_copy(update={"request": request, "response": response, "metadata": metadata})
+        return completion.model_copy(
+            update={"request": request, "response": response, "metadata": metadata, "history": earlier["history"]}
+        )
 
     async def redact_metadata(self, metadata: dict[str, str]) -> dict[str, str]:
         """Metadata set after capture (`POST /chat/completions/{id}`), redacted as a capture's is."""

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.platform.access import OwnerId, same_owner
 from shared.platform.request_body import Metadata
+from shared.store.ids import Kind
 from shared.store.scores import ScoreConditions, ScoreValue
 
 Order = Literal["asc", "desc"]
@@ -25,6 +26,8 @@ class CompletionFilter(BaseModel):
     model: str | None = Field(None, min_length=1)
     """Matches the deployment name the caller used (an alias, too), the deployment that served it, or the model
     the upstream reported."""
+    kind: Kind | None = None
+    """`chat.completion` or `response` only (None: both)."""
     created_after: int | None = Field(None, ge=0)
     """Unix seconds, inclusive: `created >= created_after`."""
     created_before: int | None = Field(None, ge=0)
@@ -61,12 +64,14 @@ class CompletionFilter(BaseModel):
         owner: str | None,
         served_by: str | None = None,
         scores: dict[str, ScoreValue] | None = None,
+        kind: Kind = "chat.completion",
     ) -> bool:
         """The authoritative check, applied to the stored document itself."""
         return (
             all(metadata.get(key) == value for key, value in self.metadata.items())
             and all(condition.accepts((scores or {}).get(name)) for name, condition in self.scores.items())
             and (self.model is None or self.model in (deployment, model, served_by))
+            and (self.kind is None or kind == self.kind)
             and (self.created_after is None or created >= self.created_after)
             and (self.created_before is None or created < self.created_before)
             and (self.owner is None or same_owner(owner, self.owner))

@@ -485,6 +485,10 @@ def _query_for(selection: CompletionFilter, *, order: Order, after: str | None) 
         clauses.append(
             "( deployment eq @model or model eq @model or served_by eq @model )"
         )  # the SDK substitutes space-separated @words
+    if selection.kind is not None:  # a kind is an id prefix: a range of the `id` column
+        prefix = ids.PREFIXES[selection.kind]
+        parameters.update(kind_low=prefix, kind_high=prefix[:-1] + chr(ord(prefix[-1]) + 1))
+        clauses.append("id ge @kind_low and id lt @kind_high")
     if selection.owner is not None:
         owner = stable_owner(selection.owner) or ""
         parameters["owner"] = owner

@@ -44,7 +44,14 @@ class CompletionUpdateParams(BaseModel):
     metadata: Metadata | None
 
 
-def parse_completion_list_params(query: Iterable[tuple[str, str]]) -> CompletionListParams:
+def parse_completion_list_params(
+    query: Iterable[tuple[str, str]], *, default_kind: str | None = None
+) -> CompletionListParams:
+    """A list page's query. `kind=all` lists both kinds; without `kind`, `default_kind` (the
+    chat-completions route lists chat completions only, as the SDK's `chat.completions.list` expects)."""
+    query = list(query)
+    if default_kind is not None and not any(name == "kind" for name, _ in query):
+        query.append(("kind", default_kind))
     return _parse_list_query(query, paging=True)
 
 
@@ -66,7 +73,9 @@ def _parse_list_query(query: Iterable[tuple[str, str]], *, paging: bool) -> Comp
             scores.setdefault(score, {}).update(condition)
         elif name in ("created_after", "created_before"):
             filter_fields[name] = query_integer(name, value, low=0, high=MAX_CREATED)
-        elif name == "model":
+        elif name == "kind" and value == "all":
+            filter_fields.pop(name, None)
+        elif name in ("model", "kind"):
             filter_fields[name] = value
         elif name == "limit" and paging:
             fields[name] = query_integer(name, value, low=1, high=MAX_PAGE)
@@ -100,6 +109,23 @@ def parse_message_list_params(query: Iterable[tuple[str, str]], *, completion_id
     if params.after is not None and not params.after.startswith(f"{completion_id}-"):
         raise InvalidRequest("'after' must be a message id of this chat completion.", param="after")
     return params
+
+
+def parse_input_item_params(query: Iterable[tuple[str, str]]) -> MessageListParams:
+    """`input_items.list`'s query: `after` (an item id), `limit`, `order` (newest first by default, as
+    OpenAI's), and `include` (accepted: stored items are returned whole)."""
+    fields: dict[str, Any] = {"order": "desc"}
+    for name, value in query:
+        if name == "limit":
+            fields[name] = query_integer(name, value, low=1, high=MAX_PAGE)
+        elif name in ("after", "order"):
+            fields[name] = value
+        elif name not in IGNORED_QUERY and name not in ("include", "include[]"):
+            raise InvalidRequest(f"Unrecognized query parameter: '{name}'.", param=name)
+    try:
+        return MessageListParams.model_validate(fields)
+    except ValidationError as exc:
+        raise _query_error(exc) from None
 
 
 def parse_update_params(body: dict[str, Any]) -> CompletionUpdateParams:

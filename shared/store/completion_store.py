@@ -142,8 +142,10 @@ class CompletionStore:
         (about 4.5 minutes) of the range: no document outside it is listed.
         """
         bucket = 16**_PREFIX_DROP
-        for first in range(start_us // bucket, (end_us - 1) // bucket + 1):
-            prefix = f"{ids.PREFIX}{first:0{ids.TIME_DIGITS - _PREFIX_DROP}x}"
+        for first, kind in (
+            (first, kind) for first in range(start_us // bucket, (end_us - 1) // bucket + 1) for kind in ids.PREFIXES
+        ):
+            prefix = f"{ids.PREFIXES[kind]}{first:0{ids.TIME_DIGITS - _PREFIX_DROP}x}"
             try:
                 async for name in self._container.list_blob_names(name_starts_with=prefix):
                     completion_id = str(name).removesuffix(".json")
@@ -320,11 +322,16 @@ class CompletionStore:
         """Ids of documents with no index row, last written before `older_than` (a delete that died
         between its two steps leaves one). Both listings are in id order, so they are merged as they
         stream: no look-up per document, and memory stays one page of each."""
-        indexed = aiter(self.index.walk(CompletionFilter(), page_size=1000))
+        for kind, prefix in ids.PREFIXES.items():  # each kind's ids sort in capture order, as its index walk does
+            async for completion_id in self._orphans_of(kind, prefix, older_than):
+                yield completion_id
+
+    async def _orphans_of(self, kind: ids.Kind, prefix: str, older_than: datetime) -> AsyncIterator[str]:
+        indexed = aiter(self.index.walk(CompletionFilter(kind=kind), page_size=1000))
         current: IndexEntry | None = None
         started = False
         try:
-            async for blob in self._container.list_blobs():
+            async for blob in self._container.list_blobs(name_starts_with=prefix):
                 completion_id = str(blob.name).removesuffix(".json")
                 if not ids.is_completion_id(completion_id):
                     continue
@@ -462,6 +469,7 @@ def in_selection(completion: StoredCompletion, selection: CompletionFilter) -> b
         metadata=completion.metadata,
         owner=completion.owner,
         scores=completion.score_values(),
+        kind=completion.kind,
     )
 
 
@@ -508,4 +516,5 @@ def _count(value: object) -> int:
 
 
 def _not_found(completion_id: str) -> NotFound:
-    return NotFound(f"No chat completion found with id '{completion_id}'.", param="completion_id")
+    noun = "response" if ids.kind_of(completion_id) == "response" else "chat completion"
+    return NotFound(f"No {noun} found with id '{completion_id}'.", param="completion_id")

@@ -20,6 +20,10 @@ class Superseded(Exception):
     """The record changed since it was read, or already exists (another delivery, a cancel, a delete)."""
 
 
+class RewrittenWhileRead(StorageUnavailable):
+    """The blob was replaced between two chunks of one read (each chunk asks for the first one's ETag)."""
+
+
 class JsonBlobs:
     def __init__(self, *, container: ContainerClient, label: str) -> None:
         self.container = container
@@ -37,6 +41,11 @@ class JsonBlobs:
 
     async def open(self, name: str, *, missing: str) -> tuple[int, AsyncIterator[bytes]]:
         """The blob's size, then its bytes in chunks: a reader takes the size from its read budget first."""
+        size, chunks, _ = await self.open_versioned(name, missing=missing)
+        return size, chunks
+
+    async def open_versioned(self, name: str, *, missing: str) -> tuple[int, AsyncIterator[bytes], str]:
+        """`open`, plus the ETag of the version the chunks come from."""
         try:
             download = await self.container.download_blob(name)
         except ResourceNotFoundError:
@@ -48,10 +57,22 @@ class JsonBlobs:
             try:
                 async for chunk in download.chunks():
                     yield chunk
+            except ResourceModifiedError as exc:
+                raise RewrittenWhileRead(self._unavailable) from exc
             except AzureError as exc:
                 raise StorageUnavailable(self._unavailable) from exc
 
-        return download.size, chunks()
+        return download.size, chunks(), str(download.properties.etag)
+
+    async def etag(self, name: str, *, missing: str) -> str:
+        """The blob's current ETag (one HEAD request)."""
+        try:
+            properties = await self.container.get_blob_client(name).get_blob_properties()
+        except ResourceNotFoundError:
+            raise NotFound(missing) from None
+        except AzureError as exc:
+            raise StorageUnavailable(self._unavailable) from exc
+        return str(properties.etag)
 
     async def put(self, name: str, data: str | bytes, *, create: bool = False, etag: str | None = None) -> str:
         """Write and return the new ETag; `Superseded` when `create` finds it there or `etag` is stale."""

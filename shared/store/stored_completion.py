@@ -7,6 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from shared.platform.access import OwnerId
+from shared.store import response_items
+from shared.store.ids import Kind
 from shared.store.scores import Score, ScoreValue
 
 FORMAT_VERSION: Literal[1] = 1
@@ -15,9 +17,10 @@ PREVIEW_CHARS = 200
 
 
 class StoredCompletion(BaseModel):
-    """One kept conversation; serialised as the blob `<id>.json`."""
+    """One kept conversation (a chat completion or a Responses API response); serialised as the blob `<id>.json`."""
 
     format_version: Literal[1] = FORMAT_VERSION
+    kind: Kind = "chat.completion"
     id: str
     created: int
     """Unix seconds when Distillery captured the call."""
@@ -40,7 +43,36 @@ class StoredCompletion(BaseModel):
     request: dict[str, Any]
     """The request body as received (messages, tools and every parameter)."""
     response: dict[str, Any]
-    """The `chat.completion` returned to the caller (assembled from chunks when streamed)."""
+    """The `chat.completion` or `response` returned to the caller (assembled from the stream when streamed)."""
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    """Responses: the earlier turns' items (their inputs and outputs) a `previous_response_id` chain
+    stood for, resolved from the store, oldest first."""
+    history_complete: bool = True
+    """False when a turn of the chain was not in the store: the conversation lacks its context."""
+
+    def as_response(self) -> dict[str, Any]:
+        """The `response` object that `responses.retrieve` returns."""
+        view = dict(self.response)
+        view.update(id=self.id, object="response", metadata=self.metadata)
+        view.setdefault("created_at", self.created)
+        view.setdefault("model", self.model)
+        view["distillery"] = {"deployment": self.deployment, "served_by": self.served_by or self.deployment}
+        if not self.history_complete:
+            view["distillery"]["history_complete"] = False
+        return view
+
+    def response_input_items(self) -> list[dict[str, Any]]:
+        """Every item the response was answered from (earlier turns first), each with an id
+        (`<response_id>-<index>` when the caller gave none): what `input_items.list` pages through."""
+        items = [*self.history, *response_items.input_items(self.request.get("input"))]
+        return [item if item.get("id") else {**item, "id": f"{self.id}-{n}"} for n, item in enumerate(items)]
+
+    def conversation_items(self) -> list[dict[str, Any]]:
+        """Responses: the whole conversation as items, earlier turns, this input, then the output."""
+        return [*self.history, *response_items.input_items(self.request.get("input")), *self.response_output()]
+
+    def response_output(self) -> list[dict[str, Any]]:
+        return [item for item in self.response.get("output") or [] if isinstance(item, dict)]
 
     def as_chat_completion(self) -> dict[str, Any]:
         """The `chat.completion` object that `retrieve` and `list` return."""
@@ -60,9 +92,9 @@ class StoredCompletion(BaseModel):
         return view
 
     def as_list_item(self) -> dict[str, Any]:
-        """The `chat.completion` a list returns: the retrieve view plus a short preview of the question,
-        so a table of completions needs no request per row for its input, and its scores' values."""
-        view = self.as_chat_completion()
+        """The `chat.completion` (or `response`) a list returns: the retrieve view plus a short preview
+        of the question, so a table of completions needs no request per row for its input, and its scores' values."""
+        view = self.as_response() if self.kind == "response" else self.as_chat_completion()
         view["distillery"]["preview"] = self.preview()
         view["distillery"]["scores"] = self.score_values()
         return view
@@ -74,10 +106,13 @@ class StoredCompletion(BaseModel):
     def preview(self) -> str | None:
         """The first user message's text (its text parts joined), whitespace collapsed, at most
         `PREVIEW_CHARS` characters; None when the request has no user message."""
+        if self.kind == "response":
+            items = response_items.input_items(self.request.get("input"))
+            texts = [response_items.text_of(item) for item in items if item.get("role") == "user"]
+            return _previewed(texts[0]) if texts else None
         for index, message in enumerate(self.request["messages"]):
             if message.get("role") == "user":
-                text = " ".join(str(_store_message(self.id, index, message)["content"] or "").split())
-                return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
+                return _previewed(str(_store_message(self.id, index, message)["content"] or ""))
         return None
 
     def input_messages(self) -> list[dict[str, Any]]:
@@ -85,11 +120,18 @@ class StoredCompletion(BaseModel):
         return [_store_message(self.id, index, message) for index, message in enumerate(self.request["messages"])]
 
     def output_text(self) -> str | None:
+        if self.kind == "response":
+            return response_items.output_text(self.response)
         choices = self.response.get("choices") or []
         if not choices:
             return None
         content = (choices[0].get("message") or {}).get("content")
         return content if isinstance(content, str) else None
+
+
+def _previewed(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
 
 
 def _store_message(completion_id: str, index: int, message: dict[str, Any]) -> dict[str, Any]:

@@ -63,6 +63,8 @@ class UpstreamResponse:
 
 CHAT_COMPLETIONS = "chat/completions"
 EMBEDDINGS = "embeddings"
+RESPONSES = "responses"
+"""The Responses API: not a path under a deployment on Azure OpenAI (the deployment goes in `model`)."""
 
 
 class Upstream(Protocol):
@@ -177,6 +179,8 @@ def azure_openai_url(endpoint: str, api_version: str) -> Callable[[str, str], st
 
     def url_for(deployment: str, operation: str) -> str:
         segment = quote(require_deployment_segment(deployment), safe="")
+        if operation == RESPONSES:  # GA on the v1 routes only, which need no api-version
+            return f"{base}/openai/v1/{operation}"
         return f"{base}/openai/deployments/{segment}/{operation}?api-version={api_version}"
 
     return url_for

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from openai.types.chat import ChatCompletion
+from openai.types.responses import Response
 from pydantic import ValidationError
 
 from shared.platform.errors import DistilleryError, UpstreamRedirected, UpstreamUnavailable
-from shared.upstream.client import CHAT_COMPLETIONS, EMBEDDINGS, Upstream
+from shared.upstream.client import CHAT_COMPLETIONS, EMBEDDINGS, RESPONSES, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,19 @@ class ModelCalls:
         except ValidationError:
             raise UpstreamCallFailed(
                 "The upstream answered with something that is not a chat completion.",
+                upstream_status=200,
+                code="invalid_upstream_response",
+            ) from None
+
+    async def respond(self, *, deployment: str, body: dict[str, Any]) -> ChatCompletion:
+        """A Responses API call (never stored upstream), its answer in the chat-completion shape that
+        graders, samples and token metering read."""
+        raw = await self._call(deployment, {**body, "stream": False, "store": False}, RESPONSES)
+        try:
+            return as_chat_completion(Response.model_validate_json(raw))
+        except ValidationError:
+            raise UpstreamCallFailed(
+                "The upstream answered with something that is not a response.",
                 upstream_status=200,
                 code="invalid_upstream_response",
             ) from None
@@ -100,6 +114,36 @@ class ModelCalls:
             await asyncio.sleep(delay)
             backoff *= 2
         raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+def as_chat_completion(response: Response) -> ChatCompletion:
+    """A response as the chat completion it amounts to: its text, function calls as tool calls, usage."""
+    calls = [
+        {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
+        for item in response.output
+        if item.type == "function_call"
+    ]
+    message: dict[str, Any] = {"role": "assistant", "content": response.output_text or None}
+    if calls:
+        message["tool_calls"] = calls
+    finish = "length" if response.status == "incomplete" else "tool_calls" if calls else "stop"
+    usage = response.usage
+    return ChatCompletion.model_validate(
+        {
+            "id": response.id,
+            "object": "chat.completion",
+            "created": int(response.created_at),
+            "model": response.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": None
+            if usage is None
+            else {
+                "prompt_tokens": usage.input_tokens,
+                "completion_tokens": usage.output_tokens,
+                "total_tokens": usage.total_tokens,
+            },
+        }
+    )
 
 
 def retry_after_seconds(headers: dict[str, str]) -> float | None:

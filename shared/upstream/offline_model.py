@@ -19,7 +19,8 @@ from typing import Any
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from shared.upstream.client import CHAT_COMPLETIONS, EMBEDDINGS, UpstreamResponse
+from shared.upstream import responses_wire
+from shared.upstream.client import CHAT_COMPLETIONS, EMBEDDINGS, RESPONSES, UpstreamResponse
 
 OFFLINE_MODEL = "offline-echo"
 OFFLINE_EMBEDDING_MODEL = "offline-hashed-words"
@@ -35,6 +36,9 @@ class OfflineModel:
     ) -> AsyncIterator[UpstreamResponse]:
         if operation == EMBEDDINGS:
             yield _embeddings(body)
+            return
+        if operation == RESPONSES:
+            yield _response(body)
             return
         reply = _reply_text(body.get("messages") or [])
         usage = {
@@ -99,6 +103,30 @@ def _embeddings(body: dict[str, Any]) -> UpstreamResponse:
         yield payload.decode()
 
     return UpstreamResponse(status=200, headers={}, _read=read, _lines=lines)
+
+
+def _response(body: dict[str, Any]) -> UpstreamResponse:
+    """The Responses API: the echo of the last user input, as one message (streamed as events when asked)."""
+    items = _response_input(body.get("input"))
+    response = responses_wire.response_object(
+        model=OFFLINE_MODEL, text=_reply_text(items), request=body, input_tokens=_count_words(items)
+    )
+
+    async def read() -> bytes:
+        return json.dumps(response).encode()
+
+    async def lines() -> AsyncIterator[str]:
+        for event in responses_wire.stream_events(response):
+            for line in responses_wire.sse(event).decode().split("\n")[:-1]:
+                yield line
+
+    return UpstreamResponse(status=200, headers={"x-request-id": response["id"]}, _read=read, _lines=lines)
+
+
+def _response_input(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    return [item for item in value or [] if isinstance(item, dict)]
 
 
 def offline_embedding(text: str) -> list[float]:

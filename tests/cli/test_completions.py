@@ -8,7 +8,8 @@ from typing import Any
 from distillery_cli.client import COMPLETIONS_PATH
 from tests.cli.conftest import Cli, ScriptedService, run_against, store
 from tests.conftest import RunningHost
-from tests.fakes import FakeUpstream
+from tests.e2e.polling import wait_listed
+from tests.fakes import FakeUpstream, Reply
 
 
 def _ids(cli: Cli, *args: str) -> list[str]:
@@ -184,3 +185,24 @@ def test_relabel_on_a_stronger_deployment(cli: Cli, host: RunningHost, fake_upst
         "--batch",
     )
     assert batch.exit_code != 0 and "reserves 8206 tokens" in batch.output  # 2 x (7 prompt + 4096 default)
+
+
+def test_responses_are_listed_by_kind_shown_and_deleted(
+    cli: Cli, host: RunningHost, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    client = host.openai_client()
+    (chat,) = store(client, 1, tag=tag)
+    fake_upstream.script(Reply(function_calls=[{"name": "get_weather", "arguments": '{"city":"Oslo"}'}]))
+    response = client.responses.create(model="gpt-4o", input="Weather in Oslo?", metadata={"tag": tag})
+    wait_listed(client, [chat, response.id])
+
+    assert _ids(cli, "-m", f"tag={tag}", "--order", "asc") == [chat, response.id]
+    assert _ids(cli, "-m", f"tag={tag}", "--kind", "response") == [response.id]
+    assert _ids(cli, "-m", f"tag={tag}", "--kind", "chat.completion") == [chat]
+    assert "get_weather(…)" in cli("completions", "list", "-m", f"tag={tag}", "--kind", "response").stdout
+
+    shown = cli("completions", "show", response.id)
+    assert shown.exit_code == 0, shown.output
+    assert "Weather in Oslo?" in shown.stdout and 'get_weather({"city":"Oslo"})' in shown.stdout
+    assert cli("completions", "delete", response.id, "--yes").exit_code == 0
+    assert _ids(cli, "-m", f"tag={tag}", "--kind", "response") == []

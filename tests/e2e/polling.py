@@ -31,7 +31,7 @@ def wait_listed(client: openai.OpenAI, completion_ids: Iterable[str], seconds: f
     after the answer, from the blob-created event); returns the seconds it took."""
     wanted = set(completion_ids)
     times = [ids.captured_at_us(completion_id) for completion_id in wanted] or [0]
-    window = {"created_after": min(times) // 1_000_000, "created_before": max(times) // 1_000_000 + 1}
+    window = {"created_after": min(times) // 1_000_000, "created_before": max(times) // 1_000_000 + 1, "kind": "all"}
     started = time.monotonic()
     listed: set[str] = set()
     while time.monotonic() - started < seconds:

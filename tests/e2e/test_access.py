@@ -384,3 +384,28 @@ def test_relabel_needs_the_inference_right_too(
     assert refused.status_code == 403 and refused.json()["error"]["type"] == "permission_error"
     queued = httpx.post(host.url + "/api/relabels", json=body, headers={"api-key": keys["full"]})
     assert queued.status_code == 202, queued.text
+
+
+def test_owner_scoping_covers_responses_and_their_chains(
+    scoped_host: tuple[RunningHost, dict[str, str]], fake_upstream: FakeUpstream, tag: str
+) -> None:
+    host, keys = scoped_host
+    with host.http(keys["alice"]) as alice, host.http(keys["bob"]) as bob:
+        kept = alice.post("/openai/v1/responses", json={"model": "gpt-4o", "input": "secret", "metadata": {"tag": tag}})
+        assert kept.status_code == 200, kept.text
+        alices = kept.json()["id"]
+        for method, path in [
+            ("GET", f"/openai/v1/responses/{alices}"),
+            ("GET", f"/openai/responses/{alices}/input_items"),
+            ("DELETE", f"/openai/v1/responses/{alices}"),
+        ]:
+            response = bob.request(method, path)
+            assert response.status_code == 404, (method, path, response.text)
+            assert response.json()["error"]["message"] == f"No response found with id '{alices}'."
+        sent = len(fake_upstream.requests)
+        chained = bob.post(
+            "/openai/v1/responses", json={"model": "gpt-4o", "input": "and?", "previous_response_id": alices}
+        )
+        assert chained.status_code == 404 and chained.json()["error"]["param"] == "previous_response_id"
+        assert len(fake_upstream.requests) == sent  # refused before anything (of alice's) went upstream
+        assert alice.get(f"/openai/v1/responses/{alices}").json()["output"][0]["content"][0]["text"] == "fake: secret"

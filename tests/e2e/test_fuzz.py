@@ -27,6 +27,7 @@ from shared.platform.access import Right, key_owner, stable_owner
 from shared.store import usage
 from tests.callers import principal, start_keyed_host
 from tests.conftest import RunningHost
+from tests.e2e.polling import wait_listed
 from tests.fakes import FakeUpstream
 
 FUZZER = "fuzzer"
@@ -125,6 +126,7 @@ def fuzz_host(
         for metadata in ({"tag": "seed"}, {"tag": "seed", "q": "it's"}, {"'": "\\/%"}):
             body = {"model": "m", "store": True, "metadata": metadata, "messages": [{"role": "user", "content": "x"}]}
             seeded.append(http.post("/openai/v1/chat/completions", json=body).json()["id"])
+    wait_listed(running.openai_client(), seeded)  # their index rows are part of what must not change
     yield running, keys, seeded
     running.stop()
 

@@ -60,3 +60,19 @@ def test_an_empty_filter_is_refused(host: RunningHost) -> None:
     assert refused.status_code == 400
     assert "all" in refused.json()["error"]["message"]
     assert missing.status_code == 404
+
+
+def test_purge_by_kind_forgets_responses_only(host: RunningHost, fake_upstream: FakeUpstream, tag: str) -> None:
+    client = host.openai_client()
+    responses = [client.responses.create(model="gpt-4o", input=f"r{n}", metadata={"tag": tag}).id for n in range(2)]
+    chat = client.chat.completions.create(
+        model="gpt-4o", store=True, metadata={"tag": tag}, messages=[{"role": "user", "content": "c"}]
+    ).id
+    wait_listed(client, [*responses, chat])
+    with host.http() as http:
+        queued = http.post("/api/purges", json={"filter": {"metadata": {"tag": tag}, "kind": "response"}})
+        assert queued.status_code == 202, queued.text
+        _wait_for_status(host, queued.json()["id"], "succeeded")
+        for response_id in responses:
+            assert http.get(f"/openai/v1/responses/{response_id}").status_code == 404
+        assert http.get(f"/openai/v1/chat/completions/{chat}").status_code == 200

@@ -18,7 +18,7 @@ from local_host.azurite import Azurite
 from shared.platform.access import Right
 from tests.callers import service_keys
 from tests.conftest import RunningHost, start_host
-from tests.e2e.polling import wait_until
+from tests.e2e.polling import wait_listed, wait_until
 from tests.fakes import FakeUpstream, Reply
 
 UPSTREAM_KEY = f"sk-upstream-{secrets.token_hex(12)}"
@@ -102,6 +102,7 @@ def test_one_trace_from_the_request_through_the_queue_into_the_job(telemetry_hos
             headers={"traceparent": parent},
         )
         assert stored.status_code == 200
+        wait_listed(telemetry_host.openai_client(), [stored.json()["id"]])  # the dataset selects it from the index
         created = http.post(
             "/api/datasets",
             json={"kind": "evaluation", "filter": {"metadata": {"tag": tag}}},

@@ -93,6 +93,22 @@ def test_offline_model_serves_and_says_so(azurite: Azurite, tmp_path_factory: py
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "[offline-echo] hello there"
         assert chunks[-1].usage is not None
         assert client.chat.completions.retrieve(answer.id).model == "offline-echo"
+        response = client.responses.create(model="anything", input="hello there")
+        assert (response.model, response.output_text) == ("offline-echo", "[offline-echo] hello there")
+        events = list(client.responses.create(model="anything", input="hello there", stream=True))
+        deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
+        assert "".join(deltas) == "[offline-echo] hello there" and len(deltas) == 3
+        assert client.responses.retrieve(events[-1].response.id).output_text == "[offline-echo] hello there"
+
+
+def test_azure_openai_upstream_is_called_on_its_v1_responses_route(
+    azure_host: RunningHost, fake_upstream: FakeUpstream
+) -> None:
+    answer = azure_host.azure_client().responses.create(model="my-gpt", input="hello there")
+    assert answer.output_text == "fake: hello there"
+    sent = fake_upstream.requests[-1]
+    assert sent["url"] == f"{fake_upstream.root_url}/openai/v1/responses"
+    assert sent["body"]["model"] == "my-gpt" and sent["body"]["store"] is False
 
 
 @pytest.mark.parametrize("status", [301, 302, 307, 308])

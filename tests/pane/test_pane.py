@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 from playwright.sync_api import Browser, Page, expect
 from typer.testing import CliRunner
 
@@ -573,3 +574,33 @@ def test_score_in_the_detail_filter_by_score_and_count_before_distill(
     dialog = page.get_by_role("dialog", name="Distill")
     expect(dialog).to_contain_text("all 1 completion matching")
     expect(dialog).to_contain_text("score quality ≥ 4")
+
+
+def test_a_response_with_a_function_call_is_listed_and_shown(
+    page: Page, pane_host: Host, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    host, keys = pane_host
+    client = openai.OpenAI(base_url=f"{host.url}/openai/v1", api_key=keys["full"])
+    fake_upstream.script(
+        Reply(function_calls=[{"name": "weather", "arguments": '{"city":"Oslo"}', "call_id": "call_9"}])
+    )
+    asked = client.responses.create(model="gpt-4o", input="Weather in Oslo?", metadata={"tag": tag})
+    answered = client.responses.create(
+        model="gpt-4o",
+        previous_response_id=asked.id,
+        input=[{"type": "function_call_output", "call_id": "call_9", "output": "7 C"}],
+        metadata={"tag": tag},
+    )
+    wait_listed(client, [asked.id, answered.id])
+    sign_in(page, host, keys["full"])
+    filter_by(page, tag=tag)
+    row = page.locator(f'tr[data-id="{asked.id}"]')
+    expect(row.locator(".badge.kind")).to_have_text("response")
+    expect(row.locator(".col-output")).to_contain_text("weather")
+    page.locator(f'tr[data-id="{answered.id}"] button.open-detail').click()
+    detail = page.get_by_role("complementary", name="Completion detail")
+    expect(detail.get_by_role("heading", name="Response")).to_be_visible()
+    expect(detail.locator(".message")).to_have_count(4)  # question, call, its output, the answer
+    expect(detail.locator(".tool-call .tool-name")).to_contain_text("weather")
+    expect(detail.locator(".message.role-tool")).to_contain_text("result of call_9")
+    expect(detail.locator(".message.output")).to_contain_text("fake:")

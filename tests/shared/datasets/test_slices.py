@@ -65,6 +65,40 @@ async def test_sliced_build_has_the_bytes_counts_and_manifest_of_a_one_slice_bui
     ]
 
 
+@pytest.mark.parametrize("dedup", ["near", "off"])
+async def test_prompt_dedup_and_leakage_reach_across_slices(services: Services, dedup: str) -> None:
+    """A prompt a later slice repeats (with another answer: not a duplicate example) is dropped as a
+    one-slice build drops it: as a duplicate prompt (`near`), or as leakage when it lands in the other split."""
+    texts = [f"topic{n} alpha{n} beta{n} gamma{n} delta{n}" for n in range(30)]  # no two alike
+    texts += [texts[n] for n in (2, 4, 7, 11, 12, 15, 18)]  # later slices ask earlier prompts again
+    completions = [
+        stored(text, metadata={**TAG, "user": f"u{n}"}, output={"role": "assistant", "content": f"answer {n}"})
+        for n, text in enumerate(texts)
+    ]
+    await seed(services, completions)
+    request = DatasetParams.model_validate(
+        {
+            "kind": "distillation",
+            "filter": {"metadata": TAG},
+            "validation_fraction": 0.4,
+            "seed": 3,
+            "dedup": {"mode": dedup},
+        }
+    )
+    one = jobs_with(services)
+    whole = await one.submit(request)
+    await drain(services, one)
+    reference = await read_job(services, whole.id)
+    dropped = reference.counts.skipped
+    assert dropped.get("duplicate_prompt" if dedup == "near" else "eval_leakage", 0) > 0, dropped
+
+    sliced = jobs_with(services, slice_completions=8)
+    fanned = await sliced.submit(request)
+    await drain(services, sliced)
+    assert await files_of(services, fanned.id) == await files_of(services, whole.id)
+    assert (await read_job(services, fanned.id)).counts == reference.counts
+
+
 async def test_killed_slice_is_redone_without_duplicates(services: Services) -> None:
     ids = await seed(services, [stored(f"q{n}", metadata=TAG) for n in range(30)])
     request = DatasetParams.model_validate({"kind": "evaluation", "filter": {"metadata": TAG}})

@@ -12,6 +12,7 @@ import pytest
 
 from shared.capture.chat_request import parse_chat_request
 from shared.capture.proxy import NOT_STORED_REASON_HEADER, STORED_HEADER, ProxyReply
+from shared.capture.responses_request import parse_responses_request
 from shared.platform.access import Caller, Right
 from shared.services import Services
 from tests.conftest import ServicesFactory
@@ -137,3 +138,35 @@ async def test_metadata_set_after_capture_is_redacted_too(
     (document,) = await kept_bytes(services)
     rows = [row async for row in services.index_table.list_entities()]
     assert b"john@example.org" not in document and "john@example.org" not in json.dumps(rows, default=str)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_response_and_its_chain_are_kept_redacted(
+    make_services: ServicesFactory, fake_upstream: FakeUpstream, stream: bool
+) -> None:
+    services = await make_services(OPENAI_BASE_URL=fake_upstream.base_url, REDACTION="mask", REDACTION_METADATA="true")
+    asked = {
+        "model": "gpt-4o-mini",
+        "input": f"Mail {EMAIL}",
+        "instructions": f"Card {CARD}",
+        "metadata": {"customer": EMAIL},
+        "stream": stream,
+    }
+    first = await services.capture.complete(parse_responses_request(asked), deployment="gpt-4o-mini", caller=CALLER)
+    body = first.body if first.events is None else b"".join([event async for event in first.events])
+    assert EMAIL in body.decode()  # the caller gets the answer as the upstream gave it
+    if stream:
+        events = [json.loads(line[6:]) for line in body.decode().splitlines() if line.startswith("data: ")]
+        first_id = events[-1]["response"]["id"]
+    else:
+        first_id = json.loads(body)["id"]
+    chained = {"model": "gpt-4o-mini", "input": "and?", "previous_response_id": first_id}
+    await services.capture.complete(parse_responses_request(chained), deployment="gpt-4o-mini", caller=CALLER)
+
+    documents = await kept_bytes(services)
+    assert len(documents) == 2
+    for document in documents:
+        for secret in (EMAIL, CARD):
+            assert secret not in document.decode()
+    second = next(json.loads(d) for d in documents if json.loads(d)["id"] != first_id)
+    assert second["history"][0]["content"][0]["text"] == "Mail [EMAIL]"  # the chain, kept redacted too
