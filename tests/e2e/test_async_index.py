@@ -3,6 +3,7 @@ seconds, and a worker killed between the document and its rows loses nothing fro
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,9 @@ def test_retrieve_at_once_and_listed_within_the_lag_bound(
 def _killed_after_capture(
     azurite: Azurite, upstream: FakeUpstream, log_dir: Path, tag: str
 ) -> tuple[dict[str, str], str]:
-    """A host that delivers no queue messages stores one completion and is killed: the document is
-    written, its index rows never were. Returns the host's storage names and the completion's id."""
+    """A host that delivers no queue messages stores one completion and is killed once its blob-created
+    event is queued (the local stand-in posts it after a linger): the document is written, its index
+    rows never were. Returns the host's storage names and the completion's id."""
     first = start_host(azurite.connection_string, log_dir, "--no-queue-triggers", OPENAI_BASE_URL=upstream.base_url)
     try:
         client = first.openai_client()
@@ -61,6 +63,11 @@ def _killed_after_capture(
         ).id
         assert client.chat.completions.retrieve(completion_id).id == completion_id
         assert list(client.chat.completions.list(metadata={"tag": tag})) == []
+        events = QueueClient.from_connection_string(azurite.connection_string, first.env["COMPLETION_EVENTS_QUEUE"])
+        deadline = time.monotonic() + 15
+        while not events.peek_messages():
+            assert time.monotonic() < deadline, "the blob-created event was never posted"
+            time.sleep(0.05)
     finally:
         first.process.kill()
         first.process.wait()
