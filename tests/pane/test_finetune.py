@@ -84,9 +84,13 @@ def test_cancel_a_job_while_it_is_being_prepared(
     dataset = built_dataset(host, keys["full"], tag)
     # The upstream asks the first upload to wait: the job stays in preparation while the pane cancels it.
     busy = {"error": {"message": "Too many requests", "code": "429"}}
-    fake_upstream.script(Reply(status=429, body=busy, headers={"retry-after": "4"}, for_path="/v1/files"))
+    fake_upstream.script(Reply(status=429, body=busy, headers={"retry-after": "8"}, for_path="/v1/files"))
     with httpx.Client(base_url=host.url, headers={"api-key": keys["full"]}, timeout=30) as http:
         job = http.post(f"/api/datasets/{dataset['id']}/fine_tuning_jobs", json={"model": "gpt-4.1-mini"}).json()
+    # Cancel only once the delivery is waiting out the 429 (a cancel before it starts uploads nothing at all).
+    deadline = time.monotonic() + 30
+    while not any(r["url"].endswith("/v1/files") for r in fake_upstream.requests) and time.monotonic() < deadline:
+        time.sleep(0.05)
     sign_in(page, host, keys["full"])
     page.goto(f"{host.url}/#fine-tuning/{job['id']}")
     view = page.locator("section.fine-tuning-job")
