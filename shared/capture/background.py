@@ -70,8 +70,8 @@ class Keeper(Protocol):
 
 
 class Fetcher(Protocol):
-    async def get(self, operation: str) -> tuple[int, bytes]:
-        """GET an operation path from the upstream: (status, body)."""
+    async def get(self, operation: str, *, deployment: str) -> tuple[int, bytes]:
+        """GET an operation path of this deployment from the upstream: (status, body)."""
         ...
 
 
@@ -114,7 +114,9 @@ class BackgroundResponses:
 
     async def fetch(self, record: PendingResponse) -> tuple[int, dict[str, Any] | bytes]:
         """The upstream's current view of a pending response, under our id."""
-        status, body = await self._upstream.get(f"responses/{record.upstream_id}")
+        status, body = await self._upstream.get(
+            f"responses/{record.upstream_id}", deployment=record.served_by or record.deployment
+        )
         if status != 200:
             return status, body
         view = json.loads(body)

@@ -138,11 +138,11 @@ class HttpUpstream:
         finally:
             span.end()
 
-    async def get(self, operation: str) -> tuple[int, bytes]:
-        """GET an operation that names no deployment (e.g. `responses/{id}`, a background response's poll)."""
+    async def get(self, operation: str, *, deployment: str) -> tuple[int, bytes]:
+        """GET an operation, e.g. `responses/{id}` (a background response's poll) of the deployment that made it."""
         try:
             response = await self.session.get(
-                self.url_for("-", operation), headers=await self.auth_headers(), allow_redirects=False
+                self.url_for(deployment, operation), headers=await self.auth_headers(), allow_redirects=False
             )
         except TimeoutError as exc:
             raise UpstreamTimeout("The upstream model did not answer in time.") from exc

@@ -14,6 +14,7 @@ from shared.capture.responses_request import ResponsesRequest
 from shared.platform.access import Caller, Right
 from shared.platform.errors import InvalidRequest
 from shared.services import Services
+from shared.upstream.client import azure_openai_url
 from tests.conftest import ServicesFactory
 from tests.fakes import FakeUpstream
 
@@ -96,3 +97,8 @@ async def test_the_offline_model_refuses_background_clearly(make_services: Servi
     with pytest.raises(InvalidRequest) as refused:
         await services.capture.complete(request, deployment="m", caller=ANN)
     assert refused.value.param == "background" and "offline" in refused.value.message
+
+
+def test_a_poll_of_azure_openai_goes_to_the_v1_route() -> None:
+    url = azure_openai_url("https://x.openai.azure.com", "2024-10-21")("gpt-4o", "responses/resp_1")
+    assert url == "https://x.openai.azure.com/openai/v1/responses/resp_1"
