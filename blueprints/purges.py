@@ -6,6 +6,7 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from blueprints.http_adapter import endpoint, json_response
+from shared.capture.background import background_message
 from shared.curation.bulk import bulk_action_message
 from shared.curation.relabel import relabel_message
 from shared.erasure.purge import parse_purge_params
@@ -42,7 +43,7 @@ async def get_purge(req: Request, caller: Caller | None) -> Response:
 @bp.function_name("purge_job")
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%PURGE_JOBS_QUEUE%", connection="ServiceBusConnection")
 async def purge_job(msg: func.ServiceBusMessage) -> None:
-    """Run one chunk of a queued purge, bulk action, relabel job or dry run, or a report asked for before it existed; a failure
+    """Run one chunk of a queued purge, bulk action, relabel job or dry run, a background response's poll, or a report asked for before it existed; a failure
     raises, so Service Bus retries (a purge's last delivery marks it failed)."""
     services = get_services()
     with delivery_span(services.settings.purge_jobs_queue, msg.message_id, msg.application_properties):
@@ -55,6 +56,11 @@ async def purge_job(msg: func.ServiceBusMessage) -> None:
         if bulk_action is not None:
             log.info("Bulk action message %s delivered (delivery %s)", msg.message_id, msg.delivery_count)
             await services.bulk_actions.handle(bulk_action, delivery_count=msg.delivery_count or 1)
+            return
+        background = background_message(msg.get_body())
+        if background is not None and services.background_responses is not None:
+            log.info("Background response poll %s delivered (delivery %s)", msg.message_id, msg.delivery_count)
+            await services.background_responses.run(background)
             return
         relabel = relabel_message(msg.get_body())
         if relabel is not None:

@@ -11,7 +11,7 @@ from azurefunctions.extensions.http.fastapi import Request, Response
 from blueprints.http_adapter import endpoint, event_stream, json_response, raw_response
 from shared.capture.responses_request import ResponsesRequest, parse_responses_request
 from shared.platform.access import Caller, Right
-from shared.platform.errors import InvalidRequest
+from shared.platform.errors import InvalidRequest, NotFound
 from shared.platform.request_body import parse_json_object
 from shared.services import get_services
 from shared.store import ids
@@ -39,9 +39,21 @@ async def create_response(req: Request, caller: Caller | None) -> Response:
 
 
 async def retrieve_response(req: Request, caller: Caller | None) -> Response:
-    """Get one kept response."""
+    """Get one kept response; a background one not kept yet is asked of the upstream (so polling works)."""
     response_id = ids.require_completion_id(req.path_params["response_id"], kind="response")
-    stored = await get_services().store.get(response_id, owner=_caller(caller).scope)
+    services = get_services()
+    scope = _caller(caller).scope
+    try:
+        stored = await services.store.get(response_id, owner=scope)
+    except NotFound:
+        background = services.background_responses
+        pending = await background.pending(response_id, scope=scope) if background is not None else None
+        if background is None or pending is None:
+            raise
+        status, view = await background.fetch(pending)
+        if isinstance(view, bytes):
+            return raw_response(view, status=status, headers={"content-type": "application/json"})
+        return json_response(view)
     return json_response(stored.as_response())
 
 

@@ -25,6 +25,7 @@ from shared.aliases.online import OnlineEvals
 from shared.aliases.records import Comparison
 from shared.aliases.routes import AliasRoutes
 from shared.aliases.service import Aliases
+from shared.capture.background import BackgroundResponses
 from shared.capture.proxy import ChatCapture
 from shared.curation.bulk import BulkActions
 from shared.curation.relabel import Relabels
@@ -203,6 +204,19 @@ class Services:
             quota=self.quota_gate,
             log_content=self.settings.log_content,
             route=self.alias_routes.route,
+            background=self.background_responses,
+        )
+
+    @cached_property
+    def background_responses(self) -> BackgroundResponses | None:
+        """Polls `background: true` responses upstream; None for the offline model (nothing to poll)."""
+        if not isinstance(self.upstream, HttpUpstream):
+            return None
+        return BackgroundResponses(
+            records=JsonBlobs(container=self.reports_container, label="background response"),
+            queue=self.job_queue,
+            queue_name=self.settings.purge_jobs_queue,
+            upstream=self.upstream,
         )
 
     @cached_property

@@ -119,6 +119,10 @@ class FakeUpstream:
         self.batches: dict[str, dict[str, Any]] = {}
         """Batches by id; each retrieve moves one on: validating -> in_progress -> completed.
         Each keeps its files' contents as `input`, `output`, `error` (the files may be deleted meanwhile)."""
+        self.background: dict[str, dict[str, Any]] = {}
+        """Background responses by id; each retrieve moves one on: queued -> in_progress -> its answer."""
+        self.background_failure: dict[str, Any] | None = None
+        """Set to an error (`code`, `message`): background responses created from now on end `failed` with it."""
         self.batch_failure: dict[str, Any] | None = None
         """Set to an error (`code`, `message`, `line`): the next batch fails its validation with it."""
         app = Starlette(
@@ -154,6 +158,8 @@ class FakeUpstream:
                 Route("/openai/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/responses", self._responses, methods=["POST"]),
                 Route("/openai/v1/responses", self._responses, methods=["POST"]),
+                Route("/v1/responses/{response_id}", self._background_response, methods=["GET"]),
+                Route("/openai/v1/responses/{response_id}", self._background_response, methods=["GET"]),
                 Route("/openai/v1/embeddings", self._embeddings, methods=["POST"]),
             ]
         )
@@ -186,6 +192,8 @@ class FakeUpstream:
             self.jobs.clear()
             self.batches.clear()
             self.batch_failure = None
+            self.background.clear()
+            self.background_failure = None
 
     async def _chat(self, request: Request) -> Response:
         body = json.loads(await request.body())
@@ -235,6 +243,15 @@ class FakeUpstream:
         response = responses_wire.response_object(
             model=FAKE_MODEL, text=text, function_calls=reply.function_calls, request=body, input_tokens=7
         )
+        if body.get("background"):
+            if body.get("store") is not True:  # as OpenAI and Azure OpenAI answer
+                error = {"message": "Background mode requires store=true.", "type": "invalid_request_error"}
+                return JSONResponse({"error": {**error, "param": "store", "code": None}}, status_code=400)
+            if self.background_failure is not None:
+                response.update(status="failed", output=[], error=self.background_failure)
+            with self._lock:
+                self.background[response["id"]] = {"final": response, "polls": 0}
+            return JSONResponse({**response, "status": "queued", "output": [], "usage": None})
         if body.get("stream"):
             return StreamingResponse(
                 _events(list(responses_wire.stream_events(response)), reply.hold_after_first_chunk),
@@ -242,6 +259,18 @@ class FakeUpstream:
                 headers=reply.headers,
             )
         return JSONResponse(response, headers=reply.headers)
+
+    async def _background_response(self, request: Request) -> Response:
+        with self._lock:
+            entry = self.background.get(request.path_params["response_id"])
+            if entry is None:
+                error = {"message": "No such response.", "type": "invalid_request_error", "param": None, "code": None}
+                return JSONResponse({"error": error}, status_code=404)
+            entry["polls"] += 1
+            final = entry["final"]
+        if entry["polls"] == 1:
+            return JSONResponse({**final, "status": "in_progress", "output": [], "usage": None})
+        return JSONResponse(final)
 
     def _scripted(self, request: Request, body: Any) -> Response | None:
         """Record the request; a scripted reply, if one is queued, answers instead of the default."""

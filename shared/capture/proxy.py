@@ -26,6 +26,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 from pydantic import ValidationError
 
+from shared.capture.background import BackgroundResponses, PendingResponse
 from shared.capture.chat_request import ChatRequest, StreamOptions
 from shared.capture.responses_request import ResponsesRequest
 from shared.capture.stream_assembly import CompletionAssembler, ResponseAssembler
@@ -113,8 +114,13 @@ class ChatCapture:
         quota: QuotaGate | None = None,
         log_content: bool = False,
         route: Route | None = None,
+        background: BackgroundResponses | None = None,
     ) -> None:
         self._upstream = upstream
+        self._background = background
+        """Polls `background: true` responses until they finish; None: the upstream cannot be polled."""
+        if background is not None:
+            background.keeper = self
         self._route = route
         self._store = store
         self._store_enabled = store_enabled
@@ -196,9 +202,10 @@ class ChatCapture:
         served_by = await self._route(deployment, request) if self._route is not None else None
         chain = _Chain()
         if isinstance(request, ResponsesRequest):
-            if request.background:
+            if request.background and (request.stream or self._background is None):
                 raise InvalidRequest(
-                    "Background responses are not supported by Distillery; send the request without 'background'.",
+                    "Background responses are not supported with 'stream' or by the "
+                    f"{self._upstream.label} upstream; send the request without 'background'.",
                     param="background",
                     code="unsupported_parameter",
                 )
@@ -245,6 +252,10 @@ class ChatCapture:
         if completion_id is None:
             return ProxyReply(status=response.status, headers=headers, body=body)
         completion = json.loads(body)
+        if isinstance(request, ResponsesRequest) and request.background:
+            return await self._start_background(
+                request, completion, completion_id, deployment, served_by, caller, chain, headers, response.status
+            )
         completion["id"] = completion_id
         if isinstance(request, ResponsesRequest):
             completion.update(store=True, metadata=request.metadata or {})
@@ -258,6 +269,57 @@ class ChatCapture:
         else:
             _mark_not_stored(headers, reason)
         return ProxyReply(status=response.status, headers=headers, body=body)
+
+    async def _start_background(
+        self,
+        request: ResponsesRequest,
+        answer: dict[str, Any],
+        completion_id: str,
+        deployment: str,
+        served_by: str | None,
+        caller: Caller,
+        chain: _Chain,
+        headers: dict[str, str],
+        status: int,
+    ) -> ProxyReply:
+        """Answer a background create at once (under our id) and queue the polls that keep it when done."""
+        assert self._background is not None
+        pending = PendingResponse(
+            id=completion_id,
+            upstream_id=str(answer.get("id")),
+            owner=caller.owner,
+            deployment=deployment,
+            served_by=served_by,
+            request=request.model_dump(mode="json", exclude_unset=True),
+            history=chain.items,
+            history_complete=chain.complete,
+        )
+        try:
+            await self._background.start(pending)
+            headers[STORED_HEADER] = "pending"
+        except StorageUnavailable:
+            log.warning("Background response %s will not be kept: its poll could not be queued", completion_id)
+            _mark_not_stored(headers, NotStoredReason.STORAGE_UNAVAILABLE)
+        answer.update(id=completion_id, metadata=request.metadata or {})
+        answer["previous_response_id"] = request.previous_response_id
+        return ProxyReply(status=status, headers=headers, body=_dumps(answer))
+
+    async def keep_background(self, pending: PendingResponse, final: dict[str, Any]) -> str | None:
+        """Keep a finished background response through the same storing step as a foreground one."""
+        request = ResponsesRequest.model_validate(pending.request, strict=False)
+        caller = Caller(name=pending.owner, owner=pending.owner, rights=frozenset())
+        final.update(store=True)
+        reason = await self._keep(
+            pending.id,
+            request,
+            pending.deployment,
+            caller,
+            final,
+            streamed=False,
+            served_by=pending.served_by,
+            chain=_Chain(items=pending.history, complete=pending.history_complete),
+        )
+        return None if reason is None else reason.value
 
     async def _relay(
         self,

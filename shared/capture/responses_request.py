@@ -27,16 +27,18 @@ class ResponsesRequest(BaseModel):
     previous_response_id: str | None = None
     """An earlier response: ours is resolved from the store and sent as context; any other passes on."""
     background: bool | None = None
+    """Answered at once as `queued`; kept when a poll finds it finished (`shared/capture/background`)."""
 
     @property
     def storing(self) -> bool:
         return self.store is not False
 
     def upstream_body(self, *, model: str | None, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """The body to forward: never stored upstream (Distillery keeps it), the chain it resolved sent as
-        input items in place of `previous_response_id` (the upstream cannot know our ids)."""
+        """The body to forward: not stored upstream (Distillery keeps it) unless it runs in the background,
+        which OpenAI and Azure OpenAI allow only for stored responses; the chain it resolved sent as input
+        items in place of `previous_response_id` (the upstream cannot know our ids)."""
         body = self.model_dump(exclude={"metadata"}, exclude_none=False, exclude_unset=True)
-        body["store"] = False
+        body["store"] = bool(self.background) and self.storing
         if model is not None:
             body["model"] = model
         if history is not None:

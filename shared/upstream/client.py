@@ -138,6 +138,21 @@ class HttpUpstream:
         finally:
             span.end()
 
+    async def get(self, operation: str, *, deployment: str) -> tuple[int, bytes]:
+        """GET an operation, e.g. `responses/{id}` (a background response's poll) of the deployment that made it."""
+        try:
+            response = await self.session.get(
+                self.url_for(deployment, operation), headers=await self.auth_headers(), allow_redirects=False
+            )
+        except TimeoutError as exc:
+            raise UpstreamTimeout("The upstream model did not answer in time.") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable("The upstream model could not be reached.") from exc
+        try:
+            return response.status, await _guarded_read(response)
+        finally:
+            response.release()
+
 
 async def _guarded_read(response: aiohttp.ClientResponse) -> bytes:
     try:
@@ -179,7 +194,7 @@ def azure_openai_url(endpoint: str, api_version: str) -> Callable[[str, str], st
 
     def url_for(deployment: str, operation: str) -> str:
         segment = quote(require_deployment_segment(deployment), safe="")
-        if operation == RESPONSES:  # GA on the v1 routes only, which need no api-version
+        if operation.split("/")[0] == RESPONSES:  # GA on the v1 routes only, which need no api-version
             return f"{base}/openai/v1/{operation}"
         return f"{base}/openai/deployments/{segment}/{operation}?api-version={api_version}"
 

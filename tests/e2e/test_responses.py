@@ -321,3 +321,20 @@ def test_a_responses_run_with_a_model_answers_through_the_responses_api(
     ]
     assert len(candidates) == 2
     assert all(c["body"]["max_output_tokens"] == 40 and c["body"]["store"] is False for c in candidates)
+
+
+def test_a_background_response_is_polled_by_the_sdk_and_kept_when_done(
+    client: openai.OpenAI, fake_upstream: FakeUpstream, tag: str
+) -> None:
+    created = client.responses.create(model="gpt-4o", input="take your time", background=True, metadata={"tag": tag})
+    assert created.status == "queued" and created.id.startswith("resp_") and created.metadata == {"tag": tag}
+    assert fake_upstream.requests[-1]["body"]["store"] is True  # background mode runs only for stored responses
+
+    seen = [created.status]
+    while seen[-1] in ("queued", "in_progress") and len(seen) < 20:  # the SDK's documented polling loop
+        seen.append(client.responses.retrieve(created.id).status)
+    assert seen[-1] == "completed", seen
+
+    wait_listed(client, [created.id], seconds=60)  # kept by the queued poll (POLL_SECONDS apart)
+    kept = client.responses.retrieve(created.id)
+    assert (kept.output_text, kept.metadata) == ("fake: take your time", {"tag": tag})
