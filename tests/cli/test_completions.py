@@ -99,6 +99,7 @@ def test_control_characters_in_stored_content_are_escaped(
         )
         .id
     )
+    wait_listed(host.openai_client(), [completion_id])
     for args in (["completions", "show", completion_id], ["completions", "list", "-m", f"tag={tag}"]):
         result = cli(*args)
         assert result.exit_code == 0, result.output
