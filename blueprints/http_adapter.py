@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Message
@@ -86,6 +87,24 @@ def endpoint(
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+Operation = tuple[Handler, str, str, Right | None, type[BaseModel] | None]
+"""(handler, route below the prefix, method, right, request-body model) of one OpenAI-shaped route."""
+OPENAI_ROUTE_SHAPES = [("openai", ""), ("openai/v1", "_v1")]
+"""(route prefix, function-name suffix) for the `AzureOpenAI` and `OpenAI` clients."""
+
+
+def register_openai_routes(bp: func.Blueprint, operations: list[Operation]) -> None:
+    """Serve every operation under both OpenAI route shapes, one named function each (the host
+    indexes functions by name)."""
+    for prefix, suffix in OPENAI_ROUTE_SHAPES:
+        for handler, path, method, right, body in operations:
+            bp.function_name(handler.__name__ + suffix)(
+                bp.route(route=f"{prefix}/{path}", methods=[method], auth_level=func.AuthLevel.ANONYMOUS)(
+                    endpoint(right, body=body)(handler)
+                )
+            )
 
 
 def require_json_media_type(content_type: str | None) -> None:

@@ -8,7 +8,7 @@ import time
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from blueprints.http_adapter import endpoint, event_stream, json_response, raw_response
+from blueprints.http_adapter import Operation, event_stream, json_response, raw_response, register_openai_routes
 from shared.capture.responses_request import ResponsesRequest, parse_responses_request
 from shared.platform.access import Caller, Right
 from shared.platform.errors import InvalidRequest, NotFound
@@ -85,21 +85,12 @@ def _caller(caller: Caller | None) -> Caller:
     return caller
 
 
-OPERATIONS = [
+OPERATIONS: list[Operation] = [
     # (handler, route below the prefix, method, right, request-body model)
     (create_response, "responses", "POST", Right.INFERENCE, ResponsesRequest),
     (retrieve_response, "responses/{response_id}", "GET", Right.READ, None),
     (delete_response, "responses/{response_id}", "DELETE", Right.ACTION, None),
     (list_response_input_items, "responses/{response_id}/input_items", "GET", Right.READ, None),
 ]
-ROUTE_SHAPES = [("openai", ""), ("openai/v1", "_v1")]
-"""(route prefix, function-name suffix) for the `AzureOpenAI` and `OpenAI` clients."""
-
 bp = func.Blueprint()
-for _prefix, _suffix in ROUTE_SHAPES:
-    for _handler, _path, _method, _right, _body in OPERATIONS:
-        bp.function_name(_handler.__name__ + _suffix)(
-            bp.route(route=f"{_prefix}/{_path}", methods=[_method], auth_level=func.AuthLevel.ANONYMOUS)(
-                endpoint(_right, body=_body)(_handler)
-            )
-        )
+register_openai_routes(bp, OPERATIONS)

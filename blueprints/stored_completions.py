@@ -11,7 +11,7 @@ from typing import Any
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from blueprints.http_adapter import endpoint, json_response
+from blueprints.http_adapter import Operation, json_response, register_openai_routes
 from shared.platform.access import Caller, Right
 from shared.platform.request_body import parse_json_object
 from shared.services import get_services
@@ -77,7 +77,7 @@ def _caller(caller: Caller | None) -> Caller:
     return caller
 
 
-OPERATIONS = [
+OPERATIONS: list[Operation] = [
     # (handler, route below the prefix, method, right, request-body model)
     (list_chat_completions, "chat/completions", "GET", Right.READ, None),
     (retrieve_chat_completion, "chat/completions/{completion_id}", "GET", Right.READ, None),
@@ -85,14 +85,5 @@ OPERATIONS = [
     (delete_chat_completion, "chat/completions/{completion_id}", "DELETE", Right.ACTION, None),
     (list_chat_completion_messages, "chat/completions/{completion_id}/messages", "GET", Right.READ, None),
 ]
-ROUTE_SHAPES = [("openai", ""), ("openai/v1", "_v1")]
-"""(route prefix, function-name suffix) for the `AzureOpenAI` and `OpenAI` clients."""
-
 bp = func.Blueprint()
-for _prefix, _suffix in ROUTE_SHAPES:
-    for _handler, _path, _method, _right, _body in OPERATIONS:
-        bp.function_name(_handler.__name__ + _suffix)(
-            bp.route(route=f"{_prefix}/{_path}", methods=[_method], auth_level=func.AuthLevel.ANONYMOUS)(
-                endpoint(_right, body=_body)(_handler)
-            )
-        )
+register_openai_routes(bp, OPERATIONS)
