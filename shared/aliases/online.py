@@ -37,8 +37,8 @@ from shared.evals.graders import (
     stored_sample,
 )
 from shared.evals.metrics import TextMetrics
-from shared.platform.access import Caller, Right
-from shared.platform.errors import Conflict, NotFound, PermissionDenied, StorageUnavailable
+from shared.platform.access import Caller
+from shared.platform.errors import Conflict, NotFound, StorageUnavailable
 from shared.platform.job_queue import JobQueue
 from shared.platform.telemetry import ALIAS, DEPLOYMENT, online_graded, online_pass_rates
 from shared.store import ids
@@ -140,18 +140,7 @@ class OnlineEvals:
                 called.setdefault(criterion.model, f"online_eval.testing_criteria[{position}].model")
             elif isinstance(criterion, TextSimilarityGrader) and criterion.evaluation_metric == "cosine":
                 called.setdefault(self._embeddings_deployment, "EVAL_EMBEDDINGS_DEPLOYMENT")
-        if called and Right.INFERENCE not in caller.rights:
-            raise PermissionDenied(
-                f"The caller '{caller.name}' lacks the '{Right.INFERENCE.value}' right these graders need: they call "
-                f"{', '.join(sorted(called))}."
-            )
-        for name, param in called.items():
-            if caller.deployments is not None and name not in caller.deployments:
-                raise PermissionDenied(
-                    f"The caller '{caller.name}' may not call the deployment '{name}' these graders need.",
-                    param=param,
-                    code="deployment_not_allowed",
-                )
+        caller.require_calls(called, needed_by="online grading")
 
     async def sample(self, entries: Iterable[IndexEntry]) -> int:
         """Queue the sampled share of these newly indexed calls for grading; returns how many were picked.

@@ -72,8 +72,8 @@ from shared.evals.records import (
     output_item_index,
 )
 from shared.evals.templates import check_variables, content_text, render_messages
-from shared.platform.access import Caller, Right
-from shared.platform.errors import DistilleryError, InvalidRequest, NotFound, PermissionDenied
+from shared.platform.access import Caller
+from shared.platform.errors import DistilleryError, InvalidRequest, NotFound
 from shared.platform.job_queue import JobQueue
 from shared.platform.telemetry import JobChunk, job_chunk
 from shared.store.completion_filter import CompletionFilter
@@ -1000,20 +1000,8 @@ class EvalService:
         covers its candidate, grader and embeddings deployments as it covers chat completions."""
         chat, embeddings = self._called_deployments(record, model)
         called = dict(chat) | ({embeddings: "EVAL_EMBEDDINGS_DEPLOYMENT"} if embeddings else {})
-        if caller is None or not called:
-            return
-        if Right.INFERENCE not in caller.rights:
-            raise PermissionDenied(
-                f"The caller '{caller.name}' lacks the '{Right.INFERENCE.value}' right this run needs: it calls "
-                f"{', '.join(sorted(called))}."
-            )
-        for name, param in called.items():
-            if caller.deployments is not None and name not in caller.deployments:
-                raise PermissionDenied(
-                    f"The caller '{caller.name}' may not call the deployment '{name}' this run needs.",
-                    param=param,
-                    code="deployment_not_allowed",
-                )
+        if caller is not None:
+            caller.require_calls(called, needed_by="this run")
 
     async def _check_deployments(self, record: EvalRecord, model: str | None) -> None:
         """Every deployment the run will call answers (a 404 is a 400 now, not errors on every item later)."""

@@ -155,6 +155,24 @@ class Caller(BaseModel):
                 f"The caller '{self.name}' may not call this deployment.", param="model", code="deployment_not_allowed"
             )
 
+    def require_calls(self, called: Mapping[str, str], *, needed_by: str) -> None:
+        """Work that calls models for the caller (an eval run, online graders) spends inference: it needs
+        that right, and the key's allow-list must cover every deployment in `called` (name -> param)."""
+        if not called:
+            return
+        if Right.INFERENCE not in self.rights:
+            raise PermissionDenied(
+                f"The caller '{self.name}' lacks the '{Right.INFERENCE.value}' right {needed_by} needs: it calls "
+                f"{', '.join(sorted(called))}."
+            )
+        for name, param in called.items():
+            if self.deployments is not None and name not in self.deployments:
+                raise PermissionDenied(
+                    f"The caller '{self.name}' may not call the deployment '{name}' {needed_by} needs.",
+                    param=param,
+                    code="deployment_not_allowed",
+                )
+
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
     """The key as the SDKs send it: `api-key` (AzureOpenAI) or `Authorization: Bearer` (OpenAI).
