@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -151,6 +152,9 @@ def _serve(args: argparse.Namespace, listener: socket.socket, *, key_origin: str
     # Keep-alive as long as the Functions host's Kestrel (130 s): with uvicorn's 5 s, a client reusing a
     # pooled connection races the server closing it and gets a reset (httpx.ReadError) under load.
     config = uvicorn.Config(host, log_level="warning", lifespan="on", timeout_keep_alive=130)
+    # uvicorn re-raises the signal that stopped it once it has shut down; SIGTERM's default action would
+    # then end the process before `main`'s clean-up (stopping Azurite) runs, so it ends the run as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a local run ends (uvicorn.run does the same)
         uvicorn.Server(config).run(sockets=[listener])
     return 0
