@@ -128,9 +128,12 @@ def test_the_student_against_its_teacher_side_by_side(
         assert job["status"] == "succeeded", job
         wrong = {"role": "assistant", "content": "Please contact our sales team about something unrelated."}
         student = f"student-{tag}"  # earlier tests' comparisons may still be calling the upstream
-        fake_upstream.script(  # the ping, then two lost items
-            Reply(for_model=student), Reply(message=wrong, for_model=student), Reply(message=wrong, for_model=student)
-        )
+        # The student answers every call wrongly (the deployment check's pings included: they only need a 200),
+        # so it loses each held-out item, however many pings come first.
+        (validation,) = [f for f in dataset["files"] if f["name"] == "validation.jsonl"]
+        held_out = validation["lines"]
+        assert held_out >= 1, dataset
+        fake_upstream.script(*[Reply(message=wrong, for_model=student) for _ in range(held_out + 4)])
         registered = http.post(
             f"/api/fine_tuning_jobs/{job['id']}/deployments", json={"name": f"student-{tag}", "existing": True}
         )
@@ -143,9 +146,9 @@ def test_the_student_against_its_teacher_side_by_side(
     row = card.locator('tr[data-criterion="close to the teacher"]')
     expect(row).to_be_visible(timeout=60_000)
     expect(row.locator("td").nth(0)).to_have_text("100.0%")  # the teacher's stored answers match themselves
-    expect(row.locator("td.losses")).to_have_text("2")
+    expect(row.locator("td.losses")).to_have_text(str(held_out))
     expect(row.locator("td.wins")).to_have_text("0")
-    expect(card.get_by_role("heading", name="Items the student lost (2)")).to_be_visible()
+    expect(card.get_by_role("heading", name=f"Items the student lost ({held_out})")).to_be_visible()
     lost = card.locator(".lost-items details").first
     lost.locator("summary").click()
     expect(lost.locator(".answer.student")).to_have_text(wrong["content"])
