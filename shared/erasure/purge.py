@@ -34,6 +34,7 @@ from shared.store.filter_jobs import (
     bounded,
     deliver,
     invalid_body,
+    require_explicit_scope,
     scoped,
 )
 from shared.store.json_blobs import JsonBlobs, Superseded
@@ -74,13 +75,7 @@ class PurgeParams(BaseModel):
 
     @model_validator(mode="after")
     def _explicit_scope(self) -> PurgeParams:
-        empty = self.filter is None or self.filter.is_empty()
-        if self.filter is not None and self.filter.owner is not None:
-            raise ValueError("'owner' cannot be set in a purge filter")
-        if empty and not self.all:
-            raise ValueError('the filter is empty: give one, or send "all": true to purge every stored completion')
-        if self.all and not empty:
-            raise ValueError('"all": true purges everything, so it cannot be combined with a filter')
+        require_explicit_scope(self.filter, self.all, doing="purge")
         return self
 
     @property

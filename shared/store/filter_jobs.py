@@ -124,6 +124,18 @@ def invalid_body(exc: ValidationError, what: str, *, code: str | None = None) ->
     return InvalidRequest(f"Invalid {what}: {message}" + (f" ({where})" if where else ""), param=where, code=code)
 
 
+def require_explicit_scope(selection: CompletionFilter | None, everything: bool, *, doing: str) -> None:
+    """A job over a filter touches everything only when asked in so many words (`"all": true`, no
+    filter); the owner is the caller's scope, never the body's. `doing` names the job's action."""
+    empty = selection is None or selection.is_empty()
+    if selection is not None and selection.owner is not None:
+        raise ValueError("'owner' cannot be set in a filter")
+    if empty and not everything:
+        raise ValueError(f'the filter is empty: give one, or send "all": true to {doing} every stored completion')
+    if everything and not empty:
+        raise ValueError(f'"all": true would {doing} every stored completion, so it cannot be combined with a filter')
+
+
 def scoped(selection: CompletionFilter, owner_scope: str | None) -> CompletionFilter:
     """The selection narrowed to one owner's completions when the requester sees only its own."""
     return selection if owner_scope is None else selection.model_copy(update={"owner": owner_scope})
