@@ -22,6 +22,7 @@ from shared.platform.errors import InvalidRequest, NotFound
 from shared.platform.request_body import MetadataKey, validation_error
 from shared.store import ids
 from shared.store.completion_filter import CompletionFilter
+from shared.store.completion_index import SHARDS
 
 MESSAGE_VERSION = 1
 MAX_IDS = 5_000
@@ -215,15 +216,22 @@ class SliceRange(BaseModel):
 class Plan(BaseModel):
     """How a filter selection is split into slices, each built by its own queue message.
 
-    The planning delivery walks the index rows only (no documents) and ends a slice every
-    `slice_completions` ids; each slice message is sent as soon as its range is known.
+    The planning delivery walks index rows only (no documents), and only those of `shards` of the
+    index's shards: ids are spread over the shards by a hash, so each walked row stands for
+    `SHARDS / shards` completions of the selection. It ends a slice every `slice_completions`
+    completions so counted; each slice message is sent as soon as its range is known. Slices are
+    id ranges, so their sizes vary a little around `slice_completions`, and together they hold
+    every id once.
     """
 
     bounds: list[str] = Field(default_factory=list)
     """The last id of each full slice, in walk order; slice n runs after bounds[n-1] up to bounds[n]."""
     cursor: str | None = None
     """The planning walk's position (a continuation of the planning resumes after it)."""
+    shards: int = SHARDS
+    """Shards of the selection's index term the planning walks (all of them in plans saved before this field)."""
     counted: int = 0
+    """Index rows the planning walked."""
     done: bool = False
     """The walk reached the end: there are `len(bounds) + 1` slices, none empty."""
 

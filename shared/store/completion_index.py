@@ -424,6 +424,30 @@ class CompletionIndex:
         ]
         await _all_or_raise(operations)
 
+    async def sample_ids(
+        self, selection: CompletionFilter, *, shards: int, after: str | None, page_size: int = 1000
+    ) -> AsyncIterator[str]:
+        """The ids of the selection's rows in the first `shards` shards of its term, in walk order.
+
+        Ids are spread over the shards by a hash, so these rows are a uniform sample of the
+        selection: `shards`/`SHARDS` of it. Only the keys are read (a dataset plan needs no more).
+        """
+        term, query, parameters = _query_for(selection, order="asc", after=after)
+        reads = [
+            self._table.query_entities(
+                query,
+                parameters={**parameters, "partition": _sharded(term, shard)},
+                select=["RowKey", "id"],
+                results_per_page=page_size,
+            )
+            for shard in range(shards)
+        ]
+        try:
+            async for row in _merged(reads):
+                yield str(row["id"])
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+
 
 async def _all_or_raise(operations: list[Any]) -> None:
     results = await asyncio.gather(*operations, return_exceptions=True)

@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
+from azure.core.pipeline import PipelineResponse
+from azure.data.tables.aio import TableClient
 from azure.storage.blob.aio import BlobClient
 
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.job import DatasetJobMessage, DatasetParams, DatasetStatus
 from shared.platform.errors import StorageUnavailable
 from shared.services import Services
+from shared.store.completion_index import CompletionIndex, shard_of
+from shared.store.completion_store import CompletionStore
+from shared.store.stored_completion import StoredCompletion
 from tests.shared.datasets.conftest import download, drain, read_job, receive, seed, stored
 
 TAG = {"category": "slices-test"}
@@ -183,6 +190,75 @@ async def test_a_rebuild_makes_the_old_generations_slice_messages_stale(services
     done = await read_job(services, job.id)
     assert done.status is DatasetStatus.SUCCEEDED and done.generation == 1
     assert done.counts.written == 12
+
+
+@pytest.mark.parametrize(("sampled", "others"), [(9, 150), (3, 60), (0, 80)])
+async def test_the_plan_reads_one_shard_and_its_slices_hold_every_id_once(
+    services: Services, sampled: int, others: int
+) -> None:
+    """Slices of 64 with at least 4 plan rows each: the plan walks one shard of the 16 and ends a slice
+    every 4 of its rows. Every id lands in one slice, the ones after the last shard-0 id included, and
+    a selection with too few shard-0 rows to fill a slice is built in one (however large it is)."""
+    completions = selection(sampled=sampled, others=others)
+    ids = await seed(services, completions)
+    in_shard = [completion_id for completion_id in ids if shard_of(completion_id) == 0]
+    assert len(in_shard) == sampled and shard_of(ids[-1]) != 0  # a tail after the last sampled id
+    settings = services.settings
+    assert settings.storage_connection_string is not None
+    rows = RowsRead()
+    async with TableClient.from_connection_string(
+        settings.storage_connection_string.get_secret_value(), settings.completion_index_table, raw_response_hook=rows
+    ) as table:
+        counted_store = CompletionStore(container=services.completions_container, index=CompletionIndex(table))
+        sliced = DatasetJobs(
+            records=services.dataset_jobs.records,
+            store=counted_store,
+            membership=services.dataset_jobs.membership,
+            job_queue=services.job_queue,
+            queue_name=settings.dataset_jobs_queue,
+            limits=BuildLimits(slice_completions=64, plan_rows_per_slice=4),
+        )
+        request = DatasetParams.model_validate({"kind": "evaluation", "filter": {"metadata": TAG}})
+        job = await sliced.submit(request)
+        await sliced.handle(await receive_one(services), delivery_count=1)
+        bounds = in_shard[3:-1:4]  # a slice ends after each 4th sampled row
+        # The plan reads the sampled rows only; without a bound, the same delivery builds, reading every row once.
+        assert rows.read == (sampled if bounds else sampled + len(ids))
+        planned = await read_job(services, job.id)
+        assert planned.plan is not None and planned.plan.bounds == bounds and planned.plan.counted == sampled
+        await drain(services, sliced)
+
+    done = await read_job(services, job.id)
+    assert done.status is DatasetStatus.SUCCEEDED
+    assert done.runs == 1 + (len(bounds) + 1 if bounds else 0)
+    data = await download(services, job.id, "eval.jsonl")
+    assert [json.loads(line)["item"]["completion_id"] for line in data.splitlines()] == ids
+    assert done.counts.selected == done.counts.written == len(ids)
+
+
+def selection(*, sampled: int, others: int) -> list[StoredCompletion]:
+    """`others` completions outside shard 0 with `sampled` in shard 0 among them, the last ones outside."""
+    chosen, in_shard = [], 0
+    while len(chosen) - in_shard < others:
+        completion = stored(f"q{len(chosen)}", metadata=TAG)
+        if shard_of(completion.id) != 0:
+            chosen.append(completion)
+        elif in_shard < sampled and len(chosen) - in_shard < others - 3:
+            chosen.append(completion)
+            in_shard += 1
+    assert in_shard == sampled, "too few completions to hold the sampled ones"
+    return chosen
+
+
+class RowsRead:
+    """Counts the entities the index table's query answers carry (an azure-core response hook)."""
+
+    def __init__(self) -> None:
+        self.read = 0
+
+    def __call__(self, response: PipelineResponse[Any, Any]) -> None:
+        if response.http_request.method == "GET" and "$filter" in unquote(response.http_request.url):
+            self.read += len(json.loads(response.http_response.text())["value"])
 
 
 async def staged_blocks(blob: BlobClient) -> int:
