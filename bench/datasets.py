@@ -30,13 +30,14 @@ from typing import Any
 from azure.storage.queue.aio import QueueClient
 
 from local_host.azurite import ROOT, start_azurite
+from shared.datasets.builder import BuildLimits, plan_shards
 from shared.datasets.job import DatasetJob, DatasetJobMessage, DatasetParams, DatasetStatus, new_dataset_id
 from shared.platform.job_queue import read_local_message
 from shared.platform.settings import Settings
 from shared.services import Services
 from shared.store import ids
 from shared.store.completion_filter import CompletionFilter
-from shared.store.completion_index import CompletionIndex, IndexEntry
+from shared.store.completion_index import SHARDS, CompletionIndex, IndexEntry
 from shared.store.stored_completion import StoredCompletion
 
 IN_FLIGHT = 32
@@ -47,6 +48,9 @@ FLEX_MAX_INSTANCES = 40
 SERVICE_BUS_CALLS_PER_INSTANCE = 4
 """host.json `extensions.serviceBus.maxConcurrentCalls`: target-based scaling's executions per instance."""
 PROJECTED = 1_000_000
+SLICE_COMPLETIONS = Settings.model_fields["dataset_slice_completions"].default
+PLAN_SHARDS = plan_shards(BuildLimits(slice_completions=SLICE_COMPLETIONS))
+"""Index shards a plan with the default slice size walks (1 of 16)."""
 
 
 def completion(number: int, now_us: int) -> StoredCompletion:
@@ -106,13 +110,27 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_seconds() -> float:
+    """The worker process's CPU time so far (user + system): on a shared box, what a run really costs."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def bare_worker() -> dict[str, Any]:
-    """Walk the index alone, then walk it again feeding 32 downloads: the floor a build is held to."""
+    """Walk the index alone, and the sample a plan walks (3 times: it is short), then walk the index
+    again feeding 32 downloads: the floor a build is held to."""
     services = Services(Settings())  # type: ignore[call-arg]
     index, container = services.store.index, services.completions_container
     started = time.perf_counter()
     walked = sum([1 async for _ in index.walk(CompletionFilter(metadata=TAG), page_size=1000)])
     walk_seconds = time.perf_counter() - started
+    samples = []
+    for _ in range(3):
+        started = time.perf_counter()
+        sampled = sum(
+            [1 async for _ in index.sample_ids(CompletionFilter(metadata=TAG), shards=PLAN_SHARDS, after=None)]
+        )
+        samples.append(time.perf_counter() - started)
     names: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1000)
 
     async def lister() -> None:
@@ -129,7 +147,15 @@ async def bare_worker() -> dict[str, Any]:
     await asyncio.gather(lister(), *(reader() for _ in range(IN_FLIGHT)))
     seconds = time.perf_counter() - started
     await services.close()
-    return {"seconds": seconds, "walk_seconds": walk_seconds, "count": walked, "rss_mb": peak_rss_mb()}
+    return {
+        "seconds": seconds,
+        "walk_seconds": walk_seconds,
+        "count": walked,
+        "sampled": sampled,
+        "sample_seconds": sorted(samples)[1],
+        "rss_mb": peak_rss_mb(),
+        "cpu_seconds": cpu_seconds(),
+    }
 
 
 async def build_worker(job_id: str) -> dict[str, Any]:
@@ -155,7 +181,7 @@ async def build_worker(job_id: str) -> dict[str, Any]:
             await queue.delete_message(received[0])
             deliveries.append({"slice": DatasetJobMessage.model_validate_json(body).slice, "seconds": seconds})
     await services.close()
-    return {"deliveries": deliveries, "rss_mb": peak_rss_mb()}
+    return {"deliveries": deliveries, "rss_mb": peak_rss_mb(), "cpu_seconds": cpu_seconds()}
 
 
 def worker_env(names: dict[str, str], connection: str, slice_completions: int) -> dict[str, str]:
@@ -239,7 +265,7 @@ async def main(size: int, slice_size: int, workers: int, rounds: int) -> None:
         async with QueueClient.from_connection_string(azurite.connection_string, names["DATASET_JOBS_QUEUE"]) as queue:
             await queue.create_queue()
         await seed(services, size)
-        one_env = worker_env(names, azurite.connection_string, slice_completions=size + 1)
+        one_env = worker_env(names, azurite.connection_string, slice_completions=10**9)  # the plan never cuts
         fan_env = worker_env(names, azurite.connection_string, slice_completions=slice_size)
         bares, ones, fans = [], [], []
         for _ in range(rounds):  # interleaved, so a busy moment on the box hits every kind alike
@@ -277,22 +303,31 @@ async def main(size: int, slice_size: int, workers: int, rounds: int) -> None:
 
     # Expected time for 1M on Flex Consumption, from what was measured here.
     walk_rate = bare["count"] / bare["walk_seconds"]
+    plan_rate = bare["sampled"] / bare["sample_seconds"]
     one_rate = size / one_s
     out_bytes = sum(f.bytes for f in one_job.files) / size
-    slice_count = math.ceil(PROJECTED / Settings.model_fields["dataset_slice_completions"].default)
+    slice_count = math.ceil(PROJECTED / SLICE_COMPLETIONS)
     instances = min(FLEX_MAX_INSTANCES, math.ceil(slice_count / SERVICE_BUS_CALLS_PER_INSTANCE))
-    plan_s = PROJECTED / walk_rate
+    plan_rows = PROJECTED * PLAN_SHARDS // SHARDS
+    plan_s = plan_rows / plan_rate
     build_s = PROJECTED / (instances * one_rate)
     hash_s = PROJECTED * out_bytes / 1e6 / hash_rate
     print(
-        f"\nper-slice throughput {per_slice:,.0f}/s with {workers} workers sharing {os.cpu_count()} cores;"
-        f" one worker alone {one_rate:,.0f}/s; index walk {walk_rate:,.0f} rows/s; hash read {hash_rate:,.0f} MB/s"
+        f"\nCPU seconds per 1,000 completions: bare {bare['cpu_seconds'] / size * 1000:.2f},"
+        f" one-slice build {one_report['cpu_seconds'] / size * 1000:.2f}"
+        f" (fanned out, all workers: {sum(r['cpu_seconds'] for r in fan_reports) / size * 1000:.2f})"
+    )
+    print(
+        f"per-slice throughput {per_slice:,.0f}/s with {workers} workers sharing {os.cpu_count()} cores;"
+        f" one worker alone {one_rate:,.0f}/s; index walk {walk_rate:,.0f} rows/s;"
+        f" plan walk ({PLAN_SHARDS} shard of {SHARDS}, keys only) {plan_rate:,.0f} rows/s; hash read {hash_rate:,.0f} MB/s"
     )
     print(
         f"1M on Flex Consumption: {slice_count} slices -> {instances} instances"
         f" (ceil(slices / {SERVICE_BUS_CALLS_PER_INSTANCE} calls per instance), at most {FLEX_MAX_INSTANCES})"
-        f" at {one_rate:,.0f}/s each: plan {plan_s:.0f} s + slices {build_s:.0f} s + hash {hash_s:.0f} s"
-        f" = {(plan_s + build_s + hash_s) / 60:.1f} min (upper bound: slices start while the plan runs)"
+        f" at {one_rate:,.0f}/s each: plan {plan_rows:,} rows {plan_s:.0f} s + slices {build_s:.0f} s"
+        f" + hash {hash_s:.0f} s = {(plan_s + build_s + hash_s) / 60:.1f} min"
+        " (upper bound: slices start while the plan runs)"
     )
 
 

@@ -220,7 +220,7 @@ class DatasetJobs:
         a resent slice finds its record done and changes nothing.
         """
         assert job.request is not None and job.request.filter is not None
-        plan = job.plan = job.plan or Plan(shards=_plan_shards(self.limits))
+        plan = job.plan = job.plan or Plan(shards=plan_shards(self.limits))
         for number in range(len(plan.bounds)):
             await self._send_slice(job, number)
         size, deadline = self.limits.slice_completions, time.monotonic() + self.limits.chunk_seconds
@@ -585,7 +585,7 @@ def _walk_position(completion_id: str) -> tuple[int, str]:
     return ids.captured_at_us(completion_id), completion_id
 
 
-def _plan_shards(limits: BuildLimits) -> int:
+def plan_shards(limits: BuildLimits) -> int:
     """The fewest index shards whose rows give the plan `plan_rows_per_slice` rows a slice."""
     return min(SHARDS, max(1, math.ceil(SHARDS * limits.plan_rows_per_slice / limits.slice_completions)))
 

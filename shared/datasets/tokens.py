@@ -9,7 +9,7 @@ split text a little differently, so treat the counts as close, not billing-exact
 from __future__ import annotations
 
 import json
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import tiktoken
@@ -25,7 +25,20 @@ def _encoding() -> tiktoken.Encoding:
 
 
 def count_text(text: str) -> int:
-    return len(_encoding().encode(text, disallowed_special=()))
+    """Special-token text counts as ordinary text (a user may well have typed `<|endoftext|>`)."""
+    return _count_repeated(text) if len(text) <= _REPEATED_TEXT_CHARS else _count(text)
+
+
+_REPEATED_TEXT_CHARS = 65_536
+"""Texts up to this long are remembered (64 of them: at most a few MB): the role names, and the
+system prompts and tool lists that most completions of one app repeat, are counted once a build."""
+
+
+def _count(text: str) -> int:
+    return len(_encoding().encode_ordinary(text))
+
+
+_count_repeated = lru_cache(maxsize=64)(_count)
 
 
 def count_messages(messages: list[Any], tools: list[Any] | None = None) -> int:
