@@ -3,13 +3,15 @@
 Seeds stored completions straight into Azurite, then, in the same run and on the same documents,
 runs each of these in fresh worker processes (so each peak RSS is the worker's own):
 - bare: walk the index for the selection and download every document (32 in flight, bytes dropped);
-- one slice: the build with fan-out off (slices larger than the selection), one worker: index walk,
-  membership rows, 32 reads in flight, conversion, format check, token counts, dedupe, staged
-  blocks, commit, sha256 of the committed files, manifest;
+  before that, the same worker times a walk of the index alone and of the one shard a plan walks;
+- one slice: the build with fan-out off (slices larger than the selection), one worker: the plan
+  (one shard's keys), index walk, membership rows, 32 reads in flight, conversion, format check,
+  token counts, dedupe, staged blocks, commit, sha256 of the committed files, manifest;
 - fanned out: the same build in slices of `--slice` completions, `--workers` worker processes taking
   the messages from one queue (as Flex instances take them from Service Bus).
-It prints the times and ratios side by side, the peak RSS per worker, the per-slice throughput, and
-from those the expected time for 1M completions on Flex Consumption (see the README).
+It prints the times and ratios side by side, the peak RSS and CPU time per worker, the per-slice
+throughput, and from those (and Azure Storage's documented targets) the expected time for 1M
+completions on Flex Consumption (see the README).
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ FLEX_MAX_INSTANCES = 40
 SERVICE_BUS_CALLS_PER_INSTANCE = 4
 """host.json `extensions.serviceBus.maxConcurrentCalls`: target-based scaling's executions per instance."""
 PROJECTED = 1_000_000
+TABLE_PARTITION_ENTITIES_PER_S = 2_000
+"""Azure Table's target per partition (README, Performance): it bounds the plan's one-shard walk, and
+the membership rows, whose partition is a ~19-hour capture bucket (1M captured in a day: one partition)."""
+BLOB_MIB_PER_S = 60
+"""Azure Blob Storage's target throughput for a single blob: it bounds the finisher's sha256 read."""
 SLICE_COMPLETIONS = Settings.model_fields["dataset_slice_completions"].default
 PLAN_SHARDS = plan_shards(BuildLimits(slice_completions=SLICE_COMPLETIONS))
 """Index shards a plan with the default slice size walks (1 of 16)."""
@@ -309,9 +316,11 @@ async def main(size: int, slice_size: int, workers: int, rounds: int) -> None:
     slice_count = math.ceil(PROJECTED / SLICE_COMPLETIONS)
     instances = min(FLEX_MAX_INSTANCES, math.ceil(slice_count / SERVICE_BUS_CALLS_PER_INSTANCE))
     plan_rows = PROJECTED * PLAN_SHARDS // SHARDS
-    plan_s = plan_rows / plan_rate
+    plan_s = max(plan_rows / plan_rate, plan_rows / PLAN_SHARDS / TABLE_PARTITION_ENTITIES_PER_S)
     build_s = PROJECTED / (instances * one_rate)
-    hash_s = PROJECTED * out_bytes / 1e6 / hash_rate
+    membership_s = PROJECTED / TABLE_PARTITION_ENTITIES_PER_S  # every id's row, one partition in the worst case
+    slices_s = max(build_s, membership_s)
+    hash_s = PROJECTED * out_bytes / min(hash_rate * 1e6, BLOB_MIB_PER_S * 2**20)
     print(
         f"\nCPU seconds per 1,000 completions: bare {bare['cpu_seconds'] / size * 1000:.2f},"
         f" one-slice build {one_report['cpu_seconds'] / size * 1000:.2f}"
@@ -325,9 +334,15 @@ async def main(size: int, slice_size: int, workers: int, rounds: int) -> None:
     print(
         f"1M on Flex Consumption: {slice_count} slices -> {instances} instances"
         f" (ceil(slices / {SERVICE_BUS_CALLS_PER_INSTANCE} calls per instance), at most {FLEX_MAX_INSTANCES})"
-        f" at {one_rate:,.0f}/s each: plan {plan_rows:,} rows {plan_s:.0f} s + slices {build_s:.0f} s"
-        f" + hash {hash_s:.0f} s = {(plan_s + build_s + hash_s) / 60:.1f} min"
+        f" at {one_rate:,.0f}/s each: plan {plan_rows:,} rows {plan_s:.0f} s + slices {slices_s:.0f} s"
+        f" + hash {hash_s:.0f} s = {(plan_s + slices_s + hash_s) / 60:.1f} min"
         " (upper bound: slices start while the plan runs)"
+    )
+    print(
+        f"  plan: the slower of the measured walk and {TABLE_PARTITION_ENTITIES_PER_S:,} entities/s per partition;"
+        f" slices: the slower of compute ({build_s:.0f} s) and the membership rows at"
+        f" {TABLE_PARTITION_ENTITIES_PER_S:,}/s in one partition ({membership_s:.0f} s, 1M captured within ~19 h);"
+        f" hash: at most {BLOB_MIB_PER_S} MiB/s for one blob"
     )
 
 
