@@ -7,12 +7,12 @@ import math
 import uuid
 
 import pytest
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.data.tables import EdmType, UpdateMode
 from azure.data.tables.aio import TableClient
 
 from shared.services import Services
-from shared.store.table_transactions import MAX_ROWS, upsert_rows
+from shared.store.table_transactions import MAX_ROWS, insert_rows, upsert_rows
 
 ROW = {
     "text": "naïve 'quoted' \"json\" — ✓ line\u2028sep\r\n",
@@ -99,3 +99,15 @@ async def test_a_transaction_the_service_would_refuse_is_not_sent(
 async def test_a_value_tables_cannot_hold_is_named(services: Services) -> None:
     with pytest.raises(TypeError, match=r"list \(tags\)"):
         await upsert_rows(services.index_table, [{"PartitionKey": "a", "RowKey": "1", "tags": ["x"]}])
+
+
+async def test_an_insert_meeting_an_existing_row_writes_nothing(services: Services) -> None:
+    table, partition = services.index_table, _partition()
+    await insert_rows(table, [{"PartitionKey": partition, "RowKey": "a", "v": "first"}])
+    with pytest.raises(ResourceExistsError):
+        await insert_rows(
+            table,
+            [{"PartitionKey": partition, "RowKey": "b"}, {"PartitionKey": partition, "RowKey": "a", "v": "second"}],
+        )
+    rows = [entity async for entity in table.query_entities("PartitionKey eq @p", parameters={"p": partition})]
+    assert [(row["RowKey"], row.get("v")) for row in rows] == [("a", "first")]
