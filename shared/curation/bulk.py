@@ -25,11 +25,11 @@ from shared.store.completion_index import IndexEntry
 from shared.store.completion_store import CompletionStore
 from shared.store.filter_jobs import (
     ChunkBudget,
+    ChunkedJobs,
     FilterJob,
     JobRecords,
     JobStatus,
     WalkProgress,
-    advance,
     batches,
     bounded,
     deliver,
@@ -204,7 +204,7 @@ def _same_scores(left: list[Score], right: list[Score]) -> bool:
     return judgements(left) == judgements(right)
 
 
-class BulkActions:
+class BulkActions(ChunkedJobs[BulkAction]):
     """Records, queues and runs bulk actions."""
 
     def __init__(
@@ -256,10 +256,6 @@ class BulkActions:
         log.info("Bulk action %s%s queued by %s", job.id, " (dry run)" if job.dry_run else "", requested_by)
         return job
 
-    async def get(self, action_id: str, *, owner_scope: str | None = None) -> BulkAction:
-        """A bulk action's record; a scoped caller sees only its own (another's answers 404)."""
-        return await self._records.get(action_id, owner_scope=owner_scope)
-
     async def handle(self, message: BulkActionMessage, *, delivery_count: int) -> None:
         """One queue delivery; raises so the queue retries, and on the last delivery marks the action failed."""
         run = self.run(message.bulk_action, part=message.part)
@@ -270,16 +266,7 @@ class BulkActions:
         job, etag = await self._records.read(action_id)
         if job.finished:
             return job
-        return await advance(
-            self._records,
-            job,
-            etag,
-            part=part,
-            walk=self._chunk,
-            items=lambda job: job.progress.walked,
-            send_part=lambda next_part: self._send_part(action_id, next_part),
-            finish=self._finish,
-        )
+        return await self._advance(job, etag, part=part)
 
     async def _finish(self, job: BulkAction, etag: str) -> BulkAction:
         progress = job.progress
@@ -342,6 +329,9 @@ class BulkActions:
                 if attempt == CONFLICT_ATTEMPTS - 1:
                     raise
         return None  # pragma: no cover  # the loop returns or raises
+
+    def _counted(self, job: BulkAction) -> int:
+        return job.progress.walked
 
     async def _send_part(self, action_id: str, part: int) -> None:
         message = BulkActionMessage(bulk_action=action_id, part=part)

@@ -26,11 +26,11 @@ from shared.store.completion_filter import CompletionFilter
 from shared.store.completion_store import CompletionStore, in_selection
 from shared.store.filter_jobs import (
     ChunkBudget,
+    ChunkedJobs,
     FilterJob,
     JobRecords,
     JobStatus,
     WalkProgress,
-    advance,
     batches,
     bounded,
     deliver,
@@ -155,7 +155,7 @@ class PurgeCount(BaseModel):
     matched_count: int
 
 
-class PurgeService:
+class PurgeService(ChunkedJobs[PurgeJob]):
     """Counts, records, queues and runs purges."""
 
     def __init__(
@@ -200,10 +200,6 @@ class PurgeService:
         log.info("Purge %s%s queued by %s", job.id, " (dry run)" if job.dry_run else "", requested_by)
         return job
 
-    async def get(self, purge_id: str, *, owner_scope: str | None = None) -> PurgeJob:
-        """A purge record; a scoped caller sees only its own purges (another's answers 404)."""
-        return await self._records.get(purge_id, owner_scope=owner_scope)
-
     async def handle(self, body: bytes, *, delivery_count: int) -> None:
         """One queue delivery; raises so the queue retries, and on the last delivery marks the purge failed."""
         message = PurgeMessage.model_validate_json(body)
@@ -225,16 +221,7 @@ class PurgeService:
             return job
         if job.dry_run:
             return await self._count_for(job, etag)
-        return await advance(
-            self._records,
-            job,
-            etag,
-            part=part,
-            walk=self._chunk,
-            items=lambda job: job.progress.deleted,
-            send_part=lambda next_part: self._send_part(purge_id, next_part),
-            finish=self._finish,
-        )
+        return await self._advance(job, etag, part=part)
 
     async def _chunk(self, job: PurgeJob, etag: str) -> tuple[PurgeJob, str, bool]:
         progress = job.progress
@@ -314,6 +301,9 @@ class PurgeService:
             await self._records.save(job, etag)
         log.info("Purge dry run %s matched %s stored completions", job.id, counted.matched_count)
         return job
+
+    def _counted(self, job: PurgeJob) -> int:
+        return job.progress.deleted
 
     async def _send_part(self, purge_id: str, part: int) -> None:
         message = PurgeMessage(id=purge_id, part=part)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import secrets
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -161,46 +162,59 @@ class JobRecords(Generic[_J]):
         return f"{self._folder}/{job_id}.json"
 
 
-async def advance(
-    records: JobRecords[_J],
-    job: _J,
-    etag: str,
-    *,
-    part: int,
-    walk: Callable[[_J, str], Awaitable[tuple[_J, str, bool]]],
-    items: Callable[[_J], int],
-    send_part: Callable[[int], Awaitable[None]],
-    finish: Callable[[_J, str], Awaitable[_J]],
-) -> _J:
-    """Advance an unfinished job by one chunk from its checkpoint (`walk`: True once the walk is done),
-    then queue its next part or `finish` it; a stale or repeated message changes nothing.
+class ChunkedJobs(ABC, Generic[_J]):
+    """Runs one kind of job a chunk per delivery; the kind says how a chunk walks, what it counts, how
+    its next part is queued and how it finishes."""
 
-    `items` counts the job's work for telemetry; `send_part` queues the message for a part.
-    """
-    if part < job.progress.part:
-        await send_part(job.progress.part)  # its continuation may be lost
-        return job
-    name = records.noun.capitalize()
-    if part > job.progress.part:
-        log.warning("%s %s: part %s is ahead of the record (%s); ignored", name, job.id, part, job.progress.part)
-        return job
-    job.status, job.runs, job.error = JobStatus.RUNNING, job.runs + 1, None
-    job.started_at = job.started_at or datetime.now(UTC)
-    try:
-        etag = await records.save(job, etag)
-        with job_chunk(job.object, job.id, part=part) as chunk:
-            before = items(job)
-            job, etag, walk_done = await walk(job, etag)
-            chunk.items = items(job) - before
-        if not walk_done:
-            job.progress.part += 1
-            etag = await records.save(job, etag)
-            await send_part(job.progress.part)
+    _records: JobRecords[_J]
+
+    async def get(self, job_id: str, *, owner_scope: str | None = None) -> _J:
+        """A job's record; a scoped caller sees only its own jobs (another's answers 404)."""
+        return await self._records.get(job_id, owner_scope=owner_scope)
+
+    async def _advance(self, job: _J, etag: str, *, part: int) -> _J:
+        """Advance an unfinished job by one chunk from its checkpoint, then queue its next part or
+        finish it; a stale or repeated message changes nothing."""
+        if part < job.progress.part:
+            await self._send_part(job.id, job.progress.part)  # its continuation may be lost
             return job
-        return await finish(job, etag)
-    except Superseded:
-        log.info("%s %s: another delivery advanced the record; this one stops", name, job.id)
-        return (await records.read(job.id))[0]
+        name = self._records.noun.capitalize()
+        if part > job.progress.part:
+            log.warning("%s %s: part %s is ahead of the record (%s); ignored", name, job.id, part, job.progress.part)
+            return job
+        job.status, job.runs, job.error = JobStatus.RUNNING, job.runs + 1, None
+        job.started_at = job.started_at or datetime.now(UTC)
+        try:
+            etag = await self._records.save(job, etag)
+            with job_chunk(job.object, job.id, part=part) as chunk:
+                before = self._counted(job)
+                job, etag, walk_done = await self._chunk(job, etag)
+                chunk.items = self._counted(job) - before
+            if not walk_done:
+                job.progress.part += 1
+                etag = await self._records.save(job, etag)
+                await self._send_part(job.id, job.progress.part)
+                return job
+            return await self._finish(job, etag)
+        except Superseded:
+            log.info("%s %s: another delivery advanced the record; this one stops", name, job.id)
+            return (await self._records.read(job.id))[0]
+
+    @abstractmethod
+    async def _chunk(self, job: _J, etag: str) -> tuple[_J, str, bool]:
+        """Walk and work one chunk from the checkpoint; True once the walk is done."""
+
+    @abstractmethod
+    def _counted(self, job: _J) -> int:
+        """The job's work so far, as telemetry counts it."""
+
+    @abstractmethod
+    async def _send_part(self, job_id: str, part: int) -> None:
+        """Queue the message that runs this part of the job."""
+
+    @abstractmethod
+    async def _finish(self, job: _J, etag: str) -> _J:
+        """Write the receipt once the walk is done."""
 
 
 async def deliver(
