@@ -149,6 +149,7 @@ class BulkAction(FilterJob):
     add_scores: list[Score]
     """As they are written: author the requester, `created_at` the submission time (so reruns match)."""
     remove_scores: list[str]
+    dry_run: bool = False
     progress: BulkProgress = Field(default_factory=BulkProgress)
     receipt: BulkReceipt | None = None
 

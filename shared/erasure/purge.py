@@ -127,6 +127,7 @@ class PurgeJob(FilterJob):
     scan runs inside a request)."""
 
     object: Literal["purge"] = "purge"
+    dry_run: bool = False
     matched_count: int | None = None
     """A dry run's answer, once it has succeeded."""
     progress: PurgeProgress = Field(default_factory=PurgeProgress)

@@ -75,7 +75,6 @@ class FilterJob(BaseModel):
     """The requester's stable owner id."""
     owner_scope: OwnerId = None
     """Set when the requester sees only its own completions (owner scoping): only those are touched."""
-    dry_run: bool = False
     created_at: datetime
     started_at: datetime | None = None
     runs: int = 0
