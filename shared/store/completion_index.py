@@ -30,16 +30,13 @@ from azure.core.exceptions import (
     AzureError,
     ResourceExistsError,
     ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
 )
-from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 from pydantic import BaseModel
 
 from shared.platform.access import OwnerId, legacy_owner, stable_owner
 from shared.platform.errors import StorageUnavailable
-from shared.store import ids
+from shared.store import ids, table_transactions
 from shared.store.completion_filter import CompletionFilter, Order
 from shared.store.scores import ScoreCondition, ScoreValue
 
@@ -210,16 +207,17 @@ class CompletionIndex:
         await self._write(entry, partitions_of(entry))
 
     async def add_many(self, entries: Iterable[IndexEntry], *, in_flight: int = 8) -> None:
-        """Bulk-load (imports, benchmarks): the rows `add` writes, batched 100 to a transaction per partition."""
+        """Bulk-load (imports, benchmarks): the rows `add` writes, batched per partition, 100 rows to a transaction."""
         by_partition: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for entry in entries:
             for partition in partitions_of(entry):
                 by_partition[partition] += _rows(entry, partition)
-        batches = iter([rows[i : i + 100] for rows in by_partition.values() for i in range(0, len(rows), 100)])
+        size = table_transactions.MAX_ROWS
+        batches = iter([rows[i : i + size] for rows in by_partition.values() for i in range(0, len(rows), size)])
 
         async def submit() -> None:
             for rows in batches:
-                await self._upsert_rows(rows)
+                await table_transactions.upsert_rows(self._table, rows)
 
         await _all_or_raise([submit() for _ in range(in_flight)])
 
@@ -402,19 +400,9 @@ class CompletionIndex:
             raise StorageUnavailable("The completion index is unavailable.") from exc
 
     async def _write(self, entry: IndexEntry, partitions: set[str]) -> None:
-        await _all_or_raise([self._upsert_rows(_rows(entry, partition)) for partition in partitions])
-
-    async def _upsert_rows(self, rows: list[dict[str, Any]]) -> None:
-        """One partition's rows in one transaction, tried once more if the connection drops.
-
-        The SDK does not retry a POST whose connection broke (a server closing an idle pooled
-        connection does that); upserts are idempotent, so repeating the transaction is safe.
-        """
-        operations = [("upsert", row, {"mode": UpdateMode.REPLACE}) for row in rows]
-        try:
-            await self._table.submit_transaction(operations)
-        except (ServiceRequestError, ServiceResponseError):
-            await self._table.submit_transaction(operations)
+        await _all_or_raise(
+            [table_transactions.upsert_rows(self._table, _rows(entry, partition)) for partition in partitions]
+        )
 
     async def _delete(self, entry: IndexEntry, partitions: set[str]) -> None:
         operations = [
