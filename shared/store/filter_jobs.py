@@ -1,9 +1,10 @@
-"""The mechanics of a chunked job over a filter selection, shared by purges and bulk actions.
+"""The mechanics of a chunked job over a filter selection, shared by purges, bulk actions and relabel jobs.
 
-Both record the job as a JSON blob (ETag-guarded), walk the index from a checkpoint a batch at a
-time within a row and time budget, hand over to a continuation message when the budget is spent,
-work a batch a few rows at a time, and mark the job failed on the queue's last delivery. What each
-does to a match, and what it counts as progress, stays its own.
+All three record the job as a JSON blob (ETag-guarded) with one status and error shape, queue it on
+the maintenance queue and mark it failed on the queue's last delivery. Purges and bulk actions also
+run alike (`ChunkedJobs`): walk the index from a checkpoint a batch at a time within a row and time
+budget, work a batch a few rows at a time, and hand over to a continuation message when the budget is
+spent. What each does to a match, and what it counts as progress, stays its own.
 """
 
 from __future__ import annotations
