@@ -43,7 +43,6 @@ from shared.store.usage import UsageCounter
 log = logging.getLogger(__name__)
 
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
-_READS_IN_FLIGHT = 32
 _SWEEP_PARTITION = "sweep"
 _SWEEP_ROW = "watermark"
 _FIRST_SWEEP_US = 3600 * 1_000_000
@@ -121,15 +120,10 @@ class CompletionIndexer:
         if not wanted:
             return 0
         forgotten = await self._store.index.forgotten_among(wanted)
-        gate = asyncio.Semaphore(_READS_IN_FLIGHT)
-
-        async def read(completion_id: str) -> IndexEntry | None:
-            async with gate:
-                return await self._store.indexable(completion_id)
-
         # A deleted id (or a delete that died halfway) is never revived; a document gone since is skipped.
-        alive = [completion_id for completion_id in wanted if completion_id not in forgotten]
-        entries = [entry for entry in await asyncio.gather(*map(read, alive)) if entry is not None]
+        entries = await self._store.indexables(
+            [completion_id for completion_id in wanted if completion_id not in forgotten]
+        )
         added = await self._store.index.add_many(entries)
         new = [entry for entry in entries if entry.id in added]
         await self._count(new)
