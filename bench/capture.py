@@ -97,7 +97,9 @@ async def concurrent(
     return n / (time.perf_counter() - started)
 
 
-def store_cost(azurite: Azurite, upstream_url: str, requests: int, rounds: int, *, one_host: bool, index: bool) -> None:
+def store_cost(
+    azurite: Azurite, upstream_url: str, upstream_pid: int, requests: int, rounds: int, *, one_host: bool, index: bool
+) -> None:
     with tempfile.TemporaryDirectory() as logs:
         only_http = () if one_host else ("--no-queue-triggers",)
         host = start_host(azurite.connection_string, Path(logs), *only_http, OPENAI_BASE_URL=upstream_url)
@@ -111,6 +113,7 @@ def store_cost(azurite: Azurite, upstream_url: str, requests: int, rounds: int, 
             processes = {"proxy host": host.process.pid, "Azurite": azurite.process.pid}
             if indexer is not host:
                 processes["indexer host"] = indexer.process.pid
+            processes |= {"upstream": upstream_pid, "this client": os.getpid()}
             url, headers = f"{host.url}/openai/v1/chat/completions", {"api-key": host.key}
             try:
                 asyncio.run(
@@ -152,10 +155,12 @@ async def _store_rounds(
                     cpu[store, name] += _cpu_seconds(pid) - before[name]
             floor += (await _blob_writes(connection, document, n))[0]
         _, floor_rate = await _blob_writes(connection, document, n * 2, 16)
-        rates = {
-            store: await concurrent(client, url, headers, {**BODY, "store": store}, n * 2, 16)
-            for store in (False, True)
-        }
+        rates, busy = {}, {}
+        for store in (False, True):
+            before, started = {name: _cpu_seconds(pid) for name, pid in processes.items()}, time.perf_counter()
+            rates[store] = await concurrent(client, url, headers, {**BODY, "store": store}, n * 2, 16)
+            elapsed = time.perf_counter() - started
+            busy[store] = {name: (_cpu_seconds(pid) - before[name]) / elapsed for name, pid in processes.items()}
         lags = await _index_lag(client, url, headers, max(20, n // 5)) if lag else []
     off, on = statistics.median(latencies[False]), statistics.median(latencies[True])
     overhead, floor_p50 = on - off, statistics.median(floor)
@@ -167,6 +172,10 @@ async def _store_rounds(
     print(
         f"16 in flight: store=false {rates[False]:.0f} req/s, store=true {rates[True]:.0f} req/s = "
         f"{100 * rates[True] / rates[False]:.0f} % (goal >= 50 %); one blob write, 16 at a time: {floor_rate:.0f}/s"
+    )
+    print(
+        "cores busy at 16 in flight, store=false / store=true: "
+        + ", ".join(f"{name} {busy[False][name]:.2f} / {busy[True][name]:.2f}" for name in processes)
     )
     per_request = {key: 1000 * seconds / (n * rounds) for key, seconds in cpu.items()}
     print(
@@ -427,7 +436,13 @@ def main() -> None:
         asyncio.run(_wait_ready(f"{upstream_url}/chat/completions"))
         if "store" not in args.skip:
             store_cost(
-                azurite, upstream_url, args.requests, args.rounds, one_host=args.one_host, index=not args.no_index
+                azurite,
+                upstream_url,
+                upstream.pid,
+                args.requests,
+                args.rounds,
+                one_host=args.one_host,
+                index=not args.no_index,
             )
         if "proxy" not in args.skip:
             proxy_overhead(azurite, upstream_url, args.requests, args.rounds)
