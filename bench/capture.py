@@ -1,16 +1,26 @@
-"""`python -m bench.capture`: the proxy's overhead and the cost of a filtered list.
+"""`python -m bench.capture`: what capture costs callers, and what a filtered list costs.
 
-Part 1 sends the same chat completion, interleaved round by round so machine noise hits all targets
-alike, to: the zero-latency upstream directly, the proxy with store=false, and the proxy with
-store=true (the answer returns after its one blob write; the host's own indexer writes the index
-rows meanwhile, on the same Azurite: `bench.store_path` separates the two), then both again
-on a host with telemetry on (`TELEMETRY_EXPORTER=console`, to its log file), and store=false through
-an alias of the same deployment; then a Responses call (`/openai/v1/responses`) direct, with store=false
-and with store=true (its default), beside them. It prints p50/p99 latency at one request in flight, requests/s at 16
-in flight, and the p50 overhead; then what one alias lookup costs in process, hit and miss (every
-proxied call pays one: the name is looked up whether or not it is an alias).
+Part 1, **store=true at the cost of one write** (issue 17's goals): the same chat completion through
+the local host with store=false and store=true, and one blob write of the same stored document
+straight to the same Azurite (the floor), interleaved round by round so machine noise hits all
+three alike; then both again at 16 in flight, and the index lag (time from the answer until lists
+show the completion, p50/p99). It prints store=true's p50 overhead as a multiple of the floor (goal
+<= 1.5x), its throughput as a share of store=false's (goal >= 50 %), and the CPU each process spent
+per request (read from /proc: what a loaded shared box distorts least). Two hosts share one store,
+as Flex Consumption runs them: one serves HTTP and delivers no queue messages, the other runs the
+`index_completions` trigger (Flex scales a Service Bus function on instances of its own, apart from
+the HTTP group); both share two cores and one Azurite process here, which Azure does not.
+`--one-host`: one host does both; `--no-index`: nothing indexes (the request path alone).
 
-Part 2 grows the store to each size and times a metadata-filtered list (limit 20) through
+Part 2 sends the same chat completion to the zero-latency upstream directly, through the proxy with
+store=false and store=true, both again on a host with telemetry on (`TELEMETRY_EXPORTER=console`, to
+its log file), store=false through an alias of the same deployment, and a Responses call
+(`/openai/v1/responses`) direct, with store=false and with store=true (its default). It prints p50/p99
+latency at one request in flight, requests/s at 16 in flight, and the p50 overhead; then what one
+alias lookup costs in process, hit and miss (every proxied call pays one: the name is looked up
+whether or not it is an alias).
+
+Part 3 grows the store to each size and times a metadata-filtered list (limit 20) through
 `CompletionStore.list`, counting the index rows storage returned, beside a bare one-page partition
 query and the same 20 document reads on the same Azurite (the emulator scans its tables
 internally, so its own cost grows with size; the design's cost is the difference).
@@ -21,11 +31,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -48,6 +60,8 @@ from shared.store.completion_store import CompletionStore
 from shared.store.json_blobs import JsonBlobs
 from shared.store.stored_completion import StoredCompletion
 
+_STORAGE_NAME_SUFFIXES = ("_CONTAINER", "_TABLE", "_QUEUE")
+"""The settings naming the host's storage: the indexer host is given the proxy host's."""
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say ok fifty times."}]}
 RESPONSES_BODY = {"model": "bench", "input": "Say ok fifty times."}
 
@@ -83,48 +97,177 @@ async def concurrent(
     return n / (time.perf_counter() - started)
 
 
-def proxy_overhead(azurite: Azurite, requests: int, rounds: int) -> None:
-    port = free_port()
-    upstream = subprocess.Popen([sys.executable, "-m", "bench.zero_upstream", str(port)])
-    upstream_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        with tempfile.TemporaryDirectory() as logs:
-            asyncio.run(_wait_ready(f"{upstream_url}/chat/completions"))
-            host = start_host(azurite.connection_string, Path(logs), OPENAI_BASE_URL=upstream_url)
-            # The same with telemetry on: spans and metrics through the SDK, exported as JSON lines to its log file.
-            traced = start_host(
-                azurite.connection_string, Path(logs), OPENAI_BASE_URL=upstream_url, TELEMETRY_EXPORTER="console"
-            )
+def store_cost(
+    azurite: Azurite, upstream_url: str, upstream_pid: int, requests: int, rounds: int, *, one_host: bool, index: bool
+) -> None:
+    with tempfile.TemporaryDirectory() as logs:
+        only_http = () if one_host else ("--no-queue-triggers",)
+        host = start_host(azurite.connection_string, Path(logs), *only_http, OPENAI_BASE_URL=upstream_url)
+        names = {name: value for name, value in host.env.items() if name.endswith(_STORAGE_NAME_SUFFIXES)}
+        indexer = (
+            host
+            if one_host or not index
+            else start_host(azurite.connection_string, Path(logs), OPENAI_BASE_URL=upstream_url, **names)
+        )
+        try:
+            processes = {"proxy host": host.process.pid, "Azurite": azurite.process.pid}
+            if indexer is not host:
+                processes["indexer host"] = indexer.process.pid
+            processes |= {"upstream": upstream_pid, "this client": os.getpid()}
+            url, headers = f"{host.url}/openai/v1/chat/completions", {"api-key": host.key}
             try:
-                key = {"api-key": host.key}
-                proxy = f"{host.url}/openai/v1/chat/completions"
-                traced_proxy, traced_key = f"{traced.url}/openai/v1/chat/completions", {"api-key": traced.key}
-                stored = {**BODY, "store": True, "metadata": {"bench": "capture"}}
-                alias = {"targets": [{"deployment": BODY["model"], "share": 100}]}
-                httpx.put(f"{host.url}/api/aliases/bench-alias", json=alias, headers=key).raise_for_status()
-                targets = {
-                    "direct to upstream": (f"{upstream_url}/chat/completions", {}, BODY),
-                    "proxy, store=false": (proxy, key, BODY),
-                    "proxy, store=true": (proxy, key, stored),
-                    "+ telemetry, false": (traced_proxy, traced_key, BODY),
-                    "+ telemetry, true": (traced_proxy, traced_key, stored),
-                    "via alias, false": (proxy, key, {**BODY, "model": "bench-alias"}),
-                    "responses direct": (f"{upstream_url}/responses", {}, RESPONSES_BODY),
-                    "responses, false": (f"{host.url}/openai/v1/responses", key, {**RESPONSES_BODY, "store": False}),
-                    "responses, true": (
-                        f"{host.url}/openai/v1/responses",
-                        key,
-                        {**RESPONSES_BODY, "metadata": {"bench": "capture"}},
-                    ),
-                }
-                asyncio.run(_measure_targets(targets, requests, rounds))
-                asyncio.run(alias_lookup_cost(azurite))
-            finally:
-                host.stop()
-                traced.stop()
-    finally:
-        upstream.terminate()
-        upstream.wait()
+                asyncio.run(
+                    _store_rounds(
+                        url, headers, azurite.connection_string, requests // rounds, rounds, processes, lag=index
+                    )
+                )
+            except RuntimeError:
+                print(f"The indexer host's log ends:\n{indexer.log()[-3000:]}")
+                raise
+        finally:
+            host.stop()
+            if indexer is not host:
+                indexer.stop()
+
+
+async def _store_rounds(
+    url: str,
+    headers: dict[str, str],
+    connection: str,
+    n: int,
+    rounds: int,
+    processes: dict[str, int],
+    *,
+    lag: bool,
+) -> None:
+    stored = {**BODY, "store": True}
+    async with httpx.AsyncClient(timeout=60) as client:
+        await sequential(client, url, headers, stored, 20)  # warm up
+        document = (await client.post(url, json=stored, headers=headers)).content
+        latencies: dict[bool, list[float]] = {False: [], True: []}
+        floor: list[float] = []
+        cpu = {(store, name): 0.0 for store in (False, True) for name in processes}
+        for _ in range(rounds):
+            for store, times in latencies.items():
+                before = {name: _cpu_seconds(pid) for name, pid in processes.items()}
+                times += await sequential(client, url, headers, {**BODY, "store": store}, n)
+                for name, pid in processes.items():
+                    cpu[store, name] += _cpu_seconds(pid) - before[name]
+            floor += (await _blob_writes(connection, document, n))[0]
+        _, floor_rate = await _blob_writes(connection, document, n * 2, 16)
+        rates, busy = {}, {}
+        for store in (False, True):
+            before, started = {name: _cpu_seconds(pid) for name, pid in processes.items()}, time.perf_counter()
+            rates[store] = await concurrent(client, url, headers, {**BODY, "store": store}, n * 2, 16)
+            elapsed = time.perf_counter() - started
+            busy[store] = {name: (_cpu_seconds(pid) - before[name]) / elapsed for name, pid in processes.items()}
+        lags = await _index_lag(client, url, headers, max(20, n // 5)) if lag else []
+    off, on = statistics.median(latencies[False]), statistics.median(latencies[True])
+    overhead, floor_p50 = on - off, statistics.median(floor)
+    print(f"\nstore=true at the cost of one write: {n * rounds} sequential requests each, {rounds} interleaved rounds")
+    print(
+        f"store=false p50 {off:.2f} ms   store=true p50 {on:.2f} ms   one blob write (the floor) p50 {floor_p50:.2f} ms"
+    )
+    print(f"store=true overhead {overhead:.2f} ms = {overhead / floor_p50:.2f}x the floor (goal <= 1.5x)")
+    print(
+        f"16 in flight: store=false {rates[False]:.0f} req/s, store=true {rates[True]:.0f} req/s = "
+        f"{100 * rates[True] / rates[False]:.0f} % (goal >= 50 %); one blob write, 16 at a time: {floor_rate:.0f}/s"
+    )
+    print(
+        "cores busy at 16 in flight, store=false / store=true: "
+        + ", ".join(f"{name} {busy[False][name]:.2f} / {busy[True][name]:.2f}" for name in processes)
+    )
+    per_request = {key: 1000 * seconds / (n * rounds) for key, seconds in cpu.items()}
+    print(
+        "CPU per request, store=false / store=true: "
+        + ", ".join(f"{name} {per_request[False, name]:.2f} / {per_request[True, name]:.2f} ms" for name in processes)
+    )
+    if lags:
+        print(
+            f"index lag (answer -> listed): p50 {statistics.median(lags):.0f} ms, p99 {percentile(lags, 0.99):.0f} ms"
+        )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _blob_writes(connection: str, document: bytes, n: int, width: int = 1) -> tuple[list[float], float]:
+    """The floor: writes of a stored document as the capture makes them, `width` at a time, straight
+    from this process to the same Azurite; each write's milliseconds, and writes per second."""
+    async with ContainerClient.from_connection_string(connection, f"floor{uuid.uuid4().hex[:8]}") as container:
+        await container.create_container()
+        times: list[float] = []
+        remaining = iter(range(n))
+
+        async def writer() -> None:
+            for _ in remaining:
+                began = time.perf_counter()
+                await container.upload_blob(f"chatcmpl-{uuid.uuid4().hex}.json", document, overwrite=True)
+                times.append((time.perf_counter() - began) * 1000)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(writer() for _ in range(width)))
+        rate = n / (time.perf_counter() - started)
+        await container.delete_container()
+        return times, rate
+
+
+async def _index_lag(client: httpx.AsyncClient, url: str, headers: dict[str, str], n: int) -> list[float]:
+    lags = []
+    for _ in range(n):
+        tag = uuid.uuid4().hex
+        answer = await client.post(url, json={**BODY, "store": True, "metadata": {"t": tag}}, headers=headers)
+        answered = time.perf_counter()
+        while True:  # polling the list is the measurement itself
+            listed = await client.get(url, params={"metadata[t]": tag}, headers=headers)
+            if listed.json()["data"]:
+                break
+            if time.perf_counter() - answered > 120:
+                raise RuntimeError("a completion was not listed within 120 s: is the indexer running?")
+            await asyncio.sleep(0.01)
+        lags.append((time.perf_counter() - answered) * 1000)
+        answer.raise_for_status()
+    return lags
+
+
+def proxy_overhead(azurite: Azurite, upstream_url: str, requests: int, rounds: int) -> None:
+    with tempfile.TemporaryDirectory() as logs:
+        asyncio.run(_wait_ready(f"{upstream_url}/chat/completions"))
+        host = start_host(azurite.connection_string, Path(logs), OPENAI_BASE_URL=upstream_url)
+        # The same with telemetry on: spans and metrics through the SDK, exported as JSON lines to its log file.
+        traced = start_host(
+            azurite.connection_string, Path(logs), OPENAI_BASE_URL=upstream_url, TELEMETRY_EXPORTER="console"
+        )
+        try:
+            key = {"api-key": host.key}
+            proxy = f"{host.url}/openai/v1/chat/completions"
+            traced_proxy, traced_key = f"{traced.url}/openai/v1/chat/completions", {"api-key": traced.key}
+            stored = {**BODY, "store": True, "metadata": {"bench": "capture"}}
+            alias = {"targets": [{"deployment": BODY["model"], "share": 100}]}
+            httpx.put(f"{host.url}/api/aliases/bench-alias", json=alias, headers=key).raise_for_status()
+            targets = {
+                "direct to upstream": (f"{upstream_url}/chat/completions", {}, BODY),
+                "proxy, store=false": (proxy, key, BODY),
+                "proxy, store=true": (proxy, key, stored),
+                "+ telemetry, false": (traced_proxy, traced_key, BODY),
+                "+ telemetry, true": (traced_proxy, traced_key, stored),
+                "via alias, false": (proxy, key, {**BODY, "model": "bench-alias"}),
+                "responses direct": (f"{upstream_url}/responses", {}, RESPONSES_BODY),
+                "responses, false": (f"{host.url}/openai/v1/responses", key, {**RESPONSES_BODY, "store": False}),
+                "responses, true": (
+                    f"{host.url}/openai/v1/responses",
+                    key,
+                    {**RESPONSES_BODY, "metadata": {"bench": "capture"}},
+                ),
+            }
+            asyncio.run(_measure_targets(targets, requests, rounds))
+            asyncio.run(alias_lookup_cost(azurite))
+        finally:
+            host.stop()
+            traced.stop()
 
 
 async def _measure_targets(
@@ -152,36 +295,6 @@ async def _measure_targets(
             f"{name:<22}{p50:>9.2f}{percentile(latencies[name], 0.99):>9.2f}"
             f"{p50 - baseline:>17.2f}{statistics.median(throughput[name]):>11.0f}"
         )
-
-
-async def storage_floor(azurite: Azurite, samples: int = 200) -> None:
-    """What one stored completion costs Azurite alone: the floor under the store=true overhead."""
-    name = f"floor{int(time.time())}"
-    async with (
-        ContainerClient.from_connection_string(azurite.connection_string, name) as container,
-        TableClient.from_connection_string(azurite.connection_string, name) as table,
-    ):
-        await container.create_container()
-        await table.create_table()
-        store = CompletionStore(container=container, index=CompletionIndex(table))
-        timings: dict[str, list[float]] = defaultdict(list)
-        base_us = int(time.time() * 1_000_000)
-        for number in range(samples):
-            completion = _completion(number, base_us)
-            cases = {
-                "one blob upload": container.upload_blob(f"x{number}", completion.model_dump_json(), overwrite=True),
-                "one 2-row table transaction": table.submit_transaction(
-                    [("upsert", {"PartitionKey": "x", "RowKey": f"{o}{number}"}) for o in "ad"]
-                ),
-                "CompletionStore.put (blob + 5 partitions)": store.put(completion),
-            }
-            for label, operation in cases.items():
-                began = time.perf_counter()
-                await operation
-                timings[label].append((time.perf_counter() - began) * 1000)
-    print(f"\nStorage floor on this Azurite ({samples} samples, interleaved)")
-    for label, values in timings.items():
-        print(f"{label:<46}{statistics.median(values):>8.2f} ms p50")
 
 
 async def alias_lookup_cost(azurite: Azurite, calls: int = 100_000) -> None:
@@ -309,18 +422,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000, help="sequential requests per target")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--one-host", action="store_true", help="part 1: serve HTTP and index in one host process")
+    parser.add_argument("--no-index", action="store_true", help="part 1: run no indexer, the request path alone")
     parser.add_argument("--sizes", default="1000,10000,100000", help="store sizes for the list benchmark")
     parser.add_argument("--samples", type=int, default=30)
-    parser.add_argument("--skip", choices=["proxy", "list"], action="append", default=[])
+    parser.add_argument("--skip", choices=["store", "proxy", "list"], action="append", default=[])
     args = parser.parse_args()
     azurite = start_azurite()
+    port = free_port()
+    upstream = subprocess.Popen([sys.executable, "-m", "bench.zero_upstream", str(port)])
+    upstream_url = f"http://127.0.0.1:{port}/v1"
     try:
+        asyncio.run(_wait_ready(f"{upstream_url}/chat/completions"))
+        if "store" not in args.skip:
+            store_cost(
+                azurite,
+                upstream_url,
+                upstream.pid,
+                args.requests,
+                args.rounds,
+                one_host=args.one_host,
+                index=not args.no_index,
+            )
         if "proxy" not in args.skip:
-            proxy_overhead(azurite, args.requests, args.rounds)
-            asyncio.run(storage_floor(azurite))
+            proxy_overhead(azurite, upstream_url, args.requests, args.rounds)
         if "list" not in args.skip:
             asyncio.run(list_cost(azurite, [int(size) for size in args.sizes.split(",")], args.samples))
     finally:
+        upstream.terminate()
+        upstream.wait()
         azurite.stop()
 
 

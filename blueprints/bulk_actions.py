@@ -4,7 +4,7 @@ and poll it; the maintenance (purge) queue's trigger runs them."""
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from blueprints.http_adapter import endpoint, json_response
+from blueprints.http_adapter import endpoint, job_accepted, json_response
 from shared.curation.bulk import BulkActionParams, parse_bulk_action_params
 from shared.curation.relabel import RelabelParams, parse_relabel_params
 from shared.platform.access import Caller, Right
@@ -21,7 +21,7 @@ async def create_bulk_action(req: Request, caller: Caller | None) -> Response:
     assert caller is not None
     params = parse_bulk_action_params(parse_json_object(await req.body()))
     job = await get_services().bulk_actions.submit(params, requested_by=caller.owner, owner_scope=caller.scope)
-    return json_response(job.view(), status=202, headers={"location": f"/api/bulk_actions/{job.id}"})
+    return job_accepted(job, "api/bulk_actions")
 
 
 @bp.route(route="api/bulk_actions/{bulk_action_id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -42,7 +42,7 @@ async def create_relabel(req: Request, caller: Caller | None) -> Response:
     caller.require(Right.INFERENCE)
     caller.require_deployment(params.deployment)
     job = await get_services().relabels.submit(params, requested_by=caller.owner, owner_scope=caller.scope)
-    return json_response(job.view(), status=202, headers={"location": f"/api/relabels/{job.id}"})
+    return job_accepted(job, "api/relabels")
 
 
 @bp.route(route="api/relabels/{relabel_id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

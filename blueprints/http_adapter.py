@@ -9,7 +9,7 @@ import copy
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
@@ -194,6 +194,18 @@ def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | Non
         headers=headers,
         media_type="application/json",
     )
+
+
+class QueuedJob(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    def view(self) -> dict[str, Any]: ...
+
+
+def job_accepted(job: QueuedJob, collection: str) -> Response:
+    """202 with a queued job's record, and in `location` where to poll it: `/<collection>/<id>`."""
+    return json_response(job.view(), status=202, headers={"location": f"/{collection}/{job.id}"})
 
 
 def raw_response(

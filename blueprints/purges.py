@@ -5,7 +5,7 @@ import logging
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from blueprints.http_adapter import endpoint, json_response
+from blueprints.http_adapter import endpoint, job_accepted, json_response
 from shared.capture.background import background_message
 from shared.curation.bulk import bulk_action_message
 from shared.curation.relabel import relabel_message
@@ -28,7 +28,7 @@ async def create_purge(req: Request, caller: Caller | None) -> Response:
     assert caller is not None
     params = parse_purge_params(parse_json_object(await req.body()))
     job = await get_services().purges.submit(params, requested_by=caller.owner, owner_scope=caller.scope)
-    return json_response(job.view(), status=202, headers={"location": f"/api/purges/{job.id}"})
+    return job_accepted(job, "api/purges")
 
 
 @bp.route(route="api/purges/{purge_id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

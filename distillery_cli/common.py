@@ -245,6 +245,21 @@ def first_report(api: DistilleryClient, path: str) -> Any:
         return api.report(path, on_pending=pending)
 
 
+JobWait = Callable[[DistilleryClient, str], dict[str, Any]]
+"""Poll a job by its id until it has finished; its last state."""
+
+
+def submit_job(
+    api: DistilleryClient, path: str, body: dict[str, Any], *, wait: bool, wait_for: JobWait
+) -> dict[str, Any]:
+    """POST a job; with --wait, say it is queued (on stderr) and return its state once `wait_for` sees it finish."""
+    job = api.post(path, body)
+    if not wait:
+        return job
+    stderr().print(f"queued {job['id']}")
+    return wait_for(api, job["id"])
+
+
 def wait_until(
     poll: Callable[[], dict[str, Any]],
     *,

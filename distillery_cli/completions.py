@@ -3,12 +3,13 @@ relabel jobs on a filter."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 import typer
 from rich.table import Column, Table
 
-from distillery_cli.client import COMPLETIONS_PATH, PAGE_LIMIT, RESPONSES_PATH
+from distillery_cli.client import COMPLETIONS_PATH, PAGE_LIMIT, RESPONSES_PATH, DistilleryClient
 from distillery_cli.common import (
     CommandFailed,
     CreatedAfter,
@@ -26,6 +27,7 @@ from distillery_cli.common import (
     problems,
     stderr,
     stdout,
+    submit_job,
     table,
     wait_until,
     when,
@@ -229,6 +231,19 @@ def delete_completion(
         stdout().print(f"deleted {deleted['id']}")
 
 
+def _wait_for_filter_job(api: DistilleryClient, job_id: str, *, collection: str, counted: str) -> dict[str, Any]:
+    """Poll a bulk action or relabel job until it succeeded or failed, counting its `progress.<counted>`."""
+
+    def progress(state: dict[str, Any]) -> tuple[str, int, int | None]:
+        return f"{job_id} {state['status']}", (state.get("progress") or {}).get(counted) or 0, None
+
+    return wait_until(
+        lambda: api.get(f"/api/{collection}/{job_id}"),
+        finished=lambda state: state["status"] in ("succeeded", "failed"),
+        progress=progress,
+    )
+
+
 def _score_value(text: str) -> bool | float | str:
     """`true`/`false` a boolean, a number a number, anything else a label (as the list API's `scores.` filter)."""
     if text in ("true", "false"):
@@ -274,19 +289,8 @@ def bulk_action(
         "remove_scores": unscore or [],
         "dry_run": dry_run,
     }
-    api = client(ctx)
-    job = api.post("/api/bulk_actions", body)
-    if wait:
-        stderr().print(f"queued {job['id']}")
-
-        def progress(state: dict[str, Any]) -> tuple[str, int, int | None]:
-            return f"{job['id']} {state['status']}", (state.get("progress") or {}).get("walked") or 0, None
-
-        job = wait_until(
-            lambda: api.get(f"/api/bulk_actions/{job['id']}"),
-            finished=lambda state: state["status"] in ("succeeded", "failed"),
-            progress=progress,
-        )
+    wait_for = partial(_wait_for_filter_job, collection="bulk_actions", counted="walked")
+    job = submit_job(client(ctx), "/api/bulk_actions", body, wait=wait, wait_for=wait_for)
     if json_output:
         print_json(job)
     else:
@@ -341,19 +345,8 @@ def relabel(
     selection = completion_filter(model, metadata, created_after, created_before)
     body: dict[str, Any] = {"filter": selection} if selection else {"all": every}
     body |= {"deployment": deployment, "max_total_tokens": max_total_tokens, "mode": "batch" if batch else "direct"}
-    api = client(ctx)
-    job = api.post("/api/relabels", body)
-    if wait:
-        stderr().print(f"queued {job['id']}")
-
-        def progress(state: dict[str, Any]) -> tuple[str, int, int | None]:
-            return f"{job['id']} {state['status']}", (state.get("progress") or {}).get("relabeled") or 0, None
-
-        job = wait_until(
-            lambda: api.get(f"/api/relabels/{job['id']}"),
-            finished=lambda state: state["status"] in ("succeeded", "failed"),
-            progress=progress,
-        )
+    wait_for = partial(_wait_for_filter_job, collection="relabels", counted="relabeled")
+    job = submit_job(client(ctx), "/api/relabels", body, wait=wait, wait_for=wait_for)
     if json_output:
         print_json(job)
     elif job.get("receipt") is None:

@@ -27,6 +27,7 @@ from distillery_cli.common import (
     problems,
     stderr,
     stdout,
+    submit_job,
     table,
     wait_until,
     when,
@@ -132,13 +133,7 @@ def create_dataset(
         body["filter"] = selection
     optional = {"name": name, "validation_fraction": validation_fraction, "seed": seed, "group_by": group_by}
     body.update({field: value for field, value in optional.items() if value is not None})
-    api = client(ctx)
-    job = api.post("/api/datasets", body)
-    if not wait:
-        _finish(job, json_output)
-        return
-    stderr().print(f"queued {job['id']}")
-    _finish(wait_for_dataset(api, job["id"]), json_output)
+    _finish(submit_job(client(ctx), "/api/datasets", body, wait=wait, wait_for=wait_for_dataset), json_output)
 
 
 @app.command("show")

@@ -24,8 +24,8 @@ from distillery_cli.common import (
     completion_filter,
     print_json,
     problems,
-    stderr,
     stdout,
+    submit_job,
     table,
     wait_until,
 )
@@ -167,11 +167,13 @@ def run_eval(
             if value is not None
         }
     )
-    api = client(ctx)
-    run = api.post(f"/api/evals/{eval_id}/runs", body)
-    if wait:
-        stderr().print(f"queued {run['id']}")
-        run = wait_for_run(api, eval_id, run["id"])
+    run = submit_job(
+        client(ctx),
+        f"/api/evals/{eval_id}/runs",
+        body,
+        wait=wait,
+        wait_for=lambda api, run_id: wait_for_run(api, eval_id, run_id),
+    )
     if json_output:
         print_json(run)
     else:

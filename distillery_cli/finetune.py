@@ -18,6 +18,7 @@ from distillery_cli.common import (
     problems,
     stderr,
     stdout,
+    submit_job,
     table,
     wait_until,
     when,
@@ -166,13 +167,8 @@ def start(
         "hyperparameters": _json_object(hyperparameters, "--hyperparameters"),
     }
     body.update({field: value for field, value in optional.items() if value is not None})
-    api = client(ctx)
-    job = api.post(f"/api/datasets/{dataset_id}/fine_tuning_jobs", body)
-    if not wait:
-        _finish(job, json_output)
-        return
-    stderr().print(f"queued {job['id']}")
-    _finish(wait_for_job(api, job["id"]), json_output)
+    path = f"/api/datasets/{dataset_id}/fine_tuning_jobs"
+    _finish(submit_job(client(ctx), path, body, wait=wait, wait_for=wait_for_job), json_output)
 
 
 @app.command("show")

@@ -11,7 +11,7 @@ post is in flight) go out together, as one message holding an array of events (t
 delivers to webhooks). In Azure publishing costs the app nothing, so the stand-in must not cost a
 queue write and a delete per capture either: posted at once, each sequential capture's event write
 ran beside the next call's document write in the one Azurite process and the host, and tripled
-`store: true` latency (`python -m bench.store_path`). Event Grid itself delivers within about a second.
+`store: true` latency (`python -m bench.capture`, part 1). Event Grid itself delivers within about a second.
 
 Schema: https://learn.microsoft.com/azure/event-grid/event-schema-blob-storage
 """

@@ -19,16 +19,13 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-import time
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from local_host.azurite import free_port
+from tests.loopback import LoopbackServer, ManagedIdentity
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 RESOURCE_GROUP = "rg-distillery"
@@ -40,42 +37,24 @@ _DEPLOYMENTS = (
 )
 
 
-class FakeControlPlane:
+class FakeControlPlane(LoopbackServer):
     def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.identity_endpoint = f"{self.url}/msi/token"
-        self.identity_header = secrets.token_hex(8)
-        self._token = secrets.token_hex(16)
+        super().__init__("fake control plane")
+        self.identity = ManagedIdentity(self.url)
         self._lock = threading.Lock()
         self.deployments: dict[str, dict[str, Any]] = {}
         self.requests: list[dict[str, Any]] = []
         self.quota: dict[str, int] = {}
         """Free capacity per SKU name (lower case); a SKU not listed has plenty."""
         self.failing_models: set[str] = set()
-        app = Starlette(
-            routes=[
-                Route("/msi/token", self._token_for_identity, methods=["GET"]),
-                Route(_DEPLOYMENTS, self._put, methods=["PUT"]),
-                Route(_DEPLOYMENTS, self._get, methods=["GET"]),
-                Route(_DEPLOYMENTS, self._delete, methods=["DELETE"]),
-            ]
-        )
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
 
-    def start(self) -> FakeControlPlane:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake control plane did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
+    def _routes(self) -> list[BaseRoute]:
+        return [
+            self.identity.route,
+            Route(_DEPLOYMENTS, self._put, methods=["PUT"]),
+            Route(_DEPLOYMENTS, self._get, methods=["GET"]),
+            Route(_DEPLOYMENTS, self._delete, methods=["DELETE"]),
+        ]
 
     def reset(self) -> None:
         with self._lock:
@@ -84,26 +63,9 @@ class FakeControlPlane:
             self.quota.clear()
             self.failing_models.clear()
 
-    @property
-    def identity_environment(self) -> dict[str, str]:
-        """What App Service / Functions set for a managed identity (read by `ManagedIdentityCredential`)."""
-        return {"IDENTITY_ENDPOINT": self.identity_endpoint, "IDENTITY_HEADER": self.identity_header}
-
-    async def _token_for_identity(self, request: Request) -> Response:
-        if request.headers.get("x-identity-header") != self.identity_header:
-            return JSONResponse({"error": "invalid_request", "error_description": "bad identity header"}, 400)
-        return JSONResponse(
-            {
-                "access_token": self._token,
-                "expires_on": str(int(time.time()) + 3600),
-                "resource": request.query_params.get("resource"),
-                "token_type": "Bearer",
-            }
-        )
-
     def _refused(self, request: Request) -> Response | None:
         path = request.url.path
-        if request.headers.get("authorization") != f"Bearer {self._token}":
+        if not self.identity.signed_in(request):
             return _error(401, "AuthenticationFailed", "Authentication failed: no valid bearer token.")
         if not request.query_params.get("api-version"):
             return _error(400, "MissingApiVersionParameter", "The api-version query parameter is required.")

@@ -14,82 +14,40 @@ It speaks the REST shape the real `azure-ai-textanalytics` client sends and read
 from __future__ import annotations
 
 import json
-import secrets
-import threading
-import time
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from local_host.azurite import free_port
+from tests.loopback import LoopbackServer, ManagedIdentity
 
 MAX_DOCUMENTS = 5
 MAX_DOCUMENT_CHARS = 5120
 
 
-class FakeLanguage:
+class FakeLanguage(LoopbackServer):
     def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.identity_header = secrets.token_hex(8)
-        self._token = secrets.token_hex(16)
+        super().__init__("fake Azure AI Language")
+        self.identity = ManagedIdentity(self.url)
         self.entities: dict[str, str] = {}
         """Value -> PII category (`Email`, `Person`, ...) the stand-in finds wherever the value occurs."""
         self.requests: list[dict[str, Any]] = []
         self.failing = False
         """Answer every analysis with 503, as a service in trouble does."""
-        app = Starlette(
-            routes=[
-                Route("/msi/token", self._token_for_identity, methods=["GET"]),
-                Route("/language/:analyze-text", self._analyze, methods=["POST"]),
-            ]
-        )
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
 
-    def start(self) -> FakeLanguage:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake Azure AI Language did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
+    def _routes(self) -> list[BaseRoute]:
+        return [self.identity.route, Route("/language/:analyze-text", self._analyze, methods=["POST"])]
 
     def reset(self) -> None:
         self.entities.clear()
         self.requests.clear()
         self.failing = False
 
-    @property
-    def identity_environment(self) -> dict[str, str]:
-        """What App Service / Functions set for a managed identity (read by `ManagedIdentityCredential`)."""
-        return {"IDENTITY_ENDPOINT": f"{self.url}/msi/token", "IDENTITY_HEADER": self.identity_header}
-
-    async def _token_for_identity(self, request: Request) -> Response:
-        if request.headers.get("x-identity-header") != self.identity_header:
-            return JSONResponse({"error": "invalid_request", "error_description": "bad identity header"}, 400)
-        return JSONResponse(
-            {
-                "access_token": self._token,
-                "expires_on": str(int(time.time()) + 3600),
-                "resource": request.query_params.get("resource"),
-                "token_type": "Bearer",
-            }
-        )
-
     async def _analyze(self, request: Request) -> Response:
         body = json.loads(await request.body())
         self.requests.append({"query": dict(request.query_params), "body": body, "headers": dict(request.headers)})
-        if request.headers.get("authorization") != f"Bearer {self._token}":
+        if not self.identity.signed_in(request):
             return _error(401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
         if self.failing:
             return _error(503, "ServiceUnavailable", "The service is temporarily unavailable.")

@@ -15,14 +15,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from local_host.azurite import free_port
 from shared.upstream import responses_wire
+from tests.loopback import LoopbackServer
 
 FAKE_MODEL = "fake-model-2025"
 
@@ -101,13 +99,12 @@ def chunks_for(request: dict[str, Any], message: dict[str, Any], finish_reason: 
     return out
 
 
-class FakeUpstream:
+class FakeUpstream(LoopbackServer):
     """Runs in a thread of the test process; the host under test reaches it over loopback."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.root_url = f"http://127.0.0.1:{self.port}"
-        self.base_url = f"{self.root_url}/v1"
+        super().__init__("fake upstream")
+        self.base_url = f"{self.url}/v1"
         self.requests: list[dict[str, Any]] = []
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
@@ -125,59 +122,42 @@ class FakeUpstream:
         """Set to an error (`code`, `message`): background responses created from now on end `failed` with it."""
         self.batch_failure: dict[str, Any] | None = None
         """Set to an error (`code`, `message`, `line`): the next batch fails its validation with it."""
-        app = Starlette(
-            routes=[
-                Route("/v1/chat/completions", self._chat, methods=["POST"]),
-                Route("/openai/deployments/{deployment}/chat/completions", self._chat, methods=["POST"]),
-                Route("/v1/embeddings", self._embeddings, methods=["POST"]),
-                # Files and fine-tuning: OpenAI's `/v1/...` and Azure OpenAI's v1 API, `/openai/v1/...`.
-                *(
-                    route
-                    for prefix in ("/v1", "/openai/v1")
-                    for route in (
-                        Route(f"{prefix}/files", self._upload, methods=["POST"]),
-                        Route(f"{prefix}/files", self._list_files, methods=["GET"]),
-                        Route(f"{prefix}/files/{{file_id}}", self._file, methods=["GET"]),
-                        Route(f"{prefix}/files/{{file_id}}", self._delete_file, methods=["DELETE"]),
-                        Route(f"{prefix}/files/{{file_id}}/content", self._file_content, methods=["GET"]),
-                        Route(f"{prefix}/batches", self._create_batch, methods=["POST"]),
-                        Route(f"{prefix}/batches", self._list_batches, methods=["GET"]),
-                        Route(f"{prefix}/batches/{{batch_id}}", self._batch, methods=["GET"]),
-                        Route(f"{prefix}/fine_tuning/jobs", self._create_job, methods=["POST"]),
-                        Route(f"{prefix}/fine_tuning/jobs", self._list_jobs, methods=["GET"]),
-                        Route(f"{prefix}/fine_tuning/jobs/{{job_id}}", self._job, methods=["GET"]),
-                        Route(f"{prefix}/fine_tuning/jobs/{{job_id}}/events", self._job_events, methods=["GET"]),
-                        Route(
-                            f"{prefix}/fine_tuning/jobs/{{job_id}}/checkpoints", self._job_checkpoints, methods=["GET"]
-                        ),
-                        Route(f"{prefix}/fine_tuning/jobs/{{job_id}}/cancel", self._cancel_job, methods=["POST"]),
-                    )
-                ),
-                Route("/openai/deployments/{deployment}/embeddings", self._embeddings, methods=["POST"]),
-                # Azure OpenAI's GA v1 routes (the deployment in the body's `model`).
-                Route("/openai/v1/chat/completions", self._chat, methods=["POST"]),
-                Route("/v1/responses", self._responses, methods=["POST"]),
-                Route("/openai/v1/responses", self._responses, methods=["POST"]),
-                Route("/v1/responses/{response_id}", self._background_response, methods=["GET"]),
-                Route("/openai/v1/responses/{response_id}", self._background_response, methods=["GET"]),
-                Route("/openai/v1/embeddings", self._embeddings, methods=["POST"]),
-            ]
-        )
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
 
-    def start(self) -> FakeUpstream:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake upstream did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
+    def _routes(self) -> list[BaseRoute]:
+        return [
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/openai/deployments/{deployment}/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+            # Files and fine-tuning: OpenAI's `/v1/...` and Azure OpenAI's v1 API, `/openai/v1/...`.
+            *(
+                route
+                for prefix in ("/v1", "/openai/v1")
+                for route in (
+                    Route(f"{prefix}/files", self._upload, methods=["POST"]),
+                    Route(f"{prefix}/files", self._list_files, methods=["GET"]),
+                    Route(f"{prefix}/files/{{file_id}}", self._file, methods=["GET"]),
+                    Route(f"{prefix}/files/{{file_id}}", self._delete_file, methods=["DELETE"]),
+                    Route(f"{prefix}/files/{{file_id}}/content", self._file_content, methods=["GET"]),
+                    Route(f"{prefix}/batches", self._create_batch, methods=["POST"]),
+                    Route(f"{prefix}/batches", self._list_batches, methods=["GET"]),
+                    Route(f"{prefix}/batches/{{batch_id}}", self._batch, methods=["GET"]),
+                    Route(f"{prefix}/fine_tuning/jobs", self._create_job, methods=["POST"]),
+                    Route(f"{prefix}/fine_tuning/jobs", self._list_jobs, methods=["GET"]),
+                    Route(f"{prefix}/fine_tuning/jobs/{{job_id}}", self._job, methods=["GET"]),
+                    Route(f"{prefix}/fine_tuning/jobs/{{job_id}}/events", self._job_events, methods=["GET"]),
+                    Route(f"{prefix}/fine_tuning/jobs/{{job_id}}/checkpoints", self._job_checkpoints, methods=["GET"]),
+                    Route(f"{prefix}/fine_tuning/jobs/{{job_id}}/cancel", self._cancel_job, methods=["POST"]),
+                )
+            ),
+            Route("/openai/deployments/{deployment}/embeddings", self._embeddings, methods=["POST"]),
+            # Azure OpenAI's GA v1 routes (the deployment in the body's `model`).
+            Route("/openai/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/responses", self._responses, methods=["POST"]),
+            Route("/openai/v1/responses", self._responses, methods=["POST"]),
+            Route("/v1/responses/{response_id}", self._background_response, methods=["GET"]),
+            Route("/openai/v1/responses/{response_id}", self._background_response, methods=["GET"]),
+            Route("/openai/v1/embeddings", self._embeddings, methods=["POST"]),
+        ]
 
     def script(self, *replies: Reply) -> None:
         with self._lock:

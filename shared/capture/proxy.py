@@ -335,30 +335,15 @@ class ChatCapture:
         """Forward SSE events as they come; store the assembled completion just before `[DONE]`."""
         assembler = CompletionAssembler()
         async with stack:
-            event: list[str] = []
-            async for line in response.lines():
-                if line:
-                    event.append(line)
-                    continue
-                if not event:
-                    continue
+            async for event in _events(response.lines()):
                 data = _event_data(event)
                 if data == "[DONE]" and completion_id is not None:
-                    with trace.use_span(
-                        span, record_exception=False, set_status_on_exception=False
-                    ):  # the store write is the proxy span's child; nothing yields here
-                        reason = await self._store_stream(
-                            assembler, completion_id, request, deployment, served_by, caller
-                        )
-                    span.set_attribute(STORED, "true" if reason is None else "false")
-                    if reason is not None:
-                        span.set_attribute(NOT_STORED_REASON, reason.value)
-                        not_stored.add(1, {"reason": reason.value})
-                        yield f": distillery-stored=false reason={reason.value}\n\n".encode()
+                    store = self._store_stream(assembler, completion_id, request, deployment, served_by, caller)
+                    if notice := await _stored_in_span(span, store):
+                        yield notice
                 elif data is not None and completion_id is not None:
                     event = _rewrite_chunk(event, data, completion_id, assembler)
-                yield ("\n".join(event) + "\n\n").encode()
-                event = []
+                yield _frame(event)
 
     async def _relay_response(
         self,
@@ -376,13 +361,7 @@ class ChatCapture:
         response just before relaying the event that ends the stream (`response.completed`, …)."""
         assembler = ResponseAssembler()
         async with stack:
-            event: list[str] = []
-            async for line in response.lines():
-                if line:
-                    event.append(line)
-                    continue
-                if not event:
-                    continue
+            async for event in _events(response.lines()):
                 data = _event_data(event)
                 parsed = _json_object(data) if data is not None else None
                 if parsed is not None:
@@ -394,20 +373,14 @@ class ChatCapture:
                             metadata=request.metadata or {},
                             previous_response_id=request.previous_response_id,
                         )
-                        event = [line for line in event if not line.startswith("data:")]
-                        event.append(f"data: {_dumps(parsed).decode()}")
+                        event = _with_data(event, parsed)
                 if parsed is not None and assembler.done and completion_id is not None:
-                    with trace.use_span(span, record_exception=False, set_status_on_exception=False):
-                        reason = await self._store_response_stream(
-                            assembler, completion_id, request, deployment, served_by, caller, chain
-                        )
-                    span.set_attribute(STORED, "true" if reason is None else "false")
-                    if reason is not None:
-                        span.set_attribute(NOT_STORED_REASON, reason.value)
-                        not_stored.add(1, {"reason": reason.value})
-                        yield f": distillery-stored=false reason={reason.value}\n\n".encode()
-                yield ("\n".join(event) + "\n\n").encode()
-                event = []
+                    store = self._store_response_stream(
+                        assembler, completion_id, request, deployment, served_by, caller, chain
+                    )
+                    if notice := await _stored_in_span(span, store):
+                        yield notice
+                yield _frame(event)
 
     async def _store_response_stream(
         self,
@@ -632,6 +605,39 @@ def _responses_unsupported(status: int, label: str, headers: dict[str, str]) -> 
     return ProxyReply(status=400, headers=headers, body=_dumps({"error": error}))
 
 
+async def _events(lines: AsyncIterator[str]) -> AsyncIterator[list[str]]:
+    """The stream's server-sent events, each as its lines (a blank line ends one)."""
+    event: list[str] = []
+    async for line in lines:
+        if line:
+            event.append(line)
+        elif event:
+            yield event
+            event = []
+
+
+def _frame(event: list[str]) -> bytes:
+    return ("\n".join(event) + "\n\n").encode()
+
+
+async def _stored_in_span(span: Span, store: Awaitable[NotStoredReason | None]) -> bytes | None:
+    """Store a streamed answer as the proxy span's child (nothing yields meanwhile) and record the outcome
+    on the span; the SSE comment that tells the caller it was not stored, None when it was."""
+    with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+        reason = await store
+    span.set_attribute(STORED, "true" if reason is None else "false")
+    if reason is None:
+        return None
+    span.set_attribute(NOT_STORED_REASON, reason.value)
+    not_stored.add(1, {"reason": reason.value})
+    return f": distillery-stored=false reason={reason.value}\n\n".encode()
+
+
+def _with_data(event: list[str], payload: dict[str, Any]) -> list[str]:
+    """The event with its data replaced by `payload`."""
+    return [line for line in event if not line.startswith("data:")] + [f"data: {_dumps(payload).decode()}"]
+
+
 def _event_data(event: list[str]) -> str | None:
     data = [line[5:].lstrip() for line in event if line.startswith("data:")]
     return "\n".join(data) if data else None
@@ -647,7 +653,7 @@ def _rewrite_chunk(event: list[str], data: str, completion_id: str, assembler: C
     assembler.add(chunk)
     if "id" in chunk:
         chunk["id"] = completion_id
-    return [line for line in event if not line.startswith("data:")] + [f"data: {_dumps(chunk).decode()}"]
+    return _with_data(event, chunk)
 
 
 def _upstream_error(status: int, body: bytes, headers: dict[str, str]) -> ProxyReply:

@@ -13,29 +13,32 @@ import json
 import logging
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shared.platform.access import OwnerId, stable_owner
 from shared.platform.errors import Conflict, DocumentTooLarge, InvalidRequest, NotFound
 from shared.platform.job_queue import JobQueue
 from shared.platform.request_body import MAX_METADATA_PAIRS, Metadata, MetadataKey, validation_error
-from shared.platform.telemetry import job_chunk
 from shared.store.completion_filter import CompletionFilter
 from shared.store.completion_index import IndexEntry
 from shared.store.completion_store import CompletionStore
 from shared.store.filter_jobs import (
     ChunkBudget,
+    ChunkedJobs,
+    FilterJob,
     JobRecords,
+    JobStatus,
+    WalkProgress,
     batches,
     bounded,
     deliver,
     invalid_body,
+    part_message_id,
     require_explicit_scope,
     scoped,
 )
-from shared.store.json_blobs import JsonBlobs, Superseded
+from shared.store.json_blobs import JsonBlobs
 from shared.store.scores import MAX_SCORES_PER_COMPLETION, Score, ScoreName, ScoreParams
 from shared.store.stored_completion import StoredCompletion
 
@@ -113,13 +116,6 @@ def parse_bulk_action_params(body: dict[str, Any]) -> BulkActionParams:
         raise invalid_body(exc, "bulk action", code="invalid_value") from None
 
 
-class BulkActionStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
 class SkipReason(StrEnum):
     METADATA_LIMIT = "metadata_limit"
     """The match would hold more than 16 metadata pairs."""
@@ -128,10 +124,7 @@ class SkipReason(StrEnum):
     DOCUMENT_TOO_LARGE = "document_too_large"
 
 
-class BulkProgress(BaseModel):
-    part: int = 0
-    walked: int = 0
-    """Index rows read so far."""
+class BulkProgress(WalkProgress):
     matched: int = 0
     """Matches confirmed against their documents."""
     updated: int = 0
@@ -139,8 +132,6 @@ class BulkProgress(BaseModel):
     unchanged: int = 0
     """Matches already as asked."""
     skipped: dict[SkipReason, int] = Field(default_factory=dict)
-    after: str | None = None
-    """The last id walked: the index walk's cursor."""
 
 
 class BulkReceipt(BaseModel):
@@ -151,36 +142,16 @@ class BulkReceipt(BaseModel):
     completed_at: datetime
 
 
-class BulkActionError(BaseModel):
-    code: str
-    message: str
-
-
-class BulkAction(BaseModel):
-    id: str
+class BulkAction(FilterJob):
     object: Literal["bulk_action"] = "bulk_action"
-    status: BulkActionStatus
-    filter: CompletionFilter | None
-    all: bool
     set_metadata: dict[str, str]
     remove_metadata: list[str]
     add_scores: list[Score]
     """As they are written: author the requester, `created_at` the submission time (so reruns match)."""
     remove_scores: list[str]
-    requested_by: Annotated[str, BeforeValidator(stable_owner)]
-    owner_scope: OwnerId = None
-    """Set when the requester sees only its own completions: only those are changed."""
     dry_run: bool = False
-    created_at: datetime
-    started_at: datetime | None = None
-    runs: int = 0
     progress: BulkProgress = Field(default_factory=BulkProgress)
     receipt: BulkReceipt | None = None
-    error: BulkActionError | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status in (BulkActionStatus.SUCCEEDED, BulkActionStatus.FAILED)
 
     def view(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"progress": {"after", "part"}})
@@ -194,7 +165,7 @@ class BulkActionMessage(BaseModel):
 
     @property
     def message_id(self) -> str:
-        return self.bulk_action if self.part == 0 else f"{self.bulk_action}-part{self.part}"
+        return part_message_id(self.bulk_action, self.part)
 
 
 def bulk_action_message(body: bytes) -> BulkActionMessage | None:
@@ -234,7 +205,7 @@ def _same_scores(left: list[Score], right: list[Score]) -> bool:
     return judgements(left) == judgements(right)
 
 
-class BulkActions:
+class BulkActions(ChunkedJobs[BulkAction]):
     """Records, queues and runs bulk actions."""
 
     def __init__(
@@ -270,7 +241,7 @@ class BulkActions:
         ]
         job = BulkAction(
             id=self._records.new_id(),
-            status=BulkActionStatus.QUEUED,
+            status=JobStatus.QUEUED,
             filter=params.filter,
             all=params.all,
             set_metadata=await self._store.metadata_as_kept(params.set_metadata),
@@ -282,67 +253,35 @@ class BulkActions:
             dry_run=params.dry_run,
             created_at=now,
         )
-        error = BulkActionError(
-            code="queue_unavailable", message="The bulk action could not be queued; nothing changed."
-        )
-        failed = job.model_copy(update={"status": BulkActionStatus.FAILED, "error": error})
-        await self._records.submit(job, lambda: self._send(BulkActionMessage(bulk_action=job.id)), failed=failed)
+        await self._records.submit(job, lambda: self._send_part(job.id, 0), untouched="nothing changed")
         log.info("Bulk action %s%s queued by %s", job.id, " (dry run)" if job.dry_run else "", requested_by)
         return job
 
-    async def get(self, action_id: str, *, owner_scope: str | None = None) -> BulkAction:
-        """A bulk action's record; a scoped caller sees only its own (another's answers 404)."""
-        return await self._records.get(action_id, owner_scope=owner_scope)
-
     async def handle(self, message: BulkActionMessage, *, delivery_count: int) -> None:
         """One queue delivery; raises so the queue retries, and on the last delivery marks the action failed."""
-
-        async def fail(reason: str) -> None:
-            await self._fail(message.bulk_action, f"The bulk action failed {delivery_count} times ({reason}).")
-
-        await deliver(self.run(message.bulk_action, part=message.part), delivery_count=delivery_count, fail=fail)
+        run = self.run(message.bulk_action, part=message.part)
+        await deliver(self._records, message.bulk_action, run, delivery_count=delivery_count, code="bulk_action_failed")
 
     async def run(self, action_id: str, *, part: int = 0) -> BulkAction:
         """Advance the action by one chunk, or finish it; a stale or repeated message changes nothing."""
         job, etag = await self._records.read(action_id)
         if job.finished:
             return job
-        if part < job.progress.part:
-            await self._send(BulkActionMessage(bulk_action=action_id, part=job.progress.part))
-            return job
-        if part > job.progress.part:
-            log.warning(
-                "Bulk action %s: part %s is ahead of the record (%s); ignored", action_id, part, job.progress.part
-            )
-            return job
-        job.status, job.runs, job.error = BulkActionStatus.RUNNING, job.runs + 1, None
-        job.started_at = job.started_at or datetime.now(UTC)
-        try:
-            etag = await self._records.save(job, etag)
-            with job_chunk("bulk_action", action_id, part=part) as chunk:
-                walked_before = job.progress.walked
-                job, etag, walk_done = await self._chunk(job, etag)
-                chunk.items = job.progress.walked - walked_before
-            if not walk_done:
-                job.progress.part += 1
-                etag = await self._records.save(job, etag)
-                await self._send(BulkActionMessage(bulk_action=action_id, part=job.progress.part))
-                return job
-            progress = job.progress
-            job.receipt = BulkReceipt(
-                matched_count=progress.matched,
-                updated_count=progress.updated,
-                unchanged_count=progress.unchanged,
-                skipped=progress.skipped,
-                completed_at=datetime.now(UTC),
-            )
-            job.status, progress.after = BulkActionStatus.SUCCEEDED, None
-            await self._records.save(job, etag)
-            log.info("Bulk action %s: %s matched, %s updated", job.id, progress.matched, progress.updated)
-            return job
-        except Superseded:
-            log.info("Bulk action %s: another delivery advanced the record; this one stops", action_id)
-            return (await self._records.read(action_id))[0]
+        return await self._advance(job, etag, part=part)
+
+    async def _finish(self, job: BulkAction, etag: str) -> BulkAction:
+        progress = job.progress
+        job.receipt = BulkReceipt(
+            matched_count=progress.matched,
+            updated_count=progress.updated,
+            unchanged_count=progress.unchanged,
+            skipped=progress.skipped,
+            completed_at=datetime.now(UTC),
+        )
+        job.status, progress.after = JobStatus.SUCCEEDED, None
+        await self._records.save(job, etag)
+        log.info("Bulk action %s: %s matched, %s updated", job.id, progress.matched, progress.updated)
+        return job
 
     async def _chunk(self, job: BulkAction, etag: str) -> tuple[BulkAction, str, bool]:
         progress = job.progress
@@ -392,11 +331,9 @@ class BulkActions:
                     raise
         return None  # pragma: no cover  # the loop returns or raises
 
-    async def _fail(self, action_id: str, message: str) -> None:
-        def fail(job: BulkAction) -> None:
-            job.status, job.error = BulkActionStatus.FAILED, BulkActionError(code="bulk_action_failed", message=message)
+    def _counted(self, job: BulkAction) -> int:
+        return job.progress.walked
 
-        await self._records.mark_failed(action_id, fail)
-
-    async def _send(self, message: BulkActionMessage) -> None:
+    async def _send_part(self, action_id: str, part: int) -> None:
+        message = BulkActionMessage(bulk_action=action_id, part=part)
         await self._queue.send(self._queue_name, message.model_dump_json(), message_id=message.message_id)

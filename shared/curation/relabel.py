@@ -17,24 +17,33 @@ import asyncio
 import contextlib
 import json
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from openai.types.chat import ChatCompletion
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.fine_tuning.api import FineTuningApi, FineTuningUpstreamError
-from shared.platform.access import OwnerId, same_owner, stable_owner
-from shared.platform.errors import Conflict, DistilleryError, InvalidRequest, NotFound, StorageUnavailable
+from shared.platform.errors import Conflict, InvalidRequest, NotFound
 from shared.platform.job_queue import JobQueue
 from shared.platform.telemetry import job_chunk
 from shared.store import ids
 from shared.store.completion_filter import CompletionFilter
 from shared.store.completion_store import CompletionStore, in_selection
+from shared.store.filter_jobs import (
+    FilterJob,
+    JobError,
+    JobRecords,
+    JobStatus,
+    WalkProgress,
+    deliver,
+    invalid_body,
+    part_message_id,
+    scoped,
+)
 from shared.store.json_blobs import JsonBlobs, Superseded
 from shared.store.stored_completion import StoredCompletion
 from shared.upstream.model_calls import ModelCalls, UpstreamCallFailed
@@ -42,7 +51,6 @@ from shared.upstream.model_calls import ModelCalls, UpstreamCallFailed
 log = logging.getLogger(__name__)
 
 MAX_IDS = 5000
-MAX_DELIVERY_COUNT = 5
 _ID_PREFIX = "relabel_"
 _NOT_REPLAYED = frozenset({"model", "stream", "stream_options", "store", "metadata", "n"})
 """Request fields a relabel does not send again: the deployment is the job's, and one whole answer is kept."""
@@ -93,19 +101,7 @@ def parse_relabel_params(body: dict[str, Any]) -> RelabelParams:
     try:
         return RelabelParams.model_validate(body)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"]) or None
-        message = error["msg"].removeprefix("Value error, ")
-        raise InvalidRequest(
-            f"Invalid relabel request: {message}" + (f" ({where})" if where else ""), param=where, code="invalid_value"
-        ) from None
-
-
-class RelabelStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
+        raise invalid_body(exc, "relabel request", code="invalid_value") from None
 
 
 class RelabelSkip(StrEnum):
@@ -116,14 +112,11 @@ class RelabelSkip(StrEnum):
     NOT_FOUND = "not_found"
 
 
-class RelabelProgress(BaseModel):
-    part: int = 0
-    walked: int = 0
+class RelabelProgress(WalkProgress):
     relabeled: int = 0
     """New answers stored (a redelivered chunk finds its earlier ones and counts them once)."""
     skipped: dict[RelabelSkip, int] = Field(default_factory=dict)
     tokens_used: int = 0
-    after: str | None = None
 
 
 class RelabelReceipt(BaseModel):
@@ -132,11 +125,6 @@ class RelabelReceipt(BaseModel):
     tokens_used: int
     stopped: Literal["done", "token_cap"]
     completed_at: datetime
-
-
-class RelabelError(BaseModel):
-    code: str
-    message: str
 
 
 class RelabelBatch(BaseModel):
@@ -151,29 +139,15 @@ class RelabelBatch(BaseModel):
     """The upstream batch's own status (`validating`, `in_progress`, `completed`, ...)."""
 
 
-class RelabelJob(BaseModel):
-    id: str
+class RelabelJob(FilterJob):
     object: Literal["relabel"] = "relabel"
-    status: RelabelStatus
     deployment: str
     token_cap: int
-    filter: CompletionFilter | None
     ids: list[str] | None = None
-    all: bool
     mode: Literal["direct", "batch"] = "direct"
     batch: RelabelBatch | None = None
-    requested_by: Annotated[str, BeforeValidator(stable_owner)]
-    owner_scope: OwnerId = None
-    created_at: datetime
-    started_at: datetime | None = None
-    runs: int = 0
     progress: RelabelProgress = Field(default_factory=RelabelProgress)
     receipt: RelabelReceipt | None = None
-    error: RelabelError | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status in (RelabelStatus.SUCCEEDED, RelabelStatus.FAILED)
 
     def view(self) -> dict[str, Any]:
         return self.model_dump(
@@ -187,7 +161,7 @@ class RelabelMessage(BaseModel):
 
     @property
     def message_id(self) -> str:
-        return self.relabel if self.part == 0 else f"{self.relabel}-part{self.part}"
+        return part_message_id(self.relabel, self.part)
 
 
 def relabel_message(body: bytes) -> RelabelMessage | None:
@@ -220,7 +194,9 @@ class Relabels:
     ) -> None:
         self._store = store
         self._calls = calls
-        self._records = records
+        self._records = JobRecords(
+            records, model=RelabelJob, prefix=_ID_PREFIX, folder="relabels", noun="relabel job", param="relabel_id"
+        )
         self._queue = queue
         self._queue_name = queue_name
         self._batches = batches
@@ -229,8 +205,8 @@ class Relabels:
 
     async def submit(self, params: RelabelParams, *, requested_by: str, owner_scope: str | None = None) -> RelabelJob:
         job = RelabelJob(
-            id=_ID_PREFIX + secrets.token_hex(12),
-            status=RelabelStatus.QUEUED,
+            id=self._records.new_id(),
+            status=JobStatus.QUEUED,
             deployment=params.deployment,
             token_cap=params.max_total_tokens,
             filter=params.filter,
@@ -243,36 +219,20 @@ class Relabels:
         )
         if job.mode == "batch":
             await self._reserve(job)
-        etag = await self._records.put(_record(job.id), job.model_dump_json(), create=True)
-        try:
-            await self._send(RelabelMessage(relabel=job.id))
-        except StorageUnavailable:
-            error = RelabelError(code="queue_unavailable", message="The relabel job could not be queued; nothing ran.")
-            failed = job.model_copy(update={"status": RelabelStatus.FAILED, "error": error})
-            with contextlib.suppress(Superseded, StorageUnavailable):
-                await self._records.put(_record(job.id), failed.model_dump_json(), etag=etag)
-            raise
+        await self._records.submit(job, lambda: self._send(RelabelMessage(relabel=job.id)), untouched="nothing ran")
         log.info("Relabel %s on %s queued by %s", job.id, job.deployment, requested_by)
         return job
 
     async def get(self, relabel_id: str, *, owner_scope: str | None = None) -> RelabelJob:
-        job, _ = await self._read(relabel_id)
-        if owner_scope is not None and not same_owner(job.requested_by, owner_scope):
-            raise _not_found(relabel_id)
-        return job
+        return await self._records.get(relabel_id, owner_scope=owner_scope)
 
     async def handle(self, message: RelabelMessage, *, delivery_count: int) -> None:
-        try:
-            await self.run(message.relabel, part=message.part)
-        except Exception as exc:
-            if delivery_count >= MAX_DELIVERY_COUNT:
-                reason = exc.message if isinstance(exc, DistilleryError) else f"unexpected {type(exc).__name__}"
-                await self._fail(message.relabel, f"The relabel job failed {delivery_count} times ({reason}).")
-            raise
+        run = self.run(message.relabel, part=message.part)
+        await deliver(self._records, message.relabel, run, delivery_count=delivery_count, code="relabel_failed")
 
     async def run(self, relabel_id: str, *, part: int = 0) -> RelabelJob:
         """Advance the job by one chunk, or finish it; a stale or repeated message changes nothing."""
-        job, etag = await self._read(relabel_id)
+        job, etag = await self._records.read(relabel_id)
         if job.finished:
             return job
         if part < job.progress.part:
@@ -280,10 +240,10 @@ class Relabels:
             return job
         if part > job.progress.part:
             return job
-        job.status, job.runs, job.error = RelabelStatus.RUNNING, job.runs + 1, None
+        job.status, job.runs, job.error = JobStatus.RUNNING, job.runs + 1, None
         job.started_at = job.started_at or datetime.now(UTC)
         try:
-            etag = await self._save(job, etag)
+            etag = await self._records.save(job, etag)
             if job.mode == "batch":
                 with job_chunk("relabel", relabel_id, part=part):
                     return await self._advance_batch(job, etag)
@@ -293,12 +253,12 @@ class Relabels:
                 chunk.items = job.progress.walked - walked_before
             if stop == "time":
                 job.progress.part += 1
-                etag = await self._save(job, etag)
+                etag = await self._records.save(job, etag)
                 await self._send(RelabelMessage(relabel=relabel_id, part=job.progress.part))
                 return job
             return await self._succeed(job, etag, stop)
         except Superseded:
-            return (await self._read(relabel_id))[0]
+            return (await self._records.read(relabel_id))[0]
 
     async def _succeed(self, job: RelabelJob, etag: str, stop: Literal["done", "token_cap"]) -> RelabelJob:
         progress = job.progress
@@ -309,8 +269,8 @@ class Relabels:
             stopped=stop,
             completed_at=datetime.now(UTC),
         )
-        job.status, progress.after = RelabelStatus.SUCCEEDED, None
-        await self._save(job, etag)
+        job.status, progress.after = JobStatus.SUCCEEDED, None
+        await self._records.save(job, etag)
         log.info("Relabel %s: %s answers, %s tokens (%s)", job.id, progress.relabeled, progress.tokens_used, stop)
         return job
 
@@ -387,7 +347,9 @@ class Relabels:
                     return await self._succeed(job, etag, "done")
                 uploaded = await api.upload_batch_input(f"{job.id}.jsonl", ("\n".join(lines) + "\n").encode())
                 state.input_file_id = str(uploaded["id"])
-                etag = await self._save(job, etag)  # from here on a redelivery finds the batch it made: never two
+                etag = await self._records.save(
+                    job, etag
+                )  # from here on a redelivery finds the batch it made: never two
             try:
                 created = await api.batch_for(state.input_file_id) or await api.create_batch(state.input_file_id)
             except FineTuningUpstreamError as exc:
@@ -485,13 +447,13 @@ class Relabels:
 
     async def _poll_later(self, job: RelabelJob, etag: str) -> RelabelJob:
         job.progress.part += 1
-        await self._save(job, etag)
+        await self._records.save(job, etag)
         await self._send(RelabelMessage(relabel=job.id, part=job.progress.part), delay=self.limits.batch_poll_seconds)
         return job
 
     async def _fail_now(self, job: RelabelJob, etag: str, message: str, *, code: str = "relabel_failed") -> RelabelJob:
-        job.status, job.error = RelabelStatus.FAILED, RelabelError(code=code, message=message)
-        await self._save(job, etag)
+        job.status, job.error = JobStatus.FAILED, JobError(code=code, message=message)
+        await self._records.save(job, etag)
         log.warning("Relabel %s failed: %s", job.id, message)
         return job
 
@@ -546,7 +508,9 @@ class Relabels:
                     break
                 progress.walked += 1
                 progress.after = completion_id
-        return await self._save(job, etag), "token_cap" if capped or progress.tokens_used >= job.token_cap else None
+        return await self._records.save(
+            job, etag
+        ), "token_cap" if capped or progress.tokens_used >= job.token_cap else None
 
     async def _eligible(self, job: RelabelJob, completion_id: str) -> StoredCompletion | RelabelSkip | None:
         """The original to answer again; a skip reason; None: not part of the selection, not counted."""
@@ -627,37 +591,9 @@ class Relabels:
             for completion_id in job.ids[job.progress.walked :]:
                 yield completion_id
             return
-        selection = job.filter or CompletionFilter()
-        if job.owner_scope is not None:
-            selection = selection.model_copy(update={"owner": job.owner_scope})
+        selection = scoped(job.filter or CompletionFilter(), job.owner_scope)
         async for row in self._store.index.walk(selection, after=job.progress.after):
             yield row.id  # each is checked against its document when it is relabeled, a batch at once
-
-    async def _fail(self, relabel_id: str, message: str) -> None:
-        for _ in range(3):
-            job, etag = await self._read(relabel_id)
-            if job.finished:
-                return
-            job.status, job.error = RelabelStatus.FAILED, RelabelError(code="relabel_failed", message=message)
-            try:
-                await self._save(job, etag)
-                return
-            except Superseded:
-                continue
-
-    async def _read(self, relabel_id: str) -> tuple[RelabelJob, str]:
-        suffix = relabel_id.removeprefix(_ID_PREFIX)
-        if (
-            not relabel_id.startswith(_ID_PREFIX)
-            or len(suffix) != 24
-            or any(c not in "0123456789abcdef" for c in suffix)
-        ):
-            raise _not_found(relabel_id)
-        raw, etag = await self._records.get(_record(relabel_id), missing=_not_found(relabel_id).message)
-        return RelabelJob.model_validate_json(raw), etag
-
-    async def _save(self, job: RelabelJob, etag: str) -> str:
-        return await self._records.put(_record(job.id), job.model_dump_json(), etag=etag)
 
     async def _send(self, message: RelabelMessage, *, delay: float = 0.0) -> None:
         await self._queue.send(self._queue_name, message.model_dump_json(), message_id=message.message_id, delay=delay)
@@ -666,11 +602,3 @@ class Relabels:
 def _relabel_id(job: RelabelJob, original_id: str) -> str:
     """The id of the job's answer to an original: the job's submission time, and a digest of both ids."""
     return ids.derived_completion_id(at_us=int(job.created_at.timestamp() * 1_000_000), key=f"{job.id}/{original_id}")
-
-
-def _not_found(relabel_id: str) -> NotFound:
-    return NotFound(f"No relabel job found with id '{relabel_id[:80]}'.", param="relabel_id")
-
-
-def _record(relabel_id: str) -> str:
-    return f"relabels/{relabel_id}.json"

@@ -16,24 +16,26 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shared.platform.access import OwnerId, stable_owner
 from shared.platform.errors import NotFound
 from shared.platform.job_queue import JobQueue
-from shared.platform.telemetry import job_chunk
 from shared.store.completion_filter import CompletionFilter
 from shared.store.completion_store import CompletionStore, in_selection
 from shared.store.filter_jobs import (
     ChunkBudget,
+    ChunkedJobs,
+    FilterJob,
     JobRecords,
+    JobStatus,
+    WalkProgress,
     batches,
     bounded,
     deliver,
     invalid_body,
+    part_message_id,
     require_explicit_scope,
     scoped,
 )
@@ -90,13 +92,6 @@ def parse_purge_params(body: dict[str, Any]) -> PurgeParams:
         raise invalid_body(exc, "purge request") from None
 
 
-class PurgeStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-
 class PurgeReceipt(BaseModel):
     """Proof of what a purge removed, without keeping what it removed (no content, no id list)."""
 
@@ -117,51 +112,26 @@ class PurgeReceipt(BaseModel):
         return value
 
 
-class PurgeError(BaseModel):
-    code: str
-    message: str
+class PurgeProgress(WalkProgress):
+    """The record's own checkpoint: never ids beyond one batch."""
 
-
-class PurgeProgress(BaseModel):
-    """The checkpoint a continuation resumes from (the record's own; never ids beyond one batch)."""
-
-    part: int = 0
-    """The message part that runs next."""
-    walked: int = 0
-    """Index rows read so far."""
     deleted: int = 0
     ids_digest: str = "0" * 64
-    after: str | None = None
-    """The last id walked: the index walk's cursor."""
     pending: list[str] = Field(default_factory=list)
     """Confirmed matches of the batch being deleted; counted once they are gone."""
 
 
-class PurgeJob(BaseModel):
-    id: str
+class PurgeJob(FilterJob):
+    """A purge's record. Once it has succeeded, the filter's metadata values are kept only as
+    `sha256:<hex>` of the value. A dry run only counts the matches (on the queue like a purge, so no
+    scan runs inside a request)."""
+
     object: Literal["purge"] = "purge"
-    status: PurgeStatus
-    filter: CompletionFilter | None
-    """Once the purge has succeeded, metadata values are kept only as `sha256:<hex>` of the value."""
-    all: bool
-    requested_by: Annotated[str, BeforeValidator(stable_owner)]
-    """The requester's stable owner id."""
-    owner_scope: OwnerId = None
-    """Set when the requester sees only its own completions (owner scoping): only those are purged."""
     dry_run: bool = False
-    """Only count the matches (run on the queue like a purge, so no scan runs inside a request)."""
     matched_count: int | None = None
     """A dry run's answer, once it has succeeded."""
-    created_at: datetime
-    started_at: datetime | None = None
-    runs: int = 0
     progress: PurgeProgress = Field(default_factory=PurgeProgress)
     receipt: PurgeReceipt | None = None
-    error: PurgeError | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status in (PurgeStatus.SUCCEEDED, PurgeStatus.FAILED)
 
     def view(self) -> dict[str, Any]:
         """The API shape: progress without the cursor and pending ids."""
@@ -176,8 +146,7 @@ class PurgeMessage(BaseModel):
 
     @property
     def message_id(self) -> str:
-        """Service Bus drops a resend of the same part as a duplicate."""
-        return self.id if self.part == 0 else f"{self.id}-part{self.part}"
+        return part_message_id(self.id, self.part)
 
 
 class PurgeCount(BaseModel):
@@ -187,7 +156,7 @@ class PurgeCount(BaseModel):
     matched_count: int
 
 
-class PurgeService:
+class PurgeService(ChunkedJobs[PurgeJob]):
     """Counts, records, queues and runs purges."""
 
     def __init__(
@@ -220,7 +189,7 @@ class PurgeService:
         """Record and queue a purge; when the queue refuses, the record says `failed` (never `queued` forever)."""
         job = PurgeJob(
             id=self._records.new_id(),
-            status=PurgeStatus.QUEUED,
+            status=JobStatus.QUEUED,
             filter=params.filter,
             all=params.all,
             requested_by=requested_by,
@@ -228,24 +197,22 @@ class PurgeService:
             dry_run=params.dry_run,
             created_at=datetime.now(UTC),
         )
-        error = PurgeError(code="queue_unavailable", message="The purge could not be queued; nothing was deleted.")
-        failed = job.model_copy(update={"status": PurgeStatus.FAILED, "error": error})
-        await self._records.submit(job, lambda: self._send(PurgeMessage(id=job.id)), failed=failed)
+        await self._records.submit(job, lambda: self._send_part(job.id, 0), untouched="nothing was deleted")
         log.info("Purge %s%s queued by %s", job.id, " (dry run)" if job.dry_run else "", requested_by)
         return job
-
-    async def get(self, purge_id: str, *, owner_scope: str | None = None) -> PurgeJob:
-        """A purge record; a scoped caller sees only its own purges (another's answers 404)."""
-        return await self._records.get(purge_id, owner_scope=owner_scope)
 
     async def handle(self, body: bytes, *, delivery_count: int) -> None:
         """One queue delivery; raises so the queue retries, and on the last delivery marks the purge failed."""
         message = PurgeMessage.model_validate_json(body)
-
-        async def fail(reason: str) -> None:
-            await self._fail(message.id, f"The purge failed {delivery_count} times ({reason}); submit it again.")
-
-        await deliver(self.run(message.id, part=message.part), delivery_count=delivery_count, fail=fail)
+        run = self.run(message.id, part=message.part)
+        await deliver(
+            self._records,
+            message.id,
+            run,
+            delivery_count=delivery_count,
+            code="purge_failed",
+            advice="; submit it again",
+        )
 
     async def run(self, purge_id: str, *, part: int = 0) -> PurgeJob:
         """Advance the purge by one chunk, or finish it; a stale or repeated message changes nothing."""
@@ -255,29 +222,7 @@ class PurgeService:
             return job
         if job.dry_run:
             return await self._count_for(job, etag)
-        if part < job.progress.part:
-            await self._send(PurgeMessage(id=purge_id, part=job.progress.part))  # its continuation may be lost
-            return job
-        if part > job.progress.part:
-            log.warning("Purge %s: part %s is ahead of the record (%s); ignored", purge_id, part, job.progress.part)
-            return job
-        job.status, job.runs, job.error = PurgeStatus.RUNNING, job.runs + 1, None
-        job.started_at = job.started_at or datetime.now(UTC)
-        try:
-            etag = await self._records.save(job, etag)
-            with job_chunk("purge", purge_id, part=part) as chunk:
-                deleted_before = job.progress.deleted
-                job, etag, walk_done = await self._chunk(job, etag)
-                chunk.items = job.progress.deleted - deleted_before
-            if not walk_done:
-                job.progress.part += 1
-                etag = await self._records.save(job, etag)
-                await self._send(PurgeMessage(id=purge_id, part=job.progress.part))
-                return job
-            return await self._finish(job, etag)
-        except Superseded:
-            log.info("Purge %s: another delivery advanced the record; this one stops", purge_id)
-            return (await self._records.read(purge_id))[0]
+        return await self._advance(job, etag, part=part)
 
     async def _chunk(self, job: PurgeJob, etag: str) -> tuple[PurgeJob, str, bool]:
         progress = job.progress
@@ -336,7 +281,7 @@ class PurgeService:
         job.receipt = PurgeReceipt(
             deleted_count=progress.deleted, ids_digest=progress.ids_digest, completed_at=datetime.now(UTC)
         )
-        job.status = PurgeStatus.SUCCEEDED
+        job.status = JobStatus.SUCCEEDED
         job.filter = _redacted(job.filter)
         progress.after = None
         await self._records.save(job, etag)
@@ -350,7 +295,7 @@ class PurgeService:
         counted = await self.count(
             PurgeParams(filter=job.filter, all=job.all, dry_run=True), owner_scope=job.owner_scope
         )
-        job.status, job.matched_count = PurgeStatus.SUCCEEDED, counted.matched_count
+        job.status, job.matched_count = JobStatus.SUCCEEDED, counted.matched_count
         job.started_at = job.started_at or datetime.now(UTC)
         job.filter = _redacted(job.filter)
         with contextlib.suppress(Superseded):  # a redelivery counted it already
@@ -358,15 +303,11 @@ class PurgeService:
         log.info("Purge dry run %s matched %s stored completions", job.id, counted.matched_count)
         return job
 
-    async def _fail(self, purge_id: str, message: str) -> None:
-        """Mark the purge failed with its reason, unless it finished meanwhile."""
+    def _counted(self, job: PurgeJob) -> int:
+        return job.progress.deleted
 
-        def fail(job: PurgeJob) -> None:
-            job.status, job.error = PurgeStatus.FAILED, PurgeError(code="purge_failed", message=message)
-
-        await self._records.mark_failed(purge_id, fail)
-
-    async def _send(self, message: PurgeMessage) -> None:
+    async def _send_part(self, purge_id: str, part: int) -> None:
+        message = PurgeMessage(id=purge_id, part=part)
         await self._queue.send(self._queue_name, message.model_dump_json(), message_id=message.message_id)
 
 

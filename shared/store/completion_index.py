@@ -18,28 +18,26 @@ same way, by their digest.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import heapq
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from azure.core.exceptions import (
     AzureError,
     ResourceExistsError,
     ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
 )
-from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 from pydantic import BaseModel
 
 from shared.platform.access import OwnerId, legacy_owner, stable_owner
 from shared.platform.errors import StorageUnavailable
-from shared.store import ids
+from shared.store import ids, table_transactions
 from shared.store.completion_filter import CompletionFilter, Order
 from shared.store.scores import ScoreCondition, ScoreValue
 
@@ -48,6 +46,7 @@ _KEY_SPAN = 10**16
 _US = 1_000_000
 _ALL_PARTITION = "all"
 _IDEMPOTENCY_PARTITION = "idempotency"
+_T = TypeVar("_T")
 SHARDS = 16
 """Partitions per term. At 5,000 captures/s the busiest term takes 10,000 rows/s: 625 per shard,
 under a third of a partition's 2,000 entities/s (README, Performance)."""
@@ -209,19 +208,50 @@ class CompletionIndex:
     async def add(self, entry: IndexEntry) -> None:
         await self._write(entry, partitions_of(entry))
 
-    async def add_many(self, entries: Iterable[IndexEntry], *, in_flight: int = 8) -> None:
-        """Bulk-load (imports, benchmarks): the rows `add` writes, batched 100 to a transaction per partition."""
-        by_partition: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    async def add_many(self, entries: Iterable[IndexEntry], *, in_flight: int = 8) -> set[str]:
+        """Write many entries' rows, batched per partition; returns the ids that had no row before.
+
+        The `all` rows go last, as inserts: a list finds an entry only once every other row of it
+        is there, and an insert that succeeds tells the entry is new without a read. Only a batch
+        whose insert meets an existing row (a redelivered event, a sweep, a rewritten document)
+        asks which rows were there and replaces them.
+        """
+        others: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        by_all: dict[str, list[IndexEntry]] = defaultdict(list)
         for entry in entries:
-            for partition in partitions_of(entry):
-                by_partition[partition] += _rows(entry, partition)
-        batches = iter([rows[i : i + 100] for rows in by_partition.values() for i in range(0, len(rows), 100)])
+            first = _all_partition(entry.id)
+            by_all[first].append(entry)
+            for partition in partitions_of(entry) - {first}:
+                others[partition] += _rows(entry, partition)
+        size = table_transactions.MAX_ROWS
+        await _in_flight(
+            [
+                functools.partial(table_transactions.upsert_rows, self._table, rows[start : start + size])
+                for rows in others.values()
+                for start in range(0, len(rows), size)
+            ],
+            in_flight,
+        )
+        per_transaction = size // 2  # an entry's two rows
+        found = await _in_flight(
+            [
+                functools.partial(self._insert_all_rows, partition, members[start : start + per_transaction])
+                for partition, members in by_all.items()
+                for start in range(0, len(members), per_transaction)
+            ],
+            in_flight,
+        )
+        return set().union(*found)
 
-        async def submit() -> None:
-            for rows in batches:
-                await self._upsert_rows(rows)
-
-        await _all_or_raise([submit() for _ in range(in_flight)])
+    async def _insert_all_rows(self, partition: str, entries: list[IndexEntry]) -> set[str]:
+        rows = [row for entry in entries for row in _rows(entry, partition)]
+        try:
+            await table_transactions.insert_rows(self._table, rows)
+            return {entry.id for entry in entries}
+        except ResourceExistsError:
+            indexed = await self.indexed_among([entry.id for entry in entries])
+            await table_transactions.upsert_rows(self._table, rows)
+            return {entry.id for entry in entries} - indexed
 
     async def remove(self, entry: IndexEntry) -> None:
         await self._delete(entry, partitions_of(entry))
@@ -402,19 +432,9 @@ class CompletionIndex:
             raise StorageUnavailable("The completion index is unavailable.") from exc
 
     async def _write(self, entry: IndexEntry, partitions: set[str]) -> None:
-        await _all_or_raise([self._upsert_rows(_rows(entry, partition)) for partition in partitions])
-
-    async def _upsert_rows(self, rows: list[dict[str, Any]]) -> None:
-        """One partition's rows in one transaction, tried once more if the connection drops.
-
-        The SDK does not retry a POST whose connection broke (a server closing an idle pooled
-        connection does that); upserts are idempotent, so repeating the transaction is safe.
-        """
-        operations = [("upsert", row, {"mode": UpdateMode.REPLACE}) for row in rows]
-        try:
-            await self._table.submit_transaction(operations)
-        except (ServiceRequestError, ServiceResponseError):
-            await self._table.submit_transaction(operations)
+        await _all_or_raise(
+            [table_transactions.upsert_rows(self._table, _rows(entry, partition)) for partition in partitions]
+        )
 
     async def _delete(self, entry: IndexEntry, partitions: set[str]) -> None:
         operations = [
@@ -449,7 +469,19 @@ class CompletionIndex:
             raise StorageUnavailable("The completion index is unavailable.") from exc
 
 
-async def _all_or_raise(operations: list[Any]) -> None:
+async def _in_flight(jobs: list[Callable[[], Awaitable[_T]]], width: int) -> list[_T]:
+    """Run the jobs at most `width` at a time (see `_all_or_raise`)."""
+    gate = asyncio.Semaphore(width)
+
+    async def run(job: Callable[[], Awaitable[_T]]) -> _T:
+        async with gate:
+            return await job()
+
+    return await _all_or_raise(map(run, jobs))
+
+
+async def _all_or_raise(operations: Iterable[Awaitable[_T]]) -> list[_T]:
+    """Await them all; any storage failure among them becomes one `StorageUnavailable`."""
     results = await asyncio.gather(*operations, return_exceptions=True)
     failures = [result for result in results if isinstance(result, BaseException)]
     for failure in failures:
@@ -457,6 +489,7 @@ async def _all_or_raise(operations: list[Any]) -> None:
             raise failure
     if failures:
         raise StorageUnavailable("The completion index is unavailable.") from failures[0]
+    return [result for result in results if not isinstance(result, BaseException)]
 
 
 async def _merged(shards: Sequence[AsyncIterator[Any]]) -> AsyncIterator[Any]:

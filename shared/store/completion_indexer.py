@@ -12,8 +12,9 @@ usage counters in one update per owner.
 Nothing is lost if a worker dies between the document and its rows: an undelivered event is
 delivered again (Service Bus locks; Event Grid retries for 24 hours), and the `index_sweep` timer
 lists the documents captured since its last run and indexes any that still have no row. Indexing is
-idempotent (rows are upserts); a document counts towards usage only when it had no row yet, and the
-quota report reconciles whatever a crash between rows and counters left.
+idempotent; a document counts towards usage only when its rows were new (its `all` rows go in last,
+as inserts, so a fresh batch needs no read to know), and the quota report reconciles whatever a
+crash between rows and counters left.
 
 Event schema: https://learn.microsoft.com/azure/event-grid/event-schema-blob-storage
 """
@@ -42,7 +43,6 @@ from shared.store.usage import UsageCounter
 log = logging.getLogger(__name__)
 
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
-_READS_IN_FLIGHT = 32
 _SWEEP_PARTITION = "sweep"
 _SWEEP_ROW = "watermark"
 _FIRST_SWEEP_US = 3600 * 1_000_000
@@ -119,20 +119,13 @@ class CompletionIndexer:
         wanted = sorted(set(completion_ids))
         if not wanted:
             return 0
-        indexed, forgotten = await asyncio.gather(
-            self._store.index.indexed_among(wanted), self._store.index.forgotten_among(wanted)
-        )
-        gate = asyncio.Semaphore(_READS_IN_FLIGHT)
-
-        async def read(completion_id: str) -> IndexEntry | None:
-            async with gate:
-                return await self._store.indexable(completion_id)
-
+        forgotten = await self._store.index.forgotten_among(wanted)
         # A deleted id (or a delete that died halfway) is never revived; a document gone since is skipped.
-        alive = [completion_id for completion_id in wanted if completion_id not in forgotten]
-        entries = [entry for entry in await asyncio.gather(*map(read, alive)) if entry is not None]
-        await self._store.index.add_many(entries)
-        new = [entry for entry in entries if entry.id not in indexed]
+        entries = await self._store.indexables(
+            [completion_id for completion_id in wanted if completion_id not in forgotten]
+        )
+        added = await self._store.index.add_many(entries)
+        new = [entry for entry in entries if entry.id in added]
         await self._count(new)
         if self._after is not None and new:
             await self._after(new)

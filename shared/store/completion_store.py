@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 
@@ -34,6 +36,16 @@ DEFAULT_MAX_DOCUMENT_BYTES = 6 * 1024 * 1024
 DEFAULT_READ_BUDGET_BYTES = 16 * 1024 * 1024
 _PREFIX_DROP = 7
 """Hex digits of capture time a listing prefix leaves out: one prefix spans 16**7 µs (268 s)."""
+_INDEX_METADATA = "distillery_index"
+"""Blob metadata carrying a document's index entry, written in the document's own PUT, so the
+indexer reads a batch's entries from one listing instead of one GET per document."""
+_INDEX_METADATA_LIMIT = 7 * 1024
+"""Longest entry kept in metadata (a blob's metadata holds 8 KiB); a longer one is read from the document."""
+_BUCKET_DROP = 4
+"""Hex digits of capture time an indexer's listing leaves out: one listing spans 16**4 µs (65 ms)."""
+_LIST_AT_LEAST = 4
+"""Fewer wanted documents than this in one bucket are read one by one (a sweep's scattered ids)."""
+_READS_IN_FLIGHT = 32
 
 
 class CompletionPage(BaseModel):
@@ -81,7 +93,7 @@ class CompletionStore:
         with span("completion_store.put", {COMPLETION_ID: completion.id}) as current:
             document = self._sized(completion)
             current.set_attribute("distillery.document_bytes", len(document))
-            await self._upload(completion.id, document)
+            await self._upload(completion, document)
         if self.on_captured is not None:
             self.on_captured(completion.id)
         return len(document)
@@ -102,7 +114,7 @@ class CompletionStore:
             return await self._put(completion, document)
 
     async def _put(self, completion: StoredCompletion, document: bytes) -> int:
-        upload = self._upload(completion.id, document)
+        upload = self._upload(completion, document)
         indexing = self._counted(
             self.index.add(_entry(completion, len(document))), len(document), 1, owner=completion.owner
         )
@@ -117,9 +129,11 @@ class CompletionStore:
             raise failures[0]
         return len(document)
 
-    async def _upload(self, completion_id: str, document: bytes) -> None:
+    async def _upload(self, completion: StoredCompletion, document: bytes) -> None:
         try:
-            await self._container.upload_blob(_blob_name(completion_id), document, overwrite=True)
+            await self._container.upload_blob(
+                _blob_name(completion.id), document, overwrite=True, metadata=_index_metadata(completion, document)
+            )
         except AzureError as exc:
             raise StorageUnavailable("The completion store is unavailable.") from exc
 
@@ -134,6 +148,49 @@ class CompletionStore:
         except NotFound:
             return None
         return _entry(completion, size)
+
+    async def indexables(self, completion_ids: list[str]) -> list[IndexEntry]:
+        """The index entries of these documents, leaving out those gone.
+
+        Where several share a 65 ms bucket of capture time (an event batch), one listing with
+        metadata gives their entries; the rest, and documents written without the entry in their
+        metadata (older ones, or an entry too long for it), are read one by one.
+        """
+        by_bucket: dict[str, list[str]] = defaultdict(list)
+        for completion_id in completion_ids:
+            by_bucket[_listing_bucket(completion_id)].append(completion_id)
+        gate = asyncio.Semaphore(_READS_IN_FLIGHT)
+        found: list[IndexEntry] = []
+        unread: list[str] = []
+
+        async def list_bucket(prefix: str, members: list[str]) -> None:
+            wanted = set(members)
+            async with gate:
+                try:
+                    async for blob in self._container.list_blobs(name_starts_with=prefix, include=["metadata"]):
+                        completion_id = str(blob.name).removesuffix(".json")
+                        if completion_id in wanted:
+                            entry = _listed_entry(completion_id, blob.metadata)
+                            if entry is None:
+                                unread.append(completion_id)
+                            else:
+                                found.append(entry)
+                except AzureError as exc:
+                    raise StorageUnavailable("The completion store is unavailable.") from exc
+
+        async def read(completion_id: str) -> None:
+            async with gate:
+                entry = await self.indexable(completion_id)
+            if entry is not None:
+                found.append(entry)
+
+        listed = {prefix: members for prefix, members in by_bucket.items() if len(members) >= _LIST_AT_LEAST}
+        unread += [
+            completion_id for prefix, members in by_bucket.items() if prefix not in listed for completion_id in members
+        ]
+        await asyncio.gather(*(list_bucket(prefix, members) for prefix, members in listed.items()))
+        await asyncio.gather(*map(read, unread))
+        return sorted(found, key=lambda entry: entry.id)
 
     async def captured_between(self, start_us: int, end_us: int) -> AsyncIterator[str]:
         """Ids of documents captured in [start_us, end_us), in id order, from the blob listing alone.
@@ -241,6 +298,7 @@ class CompletionStore:
             written = await self._container.get_blob_client(_blob_name(completion_id)).upload_blob(
                 document,
                 overwrite=True,
+                metadata=_index_metadata(updated, document),
                 etag=etag,
                 match_condition=MatchConditions.IfNotModified,
             )
@@ -263,10 +321,12 @@ class CompletionStore:
     async def _undo_update(self, old: StoredCompletion, new: StoredCompletion, *, etag: str) -> None:
         """Best effort: the old document back unless another writer changed it since, then the old rows."""
         with contextlib.suppress(AzureError):
+            document = _encode(old)
             await self._container.upload_blob(
                 _blob_name(old.id),
-                _encode(old),
+                document,
                 overwrite=True,
+                metadata=_index_metadata(old, document),
                 etag=etag,
                 match_condition=MatchConditions.IfNotModified,
             )
@@ -481,6 +541,28 @@ def _within(entries: list[IndexEntry], budget_bytes: int) -> list[IndexEntry]:
         if total > budget_bytes and position > 0:
             return entries[:position]
     return entries
+
+
+def _index_metadata(completion: StoredCompletion, document: bytes) -> dict[str, str]:
+    """The document's index entry as blob metadata (ASCII JSON), or none when it is too long for it."""
+    entry = json.dumps(_entry(completion, len(document)).model_dump(mode="json", exclude={"id"}), separators=(",", ":"))
+    return {_INDEX_METADATA: entry} if len(entry) <= _INDEX_METADATA_LIMIT else {}
+
+
+def _listing_bucket(completion_id: str) -> str:
+    """The name prefix of the documents captured in the same 65 ms as this one (same kind)."""
+    return ids.PREFIXES[ids.kind_of(completion_id)] + ids.digits(completion_id)[: ids.TIME_DIGITS - _BUCKET_DROP]
+
+
+def _listed_entry(completion_id: str, metadata: dict[str, str] | None) -> IndexEntry | None:
+    """The index entry a listing's metadata carries, or None when the document must be read for it."""
+    value = (metadata or {}).get(_INDEX_METADATA)
+    if value is None:
+        return None
+    try:
+        return IndexEntry.model_validate({**json.loads(value), "id": completion_id})
+    except (ValueError, TypeError):
+        return None
 
 
 def _blob_name(completion_id: str) -> str:

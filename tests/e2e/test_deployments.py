@@ -30,12 +30,12 @@ def azure_host(
     azurite: Azurite, upstream: FakeUpstream, control_plane: FakeControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningHost]:
     settings = {
-        "AZURE_OPENAI_ENDPOINT": upstream.root_url,
+        "AZURE_OPENAI_ENDPOINT": upstream.url,
         "AZURE_OPENAI_API_KEY": "data-plane-key",
         "AZURE_OPENAI_RESOURCE_ID": ACCOUNT_ID,
         "AZURE_RESOURCE_MANAGER_ENDPOINT": control_plane.url,
         "DISTILLERY_CREDENTIAL": "managed_identity",
-        **control_plane.identity_environment,
+        **control_plane.identity.environment,
     }
     log_dir: Path = tmp_path_factory.mktemp("azure-host")
     with start_host(azurite.connection_string, log_dir, **settings) as running:

@@ -200,7 +200,7 @@ def test_azure_openai_eval_calls_take_the_ga_v1_routes(
     with start_host(
         azurite.connection_string,
         tmp_path_factory.mktemp("evals-azure-v1"),
-        AZURE_OPENAI_ENDPOINT=fake_upstream.root_url,
+        AZURE_OPENAI_ENDPOINT=fake_upstream.url,
         AZURE_OPENAI_API_KEY="upstream-secret",
         EVAL_EMBEDDINGS_DEPLOYMENT="embedder",
     ) as azure:
@@ -240,7 +240,7 @@ def test_azure_openai_eval_calls_take_the_ga_v1_routes(
         )
         done = wait_for_run(client, evaluation.id, run.id)
         assert done.result_counts.model_dump() == {"total": 1, "passed": 1, "failed": 0, "errored": 0}, done
-        seen = [(r["url"].removeprefix(fake_upstream.root_url), r["body"].get("model")) for r in fake_upstream.requests]
+        seen = [(r["url"].removeprefix(fake_upstream.url), r["body"].get("model")) for r in fake_upstream.requests]
         assert set(seen) == {
             ("/openai/v1/chat/completions", "o4-mini-student"),
             ("/openai/v1/chat/completions", "o4-mini-grader"),

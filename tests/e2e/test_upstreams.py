@@ -22,7 +22,7 @@ def azure_host(
     with start_host(
         azurite.connection_string,
         tmp_path_factory.mktemp("azure"),
-        AZURE_OPENAI_ENDPOINT=upstream.root_url,
+        AZURE_OPENAI_ENDPOINT=upstream.url,
         AZURE_OPENAI_API_KEY="upstream-secret",
         AZURE_OPENAI_API_VERSION="2024-10-21",
         UPSTREAM_TIMEOUT_SECONDS="1",
@@ -107,7 +107,7 @@ def test_azure_openai_upstream_is_called_on_its_v1_responses_route(
     answer = azure_host.azure_client().responses.create(model="my-gpt", input="hello there")
     assert answer.output_text == "fake: hello there"
     sent = fake_upstream.requests[-1]
-    assert sent["url"] == f"{fake_upstream.root_url}/openai/v1/responses"
+    assert sent["url"] == f"{fake_upstream.url}/openai/v1/responses"
     assert sent["body"]["model"] == "my-gpt" and sent["body"]["store"] is False
 
 
@@ -123,7 +123,7 @@ def test_upstream_redirect_is_a_502_and_never_followed(
     assert caught.value.body["code"] == "upstream_redirect"
     assert "AZURE_OPENAI_ENDPOINT" in caught.value.body["message"]
     assert [request["url"].split("?")[0] for request in fake_upstream.requests] == [
-        f"{fake_upstream.root_url}/openai/deployments/my-gpt/chat/completions"
+        f"{fake_upstream.url}/openai/deployments/my-gpt/chat/completions"
     ]
 
 

@@ -10,11 +10,8 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlparse
 
 import pytest
-from azure.core.pipeline.transport import AioHttpTransport, AsyncHttpTransport
 from azure.data.tables.aio import TableClient
 from azure.storage.blob.aio import ContainerClient
 
@@ -30,37 +27,9 @@ from shared.store.completion_store import CompletionStore
 from shared.store.json_blobs import JsonBlobs
 from shared.store.usage import UsageCounter
 from shared.upstream.offline_model import OfflineModel
+from tests.shared.counting_transport import CountingTransport
 
 CALLER = Caller(name="default", owner="key:default", rights=frozenset(Right))
-
-
-class CountingTransport(AsyncHttpTransport):
-    """The SDK's aiohttp transport, noting each request it sends (method and path); while `held`
-    is set, requests wait for it to be cleared before they go out."""
-
-    def __init__(self) -> None:
-        self._inner = AioHttpTransport()
-        self.sent: list[tuple[str, str]] = []
-        self.released = asyncio.Event()
-        self.released.set()
-
-    async def send(self, request: Any, **kwargs: Any) -> Any:
-        self.sent.append((request.method, urlparse(request.url).path))
-        await self.released.wait()
-        return await self._inner.send(request, **kwargs)
-
-    async def open(self) -> None:
-        await self._inner.open()
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    async def __aenter__(self) -> CountingTransport:
-        await self._inner.__aenter__()
-        return self
-
-    async def __aexit__(self, *args: Any) -> None:
-        await self._inner.__aexit__(*args)
 
 
 @dataclass

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from shared.curation.bulk import BulkActions, BulkActionStatus, BulkLimits, SkipReason, parse_bulk_action_params
+from shared.curation.bulk import BulkActions, BulkLimits, SkipReason, parse_bulk_action_params
 from shared.platform.errors import InvalidRequest, NotFound
 from shared.services import Services
 from shared.store.completion_filter import CompletionFilter
+from shared.store.filter_jobs import JobStatus
 from shared.store.json_blobs import JsonBlobs
 from shared.store.stored_completion import StoredCompletion
 from tests.conftest import ServicesFactory
@@ -87,7 +88,7 @@ async def test_dry_run_then_tag_and_score_every_match_once(make_services: Servic
 
     job = await actions.submit(parse_bulk_action_params(body), requested_by="key:ann")
     done = await actions.run(job.id)
-    assert done.status is BulkActionStatus.SUCCEEDED and done.receipt is not None
+    assert done.status is JobStatus.SUCCEEDED and done.receipt is not None
     assert (done.receipt.matched_count, done.receipt.updated_count, done.receipt.unchanged_count) == (3, 3, 0)
     assert (await actions.run(job.id)) == done  # a redelivered message changes nothing
 

@@ -17,13 +17,13 @@ from shared.curation.relabel import (
     RelabelLimits,
     Relabels,
     RelabelSkip,
-    RelabelStatus,
     parse_relabel_params,
 )
 from shared.datasets.job import DatasetParams, DatasetStatus
 from shared.platform.errors import InvalidRequest
 from shared.services import Services
 from shared.store.completion_filter import CompletionFilter
+from shared.store.filter_jobs import JobStatus
 from shared.store.json_blobs import JsonBlobs
 from tests.conftest import ServicesFactory
 from tests.fakes import FakeUpstream, Reply
@@ -90,7 +90,7 @@ async def test_answers_again_on_the_teacher_and_links_each_to_its_original(
         services, job, {"deployment": TEACHER, "max_total_tokens": 1000, "filter": {"metadata": {"tag": tag}}}
     )
 
-    assert done.status is RelabelStatus.SUCCEEDED and done.receipt is not None
+    assert done.status is JobStatus.SUCCEEDED and done.receipt is not None
     assert (done.receipt.relabeled_count, done.receipt.tokens_used, done.receipt.stopped) == (3, 30, "done")
     assert done.receipt.skipped == {}  # its own new answers, met at the end of the walk, are not counted
     sent = teacher_calls(fake_upstream)
@@ -120,7 +120,7 @@ async def test_a_redelivered_job_finds_its_answers_and_calls_nothing_again(
     records = JsonBlobs(container=services.reports_container, label="relabel")
     raw, etag = await records.get(f"relabels/{done.id}.json", missing="")
     died = RelabelJob.model_validate_json(raw)  # as if the delivery died before its checkpoint
-    died.status, died.receipt, died.progress.walked, died.progress.relabeled = RelabelStatus.RUNNING, None, 0, 0
+    died.status, died.receipt, died.progress.walked, died.progress.relabeled = JobStatus.RUNNING, None, 0, 0
     await records.put(f"relabels/{done.id}.json", died.model_dump_json(), etag=etag)
     calls = len(teacher_calls(fake_upstream))
 

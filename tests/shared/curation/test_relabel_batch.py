@@ -16,11 +16,11 @@ from shared.curation.relabel import (
     RelabelLimits,
     Relabels,
     RelabelSkip,
-    RelabelStatus,
     parse_relabel_params,
 )
 from shared.platform.errors import InvalidRequest
 from shared.services import Services
+from shared.store.filter_jobs import JobStatus
 from shared.store.json_blobs import JsonBlobs
 from tests.conftest import ServicesFactory
 from tests.fakes import FakeUpstream, Reply
@@ -77,7 +77,7 @@ async def test_a_batch_relabel_stores_each_answer_linked_to_its_original(
 
     done = await run_to_end(job, submitted.id)
 
-    assert done.status is RelabelStatus.SUCCEEDED and done.receipt is not None, done.error
+    assert done.status is JobStatus.SUCCEEDED and done.receipt is not None, done.error
     assert done.receipt.relabeled_count == 2 and done.receipt.skipped == {RelabelSkip.UPSTREAM_ERROR: 1}
     assert done.receipt.tokens_used == 20 and done.progress.part == 2  # sent; polled in_progress; completed
     assert not [r for r in fake_upstream.requests if r["url"].endswith("/chat/completions")]  # no direct calls
@@ -147,7 +147,7 @@ async def test_a_redelivered_submission_finds_its_batch_and_makes_no_second(
 
     done = await run_to_end(job, submitted.id)
 
-    assert done.status is RelabelStatus.SUCCEEDED and done.batch is not None and sent.batch is not None
+    assert done.status is JobStatus.SUCCEEDED and done.batch is not None and sent.batch is not None
     assert done.batch.id == sent.batch.id and len(fake_upstream.batches) == 1
     assert len([r for r in fake_upstream.requests if r["url"].endswith("/files")]) == 1
 
@@ -162,7 +162,7 @@ async def test_a_failed_batch_fails_the_job_with_its_reason(
 
     done = await run_to_end(job, submitted.id)
 
-    assert done.status is RelabelStatus.FAILED and done.error is not None
+    assert done.status is JobStatus.FAILED and done.error is not None
     assert "ended failed: Line 1 is not valid JSON." in done.error.message
 
 
@@ -177,7 +177,7 @@ async def test_an_upstream_without_batches_fails_the_job_naming_it(
 
     done = await run_to_end(job, submitted.id)
 
-    assert done.status is RelabelStatus.FAILED and done.error is not None
+    assert done.status is JobStatus.FAILED and done.error is not None
     assert done.error.code == "batch_unavailable" and "no Batch API" in done.error.message
 
 

@@ -14,13 +14,13 @@ from shared.erasure.purge import (
     PurgeLimits,
     PurgeReceipt,
     PurgeService,
-    PurgeStatus,
     ids_digest,
     parse_purge_params,
 )
 from shared.platform.errors import InvalidRequest, NotFound, StorageUnavailable
 from shared.services import Services
 from shared.store.completion_index import IndexEntry
+from shared.store.filter_jobs import JobStatus
 from shared.store.json_blobs import JsonBlobs
 from shared.store.stored_completion import StoredCompletion
 from tests.conftest import ServicesFactory
@@ -65,7 +65,7 @@ async def test_a_purge_runs_twice_safely(make_services: ServicesFactory, tag: st
     first = await services.purges.run(job.id)
     again = await services.purges.run(job.id)
 
-    assert first.status is PurgeStatus.SUCCEEDED and first.receipt is not None
+    assert first.status is JobStatus.SUCCEEDED and first.receipt is not None
     assert (first.receipt.deleted_count, first.receipt.ids_digest) == (3, ids_digest([item.id for item in doomed]))
     assert again == first
     for item in doomed:
@@ -161,7 +161,7 @@ async def test_a_large_purge_runs_in_chunks_with_checkpoints(make_services: Serv
     assert (await purges.run(job.id)).progress.part == 1  # a redelivered part 0 changes nothing
     done = await purges.run(job.id, part=1)
 
-    assert done.status is PurgeStatus.SUCCEEDED and done.receipt is not None
+    assert done.status is JobStatus.SUCCEEDED and done.receipt is not None
     assert (done.receipt.deleted_count, done.receipt.ids_digest) == (7, ids_digest([item.id for item in doomed]))
     assert [not await services.store.exists(item.id) for item in doomed] == [True] * 7
 
@@ -177,7 +177,7 @@ async def test_a_batch_left_pending_by_a_dead_delivery_is_finished_and_counted(
     records = JsonBlobs(container=services.reports_container, label="purge")
     raw, etag = await records.get(f"purges/{job.id}.json", missing="")
     died = PurgeJob.model_validate_json(raw)
-    died.status, died.progress.pending, died.progress.after = PurgeStatus.RUNNING, [first.id], first.id
+    died.status, died.progress.pending, died.progress.after = JobStatus.RUNNING, [first.id], first.id
     await records.put(f"purges/{job.id}.json", died.model_dump_json(), etag=etag)
     await services.store.delete(first.id)  # what the dead delivery got done
 
@@ -198,7 +198,7 @@ async def test_a_purge_the_queue_refuses_is_failed_not_queued_forever(make_servi
 
     [name] = [n async for n in services.reports_container.list_blob_names(name_starts_with="purges/")]
     failed = await purges.get(name.removeprefix("purges/").removesuffix(".json"))
-    assert failed.status is PurgeStatus.FAILED and failed.error is not None
+    assert failed.status is JobStatus.FAILED and failed.error is not None
     assert failed.error.code == "queue_unavailable"
     assert await services.store.exists(kept.id)
 
@@ -213,12 +213,12 @@ async def test_the_last_failed_delivery_marks_the_purge_failed(make_services: Se
 
     with pytest.raises(StorageUnavailable):
         await broken.handle(body, delivery_count=1)
-    assert (await broken.get(job.id)).status is PurgeStatus.RUNNING  # retried: not failed yet
+    assert (await broken.get(job.id)).status is JobStatus.RUNNING  # retried: not failed yet
     with pytest.raises(StorageUnavailable):
         await broken.handle(body, delivery_count=5)
 
     failed = await broken.get(job.id)
-    assert failed.status is PurgeStatus.FAILED and failed.error is not None
+    assert failed.status is JobStatus.FAILED and failed.error is not None
     assert "failed 5 times" in failed.error.message and "queue" in failed.error.message
 
 

@@ -31,7 +31,7 @@ def control_plane_server() -> Iterator[FakeControlPlane]:
 def control_plane(control_plane_server: FakeControlPlane, monkeypatch: pytest.MonkeyPatch) -> FakeControlPlane:
     """The stand-in, fresh; the process looks like an App Service with a managed identity."""
     control_plane_server.reset()
-    for name, value in control_plane_server.identity_environment.items():
+    for name, value in control_plane_server.identity.environment.items():
         monkeypatch.setenv(name, value)
     return control_plane_server
 
@@ -48,7 +48,7 @@ async def azure(
     azurite: Azurite, make_services: ServicesFactory, fake_upstream: FakeUpstream, control_plane: FakeControlPlane
 ) -> Services:
     made = await make_services(
-        AZURE_OPENAI_ENDPOINT=fake_upstream.root_url,
+        AZURE_OPENAI_ENDPOINT=fake_upstream.url,
         AZURE_OPENAI_API_KEY="data-plane-key",
         AZURE_OPENAI_RESOURCE_ID=ACCOUNT_ID,
         AZURE_RESOURCE_MANAGER_ENDPOINT=control_plane.url,
@@ -154,5 +154,5 @@ async def test_without_a_control_plane_a_deployment_is_registered_by_hand(
         parse_deployment_params({"existing": True})
     assert "name" in unnamed.value.message
 
-    azure_without_account = await make_services(AZURE_OPENAI_ENDPOINT=fake_upstream.root_url, AZURE_OPENAI_API_KEY="k")
+    azure_without_account = await make_services(AZURE_OPENAI_ENDPOINT=fake_upstream.url, AZURE_OPENAI_API_KEY="k")
     assert "AZURE_OPENAI_RESOURCE_ID" in azure_without_account.student_deployments._missing_control_plane

@@ -219,7 +219,7 @@ async def test_azure_openai_gets_developer_tier_spelled_its_way_and_files_with_a
     azurite: Azurite, make_services: ServicesFactory, fake_upstream: FakeUpstream
 ) -> None:
     azure = await make_services(
-        AZURE_OPENAI_ENDPOINT=fake_upstream.root_url, AZURE_OPENAI_API_KEY="test-key", FINE_TUNING_DELIVERY_SECONDS="30"
+        AZURE_OPENAI_ENDPOINT=fake_upstream.url, AZURE_OPENAI_API_KEY="test-key", FINE_TUNING_DELIVERY_SECONDS="30"
     )
     for queue_name in (azure.settings.dataset_jobs_queue, azure.settings.fine_tuning_jobs_queue):
         async with QueueClient.from_connection_string(azurite.connection_string, queue_name) as queue:

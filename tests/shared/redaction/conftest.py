@@ -20,6 +20,6 @@ def language_server() -> Iterator[FakeLanguage]:
 def language(language_server: FakeLanguage, monkeypatch: pytest.MonkeyPatch) -> FakeLanguage:
     """The stand-in, fresh; the process looks like an App Service with a managed identity."""
     language_server.reset()
-    for name, value in language_server.identity_environment.items():
+    for name, value in language_server.identity.environment.items():
         monkeypatch.setenv(name, value)
     return language_server

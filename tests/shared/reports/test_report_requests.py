@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from shared.erasure.purge import PurgeStatus, parse_purge_params
+from shared.erasure.purge import parse_purge_params
 from shared.platform.job_queue import read_local_message
 from shared.reports.report_requests import REQUEUE_AFTER, ReportKind, report_request
 from shared.services import Services
+from shared.store.filter_jobs import JobStatus
 from tests.conftest import ServicesFactory
 from tests.shared.queues import local_queue
 from tests.shared.seed import completion
@@ -30,12 +31,12 @@ async def test_a_dry_run_is_queued_and_counts_without_deleting(make_services: Se
     job = await services.purges.submit(
         parse_purge_params({"filter": {"metadata": {"tag": tag}}, "dry_run": True}), requested_by="default"
     )
-    assert (job.status, job.dry_run, job.matched_count) == (PurgeStatus.QUEUED, True, None)
+    assert (job.status, job.dry_run, job.matched_count) == (JobStatus.QUEUED, True, None)
     [message] = await take_messages(services)
     assert report_request(message) is None  # a purge message, not a report request
 
     done = await services.purges.run(job.id)
-    assert (done.status, done.matched_count, done.receipt) == (PurgeStatus.SUCCEEDED, 3, None)
+    assert (done.status, done.matched_count, done.receipt) == (JobStatus.SUCCEEDED, 3, None)
     assert await services.purges.get(job.id) == done
     for item in matching:
         assert await services.store.exists(item.id)

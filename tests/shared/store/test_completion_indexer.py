@@ -129,3 +129,27 @@ async def test_rows_spread_over_shards_and_lists_page_in_one_order(make_services
                     break
                 after = seen[-1]
             assert [cid for cid in seen if cid in set(expected)] == wanted
+
+
+async def test_a_batch_with_an_indexed_document_counts_only_the_new_and_rewrites_the_old(
+    make_services: ServicesFactory, tag: str
+) -> None:
+    services = await make_services()
+    old = completion(metadata={"tag": tag, "v": "1"})
+    await services.store.capture(old)
+    assert await services.indexer.index([old.id]) == 1
+    # The document is written again with other metadata (its event comes again); a new one shares
+    # its `all` partition, so their rows meet in one transaction whose insert finds the old row.
+    rewritten = old.model_copy(update={"metadata": {"tag": tag, "v": "2"}})
+    await services.completions_container.upload_blob(f"{old.id}.json", rewritten.model_dump_json(), overwrite=True)
+    new = next(
+        c for c in iter(completion, None) if completion_index.shard_of(c.id) == completion_index.shard_of(old.id)
+    )
+    new = new.model_copy(update={"metadata": {"tag": tag, "v": "2"}})
+    await services.store.capture(new)
+
+    assert await services.indexer.index_events(events(services, [old.id, new.id])) == 1
+    assert (await counted(services))[1] == 2
+    listed_now = await services.store.list(CompletionFilter(metadata={"tag": tag, "v": "2"}), order="asc")
+    assert [c.id for c in listed_now.data] == [old.id, new.id]
+    assert (await services.store.list(CompletionFilter(metadata={"v": "1"}))).data == []
