@@ -122,7 +122,8 @@ def store_cost(
                     )
                 )
             except RuntimeError:
-                print(f"The indexer host's log ends:\n{indexer.log()[-3000:]}")
+                for name, running in {"proxy host": host, "indexer host": indexer}.items():
+                    print(f"The {name}'s log ends:\n{running.log()[-3000:]}")
                 raise
         finally:
             host.stop()
