@@ -237,16 +237,17 @@ async def test_the_plan_reads_one_shard_and_its_slices_hold_every_id_once(
 
 
 def selection(*, sampled: int, others: int) -> list[StoredCompletion]:
-    """`others` completions outside shard 0 with `sampled` in shard 0 among them, the last ones outside."""
-    chosen, in_shard = [], 0
-    while len(chosen) - in_shard < others:
+    """`others` completions outside shard 0 with `sampled` in shard 0 among them, the last 3 outside."""
+    chosen, in_shard, outside = [], 0, 0
+    while in_shard < sampled or outside < others:
         completion = stored(f"q{len(chosen)}", metadata=TAG)
-        if shard_of(completion.id) != 0:
+        if shard_of(completion.id) == 0:
+            if in_shard < sampled:
+                chosen.append(completion)
+                in_shard += 1
+        elif in_shard == sampled or outside < others - 3:
             chosen.append(completion)
-        elif in_shard < sampled and len(chosen) - in_shard < others - 3:
-            chosen.append(completion)
-            in_shard += 1
-    assert in_shard == sampled, "too few completions to hold the sampled ones"
+            outside += 1
     return chosen
 
 
