@@ -11,17 +11,20 @@ from azure.core.pipeline.transport import AioHttpTransport, AsyncHttpTransport
 
 
 class CountingTransport(AsyncHttpTransport):
-    """The SDK's aiohttp transport, noting each request it sends (method and path); while `held`
-    is set, requests wait for it to be cleared before they go out."""
+    """The SDK's aiohttp transport, noting each request it sends (method and path, and its body in
+    `bodies`); while `released` is cleared, requests wait for it to be set before they go out."""
 
     def __init__(self) -> None:
         self._inner = AioHttpTransport()
         self.sent: list[tuple[str, str]] = []
+        self.bodies: list[bytes] = []
         self.released = asyncio.Event()
         self.released.set()
 
     async def send(self, request: Any, **kwargs: Any) -> Any:
         self.sent.append((request.method, urlparse(request.url).path))
+        body = getattr(request, "content", None) or b""
+        self.bodies.append(body.encode() if isinstance(body, str) else bytes(body))
         await self.released.wait()
         return await self._inner.send(request, **kwargs)
 
