@@ -1,8 +1,10 @@
 """Which datasets hold which stored completions, so deleting a completion reaches its datasets.
 
 A build records each selected id *before* it reads the document (one row per completion and
-dataset in the completion index table: partition `ds-` + the id's capture-time bucket, row key
-`<completion id>:<dataset id>`, no other column). Every delete path removes the document first and
+dataset in the completion index table: partition `ds-` + the id's capture-time bucket + its index
+shard, row key `<completion id>:<dataset id>`, no other column). The shard (a hash of the id, as the
+index's) spreads a large build's rows over 16 partitions, so a million completions captured in one
+day are not a million rows into one partition at Azure Table's 2,000 entities/s. Every delete path removes the document first and
 looks the rows up after, so a build that read a document before its deletion is always found,
 however the two interleave. A row for a completion the build then skipped only causes an
 unnecessary rebuild. Once the holders are rebuilding, the deleted ids' rows are dropped, so
@@ -20,6 +22,7 @@ from azure.data.tables.aio import TableClient
 
 from shared.platform.errors import StorageUnavailable
 from shared.store import ids, table_transactions
+from shared.store.completion_index import shard_of
 
 _PARTITION_PREFIX = "ds-"
 _BUCKET_DIGITS = 5
@@ -27,6 +30,11 @@ _BUCKET_DIGITS = 5
 
 
 def _partition(completion_id: str) -> str:
+    return f"{_legacy_partition(completion_id)}-{shard_of(completion_id):02d}"
+
+
+def _legacy_partition(completion_id: str) -> str:
+    """Where rows were recorded before they were sharded: still read, so a delete reaches datasets built then."""
     return _PARTITION_PREFIX + ids.digits(completion_id)[:_BUCKET_DIGITS]
 
 
@@ -48,7 +56,7 @@ class DatasetMembership:
             raise StorageUnavailable("The completion index is unavailable.") from exc
 
     async def holders(self, completion_ids: Iterable[str]) -> set[str]:
-        """The datasets that recorded any of these completions: one range query per capture-time bucket."""
+        """The datasets that recorded any of these completions: one range query per partition they fall in."""
         return set(await self.holdings(completion_ids))
 
     async def holdings(self, completion_ids: Iterable[str]) -> dict[str, set[str]]:
@@ -87,6 +95,7 @@ class DatasetMembership:
         by_partition: dict[str, set[str]] = defaultdict(set)
         for completion_id in completion_ids:
             by_partition[_partition(completion_id)].add(completion_id)
+            by_partition[_legacy_partition(completion_id)].add(completion_id)
         found: list[tuple[str, str, str]] = []
         try:
             for partition, wanted in by_partition.items():

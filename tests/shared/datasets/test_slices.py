@@ -89,6 +89,7 @@ async def test_prompt_dedup_and_leakage_reach_across_slices(services: Services, 
             "filter": {"metadata": TAG},
             "validation_fraction": 0.4,
             "seed": 3,
+            "group_by": "user",  # splits by user, not by the run's fresh ids: 3 repeats land in the other split
             "dedup": {"mode": dedup},
         }
     )
