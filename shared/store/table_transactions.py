@@ -62,22 +62,28 @@ def entity_json(row: Mapping[str, Any]) -> str:
 async def upsert_rows(table: TableClient, rows: Sequence[Mapping[str, Any]]) -> None:
     """Insert or replace rows of one partition (at most `MAX_ROWS`) all together or not at all.
 
-    A dropped connection is retried once (the SDK does not retry a POST; upserts are idempotent).
     An answer other than 202 with every part 2xx raises `HttpResponseError`.
     """
-    try:
-        await _send(table, rows, insert=False)
-    except (ServiceRequestError, ServiceResponseError):
-        await _send(table, rows, insert=False)
+    await _sent_once_more_if_dropped(table, rows, insert=False)
 
 
 async def insert_rows(table: TableClient, rows: Sequence[Mapping[str, Any]]) -> None:
     """Insert rows of one partition all together, or none when any of them exists already
     (`ResourceExistsError`; other refusals raise `HttpResponseError`).
 
-    Not retried: an insert that landed before its connection dropped would look like a conflict.
+    If a dropped connection hid that the first attempt landed, the retry meets its own rows and
+    raises `ResourceExistsError`: a caller must take that as "already there", not as an error.
     """
-    await _send(table, rows, insert=True)
+    await _sent_once_more_if_dropped(table, rows, insert=True)
+
+
+async def _sent_once_more_if_dropped(table: TableClient, rows: Sequence[Mapping[str, Any]], *, insert: bool) -> None:
+    """The SDK does not retry a POST whose connection broke (a server closing an idle pooled
+    connection does that, and a flooded emulator); one more attempt is safe for both operations."""
+    try:
+        await _send(table, rows, insert=insert)
+    except (ServiceRequestError, ServiceResponseError):
+        await _send(table, rows, insert=insert)
 
 
 async def _send(table: TableClient, rows: Sequence[Mapping[str, Any]], *, insert: bool) -> None:
