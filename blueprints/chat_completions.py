@@ -7,12 +7,11 @@ import time
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from blueprints.http_adapter import endpoint, event_stream, raw_response
+from blueprints.http_adapter import endpoint, proxied
 from shared.capture.chat_request import ChatRequest, parse_chat_request
 from shared.platform.access import Caller, Right
 from shared.platform.errors import InvalidRequest
 from shared.platform.request_body import parse_json_object
-from shared.services import get_services
 
 bp = func.Blueprint()
 
@@ -44,13 +43,4 @@ async def _create(req: Request, caller: Caller | None, *, deployment: str | None
             raise InvalidRequest("Missing required parameter: 'model'.", param="model")
         deployment = request.model
     caller.require_deployment(deployment)
-    reply = await get_services().capture.complete(
-        request,
-        deployment=deployment,
-        caller=caller,
-        idempotency_key=req.headers.get("idempotency-key"),
-        started=started,
-    )
-    if reply.events is not None:
-        return event_stream(reply.events, status=reply.status, headers=reply.headers)
-    return raw_response(reply.body, status=reply.status, headers=reply.headers)
+    return await proxied(req, request, deployment=deployment, caller=caller, started=started)

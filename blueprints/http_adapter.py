@@ -16,6 +16,7 @@ from azurefunctions.extensions.http.fastapi import Request, Response, StreamingR
 from pydantic import BaseModel
 from starlette.types import Message
 
+from shared.capture import proxy
 from shared.platform.access import Caller, Right
 from shared.platform.errors import DistilleryError, PayloadTooLarge, UnsupportedMediaType
 from shared.platform.telemetry import HTTP_STATUS, server_span
@@ -218,3 +219,18 @@ def raw_response(
 def event_stream(events: Any, *, status: int, headers: dict[str, str]) -> StreamingResponse:
     headers = {name: value for name, value in headers.items() if name != "content-type"}
     return StreamingResponse(events, status_code=status, headers=headers, media_type="text/event-stream")
+
+
+async def proxied(req: Request, request: proxy.Request, *, deployment: str, caller: Caller, started: float) -> Response:
+    """Proxy a chat or Responses call and answer with what the capture gives: events as they come, or
+    the upstream's body as it was (`started`: when the HTTP request arrived)."""
+    reply = await get_services().capture.complete(
+        request,
+        deployment=deployment,
+        caller=caller,
+        idempotency_key=req.headers.get("idempotency-key"),
+        started=started,
+    )
+    if reply.events is not None:
+        return event_stream(reply.events, status=reply.status, headers=reply.headers)
+    return raw_response(reply.body, status=reply.status, headers=reply.headers)

@@ -8,7 +8,7 @@ import time
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
-from blueprints.http_adapter import Operation, event_stream, json_response, raw_response, register_openai_routes
+from blueprints.http_adapter import Operation, json_response, proxied, raw_response, register_openai_routes
 from shared.capture.responses_request import ResponsesRequest, parse_responses_request
 from shared.platform.access import Caller, Right
 from shared.platform.errors import InvalidRequest, NotFound
@@ -26,16 +26,7 @@ async def create_response(req: Request, caller: Caller | None) -> Response:
     if not request.model:
         raise InvalidRequest("Missing required parameter: 'model'.", param="model")
     caller.require_deployment(request.model)
-    reply = await get_services().capture.complete(
-        request,
-        deployment=request.model,
-        caller=caller,
-        idempotency_key=req.headers.get("idempotency-key"),
-        started=started,
-    )
-    if reply.events is not None:
-        return event_stream(reply.events, status=reply.status, headers=reply.headers)
-    return raw_response(reply.body, status=reply.status, headers=reply.headers)
+    return await proxied(req, request, deployment=request.model, caller=caller, started=started)
 
 
 async def retrieve_response(req: Request, caller: Caller | None) -> Response:

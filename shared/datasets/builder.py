@@ -378,25 +378,24 @@ class DatasetJobs:
 
     async def prompt_states(self, job_id: str, runs: list[str]) -> list[bytes]:
         """The prompt-filter states these runs saved (`<id>/work/prompts-<run>.bin`)."""
-        states = []
-        for run_id in runs:
-            blob = self.records.blob(job_id, f"{WORK_PREFIX}prompts-{run_id}.bin")
-            try:
-                states.append(await (await blob.download_blob()).readall())
-            except AzureError as exc:
-                raise StorageUnavailable("The dataset store is unavailable.") from exc
-        return states
+        return await self._work_files(job_id, "prompts", runs)
 
     async def fingerprints(self, job_id: str, runs: list[str]) -> array[int]:
         """The example fingerprints these runs saved (`<id>/work/fingerprints-<run>.bin`)."""
         found = array("Q")
+        for saved in await self._work_files(job_id, "fingerprints", runs):
+            found.frombytes(saved)
+        return found
+
+    async def _work_files(self, job_id: str, kind: str, runs: list[str]) -> list[bytes]:
+        files = []
         for run_id in runs:
-            blob = self.records.blob(job_id, f"{WORK_PREFIX}fingerprints-{run_id}.bin")
+            blob = self.records.blob(job_id, f"{WORK_PREFIX}{kind}-{run_id}.bin")
             try:
-                found.frombytes(await (await blob.download_blob()).readall())
+                files.append(await (await blob.download_blob()).readall())
             except AzureError as exc:
                 raise StorageUnavailable("The dataset store is unavailable.") from exc
-        return found
+        return files
 
     async def _parse(self, body: bytes) -> DatasetJobMessage:
         try:
