@@ -9,9 +9,9 @@ from azurefunctions.extensions.http.fastapi import Request, Response
 
 from blueprints.http_adapter import endpoint, json_response
 from shared.aliases.online import KEPT_BUCKETS
-from shared.aliases.records import AliasParams, PromoteParams, RollbackParams, parse, require_alias_name
+from shared.aliases.records import AliasParams, PromoteParams, RollbackParams, require_alias_name
 from shared.platform.access import Caller, Right
-from shared.platform.request_body import parse_json_object
+from shared.platform.request_body import parse_json_object, parse_model
 from shared.platform.telemetry import delivery_span
 from shared.services import get_services
 from shared.store.completion_params import list_object, query_integer
@@ -32,7 +32,7 @@ async def list_aliases(req: Request, caller: Caller | None) -> Response:
 async def put_alias(req: Request, caller: Caller | None) -> Response:
     """Create or change an alias: one or two deployments with traffic shares summing to 100."""
     name = require_alias_name(req.path_params["name"])
-    params = parse(AliasParams, parse_json_object(await req.body()))
+    params = parse_model(AliasParams, parse_json_object(await req.body()))
     services = get_services()
     if params.online_eval is not None:
         assert caller is not None, "changing an alias requires a right"
@@ -63,7 +63,7 @@ async def delete_alias(req: Request, caller: Caller | None) -> Response:
 async def promote_alias(req: Request, caller: Caller | None) -> Response:
     """Give one target all traffic once its comparison with the teacher passes the gate (or `force`)."""
     name = require_alias_name(req.path_params["name"])
-    params = parse(PromoteParams, await _optional_body(req))
+    params = parse_model(PromoteParams, await _optional_body(req))
     record = await get_services().aliases.promote(name, params, by=_who(caller))
     return json_response(record.view())
 
@@ -73,7 +73,7 @@ async def promote_alias(req: Request, caller: Caller | None) -> Response:
 async def rollback_alias(req: Request, caller: Caller | None) -> Response:
     """Send all traffic back to the fallback (the deployment that served alone before the canary)."""
     name = require_alias_name(req.path_params["name"])
-    params = parse(RollbackParams, await _optional_body(req))
+    params = parse_model(RollbackParams, await _optional_body(req))
     record = await get_services().aliases.rollback(name, params, by=_who(caller))
     return json_response(record.view())
 

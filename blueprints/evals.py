@@ -13,10 +13,10 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response
 
 from blueprints.http_adapter import endpoint, json_response
-from shared.evals.params import EvalCreateParams, EvalUpdateParams, RunCreateParams, parse
+from shared.evals.params import EvalCreateParams, EvalUpdateParams, RunCreateParams
 from shared.platform.access import Caller, Right
 from shared.platform.errors import InvalidRequest
-from shared.platform.request_body import parse_json_object, parse_multipart_form
+from shared.platform.request_body import parse_json_object, parse_model, parse_multipart_form
 from shared.platform.telemetry import delivery_span
 from shared.services import get_services
 from shared.store.completion_params import IGNORED_QUERY, MAX_PAGE, list_object, query_integer
@@ -27,7 +27,7 @@ ITEM_STATUSES = frozenset({"pass", "fail"})
 
 async def create_eval(req: Request, caller: Caller | None) -> Response:
     """Create an eval: a data source config and testing criteria (graders)."""
-    params = parse(EvalCreateParams, parse_json_object(await req.body()))
+    params = parse_model(EvalCreateParams, parse_json_object(await req.body()))
     record = await get_services().evals.create_eval(params, owner=_scope(caller))
     return json_response(record.view())
 
@@ -53,7 +53,7 @@ async def retrieve_eval(req: Request, caller: Caller | None) -> Response:
 
 async def update_eval(req: Request, caller: Caller | None) -> Response:
     """Rename an eval or replace its metadata."""
-    params = parse(EvalUpdateParams, parse_json_object(await req.body()))
+    params = parse_model(EvalUpdateParams, parse_json_object(await req.body()))
     record = await get_services().evals.update_eval(req.path_params["eval_id"], params, owner=_scope(caller))
     return json_response(record.view())
 
@@ -67,7 +67,7 @@ async def delete_eval(req: Request, caller: Caller | None) -> Response:
 
 async def create_eval_run(req: Request, caller: Caller | None) -> Response:
     """Start a run: its items are answered (or taken as they are) and graded on the job queue."""
-    params = parse(RunCreateParams, parse_json_object(await req.body()))
+    params = parse_model(RunCreateParams, parse_json_object(await req.body()))
     run, request = await get_services().evals.create_run(
         req.path_params["eval_id"], params, owner=_scope(caller), report_base=str(req.base_url), caller=caller
     )

@@ -12,11 +12,11 @@ import random
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.evals.graders import TestingCriterion, check_templates, parse_testing_criteria
 from shared.platform.errors import InvalidRequest
-from shared.platform.request_body import MetadataKey, validation_error
+from shared.platform.request_body import MetadataKey
 
 ALIAS_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{1,63}$"
 """What Azure OpenAI allows in a deployment name, so an alias is a name any caller can already send."""
@@ -196,13 +196,6 @@ class AliasRecord(BaseModel):
 
     def view(self) -> dict[str, Any]:
         return {"object": "alias", "id": self.name, **self.model_dump(mode="json")}
-
-
-def parse(model: type[_Params], body: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
 
 
 def require_alias_name(name: str) -> str:

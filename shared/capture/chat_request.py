@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from shared.platform.request_body import Metadata, validation_error
+from shared.platform.request_body import Metadata, parse_model
 
 
 class StreamOptions(BaseModel):
@@ -42,7 +42,4 @@ class ChatRequest(BaseModel):
 
 
 def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
-    try:
-        return ChatRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    return parse_model(ChatRequest, body)

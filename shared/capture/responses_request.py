@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from shared.platform.request_body import Metadata, validation_error
+from shared.platform.request_body import Metadata, parse_model
 
 
 class ResponsesRequest(BaseModel):
@@ -49,7 +49,4 @@ class ResponsesRequest(BaseModel):
 
 
 def parse_responses_request(body: dict[str, Any]) -> ResponsesRequest:
-    try:
-        return ResponsesRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    return parse_model(ResponsesRequest, body)

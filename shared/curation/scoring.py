@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.platform.errors import DistilleryError, InvalidRequest
-from shared.platform.request_body import validation_error
+from shared.platform.request_body import parse_model
 from shared.store import ids
 from shared.store.completion_store import CompletionStore
 from shared.store.scores import BatchScoresParams, Score, ScoreParams
@@ -19,17 +19,11 @@ BATCH_IN_FLIGHT = 8
 
 
 def parse_score_params(body: dict[str, Any]) -> ScoreParams:
-    try:
-        return ScoreParams.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    return parse_model(ScoreParams, body)
 
 
 def parse_batch_score_params(body: dict[str, Any]) -> BatchScoresParams:
-    try:
-        return BatchScoresParams.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    return parse_model(BatchScoresParams, body)
 
 
 class Scoring:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.evals.graders import MAX_SAMPLE_TOKENS, GraderMessage, ReasoningEffort
-from shared.platform.request_body import Metadata, validation_error
+from shared.platform.request_body import Metadata
 from shared.store.scores import ScoreConditions
 
 MAX_RUN_ITEMS = 10_000
@@ -203,10 +203,3 @@ class RunCreateParams(_Params):
     write_scores: bool = False
     """Distillery extension: each `label_model` / `score_model` result is written back as a score named
     after its criterion on the item's stored completion (`item.completion_id`): a judge labels the store."""
-
-
-def parse(model: type[_Params], body: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None

@@ -16,13 +16,13 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.fine_tuning.comparison import ComparisonRuns, StudentComparison
 from shared.fine_tuning.control_plane import TERMINAL_STATES, ControlPlane, ControlPlaneError
 from shared.fine_tuning.jobs import FineTuningError, FineTuningJobs, FineTuningRecord, StudentDeployment
 from shared.platform.errors import Conflict, InvalidRequest, NotFound
-from shared.platform.request_body import validation_error
+from shared.platform.request_body import parse_model
 from shared.store.json_blobs import Superseded
 
 DELETED = "Deleted"
@@ -53,10 +53,7 @@ class DeploymentParams(BaseModel):
 
 
 def parse_deployment_params(body: dict[str, object]) -> DeploymentParams:
-    try:
-        return DeploymentParams.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    return parse_model(DeploymentParams, body)
 
 
 class StudentDeployments:

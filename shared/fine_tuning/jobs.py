@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.datasets import formats
 from shared.datasets.builder import MANIFEST_FILE
@@ -38,7 +38,7 @@ from shared.fine_tuning.comparison import ComparisonPlan, ComparisonRuns
 from shared.platform.access import OwnerId, same_owner
 from shared.platform.errors import DistilleryError, InvalidRequest, NotFound
 from shared.platform.job_queue import JobQueue
-from shared.platform.request_body import validation_error
+from shared.platform.request_body import parse_model
 from shared.platform.telemetry import job_chunk
 from shared.store.json_blobs import JsonBlobs, Superseded
 
@@ -642,10 +642,7 @@ async def _within(deadline: float, step: Awaitable[T]) -> T:
 
 
 def parse_fine_tuning_params(body: dict[str, Any]) -> FineTuningParams:
-    try:
-        return FineTuningParams.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    return parse_model(FineTuningParams, body)
 
 
 async def _streamed_problems(chunks: AsyncIterator[bytes]) -> AsyncIterator[LineProblem]:

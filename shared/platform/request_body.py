@@ -8,9 +8,9 @@ import re
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, NamedTuple, TypeVar
 
-from pydantic import Field, StringConstraints, ValidationError
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from shared.platform.errors import InvalidRequest
 
@@ -45,6 +45,17 @@ def parse_json_object(raw: bytes, *, max_depth: int = 64) -> dict[str, Any]:
     if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(value):
         raise InvalidRequest("The JSON body contains an unpaired UTF-16 surrogate escape.", code="invalid_json")
     return value
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def parse_model(model: type[_Model], body: Any) -> _Model:
+    """A request body as `model`, or the OpenAI-shaped 400 naming the first field pydantic refused."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
 
 
 def validation_error(exc: ValidationError) -> InvalidRequest:

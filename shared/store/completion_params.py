@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.platform.errors import InvalidRequest
-from shared.platform.request_body import Metadata, validation_error
+from shared.platform.request_body import Metadata, parse_model, validation_error
 from shared.store import ids
 from shared.store.completion_filter import CompletionFilter, Order
 from shared.store.scores import parse_score_query
@@ -129,10 +129,7 @@ def parse_input_item_params(query: Iterable[tuple[str, str]]) -> MessageListPara
 
 
 def parse_update_params(body: dict[str, Any]) -> CompletionUpdateParams:
-    try:
-        return CompletionUpdateParams.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    return parse_model(CompletionUpdateParams, body)
 
 
 def query_integer(name: str, value: str, *, low: int, high: int) -> int:

@@ -96,12 +96,12 @@ async def test_the_deployment_allow_list_covers_candidate_grader_and_embeddings(
     [{"n": 128}, {"max_completion_tokens": 10**9}, {"temperature": 5}, {"reasoning_effort": "maximal"}],
 )
 def test_sampling_params_are_bounded(sampling: dict[str, Any]) -> None:
-    from shared.evals.params import parse
+    from shared.platform.request_body import parse_model
 
     body = rerun(1).model_dump(exclude_none=True)
     body["data_source"]["sampling_params"] = sampling
     with pytest.raises(InvalidRequest) as refused:
-        parse(RunCreateParams, body)
+        parse_model(RunCreateParams, body)
     assert refused.value.status == 400 and "sampling_params" in refused.value.message
 
 
