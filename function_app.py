@@ -21,6 +21,7 @@ from blueprints import (
     scores,
     stored_completions,
 )
+from shared.platform.runtime import freeze_start_up_objects
 from shared.platform.settings import get_settings
 from shared.platform.telemetry import configure_telemetry
 
@@ -47,3 +48,6 @@ for blueprint in (
     aliases.bp,
 ):
     app.register_functions(blueprint)
+
+# Last: what the imports above built lives as long as the worker, out of full collections' way.
+freeze_start_up_objects()

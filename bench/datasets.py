@@ -1,7 +1,8 @@
 """`python -m bench.datasets`: dataset builds beside a bare list-and-download, one slice and fanned out.
 
 Seeds stored completions straight into Azurite, then, in the same run and on the same documents,
-runs each of these in fresh worker processes (so each peak RSS is the worker's own):
+runs each of these in fresh worker processes (so each peak RSS is the worker's own; each freezes its
+start-up objects, as function_app.py does):
 - bare: walk the index for the selection and download every document (32 in flight, bytes dropped);
   before that, the same worker times a walk of the index alone and of the one shard a plan walks;
 - one slice: the build with fan-out off (slices larger than the selection), one worker: the plan
@@ -35,6 +36,7 @@ from local_host.azurite import ROOT, start_azurite
 from shared.datasets.builder import BuildLimits, plan_shards
 from shared.datasets.job import DatasetJob, DatasetJobMessage, DatasetParams, DatasetStatus, new_dataset_id
 from shared.platform.job_queue import read_local_message
+from shared.platform.runtime import freeze_start_up_objects
 from shared.platform.settings import Settings
 from shared.services import Services
 from shared.store import ids
@@ -371,6 +373,8 @@ if __name__ == "__main__":
     parser.add_argument("--worker", choices=["bare", "build"], help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    if arguments.worker is not None:
+        freeze_start_up_objects()  # both workers, as function_app.py does once its imports are done
     if arguments.worker == "bare":
         print(json.dumps(asyncio.run(bare_worker())))
     elif arguments.worker == "build":

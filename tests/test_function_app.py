@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import typing
 from typing import Any
+
+from local_host.azurite import ROOT
 
 
 def _http(function: Any) -> tuple[str, tuple[str, ...]]:
@@ -83,3 +88,12 @@ def test_responses_routes(functions: dict[str, Any]) -> None:
             f"list_response_input_items{suffix}": (f"{prefix}/responses/{{response_id}}/input_items", ("GET",)),
         }
     assert {name: _http(functions[name]) for name in expected} == expected
+
+
+def test_importing_the_app_freezes_its_start_up_objects() -> None:
+    """A worker's full garbage collections skip the ~225,000 objects start-up built (80-200 ms a pause)."""
+    probe = "import gc, function_app; print(gc.get_freeze_count(), len(gc.get_objects()))"
+    env = {**os.environ, "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    frozen, still_collected = map(int, out.stdout.split())
+    assert frozen > 100_000 and still_collected < frozen / 10
