@@ -4,7 +4,9 @@
 - Service Bus queue triggers are fed from an Azurite storage queue of the same name, with Service
   Bus's delivery rules: a failed delivery is retried after a delay, and after `max_delivery_count`
   attempts the message moves to `<queue>-deadletter` with the reason. Each host runs up to
-  `concurrency` deliveries and takes a new message as soon as one ends; a running delivery's lock is
+  `concurrency` deliveries and takes a new message as soon as one ends; a many-message trigger runs
+  one batch at a time, as the Service Bus extension's batch loop does, so what arrives meanwhile
+  makes the next batch fuller. A running delivery's lock is
   renewed (as the Functions host does), so several hosts can share one queue as competing consumers
   and a killed host's messages reappear for another host once their lock runs out.
 - Timer triggers fire on their NCRONTAB schedules (`past_due` set when a tick fires late).
@@ -66,6 +68,9 @@ class QueueRules:
     """A delivery holds its message this long past its last lock renewal (Service Bus `lockDuration`)."""
     retry_seconds: float = 1.0
     concurrency: int = 4
+    """Single-message deliveries at once (host.json `maxConcurrentCalls`). A many-message trigger runs one
+    batch at a time: the extension's batch receive loop "only executes functions at a concurrency level
+    of 1" (azure-sdk-for-net, Microsoft.Azure.WebJobs.Extensions.ServiceBus, ServiceBusListener.cs)."""
     batch_size: int = 32
     """Messages one many-message delivery takes (Service Bus: `maxMessageBatchSize`, 1000 by default;
     a storage queue receive returns at most 32)."""
@@ -104,8 +109,7 @@ class QueueWorker:
         running: set[asyncio.Task[None]] = set()
         try:
             while True:
-                free = self.rules.concurrency - len(running)
-                # a many-message trigger takes one delivery slot per batch of up to `batch_size` messages
+                free = (1 if self.batched else self.rules.concurrency) - len(running)
                 messages = [] if free == 0 else await self._receive(self.rules.batch_size if self.batched else free)
                 if messages is None:  # the receive failed: the queue is still there, try again
                     await asyncio.sleep(self.rules.idle_poll_seconds)

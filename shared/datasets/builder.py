@@ -64,7 +64,7 @@ from shared.platform.errors import DistilleryError, NotFound, StorageUnavailable
 from shared.platform.job_queue import JobQueue
 from shared.platform.telemetry import job_chunk
 from shared.reports.quota import QuotaGate
-from shared.store import ids
+from shared.store import ids, table_transactions
 from shared.store.completion_index import SHARDS
 from shared.store.completion_store import CompletionStore, in_selection
 from shared.store.stored_completion import StoredCompletion
@@ -77,8 +77,9 @@ _DIGEST_MODULUS = 2**256
 _JSONL = ContentSettings(content_type="application/jsonl")
 _WALK_PAGE = 1000
 """Index rows per query page: the most Table Storage returns at once."""
-_MEMBERSHIP_PAGE = 100
-"""Selected ids recorded as members (one table transaction) before their documents are read."""
+_MEMBERSHIP_PAGE = SHARDS * table_transactions.MAX_ROWS
+"""Selected ids recorded as members before their documents are read: spread over the 16 membership
+partitions, about one full transaction each (a page of 100 made 16 transactions of ~6 rows)."""
 _SIZE_LOOKUPS = 64
 """Index point reads in flight for the sizes of an `ids` selection."""
 

@@ -13,6 +13,7 @@ deleting an id twice rebuilds nothing the second time.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -43,15 +44,22 @@ class DatasetMembership:
         self._table = table
 
     async def record(self, dataset_id: str, completion_ids: Iterable[str]) -> None:
-        """Note that a dataset is about to read these completions (upserts: safe to repeat)."""
+        """Note that a dataset is about to read these completions (upserts: safe to repeat); the
+        partitions' transactions are sent at once."""
         by_partition: dict[str, list[str]] = defaultdict(list)
         for completion_id in completion_ids:
             by_partition[_partition(completion_id)].append(completion_id)
+        size = table_transactions.MAX_ROWS
+        transactions = [
+            [
+                {"PartitionKey": partition, "RowKey": f"{member}:{dataset_id}"}
+                for member in members[start : start + size]
+            ]
+            for partition, members in by_partition.items()
+            for start in range(0, len(members), size)
+        ]
         try:
-            for partition, members in by_partition.items():
-                rows = [{"PartitionKey": partition, "RowKey": f"{member}:{dataset_id}"} for member in members]
-                for start in range(0, len(rows), table_transactions.MAX_ROWS):
-                    await table_transactions.upsert_rows(self._table, rows[start : start + table_transactions.MAX_ROWS])
+            await asyncio.gather(*(table_transactions.upsert_rows(self._table, rows) for rows in transactions))
         except AzureError as exc:
             raise StorageUnavailable("The completion index is unavailable.") from exc
 

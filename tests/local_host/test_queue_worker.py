@@ -61,6 +61,52 @@ async def test_a_failed_receive_is_retried_and_delivery_goes_on(azurite: Azurite
     assert transport.failures == 0
 
 
+async def test_a_many_message_trigger_takes_one_batch_at_a_time(azurite: Azurite) -> None:
+    """As the Service Bus extension's batch loop: what arrives while a batch runs waits for the next one."""
+    name = f"q{uuid.uuid4().hex[:12]}"
+    batches: list[list[str]] = []
+    running_now, most_at_once = 0, 0
+    started, release = asyncio.Event(), asyncio.Event()
+    app = func.FunctionApp()
+
+    @app.service_bus_queue_trigger(
+        arg_name="msgs", queue_name=name, connection="ServiceBusConnection", cardinality=func.Cardinality.MANY
+    )
+    async def take(msgs: typing.List[func.ServiceBusMessage]) -> None:  # noqa: UP006 - the worker's form
+        nonlocal running_now, most_at_once
+        running_now += 1
+        most_at_once = max(most_at_once, running_now)
+        batches.append(sorted(msg.get_body().decode() for msg in msgs))
+        started.set()
+        await release.wait()
+        running_now -= 1
+
+    async with QueueServiceClient.from_connection_string(azurite.connection_string) as service:
+        worker = QueueWorker(app.get_functions()[0], service, name, QueueRules(idle_poll_seconds=0.05))
+        running = asyncio.create_task(worker.run())
+        try:
+            await _created(service, name)
+            queue = service.get_queue_client(name)
+            await queue.send_message("first")
+            async with asyncio.timeout(30):
+                await started.wait()
+            later = [f"later-{number}" for number in range(5)]
+            for body in later:
+                await queue.send_message(body)
+            # several idle polls pass while the first batch holds its slot
+            await asyncio.sleep(0.3)
+            release.set()
+            async with asyncio.timeout(30):
+                while sum(len(batch) for batch in batches) < 6:
+                    assert not running.done(), running.exception()
+                    await asyncio.sleep(0.02)
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+    assert batches == [["first"], later]
+    assert most_at_once == 1
+
+
 async def _created(service: QueueServiceClient, name: str) -> None:
     """The worker creates its queue as it starts; wait for it rather than race it."""
     async with asyncio.timeout(30):
