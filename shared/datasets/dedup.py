@@ -4,7 +4,9 @@ per example, before the example is written.
 The *prompt* is the conversation before the answer without its system and developer messages
 (which most completions of one app share, and would make every prompt look alike), lower-cased
 with whitespace collapsed. Exact duplicates are found by a 64-bit hash of it; near-duplicates by
-MinHash LSH (`datasketch`) over its word pairs, at a Jaccard threshold the build chooses.
+MinHash LSH (`datasketch`) over its word pairs, at a Jaccard threshold the build chooses. The MinHash
+values are computed here with numpy, bit for bit as datasketch's own `MinHash` computes them (saved
+states and the LSH band keys depend on them), without building a `MinHash` per example.
 
 Leakage: in a distillation build with a validation split, an example whose prompt is a
 near-duplicate of one already in the *other* split is dropped, whatever the dedup mode, so no
@@ -29,6 +31,13 @@ from shared.datasets.formats import SkipReason
 
 NUM_PERM = 64
 """Permutations per signature: 256 bytes an example in memory and in the saved state."""
+SCHEME = "affine32"
+"""datasketch's permutation scheme (its default since 2.0.0, which saved states use): the one
+`_minhash_values` computes."""
+_FMIX32 = (np.uint32(0x85EBCA6B), np.uint32(0xC2B2AE35))
+"""MurmurHash3's 32-bit finalizer multipliers, with which datasketch pre-mixes each shingle hash."""
+_EMPTY = np.iinfo(np.uint32).max
+"""A fresh `MinHash`'s value under every permutation."""
 DEFAULT_THRESHOLD = 0.8
 
 DedupMode = Literal["off", "exact", "near"]
@@ -61,7 +70,7 @@ class PromptFilter:
         self._fingerprints: set[int] = set()
         self._admitted: list[tuple[int, int, Any]] = []
         self._keys = 0
-        self._scheme = MinHash(num_perm=NUM_PERM)
+        self._scheme = MinHash(num_perm=NUM_PERM, scheme=SCHEME)
         self._lsh = MinHashLSH(threshold=params.threshold, num_perm=NUM_PERM) if self._near else None
 
     @property
@@ -106,8 +115,7 @@ class PromptFilter:
             if self._exact and int(row["fingerprint"]) in self._fingerprints:
                 return True
             if self._lsh is not None:
-                values = row["signature"].astype(np.uint32)
-                signature = LeanMinHash(seed=self._scheme.seed, hashvalues=values, scheme=self._scheme.scheme)
+                signature = self._sketch(row["signature"].astype(np.uint32))
                 neighbours = self._lsh.query(signature)
                 if self._leakage and any(key[0] != int(row["split"]) for key in neighbours):
                     return True
@@ -120,8 +128,7 @@ class PromptFilter:
         for row in np.frombuffer(data, dtype=_STATE):
             signature = None
             if self._lsh is not None:
-                values = row["signature"].astype(np.uint32)
-                signature = LeanMinHash(seed=self._scheme.seed, hashvalues=values, scheme=self._scheme.scheme)
+                signature = self._sketch(row["signature"].astype(np.uint32))
             self._remember(int(row["fingerprint"]), int(row["split"]), signature)
 
     def _remember(self, fingerprint: int, split: int, signature: Any) -> None:
@@ -133,14 +140,28 @@ class PromptFilter:
     def _signature(self, text: str) -> LeanMinHash:
         words = text.split()
         shingles = [f"{a} {b}".encode() for a, b in itertools.pairwise(words)] or [text.encode()]
-        minhash = MinHash(
-            num_perm=NUM_PERM,
-            seed=self._scheme.seed,
-            permutations=self._scheme.permutations,
-            scheme=self._scheme.scheme,
-        )
-        minhash.update_batch(shingles)
-        return LeanMinHash(minhash)
+        return self._sketch(_minhash_values(shingles, *self._scheme.permutations))
+
+    def _sketch(self, values: np.ndarray) -> LeanMinHash:
+        """The form `MinHashLSH` takes a signature in (64 `uint32` values: the band keys are their bytes)."""
+        return LeanMinHash(seed=self._scheme.seed, hashvalues=values, scheme=SCHEME)
+
+
+def _minhash_values(shingles: list[bytes], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """What `MinHash(scheme="affine32").update_batch(shingles)` leaves in `hashvalues`, for the
+    permutations `a`, `b`: each shingle's SHA-1 (first 4 bytes, little-endian), MurmurHash3-finalized,
+    through every permutation `a * h + b` (uint32 arithmetic wraps, which is the scheme's modulo
+    2**32), the minimum per permutation. A few numpy operations over all the shingles at once,
+    instead of a `MinHash` built (its permutations re-checked) for every example."""
+    digests = b"".join([hashlib.sha1(shingle).digest() for shingle in shingles])
+    hashes = np.frombuffer(digests, dtype="<u4")[::5]  # a SHA-1 digest is five 32-bit words
+    hashes = hashes ^ (hashes >> 16)
+    hashes *= _FMIX32[0]
+    hashes ^= hashes >> 13
+    hashes *= _FMIX32[1]
+    hashes ^= hashes >> 16
+    # A MinHash starts at the largest value and `update_batch` takes the minimum with it.
+    return (hashes[:, np.newaxis] * a + b).min(axis=0, initial=_EMPTY)
 
 
 def prompt_text(messages: list[dict[str, Any]]) -> str:

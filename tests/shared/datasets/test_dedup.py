@@ -3,10 +3,15 @@ of a training example: the filter on its own, then whole builds (chunked too) wi
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
+
+import numpy as np
+from datasketch import MinHash
 
 from shared.datasets.builder import BuildLimits, DatasetJobs
-from shared.datasets.dedup import DedupParams, PromptFilter, prompt_text
+from shared.datasets.dedup import NUM_PERM, DedupParams, PromptFilter, prompt_text
 from shared.datasets.formats import SkipReason, in_validation
 from shared.datasets.job import DatasetParams, DatasetStatus
 from shared.services import Services
@@ -47,6 +52,26 @@ def test_saved_state_carries_to_the_next_chunk() -> None:
     later.load(first.saved())
     assert later.admit(ask(BASE), split=1) is SkipReason.DUPLICATE_PROMPT
     assert later.admit(ask(BASE + " please"), split=0) is SkipReason.EVAL_LEAKAGE
+
+
+def test_signatures_are_the_values_datasketch_computes() -> None:
+    """Saved states of earlier chunks and the LSH band keys hold datasketch's own MinHash values: the
+    filter's must equal `MinHash.update_batch` over the prompt's word pairs (the whole prompt when it
+    is one word), for every kind of prompt."""
+    rng = random.Random(17)
+    vocabulary = ["rotate", "keys", "acct42", "?", "naïve", "ünïcödé", "日本語の質問", "emoji🙂", "ÆØÅ", "x" * 300, "é"]
+    texts = ["", "one", "日本", "🙂", "  spaced   out \n words ", "same same same same"]
+    texts += [" ".join(rng.choices(vocabulary, k=rng.randint(1, 60))) for _ in range(300)]
+    texts += [" ".join(rng.choices(vocabulary, k=5_000)), " ".join(f"w{n}" for n in range(3_000))]
+    prompts = PromptFilter(DedupParams(mode="near"), check_leakage=True)
+    for text in texts:
+        words = text.split()
+        reference = MinHash(num_perm=NUM_PERM)
+        reference.update_batch([f"{a} {b}".encode() for a, b in itertools.pairwise(words)] or [text.encode()])
+        signature = prompts._signature(text)
+        assert signature.hashvalues.dtype == reference.hashvalues.dtype, "the band keys are the values' bytes"
+        assert np.array_equal(signature.hashvalues, reference.hashvalues), text[:80]
+        assert (signature.seed, signature.scheme) == (reference.seed, reference.scheme)
 
 
 def test_the_prompt_leaves_out_system_messages_and_keeps_tool_arguments() -> None:
