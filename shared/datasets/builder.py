@@ -78,8 +78,10 @@ _JSONL = ContentSettings(content_type="application/jsonl")
 _WALK_PAGE = 1000
 """Index rows per query page: the most Table Storage returns at once."""
 _MEMBERSHIP_PAGE = SHARDS * table_transactions.MAX_ROWS
-"""Selected ids recorded as members before their documents are read: spread over the 16 membership
-partitions, about one full transaction each (a page of 100 made 16 transactions of ~6 rows)."""
+"""Selected ids recorded as members before their documents are read, at most: spread over the 16
+membership partitions, about one full transaction each (pages of 100 made 16 transactions of ~6 rows)."""
+_FIRST_MEMBERSHIP_PAGE = 100
+"""The first page, so reads start after 100 ids are walked and recorded, not 1,600; each next page doubles."""
 _SIZE_LOOKUPS = 64
 """Index point reads in flight for the sizes of an `ids` selection."""
 
@@ -854,13 +856,14 @@ class _Chunk:
     async def _selection(self) -> AsyncIterator[tuple[str, int]]:
         """Selected ids with their sizes, each recorded as a member of the dataset before its document is read."""
         page: list[tuple[str, int]] = []
+        size = _FIRST_MEMBERSHIP_PAGE
         async for selected in self._selected():
             page.append(selected)
-            if len(page) == _MEMBERSHIP_PAGE:
+            if len(page) == size:
                 await self._jobs.membership.record(self._job.id, [completion_id for completion_id, _ in page])
                 for member in page:
                     yield member
-                page = []
+                page, size = [], min(2 * size, _MEMBERSHIP_PAGE)
         await self._jobs.membership.record(self._job.id, [completion_id for completion_id, _ in page])
         for member in page:
             yield member
