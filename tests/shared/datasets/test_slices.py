@@ -12,11 +12,12 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.core.pipeline import PipelineResponse
 from azure.data.tables.aio import TableClient
-from azure.storage.blob.aio import BlobClient
+from azure.storage.blob.aio import BlobClient, ContainerClient
 
 from shared.datasets.builder import BuildLimits, DatasetJobs
 from shared.datasets.job import DatasetJobMessage, DatasetParams, DatasetStatus
 from shared.datasets.membership import DatasetMembership
+from shared.datasets.records import DatasetRecords
 from shared.platform.errors import StorageUnavailable
 from shared.services import Services
 from shared.store.completion_index import CompletionIndex, shard_of
@@ -28,14 +29,30 @@ from tests.shared.datasets.conftest import download, drain, read_job, receive, s
 TAG = {"category": "slices-test"}
 
 
-def jobs_with(services: Services, **limits: int) -> DatasetJobs:
+def jobs_with(
+    services: Services,
+    *,
+    records: DatasetRecords | None = None,
+    store: CompletionStore | None = None,
+    membership: DatasetMembership | None = None,
+    **limits: int,
+) -> DatasetJobs:
     return DatasetJobs(
-        records=services.dataset_jobs.records,
-        store=services.store,
-        membership=services.dataset_jobs.membership,
+        records=records or services.dataset_jobs.records,
+        store=store or services.store,
+        membership=membership or services.dataset_jobs.membership,
         job_queue=services.job_queue,
         queue_name=services.settings.dataset_jobs_queue,
         limits=BuildLimits(**limits),  # type: ignore[arg-type]
+    )
+
+
+def index_table(services: Services, **options: Any) -> TableClient:
+    """The index table through a client of the test's own: a response hook or a counting transport."""
+    connection = services.settings.storage_connection_string
+    assert connection is not None
+    return TableClient.from_connection_string(
+        connection.get_secret_value(), services.settings.completion_index_table, **options
     )
 
 
@@ -109,26 +126,52 @@ async def test_prompt_dedup_and_leakage_reach_across_slices(services: Services, 
     assert (await read_job(services, fanned.id)).counts == reference.counts
 
 
+LIMITS = {"block_bytes": 300, "slice_completions": 10, "read_concurrency": 2}
+
+
+class HeldAfterBlocks(CountingTransport):
+    """Holds every request after the first `blocks` staged blocks (`holding` is set once one waits)."""
+
+    def __init__(self, blocks: int) -> None:
+        super().__init__()
+        self.blocks = blocks
+        self.holding = asyncio.Event()
+
+    async def send(self, request: Any, **kwargs: Any) -> Any:
+        if self.blocks == 0:
+            self.released.clear()
+            self.holding.set()
+        elif request.method == "PUT" and "comp=block" in request.url:
+            self.blocks -= 1
+        return await super().send(request, **kwargs)
+
+
 async def test_killed_slice_is_redone_without_duplicates(services: Services) -> None:
     ids = await seed(services, [stored(f"q{n}", metadata=TAG) for n in range(30)])
     request = DatasetParams.model_validate({"kind": "evaluation", "filter": {"metadata": TAG}})
-    sliced = jobs_with(services, block_bytes=300, slice_completions=10, read_concurrency=2)
+    sliced = jobs_with(services, **LIMITS)
     job = await sliced.submit(request)
     await sliced.handle(await receive_one(services), delivery_count=1)
     slices = [await receive_one(services) for _ in range(3)]
     assert [DatasetJobMessage.model_validate_json(body).slice for body in slices] == [0, 1, 2]
 
-    # Kill slice 1's delivery once it has staged blocks; the others run meanwhile.
-    blob = sliced.records.blob(job.id, "eval.jsonl")
-    killed = asyncio.create_task(sliced.handle(slices[1], delivery_count=1))
-    for _ in range(500):
-        if await staged_blocks(blob) >= 2 or killed.done():
-            break
-        await asyncio.sleep(0.005)
-    assert not killed.done(), "the slice finished before it could be interrupted"
-    killed.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await killed
+    # Kill slice 1's delivery once it has staged 2 blocks (its next dataset request is held, so it
+    # cannot finish first); the others run meanwhile.
+    settings = services.settings
+    assert settings.storage_connection_string is not None
+    held = HeldAfterBlocks(2)
+    async with ContainerClient.from_connection_string(
+        settings.storage_connection_string.get_secret_value(), settings.datasets_container, transport=held
+    ) as container:
+        dying = jobs_with(services, records=DatasetRecords(container=container), **LIMITS)
+        killed = asyncio.create_task(dying.handle(slices[1], delivery_count=1))
+        async with asyncio.timeout(30):
+            await held.holding.wait()
+        killed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await killed
+        held.released.set()
+    assert await staged_blocks(sliced.records.blob(job.id, "eval.jsonl")) >= 2
     for body in (slices[0], slices[2]):
         await sliced.handle(body, delivery_count=1)
     assert (await read_job(services, job.id)).status is DatasetStatus.RUNNING
@@ -206,21 +249,10 @@ async def test_the_plan_reads_one_shard_and_its_slices_hold_every_id_once(
     ids = await seed(services, completions)
     in_shard = [completion_id for completion_id in ids if shard_of(completion_id) == 0]
     assert len(in_shard) == sampled and shard_of(ids[-1]) != 0  # a tail after the last sampled id
-    settings = services.settings
-    assert settings.storage_connection_string is not None
     rows = RowsRead()
-    async with TableClient.from_connection_string(
-        settings.storage_connection_string.get_secret_value(), settings.completion_index_table, raw_response_hook=rows
-    ) as table:
+    async with index_table(services, raw_response_hook=rows) as table:
         counted_store = CompletionStore(container=services.completions_container, index=CompletionIndex(table))
-        sliced = DatasetJobs(
-            records=services.dataset_jobs.records,
-            store=counted_store,
-            membership=services.dataset_jobs.membership,
-            job_queue=services.job_queue,
-            queue_name=settings.dataset_jobs_queue,
-            limits=BuildLimits(slice_completions=64, plan_rows_per_slice=4),
-        )
+        sliced = jobs_with(services, store=counted_store, slice_completions=64, plan_rows_per_slice=4)
         request = DatasetParams.model_validate({"kind": "evaluation", "filter": {"metadata": TAG}})
         job = await sliced.submit(request)
         await sliced.handle(await receive_one(services), delivery_count=1)
@@ -243,20 +275,9 @@ async def test_a_build_records_its_members_in_one_transaction_per_partition(serv
     """Members are recorded in pages of 100, 200, 400, ... up to 1,600 ids, one transaction per membership
     partition each, not 16 small transactions per 100 ids (a transaction costs more than its rows)."""
     ids = await seed(services, [stored(f"q{number}", metadata=TAG) for number in range(700)])
-    settings = services.settings
-    assert settings.storage_connection_string is not None
     transport = CountingTransport()
-    async with TableClient.from_connection_string(
-        settings.storage_connection_string.get_secret_value(), settings.completion_index_table, transport=transport
-    ) as table:
-        jobs = DatasetJobs(
-            records=services.dataset_jobs.records,
-            store=services.dataset_jobs._store,
-            membership=DatasetMembership(table),
-            job_queue=services.job_queue,
-            queue_name=settings.dataset_jobs_queue,
-            limits=services.dataset_jobs.limits,
-        )
+    async with index_table(services, transport=transport) as table:
+        jobs = jobs_with(services, membership=DatasetMembership(table))
         job = await jobs.submit(DatasetParams.model_validate({"kind": "evaluation", "filter": {"metadata": TAG}}))
         await drain(services, jobs)
         transactions = [path for method, path in transport.sent if method == "POST" and path.endswith("$batch")]
