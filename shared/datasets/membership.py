@@ -26,6 +26,8 @@ from shared.store import ids, table_transactions
 from shared.store.completion_index import shard_of
 
 _PARTITION_PREFIX = "ds-"
+_IN_FLIGHT = 16
+"""Transactions sent at once: one per membership partition of a capture-time bucket."""
 _BUCKET_DIGITS = 5
 """The id's 5 leading time digits: 16**9 microseconds, about 19 hours of captures per partition."""
 
@@ -45,7 +47,7 @@ class DatasetMembership:
 
     async def record(self, dataset_id: str, completion_ids: Iterable[str]) -> None:
         """Note that a dataset is about to read these completions (upserts: safe to repeat); the
-        partitions' transactions are sent at once."""
+        partitions' transactions go `_IN_FLIGHT` at a time (an eval run records a whole file's ids at once)."""
         by_partition: dict[str, list[str]] = defaultdict(list)
         for completion_id in completion_ids:
             by_partition[_partition(completion_id)].append(completion_id)
@@ -59,7 +61,9 @@ class DatasetMembership:
             for start in range(0, len(members), size)
         ]
         try:
-            await asyncio.gather(*(table_transactions.upsert_rows(self._table, rows) for rows in transactions))
+            for first in range(0, len(transactions), _IN_FLIGHT):
+                wave = transactions[first : first + _IN_FLIGHT]
+                await asyncio.gather(*(table_transactions.upsert_rows(self._table, rows) for rows in wave))
         except AzureError as exc:
             raise StorageUnavailable("The completion index is unavailable.") from exc
 
