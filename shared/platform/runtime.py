@@ -12,7 +12,7 @@ def freeze_start_up_objects() -> None:
     models, pydantic schemas); they live as long as the process. Each full collection walked all of
     them: 80 ms alone here, up to 200 ms under load, a pause for every request and build in flight.
     Frozen (`gc.freeze`), they are skipped: a full collection then walks only what came later.
-    Garbage is collected first, so nothing collectable is frozen.
+    No collection runs first: right after the imports it finds nothing unreachable (measured), and
+    it would add ~100 ms to every cold start.
     """
-    gc.collect()
     gc.freeze()
