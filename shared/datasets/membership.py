@@ -13,7 +13,6 @@ deleting an id twice rebuilds nothing the second time.
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -48,22 +47,9 @@ class DatasetMembership:
     async def record(self, dataset_id: str, completion_ids: Iterable[str]) -> None:
         """Note that a dataset is about to read these completions (upserts: safe to repeat); the
         partitions' transactions go `_IN_FLIGHT` at a time (an eval run records a whole file's ids at once)."""
-        by_partition: dict[str, list[str]] = defaultdict(list)
-        for completion_id in completion_ids:
-            by_partition[_partition(completion_id)].append(completion_id)
-        size = table_transactions.MAX_ROWS
-        transactions = [
-            [
-                {"PartitionKey": partition, "RowKey": f"{member}:{dataset_id}"}
-                for member in members[start : start + size]
-            ]
-            for partition, members in by_partition.items()
-            for start in range(0, len(members), size)
-        ]
+        rows = [{"PartitionKey": _partition(member), "RowKey": f"{member}:{dataset_id}"} for member in completion_ids]
         try:
-            for first in range(0, len(transactions), _IN_FLIGHT):
-                wave = transactions[first : first + _IN_FLIGHT]
-                await asyncio.gather(*(table_transactions.upsert_rows(self._table, rows) for rows in wave))
+            await table_transactions.upsert_grouped(self._table, rows, in_flight=_IN_FLIGHT)
         except AzureError as exc:
             raise StorageUnavailable("The completion index is unavailable.") from exc
 

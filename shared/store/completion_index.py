@@ -216,23 +216,18 @@ class CompletionIndex:
         whose insert meets an existing row (a redelivered event, a sweep, a rewritten document)
         asks which rows were there and replaces them.
         """
-        others: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        others: list[dict[str, Any]] = []
         by_all: dict[str, list[IndexEntry]] = defaultdict(list)
         for entry in entries:
             first = _all_partition(entry.id)
             by_all[first].append(entry)
             for partition in partitions_of(entry) - {first}:
-                others[partition] += _rows(entry, partition)
-        size = table_transactions.MAX_ROWS
-        await _in_flight(
-            [
-                functools.partial(table_transactions.upsert_rows, self._table, rows[start : start + size])
-                for rows in others.values()
-                for start in range(0, len(rows), size)
-            ],
-            in_flight,
-        )
-        per_transaction = size // 2  # an entry's two rows
+                others += _rows(entry, partition)
+        try:
+            await table_transactions.upsert_grouped(self._table, others, in_flight=in_flight)
+        except AzureError as exc:
+            raise StorageUnavailable("The completion index is unavailable.") from exc
+        per_transaction = table_transactions.MAX_ROWS // 2  # an entry's two rows
         found = await _in_flight(
             [
                 functools.partial(self._insert_all_rows, partition, members[start : start + per_transaction])

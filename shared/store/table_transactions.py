@@ -1,4 +1,5 @@
-"""Rows of one table partition inserted (or inserted or replaced) as one entity-group transaction, cheaply.
+"""Rows of one table partition inserted (or inserted or replaced) as one entity-group transaction, cheaply;
+rows of many partitions upserted as one transaction per partition and `MAX_ROWS`, a few at a time.
 
 The Tables SDK's `submit_transaction` builds and parses the transaction's multipart body with the
 `email` package: about 2 ms of CPU per transaction on this project's machines, more than the index
@@ -13,11 +14,13 @@ The pipeline is reached through the client's `_client` attribute, the one privat
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -65,6 +68,31 @@ async def upsert_rows(table: TableClient, rows: Sequence[Mapping[str, Any]]) -> 
     An answer other than 202 with every part 2xx raises `HttpResponseError`.
     """
     await _sent_once_more_if_dropped(table, rows, insert=False)
+
+
+async def upsert_grouped(table: TableClient, rows: Iterable[Mapping[str, Any]], *, in_flight: int) -> None:
+    """Insert or replace rows of any partitions: one transaction per partition and `MAX_ROWS` rows,
+    `in_flight` of them at a time. Every transaction is awaited; then the first failure is raised."""
+    by_partition: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_partition[row["PartitionKey"]].append(row)
+    gate = asyncio.Semaphore(in_flight)
+
+    async def send(transaction: Sequence[Mapping[str, Any]]) -> None:
+        async with gate:
+            await upsert_rows(table, transaction)
+
+    results = await asyncio.gather(
+        *(
+            send(partition[start : start + MAX_ROWS])
+            for partition in by_partition.values()
+            for start in range(0, len(partition), MAX_ROWS)
+        ),
+        return_exceptions=True,
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def insert_rows(table: TableClient, rows: Sequence[Mapping[str, Any]]) -> None:
